@@ -1,0 +1,65 @@
+"""crab_langchain: a LangChain chat message history on crabtalk JSONL sessions.
+
+Quick start::
+
+    from crab_langchain import SessionStore
+    store = SessionStore("./sessions")
+    chain = RunnableWithMessageHistory(prompt | model, store.get_session_history, ...)
+"""
+
+from crab_langchain.convert import (
+    AUTO_INJECTED_KEY,
+    from_crab_message,
+    is_auto_injected,
+    mark_auto_injected,
+    to_crab_message,
+)
+from crab_langchain.history import CrabChatMessageHistory
+from crab_langchain.hooks import (
+    CrabHookSpecs,
+    DefaultPlugin,
+    hookimpl,
+    hookspec,
+    make_plugin_manager,
+)
+from crab_langchain.models import (
+    CompactMarker,
+    CrabMessage,
+    FunctionCall,
+    Session,
+    SessionFormatError,
+    SessionMeta,
+    ToolCall,
+)
+from crab_langchain.storage import DirectoryStorage, SessionStorage, TornTailWarning
+from crab_langchain.store import SessionInfo, SessionStore, default_root
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AUTO_INJECTED_KEY",
+    "CompactMarker",
+    "CrabChatMessageHistory",
+    "CrabHookSpecs",
+    "CrabMessage",
+    "DefaultPlugin",
+    "DirectoryStorage",
+    "FunctionCall",
+    "Session",
+    "SessionFormatError",
+    "SessionInfo",
+    "SessionMeta",
+    "SessionStorage",
+    "SessionStore",
+    "ToolCall",
+    "TornTailWarning",
+    "__version__",
+    "default_root",
+    "from_crab_message",
+    "hookimpl",
+    "hookspec",
+    "is_auto_injected",
+    "mark_auto_injected",
+    "make_plugin_manager",
+    "to_crab_message",
+]

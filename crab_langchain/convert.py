@@ -1,0 +1,388 @@
+"""LangChain messages <-> crabtalk messages.
+
+The spec's keys carry what crabtalk understands (role, readable text,
+reasoning, tool calls). Everything else a LangChain message holds is written
+under one extension key, ``langchain``, holding only the fields that the
+spec's keys cannot reproduce. So a message that came from a plain crabtalk
+line goes back to the same line, and any other message reads back equal to
+the one written. ``strict=True`` writes the spec's keys only.
+
+Where LangChain has no field for a spec key (``agent`` on a user message,
+``name`` on an assistant message, keys of newer crabtalk versions), the value
+travels in ``additional_kwargs["crab"]`` and is written back as that key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import pydantic_core
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    BaseMessageChunk,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    message_chunk_to_message,
+)
+
+from crab_langchain.models import CrabMessage, FunctionCall, ToolCall
+
+__all__ = [
+    "AUTO_INJECTED_KEY",
+    "CRAB_FIELDS_KEY",
+    "DEVELOPER_ROLE_KEY",
+    "from_crab_message",
+    "is_auto_injected",
+    "mark_auto_injected",
+    "to_crab_message",
+]
+
+AUTO_INJECTED_KEY = "crab_auto_injected"
+"""``additional_kwargs`` key that marks a LangChain message as auto-injected."""
+
+CRAB_FIELDS_KEY = "crab"
+"""``additional_kwargs`` key for spec keys that the LangChain class has no field for."""
+
+DEVELOPER_ROLE_KEY = "__openai_role__"
+"""langchain-openai's mark of a developer message: a SystemMessage with this set to "developer"."""
+
+M = TypeVar("M", bound=BaseMessage)
+
+_CLASS_OF_TYPE: dict[str, type[BaseMessage]] = {
+    "human": HumanMessage,
+    "ai": AIMessage,
+    "system": SystemMessage,
+    "tool": ToolMessage,
+    "chat": ChatMessage,
+    "function": FunctionMessage,
+}
+_ROLE_OF_TYPE = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+_CLASS_OF_ROLE: dict[str, type[BaseMessage]] = {
+    "user": HumanMessage,
+    "assistant": AIMessage,
+    "system": SystemMessage,
+    "developer": SystemMessage,
+    "tool": ToolMessage,
+}
+_SPEC_KEYS = ("content", "reasoning_content", "name", "tool_call_id", "tool_calls", "agent")
+
+
+def mark_auto_injected(message: M) -> M:
+    """Mark ``message`` as auto-injected (never persisted, stripped before each run).
+
+    Returns the same message, so it can wrap a constructor call.
+    """
+    message.additional_kwargs[AUTO_INJECTED_KEY] = True
+    return message
+
+
+def is_auto_injected(message: BaseMessage | CrabMessage) -> bool:
+    """Whether a LangChain or crabtalk message is marked auto-injected."""
+    if isinstance(message, CrabMessage):
+        return message.auto_injected
+    return message.additional_kwargs.get(AUTO_INJECTED_KEY) is True
+
+
+# --- crabtalk -> LangChain ----------------------------------------------------
+
+
+def from_crab_message(message: CrabMessage) -> BaseMessage:
+    """Build the LangChain message that ``message`` stands for."""
+    extension = message.langchain or {}
+    cls = _class_of(message, extension)
+    kwargs = _decoded_kwargs(message, cls)
+    kwargs.update((key, value) for key, value in extension.items() if key != "type")
+    result = cls(**kwargs)
+    if message.auto_injected:
+        mark_auto_injected(result)
+    return result
+
+
+def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMessage]:
+    named = extension.get("type")
+    if isinstance(named, str) and named in _CLASS_OF_TYPE:
+        return _CLASS_OF_TYPE[named]
+    return _CLASS_OF_ROLE.get(message.role, ChatMessage)
+
+
+def _decoded_kwargs(message: CrabMessage, cls: type[BaseMessage]) -> dict[str, Any]:
+    """Constructor arguments from the spec's keys alone (what any reader would get)."""
+    kwargs: dict[str, Any] = {"content": message.content}
+    extra: dict[str, Any] = {}
+    leftovers: dict[str, Any] = dict(message.model_extra or {})
+    if message.reasoning_content:
+        extra["reasoning_content"] = message.reasoning_content
+    if cls is AIMessage:
+        _decode_assistant(message, kwargs, extra, leftovers)
+    else:
+        _put(kwargs, "name", message.name)
+        _put(leftovers, "agent", message.agent)
+        if message.tool_calls:
+            leftovers["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if cls is ToolMessage:
+        kwargs["tool_call_id"] = message.tool_call_id
+    else:
+        _put(leftovers, "tool_call_id", message.tool_call_id)
+    if cls is ChatMessage:
+        kwargs["role"] = message.role
+    if cls is SystemMessage and message.role == "developer":
+        extra[DEVELOPER_ROLE_KEY] = "developer"
+    if leftovers:
+        extra[CRAB_FIELDS_KEY] = leftovers
+    kwargs["additional_kwargs"] = extra
+    return kwargs
+
+
+def _put(target: dict[str, Any], key: str, value: Any) -> None:
+    if value:
+        target[key] = value
+
+
+def _decode_assistant(
+    message: CrabMessage, kwargs: dict[str, Any], extra: dict[str, Any], leftovers: dict[str, Any]
+) -> None:
+    # A guest agent that spoke is who LangChain calls the message's `name`.
+    _put(kwargs, "name", message.agent)
+    _put(leftovers, "name", message.name)
+    if not message.tool_calls:
+        return
+    valid, invalid = _parse_tool_calls(message.tool_calls)
+    kwargs["tool_calls"] = valid
+    kwargs["invalid_tool_calls"] = invalid
+    if _derived_tool_calls(valid, invalid) != message.tool_calls:
+        # Argument text that compact JSON would not reproduce (spaces, key
+        # order, broken JSON between good calls): keep it as the OpenAI-style
+        # raw calls that langchain-openai also puts here.
+        extra["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+
+
+def _parse_tool_calls(calls: Sequence[ToolCall]) -> tuple[list[Any], list[Any]]:
+    valid: list[Any] = []
+    invalid: list[Any] = []
+    for call in calls:
+        text = call.function.arguments
+        try:
+            args = json.loads(text) if text else {}
+        except ValueError as error:
+            args, problem = None, f"arguments are not valid JSON: {error}"
+        else:
+            problem = "" if isinstance(args, dict) else "arguments are not a JSON object"
+        if problem:
+            invalid.append(_invalid_call(call.function.name, text, call.id, problem))
+        else:
+            valid.append(
+                {"name": call.function.name, "args": args, "id": call.id or None, "type": "tool_call"}
+            )
+    return valid, invalid
+
+
+def _invalid_call(name: str, args: str, call_id: str, error: str) -> dict[str, Any]:
+    return {
+        "name": name or None,
+        "args": args,
+        "id": call_id or None,
+        "error": error,
+        "type": "invalid_tool_call",
+    }
+
+
+# --- LangChain -> crabtalk ----------------------------------------------------
+
+
+def to_crab_message(message: BaseMessage, *, strict: bool = False) -> CrabMessage:
+    """Convert a LangChain message to a crabtalk message.
+
+    Chunks are merged into their message first. With ``strict=False`` (the
+    default) the result carries what the spec has no key for under
+    ``langchain``, so :func:`from_crab_message` gives back an equal message.
+    Raises ``TypeError`` for values JSON cannot hold and ``ValueError`` for
+    messages that have no place in a history (such as ``RemoveMessage``).
+    """
+    if isinstance(message, BaseMessageChunk):
+        message = message_chunk_to_message(message)
+    cls = _CLASS_OF_TYPE.get(message.type)
+    if cls is None:
+        raise ValueError(f"a {type(message).__name__} cannot be stored in a chat history")
+    fields, unknown = _spec_fields(message)
+    crab = CrabMessage(**fields, auto_injected=is_auto_injected(message))
+    if strict:
+        return crab
+    extension = _extension(message, cls, crab)
+    if unknown or extension:
+        crab = CrabMessage(
+            **fields, **unknown, langchain=extension or None, auto_injected=crab.auto_injected
+        )
+    return crab
+
+
+def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
+    fields: dict[str, Any] = {
+        "role": _role(message),
+        "content": _text(message.content),
+        "reasoning_content": _reasoning(message),
+    }
+    if isinstance(message, AIMessage):
+        fields["agent"] = message.name or ""
+        fields["tool_calls"] = _encode_tool_calls(message)
+    else:
+        fields["name"] = message.name or ""
+    if isinstance(message, ToolMessage):
+        fields["tool_call_id"] = message.tool_call_id
+    unknown: dict[str, Any] = {}
+    leftovers = message.additional_kwargs.get(CRAB_FIELDS_KEY)
+    for key, value in (leftovers if isinstance(leftovers, dict) else {}).items():
+        if key in _SPEC_KEYS:
+            fields[key] = fields.get(key) or value
+        elif key not in CrabMessage.model_fields:
+            unknown[key] = _json_checked(value, f"additional_kwargs.crab.{key}")
+    return fields, unknown
+
+
+def _role(message: BaseMessage) -> str:
+    if isinstance(message, ChatMessage):
+        return message.role
+    if isinstance(message, SystemMessage):
+        developer = message.additional_kwargs.get(DEVELOPER_ROLE_KEY) == "developer"
+        return "developer" if developer else "system"
+    return _ROLE_OF_TYPE.get(message.type, message.type)
+
+
+def _text(content: str | list[str | dict[str, Any]]) -> str:
+    """Readable text of a message's content: its text parts, joined as LangChain does."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif block.get("type") == "text" and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+    return "".join(parts)
+
+
+def _reasoning(message: BaseMessage) -> str:
+    stated = message.additional_kwargs.get("reasoning_content")
+    if isinstance(stated, str):
+        return stated
+    if isinstance(message.content, str):
+        return ""
+    return "".join(_block_reasoning(block) for block in message.content if isinstance(block, dict))
+
+
+def _block_reasoning(block: dict[str, Any]) -> str:
+    kind = block.get("type")
+    if kind == "thinking" and isinstance(block.get("thinking"), str):
+        return str(block["thinking"])
+    if kind != "reasoning":
+        return ""
+    if isinstance(block.get("reasoning"), str):
+        return str(block["reasoning"])
+    summary = block.get("summary")
+    if isinstance(summary, list):
+        return "".join(str(s.get("text", "")) for s in summary if isinstance(s, dict))
+    return ""
+
+
+def _encode_tool_calls(message: AIMessage) -> list[ToolCall]:
+    derived = _derived_tool_calls(message.tool_calls, message.invalid_tool_calls)
+    raw = _raw_tool_calls(message.additional_kwargs.get("tool_calls"))
+    if raw is not None and _same_calls(raw, message):
+        return raw
+    return derived
+
+
+def _derived_tool_calls(valid: Sequence[Any], invalid: Sequence[Any]) -> list[ToolCall]:
+    calls = [
+        ToolCall(
+            id=call.get("id") or "",
+            function=FunctionCall(name=call.get("name") or "", arguments=_compact(call["args"])),
+        )
+        for call in valid
+    ]
+    calls += [
+        ToolCall(
+            id=call.get("id") or "",
+            function=FunctionCall(name=call.get("name") or "", arguments=call.get("args") or ""),
+        )
+        for call in invalid
+    ]
+    return calls
+
+
+def _compact(args: Any) -> str:
+    _json_checked(args, "tool call args")
+    return "" if args == {} else pydantic_core.to_json(args).decode("utf-8")
+
+
+def _raw_tool_calls(raw: Any) -> list[ToolCall] | None:
+    """OpenAI-style raw calls from ``additional_kwargs["tool_calls"]``, if well formed."""
+    if not isinstance(raw, list):
+        return None
+    try:
+        return [ToolCall.model_validate(call, strict=True) for call in raw]
+    except ValueError:
+        return None
+
+
+def _same_calls(raw: list[ToolCall], message: AIMessage) -> bool:
+    """Do the raw calls say what the message's parsed calls say (same text, same order)?"""
+    valid, invalid = _parse_tool_calls(raw)
+
+    def key(calls: Sequence[Any]) -> list[tuple[Any, Any, Any]]:
+        return [(c.get("name") or None, c.get("args"), c.get("id") or None) for c in calls]
+
+    return key(valid) == key(message.tool_calls) and key(invalid) == key(
+        message.invalid_tool_calls
+    )
+
+
+def _extension(message: BaseMessage, cls: type[BaseMessage], crab: CrabMessage) -> dict[str, Any]:
+    """The fields of ``message`` that decoding ``crab``'s spec keys would not reproduce."""
+    plain = crab.model_copy(update={"auto_injected": False})
+    default_cls = _CLASS_OF_ROLE.get(crab.role, ChatMessage)
+    rebuilt = cls(**_decoded_kwargs(plain, cls))
+    extension: dict[str, Any] = {} if cls is default_cls else {"type": message.type}
+    for field in type(message).model_fields:
+        value = getattr(message, field)
+        if field != "type" and value != getattr(rebuilt, field, None):
+            extension[field] = _json_checked(value, field)
+    for key, value in (message.model_extra or {}).items():
+        extension[key] = _json_checked(value, key)
+    return extension
+
+
+def _json_checked(value: Any, where: str) -> Any:
+    """Return ``value`` if JSON can hold it; raise ``TypeError`` naming ``where`` if not."""
+    if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, str):
+            _check_text(value, where)
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where}: {value!r} is not a JSON number")
+        return value
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _json_checked(item, f"{where}[{index}]")
+        return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} is not a string")
+            _json_checked(item, f"{where}.{key}")
+        return value
+    raise TypeError(f"{where}: a {type(value).__name__} is not a JSON value")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TypeError(f"{where}: lone surrogate at index {error.start} is not UTF-8") from None

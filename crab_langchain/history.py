@@ -1,0 +1,357 @@
+"""``CrabChatMessageHistory``: a LangChain chat history on one crabtalk session.
+
+Data flows one way: a LangChain message is converted to a crabtalk message,
+the hooks decide whether (and as what) it is written, and storage appends its
+line. Reading goes back the same way, incrementally: the history keeps what it
+has read and asks storage only for lines past its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, overload
+
+import pluggy
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from crab_langchain.convert import (
+    AUTO_INJECTED_KEY,
+    from_crab_message,
+    is_auto_injected,
+    to_crab_message,
+)
+from crab_langchain.hooks import has_impls, make_plugin_manager
+from crab_langchain.models import (
+    CompactMarker,
+    CrabMessage,
+    Session,
+    SessionFormatError,
+    SessionMeta,
+    parse_entry,
+)
+from crab_langchain.naming import session_id_of
+from crab_langchain.storage import Cursor, DirectoryStorage, Durability, SessionStorage
+
+__all__ = ["CrabChatMessageHistory", "read_meta"]
+
+Plugins = pluggy.PluginManager | Iterable[object] | None
+
+
+class CrabChatMessageHistory(BaseChatMessageHistory):
+    """A LangChain chat message history stored as a crabtalk JSONL session.
+
+    Get one from :meth:`SessionStore.get_session_history
+    <crab_langchain.SessionStore.get_session_history>` (a directory of
+    sessions) or :meth:`from_file` (one existing file). Reads return the
+    stored working context followed by the messages plugins inject for the
+    coming run; writes append one line per message, so their cost does not
+    grow with the session. Safe to share between threads; other instances and
+    processes on the same session see each other's writes on their next read.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        storage: SessionStorage,
+        name: str | None = None,
+        plugins: Plugins = None,
+        strict: bool = False,
+        locate: Callable[[], str | None] | None = None,
+        create: Callable[[Session], str] | None = None,
+    ) -> None:
+        """Bind a history to ``session``, stored as log ``name`` in ``storage``.
+
+        Most code uses :class:`~crab_langchain.SessionStore` or
+        :meth:`from_file` instead. ``name`` may be None for a session not yet
+        written; ``locate`` then finds a log that another writer created, and
+        ``create`` creates it on the first write. ``strict`` writes only the
+        spec's keys (LangChain-only fields are then not kept).
+        """
+        if name is None and create is None:
+            raise ValueError("a history without a stored log needs `create`")
+        self._session = session
+        self._storage = storage
+        self._name = name
+        self._locate = locate
+        self._create = create
+        self.strict = strict
+        self._hook = _manager(plugins).hook
+        self._lock = threading.RLock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cursor: Cursor | None = None
+        self._meta: SessionMeta | None = None
+        self._context: list[BaseMessage] = []
+        self._session.history = []
+        self._injected: tuple[object, list[BaseMessage]] | None = None
+
+    # --- opening ----------------------------------------------------------------
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        plugins: Plugins = None,
+        *,
+        strict: bool = False,
+        durability: Durability = "flush",
+    ) -> CrabChatMessageHistory:
+        """Open an existing session file, crabtalk's own included.
+
+        Raises ``FileNotFoundError`` if there is no such file and
+        :class:`~crab_langchain.SessionFormatError` if it is malformed.
+        """
+        path = Path(path)
+        storage = DirectoryStorage(path.parent, durability=durability)
+        meta = read_meta(storage, path.name)
+        session = Session(
+            id=session_id_of(path.name, meta),
+            agent=meta.agent,
+            created_by=meta.created_by,
+            created_at=meta.created_at,
+            file_path=path,
+        )
+        history = cls(session, storage=storage, name=path.name, plugins=plugins, strict=strict)
+        history._refresh()
+        return history
+
+    # --- what LangChain calls ---------------------------------------------------
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        """The working context, then the messages injected for the coming run.
+
+        A new list each call: the caller may change it freely.
+        """
+        with self._lock:
+            self._refresh()
+            return [*self._context, *self._injected_for_run()]
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        """Async :attr:`messages`; the file is read in a worker thread."""
+        return await asyncio.to_thread(lambda: self.messages)
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        """Append ``messages`` in one write, after the hooks' say.
+
+        Auto-injected messages are dropped by the default plugin. If a
+        message cannot be written (a value JSON cannot hold, a hook raising)
+        nothing of this call is written.
+        """
+        with self._lock:
+            batch = [to_crab_message(message, strict=self.strict) for message in messages]
+            kept = [m for m in batch if self._keep(m)]
+            self._hook.crab_before_persist(session=self._session, messages=kept)
+            if kept:
+                self._append([message.to_line().encode("utf-8") for message in kept])
+
+    async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+        """Async :meth:`add_messages`; the file is written in a worker thread."""
+        await asyncio.to_thread(self.add_messages, list(messages))
+
+    def clear(self) -> None:
+        """Remove every message; the header (and its ``created_at``) stays.
+
+        The file is replaced atomically: a reader sees the old file or the
+        cleared one, never a part of either.
+        """
+        with self._lock:
+            name = self._current_name()
+            if name is None:
+                return
+            self._refresh()
+            meta = self._meta or self._session.meta()
+            self._storage.replace(name, [meta.to_line().encode("utf-8")])
+            self._reset()
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`; the file is written in a worker thread."""
+        await asyncio.to_thread(self.clear)
+
+    # --- beyond LangChain's interface ----------------------------------------
+
+    def compact(self, summary: str) -> None:
+        """Start a new working context from ``summary``, as newer crabtalk does.
+
+        Appends a ``{"compact": summary}`` line; what came before stays in
+        the file as archived history. The working context becomes the summary
+        as a user message, followed by what is added after it.
+        """
+        with self._lock:
+            self._append([CompactMarker(compact=summary).to_line().encode("utf-8")])
+
+    def stored_messages(self) -> list[BaseMessage]:
+        """The stored working context alone, without asking plugins to inject."""
+        with self._lock:
+            self._refresh()
+            return list(self._context)
+
+    @property
+    def session(self) -> Session:
+        """The session: id, agent, created_by, created_at, file_path, history."""
+        with self._lock:
+            self._refresh()
+            return self._session
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self._session.id
+
+    @property
+    def file_path(self) -> Path | None:
+        """The session file, once it exists (None before the first write)."""
+        name = self._name or self._current_name()
+        return None if name is None else self._storage.path(name)
+
+    def __repr__(self) -> str:
+        where = self._name and self._storage.location(self._name)
+        return (
+            f"CrabChatMessageHistory(session_id={self._session.id!r}, "
+            f"agent={self._session.agent!r}, file={where!r})"
+        )
+
+    # --- reading ------------------------------------------------------------
+
+    def _current_name(self) -> str | None:
+        if self._name is None and self._locate is not None:
+            self._name = self._locate()
+        return self._name
+
+    def _refresh(self) -> None:
+        name = self._current_name()
+        if name is None:
+            return
+        chunk = self._storage.read(name, self._cursor)
+        if chunk is None:
+            return
+        if chunk.reset:
+            self._reset()
+            if not chunk.lines or chunk.lines[0][0] != 1:
+                raise SessionFormatError(
+                    "no header line", path=self._storage.location(name), line=1
+                )
+        for number, line in chunk.lines:
+            self._take(name, number, line)
+        self._cursor = chunk.cursor
+        if chunk.reset:
+            self._hook.crab_after_load(session=self._session, messages=_ReadOnly(self._context))
+
+    def _take(self, name: str, number: int, line: bytes) -> None:
+        try:
+            if number == 1:
+                self._take_header(SessionMeta.from_line(line))
+            else:
+                self._take_entry(parse_entry(line))
+        except SessionFormatError as error:
+            self._reset()
+            raise error.at(self._storage.location(name), number) from None
+
+    def _take_header(self, meta: SessionMeta) -> None:
+        self._meta = meta
+        session = self._session
+        session.agent, session.created_by = meta.agent, meta.created_by
+        session.created_at, session.extra = meta.created_at, dict(meta.extra)
+        session.file_path = self._storage.path(self._name) if self._name else None
+
+    def _take_entry(self, entry: CrabMessage | CompactMarker) -> None:
+        if isinstance(entry, CompactMarker):
+            summary = CrabMessage(role="user", content=entry.compact)
+            self._session.history = [summary]
+            self._context = [HumanMessage(content=entry.compact)]
+            return
+        message = from_crab_message(entry)
+        if is_auto_injected(message):
+            return  # kept by an audit plugin: stale for any later run
+        self._session.history.append(entry)
+        self._context.append(message)
+
+    def _injected_for_run(self) -> list[BaseMessage]:
+        hook = self._hook.crab_inject_messages
+        if not has_impls(hook):
+            return []
+        version = (self._name, self._cursor)
+        if self._injected is None or self._injected[0] != version:
+            results = hook(session=self._session, history=_ReadOnly(self._context))
+            fresh = [_marked(message) for result in results for message in result or ()]
+            self._injected = (version, fresh)
+        return list(self._injected[1])
+
+    # --- writing ------------------------------------------------------------
+
+    def _keep(self, message: CrabMessage) -> bool:
+        verdict = self._hook.crab_filter_message(session=self._session, message=message)
+        return verdict is not False
+
+    def _append(self, lines: list[bytes]) -> None:
+        name = self._current_name()
+        if name is None:
+            assert self._create is not None  # the constructor ensures it
+            self._session.created_at = datetime.now(timezone.utc)
+            name = self._name = self._create(self._session)
+        appended = self._storage.append(name, lines)
+        cursor = self._cursor
+        if cursor is None or (cursor.identity, cursor.offset) != (
+            appended.identity,
+            appended.start,
+        ):
+            self._refresh()  # others wrote too (or first read): read it all in order
+            return
+        for offset, line in enumerate(lines, start=cursor.lines + 1):
+            self._take(name, offset, line)
+        self._cursor = Cursor(appended.end, cursor.lines + len(lines), appended.identity)
+
+
+def _manager(plugins: Plugins) -> pluggy.PluginManager:
+    if isinstance(plugins, pluggy.PluginManager):
+        return plugins
+    return make_plugin_manager(plugins)
+
+
+def read_meta(storage: SessionStorage, name: str) -> SessionMeta:
+    """The header of log ``name``; :class:`SessionFormatError` naming it if malformed."""
+    try:
+        line = storage.read_header(name)
+    except EOFError as error:
+        raise SessionFormatError(str(error), path=storage.location(name), line=1) from None
+    try:
+        return SessionMeta.from_line(line)
+    except SessionFormatError as error:
+        raise error.at(storage.location(name), 1) from None
+
+
+def _marked(message: BaseMessage) -> BaseMessage:
+    extra = {**message.additional_kwargs, AUTO_INJECTED_KEY: True}
+    return message.model_copy(update={"additional_kwargs": extra})
+
+
+class _ReadOnly(Sequence[BaseMessage]):
+    """A read-only view of a list, so hooks see the context without copying it."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[BaseMessage]) -> None:
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> BaseMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[BaseMessage]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[BaseMessage]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"ReadOnly({self._items!r})"

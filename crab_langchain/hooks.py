@@ -1,0 +1,144 @@
+"""Hooks a host implements to decide what a session injects, keeps and writes.
+
+Write a plugin as any object (a module, a class instance) with functions named
+after the hooks below, decorated with :data:`hookimpl`; pass it as
+``plugins=[...]`` to :class:`~crab_langchain.SessionStore` or
+:meth:`~crab_langchain.CrabChatMessageHistory.from_file`, or publish it under
+the ``crab_langchain`` entry-point group. A plugin may implement any subset.
+
+Hook functions are called with keyword arguments, and a plugin may leave out
+arguments it does not need. Plugins are asked last-registered first; the
+built-in :class:`DefaultPlugin` is registered ``trylast`` so a host's plugin
+is always asked before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from langchain_core.messages import BaseMessage
+
+from crab_langchain.convert import is_auto_injected
+
+if TYPE_CHECKING:
+    from crab_langchain.models import CrabMessage, Session
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROJECT_NAME",
+    "CrabHookSpecs",
+    "DefaultPlugin",
+    "hookimpl",
+    "hookspec",
+    "make_plugin_manager",
+]
+
+PROJECT_NAME = "crab_langchain"
+ENTRY_POINT_GROUP = "crab_langchain"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks a hook specification (used by this module only)."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a plugin's hook implementation: ``@hookimpl`` or ``@hookimpl(tryfirst=True)``."""
+
+
+class CrabHookSpecs:
+    """The hooks of crab_langchain, each documented where it is declared."""
+
+    @hookspec
+    def crab_inject_messages(
+        self, session: Session, history: Sequence[BaseMessage]
+    ) -> Sequence[BaseMessage] | None:
+        """Return messages to inject for the coming run, or None for none.
+
+        Called when the history is read for a run (``messages``,
+        ``aget_messages``), like crabtalk's ``on_before_run``; the history is
+        not asked again until the session changes, so every read within one
+        run returns the same list (``RunnableWithMessageHistory`` relies on
+        that). The results of all plugins are concatenated, each plugin's in
+        its order, marked auto-injected, and placed at the end of what the
+        read returns, where the new input follows. They are never written,
+        unless a :func:`crab_filter_message` plugin keeps them.
+
+        :param session: the session (id, agent, created_by, created_at).
+        :param history: the stored working context, without injected
+            messages; read-only.
+        """
+
+    @hookspec(firstresult=True)
+    def crab_filter_message(self, session: Session, message: CrabMessage) -> bool | None:
+        """Decide whether ``message`` is written to the session.
+
+        Called for every message passed to ``add_messages``, after conversion.
+        The first non-None result wins: False drops the message, True keeps
+        it, None leaves the decision to the next plugin. The default plugin
+        drops auto-injected messages (``message.auto_injected``) and keeps the
+        rest; return True to keep injected ones (audit) or False to drop
+        others (secrets).
+
+        :param session: the session written to.
+        :param message: the converted message; do not modify it here.
+        """
+
+    @hookspec
+    def crab_before_persist(self, session: Session, messages: list[CrabMessage]) -> None:
+        """Inspect or change the messages about to be written, in place.
+
+        Called once per ``add_messages`` call with the messages that passed
+        :func:`crab_filter_message`, just before they are encoded. A plugin
+        may edit a message (for example redact its ``content``) or remove
+        items from the list. Raising aborts the write: nothing is written.
+
+        :param session: the session written to.
+        :param messages: the batch, in order; changes apply to what is written.
+        """
+
+    @hookspec
+    def crab_after_load(self, session: Session, messages: Sequence[BaseMessage]) -> None:
+        """Observe a session read from storage from its first line.
+
+        Called when a history first reads its file, and again whenever it has
+        to re-read it from the start (after a clear or a rewrite by anyone).
+
+        :param session: the session as read (header fields, ``file_path``).
+        :param messages: the working context read; read-only.
+        """
+
+    @hookspec
+    def crab_session_created(self, session: Session) -> None:
+        """Observe that a new session was written to storage (its header line)."""
+
+
+class DefaultPlugin:
+    """The spec's behaviour: auto-injected messages are never persisted."""
+
+    @hookimpl(trylast=True)
+    def crab_filter_message(self, message: CrabMessage) -> bool | None:
+        """Drop auto-injected messages; leave the rest to be kept."""
+        return False if is_auto_injected(message) else None
+
+
+def make_plugin_manager(
+    plugins: Iterable[object] | None = None, *, entry_points: bool = True
+) -> pluggy.PluginManager:
+    """A plugin manager with the hook specs, the default plugin, and ``plugins``.
+
+    With ``entry_points`` (the default) plugins published under the
+    ``crab_langchain`` entry-point group are loaded as well.
+    """
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    manager.add_hookspecs(CrabHookSpecs)
+    manager.register(DefaultPlugin(), name="crab_langchain.default")
+    if entry_points:
+        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in plugins or ():
+        manager.register(plugin)
+    return manager
+
+
+def has_impls(hook: Any) -> bool:
+    """Whether any plugin implements ``hook`` (so callers can skip building its arguments)."""
+    return bool(hook.get_hookimpls())

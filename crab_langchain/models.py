@@ -1,0 +1,345 @@
+"""The crabtalk session model and its line codec.
+
+One session file is UTF-8 JSONL: a header line (:class:`SessionMeta`), then one
+line per entry, each a :class:`CrabMessage` or a :class:`CompactMarker`.
+Lines are written exactly as crabtalk's serde serializer writes them: compact,
+keys in declaration order, empty fields omitted, non-ASCII as raw UTF-8.
+pydantic-core serializes with serde_json too, so its escaping is crabtalk's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Union
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "CompactMarker",
+    "CrabMessage",
+    "Entry",
+    "FunctionCall",
+    "Session",
+    "SessionFormatError",
+    "SessionMeta",
+    "ToolCall",
+    "format_rfc3339",
+    "parse_entry",
+    "parse_rfc3339",
+]
+
+
+class SessionFormatError(ValueError):
+    """A session file, or one line of it, is not in the crabtalk format.
+
+    ``path`` and ``line`` (1-based) say where, when known; ``reason`` says what.
+    """
+
+    def __init__(self, reason: str, *, path: str | Path | None = None, line: int | None = None):
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        self.line = line
+        where = ":".join(str(part) for part in (self.path, line) if part is not None)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    def at(self, path: str | Path | None, line: int | None) -> SessionFormatError:
+        """The same error, located at ``path`` line ``line``."""
+        return SessionFormatError(self.reason, path=path, line=line)
+
+
+def _empty(value: Any) -> bool:
+    return not value
+
+
+class FunctionCall(BaseModel):
+    """The function a tool call invokes. ``arguments`` is JSON *text*, kept verbatim."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="", exclude_if=_empty)
+    arguments: str = Field(default="", exclude_if=_empty)
+
+
+class ToolCall(BaseModel):
+    """One tool call of an assistant message, as crabtalk writes it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(default="", exclude_if=_empty)
+    type: str = "function"
+    function: FunctionCall = Field(default_factory=FunctionCall)
+    # crabtalk keeps a streaming index in memory and never writes it.
+    index: int | None = Field(default=None, exclude=True)
+
+
+class CrabMessage(BaseModel):
+    """One crabtalk message.
+
+    The field order is the key order of newer crabtalk's serializer. ``sender``
+    and ``auto_injected`` live in memory only and are never written or read.
+    ``langchain`` is this package's extension key: what a LangChain message
+    carries beyond the spec, so that it reads back equal (crabtalk ignores it).
+    Unknown keys of newer crabtalk versions are kept and written back.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str = Field(default="", exclude_if=_empty)
+    reasoning_content: str = Field(default="", exclude_if=_empty)
+    name: str = Field(default="", exclude_if=_empty)
+    tool_call_id: str = Field(default="", exclude_if=_empty)
+    tool_calls: list[ToolCall] = Field(default_factory=list, exclude_if=_empty)
+    agent: str = Field(default="", exclude_if=_empty)
+    langchain: dict[str, Any] | None = Field(default=None, exclude_if=_empty)
+    sender: str = Field(default="", exclude=True)
+    auto_injected: bool = Field(default=False, exclude=True)
+
+    @field_validator("role")
+    @classmethod
+    def _role_not_empty(cls, role: str) -> str:
+        if not role:
+            raise ValueError("role must be a non-empty string")
+        return role
+
+    def to_line(self) -> str:
+        """The JSON line crabtalk would write for this message, without the newline."""
+        return _dump(self)
+
+    @classmethod
+    def from_line(cls, line: str | bytes) -> CrabMessage:
+        """Parse one message line; raise :class:`SessionFormatError` if it is not one."""
+        entry = parse_entry(line)
+        if not isinstance(entry, CrabMessage):
+            raise SessionFormatError("a compact marker, not a message")
+        return entry
+
+
+class CompactMarker(BaseModel):
+    """``{"compact": "<summary>"}``: everything before it is archived history.
+
+    The working context after it starts with the summary as a user message.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    compact: str
+
+    def to_line(self) -> str:
+        """The marker's JSON line, without the newline."""
+        return _dump(self)
+
+
+Entry = Union[CrabMessage, CompactMarker]
+
+
+def _dump(model: BaseModel) -> str:
+    try:
+        return model.model_dump_json()
+    except pydantic_core.PydanticSerializationError as error:
+        raise ValueError(f"cannot write {type(model).__name__} as JSON: {error}") from None
+
+
+def parse_entry(line: str | bytes) -> Entry:
+    """Parse one non-header line into a message or a compact marker.
+
+    Raises :class:`SessionFormatError` (without a location; callers add it).
+    """
+    try:
+        message = CrabMessage.model_validate_json(line, strict=True)
+    except ValidationError as error:
+        return _parse_failed_message(line, error)
+    if message.sender or message.auto_injected:
+        # In-memory only: crabtalk never reads them from a file, neither do we.
+        message = message.model_copy(update={"sender": "", "auto_injected": False})
+    return message
+
+
+def _parse_failed_message(line: str | bytes, error: ValidationError) -> CompactMarker:
+    data = _json_object(line)
+    if "role" not in data and "compact" in data:
+        try:
+            return CompactMarker.model_validate(data, strict=True)
+        except ValidationError as marker_error:
+            raise SessionFormatError(f"bad compact marker: {_first(marker_error)}") from None
+    if "role" not in data:
+        raise SessionFormatError("message line has no 'role'")
+    raise SessionFormatError(f"not a crabtalk message: {_first(error)}")
+
+
+def _json_object(line: str | bytes) -> dict[str, Any]:
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SessionFormatError(f"not UTF-8 (byte {error.start})") from None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise SessionFormatError(f"not JSON: {error.msg} at column {error.colno}") from None
+    if not isinstance(data, dict):
+        raise SessionFormatError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _first(error: ValidationError) -> str:
+    detail = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in detail["loc"]) or "line"
+    return f"{where}: {detail['msg']}"
+
+
+# --- time stamps -------------------------------------------------------------
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 time stamp into a tz-aware datetime.
+
+    Accepts any number of fractional digits (chrono prints up to nine);
+    digits past microseconds are dropped.
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time stamp: {text!r}")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    return datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), micros,
+        tzinfo=_zone(offset),
+    )
+
+
+def _zone(offset: str) -> timezone:
+    if offset in ("Z", "z"):
+        return timezone.utc
+    sign = -1 if offset[0] == "-" else 1
+    hours, minutes = int(offset[1:3]), int(offset[4:6])
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """Format as chrono's ``to_rfc3339`` does for a UTC time: 0, 3 or 6 fraction digits."""
+    if moment.tzinfo is None:
+        raise ValueError("created_at must be timezone-aware")
+    utc = moment.astimezone(timezone.utc)
+    micros = utc.microsecond
+    if micros == 0:
+        fraction = ""
+    elif micros % 1000 == 0:
+        fraction = f".{micros // 1000:03d}"
+    else:
+        fraction = f".{micros:06d}"
+    return f"{utc.replace(microsecond=0, tzinfo=None).isoformat()}{fraction}+00:00"
+
+
+# --- the header --------------------------------------------------------------
+
+_HEADER_KEYS = ("agent", "created_by", "created_at")
+
+
+class SessionMeta(BaseModel):
+    """The header line: ``{"agent":…,"created_by":…,"created_at":…}``.
+
+    Unknown keys of newer crabtalk (``title``, ``uptime_secs``, …) are kept in
+    ``extra`` and written back after the three spec keys. The time stamp's text
+    as read is kept, so an unchanged header is written back byte for byte.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    created_by: str
+    created_at: datetime
+    extra: dict[str, Any] = Field(default_factory=dict)
+    created_at_text: str = Field(default="", repr=False)
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, moment: datetime) -> datetime:
+        if moment.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware")
+        return moment
+
+    def _stamp(self) -> str:
+        text = self.created_at_text
+        if text and _same_moment(text, self.created_at):
+            return text
+        return format_rfc3339(self.created_at)
+
+    def to_line(self) -> str:
+        """The header's JSON line, without the newline."""
+        data: dict[str, Any] = {
+            "agent": self.agent,
+            "created_by": self.created_by,
+            "created_at": self._stamp(),
+        }
+        data.update((k, v) for k, v in self.extra.items() if k not in _HEADER_KEYS)
+        return pydantic_core.to_json(data).decode("utf-8")
+
+    @classmethod
+    def from_line(cls, line: str | bytes) -> SessionMeta:
+        """Parse a header line; raise :class:`SessionFormatError` if it is not one."""
+        data = _json_object(line)
+        for key in _HEADER_KEYS:
+            if not isinstance(data.get(key), str):
+                raise SessionFormatError(f"header needs a string {key!r}: {_short(data)}")
+        try:
+            created_at = parse_rfc3339(data["created_at"])
+        except ValueError as error:
+            raise SessionFormatError(f"header: {error}") from None
+        extra = {k: v for k, v in data.items() if k not in _HEADER_KEYS}
+        return cls(
+            agent=data["agent"],
+            created_by=data["created_by"],
+            created_at=created_at,
+            extra=extra,
+            created_at_text=data["created_at"],
+        )
+
+
+def _same_moment(text: str, moment: datetime) -> bool:
+    try:
+        return parse_rfc3339(text) == moment
+    except ValueError:
+        return False
+
+
+def _short(data: dict[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=False)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class Session(BaseModel):
+    """A conversation bound to one agent, as crabtalk models it.
+
+    ``history`` is the working context held in memory (after the last compact
+    marker, the summary as a user message first). ``id`` is a string: LangChain
+    hands out string session ids. ``extra`` holds unknown header keys.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: str
+    agent: str
+    history: list[CrabMessage] = Field(default_factory=list)
+    created_by: str = "user"
+    created_at: datetime
+    file_path: Path | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def meta(self, created_at_text: str = "") -> SessionMeta:
+        """The header that describes this session."""
+        return SessionMeta(
+            agent=self.agent,
+            created_by=self.created_by,
+            created_at=self.created_at,
+            extra=self.extra,
+            created_at_text=created_at_text,
+        )

@@ -1,0 +1,106 @@
+"""The storage seam: where the lines of session logs live.
+
+A session log is a sequence of lines, the header first. Storage knows bytes
+and lines only: no JSON, no LangChain. The directory of JSONL files is one
+implementation; a shared backend implements the same few operations.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Appended", "Chunk", "Cursor", "SessionStorage", "TornTailWarning"]
+
+
+class TornTailWarning(UserWarning):
+    """A log ends in an incomplete line: a writer died mid-append."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a reader has read one log.
+
+    ``offset`` is the position after the last complete line read, ``lines``
+    the number of lines before it (so line numbers stay absolute), and
+    ``identity`` the incarnation of the log: it changes when the log is
+    replaced, which tells a reader to start again from line 1.
+    """
+
+    offset: int
+    lines: int
+    identity: Hashable
+
+
+@dataclass
+class Chunk:
+    """Lines read past a cursor: ``(line number, bytes)``, blank lines left out."""
+
+    lines: list[tuple[int, bytes]]
+    cursor: Cursor
+    reset: bool = False
+    """True when ``lines`` start at line 1 (first read, or the log was replaced)."""
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an append landed: ``start``..``end`` in the log ``identity``."""
+
+    start: int
+    end: int
+    identity: Hashable = field(compare=True)
+
+
+class SessionStorage(ABC):
+    """A flat namespace of session logs, addressed by name (``*.jsonl``)."""
+
+    @abstractmethod
+    def location(self, name: str) -> str:
+        """A human-readable place for messages: a path, a URL."""
+
+    @abstractmethod
+    def path(self, name: str) -> Path | None:
+        """The local file holding the log, if there is one."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Names of all logs, in no particular order."""
+
+    @abstractmethod
+    def read_header(self, name: str) -> bytes:
+        """The first line, without its newline. ``FileNotFoundError`` if absent."""
+
+    @abstractmethod
+    def create(self, name: str, header: bytes) -> None:
+        """Create a log holding just ``header``; ``FileExistsError`` if it exists.
+
+        Readers never see a log without its header.
+        """
+
+    @abstractmethod
+    def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
+        """Complete lines after ``cursor`` (all of them if None or stale).
+
+        Returns None when nothing changed since ``cursor``. An incomplete last
+        line is not returned (it may still be being written).
+        """
+
+    @abstractmethod
+    def append(self, name: str, lines: Sequence[bytes]) -> Appended:
+        """Append ``lines`` as one contiguous block, atomically with respect to
+        other writers. On failure nothing of the block remains."""
+
+    @abstractmethod
+    def replace(self, name: str, lines: Sequence[bytes]) -> None:
+        """Replace the whole log atomically: readers see the old or the new one."""
+
+    @abstractmethod
+    def delete(self, name: str) -> bool:
+        """Remove a log; False if there was none."""
+
+    @abstractmethod
+    def creation_lock(self) -> AbstractContextManager[None]:
+        """Serialize finding-or-creating logs across threads and processes."""

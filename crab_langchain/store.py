@@ -1,0 +1,207 @@
+"""``SessionStore``: a directory of crabtalk sessions, by (agent, session id)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from crab_langchain.history import CrabChatMessageHistory, read_meta
+from crab_langchain.hooks import make_plugin_manager
+from crab_langchain.models import Session, SessionFormatError
+from crab_langchain.naming import (
+    SESSION_ID_KEY,
+    check_agent,
+    file_name,
+    names_id,
+    parse_file_name,
+    session_id_of,
+)
+from crab_langchain.storage import DirectoryStorage, Durability, SessionStorage
+
+__all__ = ["SessionInfo", "SessionStore", "default_root"]
+
+_MAX_NAME_TRIES = 1000
+
+
+def default_root() -> Path:
+    """``$CRABTALK_HOME/sessions``, or ``~/.crabtalk/sessions`` as crabtalk uses."""
+    home = os.environ.get("CRABTALK_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".crabtalk"
+    return base / "sessions"
+
+
+class SessionInfo(BaseModel):
+    """One session as listed: read from its header alone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    agent: str
+    created_by: str
+    created_at: datetime
+    path: Path | None
+    name: str
+    extra: dict[str, Any] = {}
+
+    @property
+    def title(self) -> str | None:
+        """The ``title`` newer crabtalk writes in the header, if any."""
+        title = self.extra.get("title")
+        return title if isinstance(title, str) else None
+
+
+class SessionStore:
+    """A directory of session files, crabtalk's layout and names.
+
+    ``store.get_session_history`` is a ready ``get_session_history`` factory
+    for ``RunnableWithMessageHistory``. ``plugins`` are registered for every
+    history the store hands out, after the ``crab_langchain`` entry points
+    (``entry_points=False`` skips those). ``durability`` is ``"flush"`` (each
+    write reaches the OS) or ``"fsync"`` (each write reaches the disk);
+    ``strict`` writes only the spec's keys.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        plugins: Iterable[object] | None = None,
+        *,
+        strict: bool = False,
+        durability: Durability = "flush",
+        entry_points: bool = True,
+    ) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.storage: SessionStorage = DirectoryStorage(self.root, durability=durability)
+        self.plugin_manager: pluggy.PluginManager = make_plugin_manager(
+            plugins, entry_points=entry_points
+        )
+        self.strict = strict
+
+    def __repr__(self) -> str:
+        return f"SessionStore({str(self.root)!r})"
+
+    # --- histories ----------------------------------------------------------
+
+    def get_session_history(
+        self, session_id: str, agent: str = "crab", created_by: str = "user"
+    ) -> CrabChatMessageHistory:
+        """The history of ``(agent, session_id)``, created on its first write.
+
+        Any string works as an id. An existing session keeps the
+        ``created_by`` of its header.
+        """
+        session_id = _as_id(session_id)
+        check_agent(agent)
+        session = Session(
+            id=session_id,
+            agent=agent,
+            created_by=created_by,
+            created_at=datetime.now(timezone.utc),
+        )
+        return CrabChatMessageHistory(
+            session,
+            storage=self.storage,
+            name=self.find(session_id, agent),
+            plugins=self.plugin_manager,
+            strict=self.strict,
+            locate=lambda: self.find(session_id, agent),
+            create=self._create,
+        )
+
+    def find(self, session_id: str, agent: str = "crab") -> str | None:
+        """The file name holding ``(agent, session_id)``, or None.
+
+        If several files claim it (two writers raced before locking existed),
+        the oldest wins, always the same one.
+        """
+        session_id = _as_id(session_id)
+        candidates = [n for n in self.storage.names() if names_id(n, agent, session_id)]
+        candidates.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
+        return next((n for n in candidates if self._owns(n, agent, session_id)), None)
+
+    def _owns(self, name: str, agent: str, session_id: str) -> bool:
+        meta = read_meta(self.storage, name)
+        return meta.agent == agent and session_id_of(name, meta) == session_id
+
+    def _create(self, session: Session) -> str:
+        """Find or create the file of ``session``; return its name."""
+        with self.storage.creation_lock():
+            existing = self.find(session.id, session.agent)
+            if existing is not None:
+                return existing
+            extra = {**session.extra, SESSION_ID_KEY: session.id}
+            header = session.meta().model_copy(update={"extra": extra}).to_line().encode()
+            seconds = int(session.created_at.timestamp())
+            for attempt in range(_MAX_NAME_TRIES):
+                name = file_name(session.agent, seconds + attempt, session.id)
+                try:
+                    self.storage.create(name, header)
+                except FileExistsError:
+                    continue  # another session's name reads the same; move one second on
+                self.plugin_manager.hook.crab_session_created(session=session)
+                return name
+        raise FileExistsError(f"no free file name for session {session.id!r} in {self.root}")
+
+    # --- listing ------------------------------------------------------------
+
+    def list_sessions(
+        self, *, agent: str | None = None, created_by: str | None = None
+    ) -> list[SessionInfo]:
+        """All sessions in the directory, newest ``created_at`` first.
+
+        Reads only each file's header, so it costs the same however long the
+        sessions are. Files that are not sessions are skipped with a warning.
+        """
+        infos = []
+        for name in self.storage.names():
+            info = self._info(name)
+            if info is None:
+                continue
+            if agent is not None and info.agent != agent:
+                continue
+            if created_by is not None and info.created_by != created_by:
+                continue
+            infos.append(info)
+        infos.sort(key=lambda info: (info.created_at, info.name), reverse=True)
+        return infos
+
+    def _info(self, name: str) -> SessionInfo | None:
+        try:
+            meta = read_meta(self.storage, name)
+        except (SessionFormatError, OSError) as error:
+            warnings.warn(f"skipping {self.storage.location(name)}: {error}", stacklevel=3)
+            return None
+        return SessionInfo(
+            session_id=session_id_of(name, meta),
+            agent=meta.agent,
+            created_by=meta.created_by,
+            created_at=meta.created_at,
+            path=self.storage.path(name),
+            name=name,
+            extra=dict(meta.extra),
+        )
+
+    def latest_session(self, agent: str = "crab", created_by: str = "user") -> SessionInfo | None:
+        """The newest session of ``agent`` created by ``created_by``, or None."""
+        sessions = self.list_sessions(agent=agent, created_by=created_by)
+        return sessions[0] if sessions else None
+
+    def delete_session(self, session_id: str, agent: str = "crab") -> bool:
+        """Delete the session's file; False if there was none."""
+        name = self.find(session_id, agent)
+        return name is not None and self.storage.delete(name)
+
+
+def _as_id(session_id: Any) -> str:
+    if isinstance(session_id, str):
+        return session_id
+    if isinstance(session_id, int) and not isinstance(session_id, bool):
+        return str(session_id)  # crabtalk's own ids are integers
+    raise TypeError(f"session id must be a str, not {type(session_id).__name__}")

@@ -59,7 +59,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "is_auto_injected",
-    "mark_auto_injected",
     "make_plugin_manager",
+    "mark_auto_injected",
     "to_crab_message",
 ]

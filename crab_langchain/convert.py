@@ -72,6 +72,7 @@ _CLASS_OF_ROLE: dict[str, type[BaseMessage]] = {
     "tool": ToolMessage,
 }
 _SPEC_KEYS = ("content", "reasoning_content", "name", "tool_call_id", "tool_calls", "agent")
+_TEXT_KEYS = ("role", "content", "reasoning_content", "name", "tool_call_id", "agent")
 
 
 def mark_auto_injected(message: M) -> M:
@@ -132,6 +133,8 @@ def _decoded_kwargs(message: CrabMessage, cls: type[BaseMessage]) -> dict[str, A
         _put(leftovers, "tool_call_id", message.tool_call_id)
     if cls is ChatMessage:
         kwargs["role"] = message.role
+    if cls is FunctionMessage:
+        kwargs["name"] = message.name  # required, even when empty
     if cls is SystemMessage and message.role == "developer":
         extra[DEVELOPER_ROLE_KEY] = "developer"
     if leftovers:
@@ -178,7 +181,12 @@ def _parse_tool_calls(calls: Sequence[ToolCall]) -> tuple[list[Any], list[Any]]:
             invalid.append(_invalid_call(call.function.name, text, call.id, problem))
         else:
             valid.append(
-                {"name": call.function.name, "args": args, "id": call.id or None, "type": "tool_call"}
+                {
+                    "name": call.function.name,
+                    "args": args,
+                    "id": call.id or None,
+                    "type": "tool_call",
+                }
             )
     return valid, invalid
 
@@ -211,14 +219,13 @@ def to_crab_message(message: BaseMessage, *, strict: bool = False) -> CrabMessag
     if cls is None:
         raise ValueError(f"a {type(message).__name__} cannot be stored in a chat history")
     fields, unknown = _spec_fields(message)
-    crab = CrabMessage(**fields, auto_injected=is_auto_injected(message))
+    for key in _TEXT_KEYS:
+        _check_text(fields.get(key, ""), key)
+    injected = is_auto_injected(message)
     if strict:
-        return crab
-    extension = _extension(message, cls, crab)
-    if unknown or extension:
-        crab = CrabMessage(
-            **fields, **unknown, langchain=extension or None, auto_injected=crab.auto_injected
-        )
+        return CrabMessage(**fields, auto_injected=injected)
+    crab = CrabMessage(**fields, **unknown, auto_injected=injected)
+    crab.langchain = _extension(message, cls, crab) or None
     return crab
 
 
@@ -338,9 +345,7 @@ def _same_calls(raw: list[ToolCall], message: AIMessage) -> bool:
     def key(calls: Sequence[Any]) -> list[tuple[Any, Any, Any]]:
         return [(c.get("name") or None, c.get("args"), c.get("id") or None) for c in calls]
 
-    return key(valid) == key(message.tool_calls) and key(invalid) == key(
-        message.invalid_tool_calls
-    )
+    return key(valid) == key(message.tool_calls) and key(invalid) == key(message.invalid_tool_calls)
 
 
 def _extension(message: BaseMessage, cls: type[BaseMessage], crab: CrabMessage) -> dict[str, Any]:

@@ -17,7 +17,12 @@ from typing import Any, overload
 
 import pluggy
 from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import (
+    BaseMessage,
+    HumanMessage,
+    MessageLikeRepresentation,
+    convert_to_messages,
+)
 
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
@@ -108,7 +113,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         Raises ``FileNotFoundError`` if there is no such file and
         :class:`~crab_langchain.SessionFormatError` if it is malformed.
         """
-        path = Path(path)
+        path = Path(path).expanduser()
         storage = DirectoryStorage(path.parent, durability=durability)
         meta = read_meta(storage, path.name)
         session = Session(
@@ -138,21 +143,23 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """Async :attr:`messages`; the file is read in a worker thread."""
         return await asyncio.to_thread(lambda: self.messages)
 
-    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+    def add_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Append ``messages`` in one write, after the hooks' say.
 
-        Auto-injected messages are dropped by the default plugin. If a
-        message cannot be written (a value JSON cannot hold, a hook raising)
-        nothing of this call is written.
+        Message-like values LangChain accepts (``("human", "hi")`` tuples,
+        dicts, strings) are converted to messages first. Auto-injected
+        messages are dropped by the default plugin. If a message cannot be
+        written (a value JSON cannot hold, a hook raising) nothing of this
+        call is written.
         """
         with self._lock:
-            batch = [to_crab_message(message, strict=self.strict) for message in messages]
+            batch = [to_crab_message(m, strict=self.strict) for m in _as_messages(messages)]
             kept = [m for m in batch if self._keep(m)]
             self._hook.crab_before_persist(session=self._session, messages=kept)
             if kept:
                 self._append([message.to_line().encode("utf-8") for message in kept])
 
-    async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+    async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Async :meth:`add_messages`; the file is written in a worker thread."""
         await asyncio.to_thread(self.add_messages, list(messages))
 
@@ -208,7 +215,8 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     @property
     def file_path(self) -> Path | None:
         """The session file, once it exists (None before the first write)."""
-        name = self._name or self._current_name()
+        with self._lock:
+            name = self._current_name()
         return None if name is None else self._storage.path(name)
 
     def __repr__(self) -> str:
@@ -307,6 +315,14 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         for offset, line in enumerate(lines, start=cursor.lines + 1):
             self._take(name, offset, line)
         self._cursor = Cursor(appended.end, cursor.lines + len(lines), appended.identity)
+
+
+def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMessage]:
+    # Chains hand over ("human", "text") tuples and dicts as well as messages;
+    # take whatever LangChain itself accepts as a message.
+    if all(isinstance(message, BaseMessage) for message in messages):
+        return list(messages)  # type: ignore[arg-type]
+    return convert_to_messages(messages)
 
 
 def _manager(plugins: Plugins) -> pluggy.PluginManager:

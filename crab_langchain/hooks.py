@@ -8,13 +8,12 @@ the ``crab_langchain`` entry-point group. A plugin may implement any subset.
 
 Hook functions are called with keyword arguments, and a plugin may leave out
 arguments it does not need. Plugins are asked last-registered first; the
-built-in :class:`DefaultPlugin` is registered ``trylast`` so a host's plugin
-is always asked before it.
+built-in :class:`DefaultPlugin` decides only what no other plugin decided.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -74,10 +73,10 @@ class CrabHookSpecs:
 
         Called for every message passed to ``add_messages``, after conversion.
         The first non-None result wins: False drops the message, True keeps
-        it, None leaves the decision to the next plugin. The default plugin
-        drops auto-injected messages (``message.auto_injected``) and keeps the
-        rest; return True to keep injected ones (audit) or False to drop
-        others (secrets).
+        it, None leaves the decision to the next plugin. When every plugin
+        returns None, the default plugin drops auto-injected messages
+        (``message.auto_injected``) and the rest are kept; return True to
+        keep injected ones (audit) or False to drop others (secrets).
 
         :param session: the session written to.
         :param message: the converted message; do not modify it here.
@@ -113,12 +112,22 @@ class CrabHookSpecs:
 
 
 class DefaultPlugin:
-    """The spec's behaviour: auto-injected messages are never persisted."""
+    """The spec's behaviour: auto-injected messages are never persisted.
 
-    @hookimpl(trylast=True)
-    def crab_filter_message(self, message: CrabMessage) -> bool | None:
-        """Drop auto-injected messages; leave the rest to be kept."""
-        return False if is_auto_injected(message) else None
+    Its filter wraps the hook call instead of taking a place in it, so every
+    other plugin is asked first however and whenever it was registered
+    (``trylast`` included), and it decides only when they all return None.
+    """
+
+    @hookimpl(wrapper=True)
+    def crab_filter_message(
+        self, message: CrabMessage
+    ) -> Generator[None, bool | None, bool | None]:
+        """Drop auto-injected messages no other plugin decided on."""
+        verdict = yield
+        if verdict is None and is_auto_injected(message):
+            return False
+        return verdict
 
 
 def make_plugin_manager(

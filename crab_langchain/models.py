@@ -13,7 +13,7 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -134,7 +134,7 @@ class CompactMarker(BaseModel):
         return _dump(self)
 
 
-Entry = Union[CrabMessage, CompactMarker]
+Entry = CrabMessage | CompactMarker
 
 
 def _dump(model: BaseModel) -> str:
@@ -144,46 +144,61 @@ def _dump(model: BaseModel) -> str:
         raise ValueError(f"cannot write {type(model).__name__} as JSON: {error}") from None
 
 
+_MEMORY_ONLY = ("sender", "auto_injected")
+
+
 def parse_entry(line: str | bytes) -> Entry:
     """Parse one non-header line into a message or a compact marker.
 
     Raises :class:`SessionFormatError` (without a location; callers add it).
     """
-    try:
-        message = CrabMessage.model_validate_json(line, strict=True)
-    except ValidationError as error:
-        return _parse_failed_message(line, error)
-    if message.sender or message.auto_injected:
-        # In-memory only: crabtalk never reads them from a file, neither do we.
-        message = message.model_copy(update={"sender": "", "auto_injected": False})
-    return message
-
-
-def _parse_failed_message(line: str | bytes, error: ValidationError) -> CompactMarker:
     data = _json_object(line)
-    if "role" not in data and "compact" in data:
-        try:
-            return CompactMarker.model_validate(data, strict=True)
-        except ValidationError as marker_error:
-            raise SessionFormatError(f"bad compact marker: {_first(marker_error)}") from None
     if "role" not in data:
+        if "compact" in data:
+            return _compact_marker(data)
         raise SessionFormatError("message line has no 'role'")
-    raise SessionFormatError(f"not a crabtalk message: {_first(error)}")
+    # In-memory only: crabtalk never reads them from a file, neither do we.
+    for key in _MEMORY_ONLY:
+        data.pop(key, None)
+    calls = data.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                call.pop("index", None)
+    try:
+        return CrabMessage.model_validate(data, strict=True)
+    except ValidationError as error:
+        raise SessionFormatError(f"not a crabtalk message: {_first(error)}") from None
+
+
+def _compact_marker(data: dict[str, Any]) -> CompactMarker:
+    try:
+        return CompactMarker.model_validate(data, strict=True)
+    except ValidationError as error:
+        raise SessionFormatError(f"bad compact marker: {_first(error)}") from None
 
 
 def _json_object(line: str | bytes) -> dict[str, Any]:
+    try:
+        data = pydantic_core.from_json(line, allow_inf_nan=False)
+    except ValueError:
+        raise SessionFormatError(_why_not_json(line)) from None
+    if not isinstance(data, dict):
+        raise SessionFormatError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _why_not_json(line: str | bytes) -> str:
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise SessionFormatError(f"not UTF-8 (byte {error.start})") from None
+            return f"not UTF-8 (byte {error.start})"
     try:
-        data = json.loads(line)
+        json.loads(line)
     except json.JSONDecodeError as error:
-        raise SessionFormatError(f"not JSON: {error.msg} at column {error.colno}") from None
-    if not isinstance(data, dict):
-        raise SessionFormatError(f"expected a JSON object, got {type(data).__name__}")
-    return data
+        return f"not JSON: {error.msg} at column {error.colno}"
+    return "not JSON: NaN and Infinity are not JSON numbers"
 
 
 def _first(error: ValidationError) -> str:
@@ -211,7 +226,13 @@ def parse_rfc3339(text: str) -> datetime:
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     return datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micros,
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        micros,
         tzinfo=_zone(offset),
     )
 

@@ -77,12 +77,15 @@ class SessionStore:
         durability: Durability = "flush",
         entry_points: bool = True,
     ) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(root).expanduser() if root is not None else default_root()
         self.storage: SessionStorage = DirectoryStorage(self.root, durability=durability)
         self.plugin_manager: pluggy.PluginManager = make_plugin_manager(
             plugins, entry_points=entry_points
         )
         self.strict = strict
+        # (agent, id) -> file name: spares a directory scan on every call of
+        # the factory, which RunnableWithMessageHistory makes on every run.
+        self._known: dict[tuple[str, str], str] = {}
 
     def __repr__(self) -> str:
         return f"SessionStore({str(self.root)!r})"
@@ -122,9 +125,15 @@ class SessionStore:
         the oldest wins, always the same one.
         """
         session_id = _as_id(session_id)
+        known = self._known.get((agent, session_id))
+        if known is not None and self.storage.exists(known):
+            return known
         candidates = [n for n in self.storage.names() if names_id(n, agent, session_id)]
         candidates.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
-        return next((n for n in candidates if self._owns(n, agent, session_id)), None)
+        found = next((n for n in candidates if self._owns(n, agent, session_id)), None)
+        if found is not None:
+            self._known[agent, session_id] = found
+        return found
 
     def _owns(self, name: str, agent: str, session_id: str) -> bool:
         meta = read_meta(self.storage, name)

@@ -70,6 +70,10 @@ class SessionStorage(ABC):
         """Names of all logs, in no particular order."""
 
     @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether log ``name`` exists."""
+
+    @abstractmethod
     def read_header(self, name: str) -> bytes:
         """The first line, without its newline. ``FileNotFoundError`` if absent."""
 

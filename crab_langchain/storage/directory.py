@@ -77,6 +77,9 @@ class DirectoryStorage(SessionStorage):
 
     # --- reading --------------------------------------------------------------
 
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
     def read_header(self, name: str) -> bytes:
         with open(self._path(name), "rb") as file:
             line = file.readline()
@@ -280,7 +283,7 @@ def _lock(fd: int) -> None:
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_EX)
     else:  # pragma: no cover - Windows
-        import msvcrt
+        import msvcrt  # noqa: PLC0415 - Windows only
 
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
 

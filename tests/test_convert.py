@@ -1,0 +1,823 @@
+"""LangChain messages <-> crabtalk messages: the mapping, losslessness, and bad values."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from conftest import FIXTURE_FILES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    HumanMessageChunk,
+    RemoveMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.tool import invalid_tool_call, tool_call
+
+from crab_langchain.convert import (
+    AUTO_INJECTED_KEY,
+    from_crab_message,
+    is_auto_injected,
+    mark_auto_injected,
+    to_crab_message,
+)
+from crab_langchain.models import CrabMessage, FunctionCall, ToolCall
+
+SPEC_KEYS = {
+    "role",
+    "content",
+    "reasoning_content",
+    "name",
+    "tool_call_id",
+    "tool_calls",
+    "agent",
+}
+
+
+def _fixture_message_lines() -> list[bytes]:
+    lines = []
+    for path in FIXTURE_FILES:
+        body = path.read_bytes()[:-1].split(b"\n")[1:]
+        lines += [line for line in body if not line.startswith(b'{"compact"')]
+    return lines
+
+
+def _through_line(message: BaseMessage, **kwargs: Any) -> BaseMessage:
+    """LangChain -> CrabMessage -> the line text -> CrabMessage -> LangChain."""
+    line = to_crab_message(message, **kwargs).to_line()
+    return from_crab_message(CrabMessage.from_line(line))
+
+
+def _line_through_langchain(line: str | bytes) -> str:
+    return to_crab_message(from_crab_message(CrabMessage.from_line(line))).to_line()
+
+
+def _keys(message: BaseMessage, **kwargs: Any) -> dict[str, Any]:
+    return json.loads(to_crab_message(message, **kwargs).to_line())
+
+
+# --- the mapping: LangChain -> crabtalk ---------------------------------------------------------
+
+
+def test_human_message_becomes_user():
+    crab = to_crab_message(HumanMessage("hello"))
+    assert (crab.role, crab.content, crab.langchain) == ("user", "hello", None)
+    assert crab.to_line() == '{"role":"user","content":"hello"}'
+
+
+def test_ai_message_becomes_assistant_with_json_string_arguments():
+    message = AIMessage(
+        "",
+        tool_calls=[
+            tool_call(name="get_weather", args={"city": "Lisbon", "unit": "C"}, id="call_01"),
+            tool_call(name="now", args={}, id="call_02"),
+        ],
+    )
+    crab = to_crab_message(message)
+    assert crab.role == "assistant"
+    assert crab.content == ""
+    assert crab.tool_calls == [
+        ToolCall(
+            id="call_01",
+            function=FunctionCall(name="get_weather", arguments='{"city":"Lisbon","unit":"C"}'),
+        ),
+        ToolCall(id="call_02", function=FunctionCall(name="now")),
+    ]
+    assert crab.tool_calls[0].type == "function"
+    assert crab.langchain is None
+
+
+def test_ai_message_name_becomes_agent():
+    crab = to_crab_message(AIMessage("from the guide", name="guide"))
+    assert (crab.role, crab.agent, crab.name) == ("assistant", "guide", "")
+    assert crab.to_line() == '{"role":"assistant","content":"from the guide","agent":"guide"}'
+
+
+def test_ai_reasoning_content_kwarg_becomes_reasoning_content():
+    message = AIMessage("4", additional_kwargs={"reasoning_content": "2+2"})
+    crab = to_crab_message(message)
+    assert (crab.content, crab.reasoning_content, crab.langchain) == ("4", "2+2", None)
+    assert crab.to_line() == '{"role":"assistant","content":"4","reasoning_content":"2+2"}'
+
+
+def test_tool_message_becomes_tool():
+    crab = to_crab_message(ToolMessage("21 °C", tool_call_id="call_01", name="get_weather"))
+    assert (crab.role, crab.content, crab.tool_call_id, crab.name) == (
+        "tool",
+        "21 °C",
+        "call_01",
+        "get_weather",
+    )
+    assert crab.to_line() == (
+        '{"role":"tool","content":"21 °C","name":"get_weather","tool_call_id":"call_01"}'
+    )
+
+
+def test_system_message_becomes_system():
+    crab = to_crab_message(SystemMessage("Be brief."))
+    assert (crab.role, crab.content, crab.langchain) == ("system", "Be brief.", None)
+
+
+def test_developer_system_message_becomes_developer():
+    message = SystemMessage("Cite sources.", additional_kwargs={"__openai_role__": "developer"})
+    crab = to_crab_message(message)
+    assert (crab.role, crab.content, crab.langchain) == ("developer", "Cite sources.", None)
+    assert crab.to_line() == '{"role":"developer","content":"Cite sources."}'
+
+
+def test_chat_message_role_becomes_role():
+    crab = to_crab_message(ChatMessage(role="critic", content="Too long."))
+    assert (crab.role, crab.content, crab.langchain) == ("critic", "Too long.", None)
+
+
+def test_function_message_becomes_function_role_with_type():
+    crab = to_crab_message(FunctionMessage(name="lookup", content="42"))
+    assert (crab.role, crab.name, crab.content) == ("function", "lookup", "42")
+    assert crab.langchain == {"type": "function"}
+
+
+def test_crab_field_kwargs_become_spec_keys():
+    message = HumanMessage("hi", additional_kwargs={"crab": {"agent": "guide", "mood": "ok"}})
+    assert _keys(message, strict=True) == {"role": "user", "content": "hi", "agent": "guide"}
+    crab = to_crab_message(message)
+    assert crab.agent == "guide"
+    assert crab.model_extra == {"mood": "ok"}
+
+
+# --- the mapping: crabtalk -> LangChain ---------------------------------------------------------
+
+
+def test_user_becomes_human_message():
+    message = from_crab_message(CrabMessage.from_line('{"role":"user","content":"hi"}'))
+    assert type(message) is HumanMessage
+    assert message == HumanMessage("hi")
+
+
+def test_assistant_becomes_ai_message_with_parsed_tool_calls():
+    line = (
+        '{"role":"assistant","reasoning_content":"two calls","tool_calls":['
+        '{"id":"call_01","type":"function","function":{"name":"get_weather",'
+        '"arguments":"{\\"city\\":\\"Lisbon\\"}"}},'
+        '{"id":"call_10","type":"function","function":{"name":"now"}}],"agent":"guide"}'
+    )
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert type(message) is AIMessage
+    assert message.content == ""
+    assert message.name == "guide"
+    assert message.additional_kwargs == {"reasoning_content": "two calls"}
+    assert message.tool_calls == [
+        tool_call(name="get_weather", args={"city": "Lisbon"}, id="call_01"),
+        tool_call(name="now", args={}, id="call_10"),
+    ]
+    assert message.invalid_tool_calls == []
+
+
+def test_tool_becomes_tool_message():
+    line = '{"role":"tool","content":"sunny","name":"get_weather","tool_call_id":"call_01"}'
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert type(message) is ToolMessage
+    assert (message.content, message.tool_call_id, message.name) == (
+        "sunny",
+        "call_01",
+        "get_weather",
+    )
+    assert message.status == "success"
+    assert message.artifact is None
+
+
+def test_system_becomes_system_message():
+    message = from_crab_message(CrabMessage.from_line('{"role":"system","content":"Be brief."}'))
+    assert type(message) is SystemMessage
+    assert message == SystemMessage("Be brief.")
+
+
+def test_developer_becomes_developer_system_message():
+    message = from_crab_message(CrabMessage.from_line('{"role":"developer","content":"Cite."}'))
+    assert type(message) is SystemMessage
+    assert message.content == "Cite."
+    assert message.additional_kwargs == {"__openai_role__": "developer"}
+
+
+@pytest.mark.parametrize("role", ["critic", "function", "User", "tg:12345"])
+def test_other_role_becomes_chat_message(role: str):
+    crab = CrabMessage(role=role, content="x")
+    message = from_crab_message(CrabMessage.from_line(crab.to_line()))
+    assert type(message) is ChatMessage
+    assert (message.role, message.content) == (role, "x")
+
+
+def test_function_type_extension_becomes_function_message():
+    line = '{"role":"function","content":"42","name":"lookup","langchain":{"type":"function"}}'
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert type(message) is FunctionMessage
+    assert (message.name, message.content) == ("lookup", "42")
+
+
+def test_spec_keys_without_langchain_field_go_to_crab_kwargs():
+    line = '{"role":"user","content":"hi","tool_call_id":"t","agent":"guide"}'
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert type(message) is HumanMessage
+    assert message.additional_kwargs == {"crab": {"tool_call_id": "t", "agent": "guide"}}
+    assert to_crab_message(message).to_line() == line
+
+
+def test_name_on_assistant_goes_to_crab_kwargs():
+    line = '{"role":"assistant","content":"x","name":"n","agent":"guide"}'
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert message.name == "guide"
+    assert message.additional_kwargs == {"crab": {"name": "n"}}
+    assert to_crab_message(message).to_line() == line
+
+
+def test_unknown_message_keys_go_to_crab_kwargs():
+    line = '{"role":"user","content":"hi","mood":{"level":3}}'
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert message.additional_kwargs == {"crab": {"mood": {"level": 3}}}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"role":"user","content":"hi","mood":"ok"}',
+        '{"role":"assistant","content":"x","seen":true,"score":[1,2]}',
+        '{"role":"user","content":"x","agent":"guide","mood":"ok"}',
+        '{"role":"tool","content":"r","tool_call_id":"c","extra":{"a":null}}',
+    ],
+)
+def test_unknown_message_keys_round_trip_through_langchain_without_extension(line: str):
+    assert _line_through_langchain(line) == line
+
+
+# --- fixtures through LangChain -----------------------------------------------------------------
+
+
+def test_fixture_lines_exist():
+    assert len(_fixture_message_lines()) >= 20
+
+
+@pytest.mark.parametrize(
+    "line", _fixture_message_lines(), ids=lambda b: b[:40].decode("utf-8", "replace")
+)
+def test_fixture_line_round_trips_through_langchain_byte_exact(line: bytes):
+    crab = CrabMessage.from_line(line)
+    message = from_crab_message(crab)
+    back = to_crab_message(message)
+    assert back.langchain is None
+    assert back.to_line().encode("utf-8") == line
+    assert b'"langchain"' not in back.to_line().encode("utf-8")
+
+
+# --- tool calls ---------------------------------------------------------------------------------
+
+
+def _assistant_line(*calls: tuple[str, str, str]) -> str:
+    return CrabMessage(
+        role="assistant",
+        tool_calls=[
+            ToolCall(id=i, function=FunctionCall(name=n, arguments=a)) for i, n, a in calls
+        ],
+    ).to_line()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ('{"q": "unterminated', "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('"text"', "not a JSON object"),
+        ("null", "not a JSON object"),
+        ("not json at all", "not valid JSON"),
+    ],
+)
+def test_invalid_arguments_become_invalid_tool_calls(arguments: str, problem: str):
+    line = _assistant_line(("call_bad", "search", arguments))
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert isinstance(message, AIMessage)
+    assert message.tool_calls == []
+    assert len(message.invalid_tool_calls) == 1
+    bad = message.invalid_tool_calls[0]
+    assert (bad["name"], bad["args"], bad["id"], bad["type"]) == (
+        "search",
+        arguments,
+        "call_bad",
+        "invalid_tool_call",
+    )
+    assert problem in (bad["error"] or "")
+    assert to_crab_message(message).to_line() == line
+
+
+def test_mixed_valid_and_invalid_calls_keep_order():
+    line = _assistant_line(
+        ("c1", "a", '{"x":1}'),
+        ("c2", "b", "{broken"),
+        ("c3", "c", '{"y":[true]}'),
+        ("c4", "d", "[]"),
+    )
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert [c["id"] for c in message.tool_calls] == ["c1", "c3"]
+    assert [c["id"] for c in message.invalid_tool_calls] == ["c2", "c4"]
+    back = to_crab_message(message)
+    assert [c.id for c in back.tool_calls] == ["c1", "c2", "c3", "c4"]
+    assert back.to_line() == line
+    assert back.langchain is None
+
+
+def test_spaced_arguments_round_trip_byte_exact():
+    line = _assistant_line(("c", "f", '{"a": 1}'))
+    assert '"{\\"a\\": 1}"' in line
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert message.tool_calls == [tool_call(name="f", args={"a": 1}, id="c")]
+    assert _line_through_langchain(line) == line
+
+
+def test_reordered_keys_in_arguments_round_trip_byte_exact():
+    line = _assistant_line(("c", "f", '{"b":2,"a":{"z":1,"y":"\\u00e9"}}'))
+    assert _line_through_langchain(line) == line
+
+
+def test_tool_call_without_arguments():
+    line = (
+        '{"role":"assistant","tool_calls":[{"id":"call_10","type":"function",'
+        '"function":{"name":"now"}}]}'
+    )
+    message = from_crab_message(CrabMessage.from_line(line))
+    assert message.tool_calls == [tool_call(name="now", args={}, id="call_10")]
+    assert to_crab_message(message).to_line() == line
+    fresh = to_crab_message(
+        AIMessage("", tool_calls=[tool_call(name="now", args={}, id="call_10")])
+    )
+    assert fresh.to_line() == line
+
+
+def test_invalid_tool_call_from_langchain_writes_raw_args():
+    message = AIMessage(
+        "",
+        invalid_tool_calls=[invalid_tool_call(name="s", args='{"q":', id="c9", error=None)],
+    )
+    crab = to_crab_message(message)
+    assert crab.tool_calls == [
+        ToolCall(id="c9", function=FunctionCall(name="s", arguments='{"q":'))
+    ]
+    assert _through_line(message) == message
+
+
+def test_openai_style_raw_tool_calls_keep_their_argument_text():
+    raw = [
+        {
+            "index": 0,
+            "id": "c",
+            "function": {"arguments": '{"a": 1}', "name": "f"},
+            "type": "function",
+        }
+    ]
+    message = AIMessage(
+        "",
+        additional_kwargs={"tool_calls": raw},
+        tool_calls=[tool_call(name="f", args={"a": 1}, id="c")],
+    )
+    crab = to_crab_message(message)
+    assert crab.tool_calls[0].function.arguments == '{"a": 1}'
+    assert _through_line(message) == message
+
+
+def test_raw_tool_calls_that_disagree_with_parsed_calls_are_not_written():
+    raw = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": 2}'}}]
+    message = AIMessage(
+        "",
+        additional_kwargs={"tool_calls": raw},
+        tool_calls=[tool_call(name="f", args={"a": 1}, id="c")],
+    )
+    assert to_crab_message(message).tool_calls[0].function.arguments == '{"a":1}'
+    assert _through_line(message) == message
+
+
+def test_langchain_tool_call_ids_and_names_round_trip():
+    message = AIMessage(
+        "",
+        tool_calls=[
+            tool_call(name="f", args={"a": [1, {"b": None}]}, id=None),
+            tool_call(name="", args={}, id=""),
+        ],
+    )
+    assert _through_line(message) == message
+
+
+# --- reasoning and list content -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "reasoning", "reasoning": "Think first."},
+        {"type": "thinking", "thinking": "Think first.", "signature": "sig"},
+    ],
+)
+def test_reasoning_blocks_become_reasoning_content(block: dict[str, Any]):
+    message = AIMessage([block, {"type": "text", "text": "Answer."}])
+    crab = to_crab_message(message)
+    assert (crab.content, crab.reasoning_content) == ("Answer.", "Think first.")
+    assert _through_line(message) == message
+    plain = json.loads(to_crab_message(message, strict=True).to_line())
+    assert plain == {"role": "assistant", "content": "Answer.", "reasoning_content": "Think first."}
+
+
+def test_reasoning_kwarg_wins_and_round_trips():
+    message = AIMessage(
+        [{"type": "text", "text": "A"}], additional_kwargs={"reasoning_content": "from kwarg"}
+    )
+    assert to_crab_message(message).reasoning_content == "from kwarg"
+    assert _through_line(message) == message
+
+
+def test_list_content_writes_readable_text_and_reads_back_equal():
+    message = HumanMessage(
+        [
+            {"type": "text", "text": "What is "},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            "in this picture?",
+        ]
+    )
+    crab = to_crab_message(message)
+    assert crab.content == "What is in this picture?"
+    assert crab.langchain is not None
+    assert _through_line(message) == message
+    assert json.loads(to_crab_message(message, strict=True).to_line()) == {
+        "role": "user",
+        "content": "What is in this picture?",
+    }
+
+
+# --- lossless round trips through the line ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        HumanMessage("hi", id="msg-1", name="bob"),
+        HumanMessage(
+            [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]
+        ),
+        HumanMessage("x", additional_kwargs={"k": [1, 2.5, None, {"n": "é"}], "flag": True}),
+        AIMessage(
+            "ok",
+            id="run-1",
+            response_metadata={"model_name": "m", "finish_reason": "stop", "logprobs": None},
+            usage_metadata={
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "total_tokens": 15,
+                "input_token_details": {"cache_read": 3},
+            },
+        ),
+        AIMessage("", tool_calls=[tool_call(name="f", args={"a": 1}, id="c")], name="guide"),
+        ToolMessage("boom", tool_call_id="c", status="error"),
+        ToolMessage(
+            "done",
+            tool_call_id="c",
+            name="f",
+            artifact={"rows": [[1, "a"], [2, "b"]], "meta": None},
+        ),
+        ToolMessage("done", tool_call_id="c", artifact=[1, "two", 3.5]),
+        ChatMessage(role="user", content="from a chat message"),
+        ChatMessage(role="assistant", content="also chat"),
+        ChatMessage(role="critic", content="custom", name="c"),
+        FunctionMessage(name="lookup", content="42"),
+        SystemMessage("sys", id="s1"),
+        SystemMessage("dev", additional_kwargs={"__openai_role__": "developer"}, name="d"),
+    ],
+    ids=lambda m: f"{type(m).__name__}",
+)
+def test_message_reads_back_equal_through_the_line(message: BaseMessage):
+    back = _through_line(message)
+    assert type(back) is type(message)
+    assert back == message
+
+
+def test_function_message_with_empty_name_reads_back():
+    message = FunctionMessage(name="", content="42")
+    assert _through_line(message) == message
+
+
+def test_chat_message_with_user_role_stays_chat_message():
+    line = to_crab_message(ChatMessage(role="user", content="x")).to_line()
+    assert json.loads(line)["role"] == "user"
+    back = from_crab_message(CrabMessage.from_line(line))
+    assert type(back) is ChatMessage
+    assert back.role == "user"
+
+
+def test_extension_holds_only_what_spec_keys_cannot_reproduce():
+    message = AIMessage("ok", id="run-1", name="guide")
+    data = _keys(message)
+    assert data == {
+        "role": "assistant",
+        "content": "ok",
+        "agent": "guide",
+        "langchain": {"id": "run-1"},
+    }
+
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+KWARG_KEYS = st.text(max_size=8) | st.sampled_from(
+    ["reasoning_content", "tool_calls", "type", "id", "name", "content", "refusal"]
+)
+KWARGS = st.dictionaries(KWARG_KEYS, JSON_VALUES, max_size=3)
+METADATA = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3)
+TEXT = st.text(max_size=20)
+BLOCK = st.one_of(
+    TEXT,
+    st.builds(lambda t: {"type": "text", "text": t}, TEXT),
+    st.builds(lambda u: {"type": "image_url", "image_url": {"url": u}}, TEXT),
+    st.builds(lambda r: {"type": "reasoning", "reasoning": r}, TEXT),
+    st.builds(lambda r: {"type": "thinking", "thinking": r}, TEXT),
+    st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=3),
+)
+CONTENT = TEXT | st.lists(BLOCK, max_size=4)
+OPTIONAL_TEXT = st.none() | TEXT
+
+
+def _common() -> dict[str, Any]:
+    return {
+        "content": CONTENT,
+        "additional_kwargs": KWARGS,
+        "response_metadata": METADATA,
+        "name": OPTIONAL_TEXT,
+        "id": OPTIONAL_TEXT,
+    }
+
+
+TOOL_CALLS = st.lists(
+    st.builds(
+        tool_call,
+        name=TEXT,
+        args=st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=3),
+        id=OPTIONAL_TEXT,
+    ),
+    max_size=3,
+)
+INVALID_TOOL_CALLS = st.lists(
+    st.builds(
+        invalid_tool_call,
+        name=OPTIONAL_TEXT,
+        args=OPTIONAL_TEXT,
+        id=OPTIONAL_TEXT,
+        error=OPTIONAL_TEXT,
+    ),
+    max_size=2,
+)
+USAGE = st.none() | st.builds(
+    lambda i, o: {"input_tokens": i, "output_tokens": o, "total_tokens": i + o},
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+)
+MESSAGES = st.one_of(
+    st.builds(HumanMessage, **_common()),
+    st.builds(
+        AIMessage,
+        **_common(),
+        tool_calls=TOOL_CALLS,
+        invalid_tool_calls=INVALID_TOOL_CALLS,
+        usage_metadata=USAGE,
+    ),
+    st.builds(SystemMessage, **_common()),
+    st.builds(
+        lambda content, kwargs, name: SystemMessage(
+            content, name=name, additional_kwargs={**kwargs, "__openai_role__": "developer"}
+        ),
+        CONTENT,
+        KWARGS,
+        OPTIONAL_TEXT,
+    ),
+    st.builds(
+        ToolMessage,
+        **_common(),
+        tool_call_id=TEXT,
+        status=st.sampled_from(["success", "error"]),
+        artifact=JSON_VALUES,
+    ),
+    st.builds(
+        ChatMessage,
+        **_common(),
+        role=st.text(min_size=1, max_size=10)
+        | st.sampled_from(["user", "assistant", "system", "tool", "developer", "function"]),
+    ),
+    st.builds(FunctionMessage, **{**_common(), "name": st.text(min_size=1, max_size=10)}),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=MESSAGES)
+def test_any_json_representable_message_reads_back_equal(message: BaseMessage):
+    line = to_crab_message(message).to_line()
+    back = from_crab_message(CrabMessage.from_line(line))
+    assert type(back) is type(message)
+    assert back == message
+    data = json.loads(line)
+    assert set(data) <= SPEC_KEYS | {"langchain"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(message=MESSAGES)
+def test_strict_writes_only_spec_keys(message: BaseMessage):
+    crab = to_crab_message(message, strict=True)
+    assert crab.langchain is None
+    assert set(json.loads(crab.to_line())) <= SPEC_KEYS
+
+
+# --- strict mode --------------------------------------------------------------------------------
+
+
+def test_strict_writes_no_extension_and_no_unknown_keys():
+    message = AIMessage(
+        "ok",
+        id="run-1",
+        name="guide",
+        response_metadata={"model": "m"},
+        usage_metadata={"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
+        additional_kwargs={"crab": {"mood": "ok", "name": "n"}, "other": 1},
+    )
+    line = to_crab_message(message, strict=True).to_line()
+    assert line == '{"role":"assistant","content":"ok","name":"n","agent":"guide"}'
+    assert "langchain" not in line
+
+
+def test_strict_keeps_role_of_chat_and_function_messages():
+    assert _keys(ChatMessage(role="user", content="x"), strict=True) == {
+        "role": "user",
+        "content": "x",
+    }
+    assert _keys(FunctionMessage(name="f", content="x"), strict=True) == {
+        "role": "function",
+        "content": "x",
+        "name": "f",
+    }
+
+
+# --- chunks -------------------------------------------------------------------------------------
+
+
+def test_ai_message_chunk_is_stored_as_ai_message():
+    chunk = AIMessageChunk(
+        content="he",
+        id="run-1",
+        tool_call_chunks=[{"name": "f", "args": '{"a":', "id": "c", "index": 0}],
+    ) + AIMessageChunk(
+        content="llo", tool_call_chunks=[{"name": None, "args": "1}", "id": None, "index": 0}]
+    )
+    crab = to_crab_message(chunk)
+    assert crab.content == "hello"
+    assert crab.tool_calls == [
+        ToolCall(id="c", function=FunctionCall(name="f", arguments='{"a":1}'))
+    ]
+    line = crab.to_line()
+    assert "chunk" not in line
+    back = from_crab_message(CrabMessage.from_line(line))
+    assert type(back) is AIMessage
+    assert back == AIMessage(
+        "hello", id="run-1", tool_calls=[tool_call(name="f", args={"a": 1}, id="c")]
+    )
+
+
+def test_human_message_chunk_is_stored_as_human_message():
+    back = _through_line(HumanMessageChunk(content="hi"))
+    assert type(back) is HumanMessage
+    assert back == HumanMessage("hi")
+
+
+# --- the auto-injected marker -------------------------------------------------------------------
+
+
+def test_mark_auto_injected_returns_the_same_object():
+    message = HumanMessage("recalled memory")
+    assert not is_auto_injected(message)
+    assert mark_auto_injected(message) is message
+    assert is_auto_injected(message)
+    assert message.additional_kwargs[AUTO_INJECTED_KEY] is True
+
+
+def test_is_auto_injected_on_crab_messages():
+    assert is_auto_injected(CrabMessage(role="user", auto_injected=True))
+    assert not is_auto_injected(CrabMessage(role="user"))
+
+
+def test_marker_must_be_exactly_true():
+    assert not is_auto_injected(HumanMessage("x", additional_kwargs={AUTO_INJECTED_KEY: "yes"}))
+
+
+def test_to_crab_message_sets_auto_injected_and_back():
+    message = mark_auto_injected(SystemMessage("memory: likes tea"))
+    crab = to_crab_message(message)
+    assert crab.auto_injected is True
+    assert is_auto_injected(crab)
+    assert to_crab_message(message, strict=True).auto_injected is True
+    back = from_crab_message(crab)
+    assert is_auto_injected(back)
+    assert back == message
+
+
+def test_from_crab_message_marks_auto_injected():
+    back = from_crab_message(CrabMessage(role="user", content="x", auto_injected=True))
+    assert is_auto_injected(back)
+    assert not is_auto_injected(from_crab_message(CrabMessage(role="user", content="x")))
+
+
+def test_auto_injected_is_not_a_spec_key_and_the_marker_survives_the_line():
+    # The spec's in-memory flag is never written; the LangChain marker travels in the
+    # extension, so a message an audit plugin kept is recognised as injected on reading.
+    message = mark_auto_injected(HumanMessage("memory"))
+    line = to_crab_message(message).to_line()
+    assert '"auto_injected"' not in line
+    assert json.loads(line)["content"] == "memory"
+    crab = CrabMessage.from_line(line)
+    assert crab.auto_injected is False
+    back = from_crab_message(crab)
+    assert is_auto_injected(back)
+    assert back == message
+
+
+def test_strict_does_not_write_the_marker():
+    message = mark_auto_injected(HumanMessage("memory"))
+    assert to_crab_message(message, strict=True).to_line() == '{"role":"user","content":"memory"}'
+
+
+# --- values JSON cannot hold --------------------------------------------------------------------
+
+
+class _Opaque:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (HumanMessage("x", additional_kwargs={"score": float("nan")}), "additional_kwargs"),
+        (AIMessage("x", response_metadata={"at": datetime.now(timezone.utc)}), "response_metadata"),
+        (ToolMessage("x", tool_call_id="c", artifact=_Opaque()), "artifact"),
+        (HumanMessage("x", additional_kwargs={"k": "bad \ud800"}), "additional_kwargs"),
+        (HumanMessage("x", additional_kwargs={"k": {1: "one"}}), "additional_kwargs"),
+        (AIMessage("x", response_metadata={"inf": float("inf")}), "response_metadata"),
+        (
+            AIMessage("", tool_calls=[tool_call(name="f", args={"v": float("nan")}, id="c")]),
+            "args",
+        ),
+        (HumanMessage("x", additional_kwargs={"crab": {"mood": float("nan")}}), "crab"),
+    ],
+    ids=[
+        "nan-kwargs",
+        "datetime-metadata",
+        "object-artifact",
+        "surrogate-kwargs",
+        "int-key",
+        "inf-metadata",
+        "nan-tool-args",
+        "nan-crab-field",
+    ],
+)
+def test_unrepresentable_value_raises_naming_the_field(message: BaseMessage, field: str):
+    with pytest.raises((TypeError, ValueError), match=field):
+        to_crab_message(message).to_line()
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (HumanMessage("bad \ud800 text"), "content"),
+        (AIMessage("x", additional_kwargs={"reasoning_content": "\udc00"}), "reasoning_content"),
+        (ToolMessage("x", tool_call_id="\ud800"), "tool_call_id"),
+    ],
+    ids=["content", "reasoning", "tool-call-id"],
+)
+def test_lone_surrogate_in_spec_field_raises_naming_the_field(message: BaseMessage, field: str):
+    with pytest.raises((TypeError, ValueError), match=field):
+        to_crab_message(message).to_line()
+
+
+def test_remove_message_is_rejected():
+    with pytest.raises(ValueError, match="RemoveMessage"):
+        to_crab_message(RemoveMessage(id="m1"))

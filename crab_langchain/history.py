@@ -237,7 +237,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         name = self._current_name()
         if name is None:
             return
-        chunk = self._storage.read(name, self._cursor)
+        try:
+            chunk = self._storage.read(name, self._cursor)
+        except FileNotFoundError:
+            if not self._forget_deleted():
+                raise
+            return
         if chunk is None:
             return
         if chunk.reset:
@@ -298,23 +303,35 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         verdict = self._hook.crab_filter_message(session=self._session, message=message)
         return verdict is not False
 
+    def _forget_deleted(self) -> bool:
+        """After the session was deleted by anyone: start afresh, if we can create it again."""
+        if self._create is None:
+            return False
+        self._name = None
+        self._reset()
+        return True
+
     def _append(self, lines: list[bytes]) -> None:
-        name = self._current_name()
-        if name is None:
-            assert self._create is not None  # the constructor ensures it
-            self._session.created_at = datetime.now(timezone.utc)
-            name = self._name = self._create(self._session)
-        appended = self._storage.append(name, lines)
-        cursor = self._cursor
-        if cursor is None or (cursor.identity, cursor.offset) != (
-            appended.identity,
-            appended.start,
-        ):
+        name = self._current_name() or self._create_log()
+        try:
+            cursor = self._storage.append(name, lines, after=self._cursor)
+        except FileNotFoundError:
+            if not self._forget_deleted():
+                raise
+            name = self._create_log()
+            cursor = self._storage.append(name, lines)
+        if cursor is None:
             self._refresh()  # others wrote too (or first read): read it all in order
             return
-        for offset, line in enumerate(lines, start=cursor.lines + 1):
-            self._take(name, offset, line)
-        self._cursor = Cursor(appended.end, cursor.lines + len(lines), appended.identity)
+        for number, line in enumerate(lines, start=cursor.lines - len(lines) + 1):
+            self._take(name, number, line)
+        self._cursor = cursor
+
+    def _create_log(self) -> str:
+        assert self._create is not None  # the constructor ensures it
+        self._session.created_at = datetime.now(timezone.utc)
+        self._name = self._create(self._session)
+        return self._name
 
 
 def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMessage]:

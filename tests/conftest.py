@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 from hypothesis import settings
 
 # The repo is cloned beside shared/, on developer machines and in CI alike.
@@ -20,10 +19,3 @@ if not FIXTURE_FILES:
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-
-@pytest.fixture(params=FIXTURE_FILES, ids=lambda path: path.name)
-def fixture_file(request: pytest.FixtureRequest) -> Path:
-    """Each crabtalk fixture file in turn (read-only: copy it before writing)."""
-    path: Path = request.param
-    return path

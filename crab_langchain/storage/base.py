@@ -10,10 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Appended", "Chunk", "Cursor", "SessionStorage", "TornTailWarning"]
+__all__ = ["Chunk", "Cursor", "SessionStorage", "TornTailWarning"]
 
 
 class TornTailWarning(UserWarning):
@@ -25,14 +25,16 @@ class Cursor:
     """How far a reader has read one log.
 
     ``offset`` is the position after the last complete line read, ``lines``
-    the number of lines before it (so line numbers stay absolute), and
-    ``identity`` the incarnation of the log: it changes when the log is
-    replaced, which tells a reader to start again from line 1.
+    the number of lines before it (so line numbers stay absolute).
+    ``identity`` names the incarnation of the log, and ``check`` is whatever
+    else the storage needs to tell that log from a replacement that reuses
+    its identity (a file system hands freed inodes out again).
     """
 
     offset: int
     lines: int
     identity: Hashable
+    check: Hashable = None
 
 
 @dataclass
@@ -43,15 +45,6 @@ class Chunk:
     cursor: Cursor
     reset: bool = False
     """True when ``lines`` start at line 1 (first read, or the log was replaced)."""
-
-
-@dataclass(frozen=True)
-class Appended:
-    """Where an append landed: ``start``..``end`` in the log ``identity``."""
-
-    start: int
-    end: int
-    identity: Hashable = field(compare=True)
 
 
 class SessionStorage(ABC):
@@ -93,9 +86,16 @@ class SessionStorage(ABC):
         """
 
     @abstractmethod
-    def append(self, name: str, lines: Sequence[bytes]) -> Appended:
+    def append(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
         """Append ``lines`` as one contiguous block, atomically with respect to
-        other writers. On failure nothing of the block remains."""
+        other writers. On failure nothing of the block remains.
+
+        If ``after`` is a cursor at the end of the log as it was just before
+        the block, returns the cursor just past the block, so the caller can
+        skip reading back its own lines; otherwise returns None.
+        """
 
     @abstractmethod
     def replace(self, name: str, lines: Sequence[bytes]) -> None:

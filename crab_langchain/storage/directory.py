@@ -16,10 +16,11 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from crab_langchain.storage.base import Appended, Chunk, Cursor, SessionStorage, TornTailWarning
+from crab_langchain.storage.base import Chunk, Cursor, SessionStorage, TornTailWarning
 
 try:
     import fcntl
@@ -32,6 +33,22 @@ Durability = Literal["flush", "fsync"]
 
 _INDEX_LOCK = ".crab_langchain.lock"
 _TAIL_BLOCK = 65536
+_CHECKED_TAIL = 256
+
+
+@dataclass(frozen=True)
+class _Check:
+    """What must still hold for a cursor to continue in the same file.
+
+    The inode alone is not enough: replaced files free their inodes and new
+    files get them back, and crabtalk's ``persist()`` rewrites a file in place.
+    So a reader also checks that the header and the bytes just before its
+    offset are still what it read.
+    """
+
+    mtime_ns: int
+    header: bytes
+    tail: bytes
 
 
 class DirectoryStorage(SessionStorage):
@@ -89,21 +106,22 @@ class DirectoryStorage(SessionStorage):
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
         path = self._path(name)
-        if cursor is not None:
-            stat = os.stat(path)
-            if (stat.st_dev, stat.st_ino) == cursor.identity and stat.st_size == cursor.offset:
-                return None
+        if cursor is not None and _unchanged(os.stat(path), cursor):
+            return None
         with open(path, "rb") as file:
-            stat = os.fstat(file.fileno())
+            fd = file.fileno()
+            stat = os.fstat(fd)
             identity = (stat.st_dev, stat.st_ino)
-            reset = cursor is None or cursor.identity != identity or stat.st_size < cursor.offset
-            start, first = (0, 0) if reset or cursor is None else (cursor.offset, cursor.lines)
+            resume = cursor is not None and _continues(fd, identity, stat.st_size, cursor)
+            start, first = (cursor.offset, cursor.lines) if cursor and resume else (0, 0)
             file.seek(start)
             data = file.read()
             complete = data.rfind(b"\n") + 1
             if complete < len(data):
-                self._warn_if_torn(path, file.fileno(), identity, start + complete)
-        return _chunk(data[:complete], start, first, identity, reset)
+                self._warn_if_torn(path, fd, identity, start + complete)
+        known = cursor.check if cursor and resume and isinstance(cursor.check, _Check) else None
+        check = _next_check(known, data[:complete], stat.st_mtime_ns)
+        return _chunk(data[:complete], start, first, identity, check, reset=not resume)
 
     def _warn_if_torn(self, path: Path, fd: int, identity: object, offset: int) -> None:
         """Warn about an incomplete last line, unless a writer is busy writing it."""
@@ -136,11 +154,14 @@ class DirectoryStorage(SessionStorage):
             os.unlink(tmp)
         _fsync_dir(self.root)
 
-    def append(self, name: str, lines: Sequence[bytes]) -> Appended:
+    def append(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
         path = self._path(name)
         data = b"".join(line + b"\n" for line in lines)
         with self._locked(path) as (fd, identity):
             size = self._repair_tail(path, fd, os.fstat(fd).st_size)
+            follows = after is not None and _continues(fd, identity, size, after, exact=True)
             try:
                 _write_all(fd, data, path)
                 if self.durability == "fsync":
@@ -148,7 +169,11 @@ class DirectoryStorage(SessionStorage):
             except BaseException:
                 os.ftruncate(fd, size)  # leave no part of the block behind
                 raise
-        return Appended(start=size, end=size + len(data), identity=identity)
+            mtime_ns = os.fstat(fd).st_mtime_ns
+        if after is None or not follows or not isinstance(after.check, _Check):
+            return None
+        check = _next_check(after.check, data, mtime_ns)
+        return Cursor(size + len(data), after.lines + len(lines), identity, check)
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         path = self._path(name)
@@ -241,12 +266,47 @@ class DirectoryStorage(SessionStorage):
         return keep
 
 
-def _chunk(data: bytes, start: int, first: int, identity: object, reset: bool) -> Chunk:
+def _chunk(
+    data: bytes, start: int, first: int, identity: object, check: _Check, *, reset: bool
+) -> Chunk:
     lines = data.split(b"\n")
     lines.pop()  # what follows the last newline: nothing
     numbered = [(first + i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    cursor = Cursor(offset=start + len(data), lines=first + len(lines), identity=identity)
+    cursor = Cursor(start + len(data), first + len(lines), identity, check)
     return Chunk(lines=numbered, cursor=cursor, reset=reset)
+
+
+def _unchanged(stat: os.stat_result, cursor: Cursor) -> bool:
+    check = cursor.check
+    return (
+        isinstance(check, _Check)
+        and (stat.st_dev, stat.st_ino) == cursor.identity
+        and stat.st_size == cursor.offset
+        and stat.st_mtime_ns == check.mtime_ns
+    )
+
+
+def _continues(
+    fd: int, identity: object, size: int, cursor: Cursor, *, exact: bool = False
+) -> bool:
+    """Whether the file open as ``fd`` is the one ``cursor`` read, grown or not."""
+    check = cursor.check
+    if not isinstance(check, _Check) or identity != cursor.identity:
+        return False
+    if size < cursor.offset or (exact and size != cursor.offset):
+        return False
+    tail_at = cursor.offset - len(check.tail)
+    return (
+        os.pread(fd, len(check.header), 0) == check.header
+        and os.pread(fd, len(check.tail), tail_at) == check.tail
+    )
+
+
+def _next_check(known: _Check | None, data: bytes, mtime_ns: int) -> _Check:
+    if known is None:
+        end = data.find(b"\n") + 1
+        return _Check(mtime_ns, data[:end], data[-_CHECKED_TAIL:])
+    return _Check(mtime_ns, known.header, (known.tail + data)[-_CHECKED_TAIL:])
 
 
 def _after_last_newline(fd: int, size: int) -> int:

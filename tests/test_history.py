@@ -1,0 +1,997 @@
+"""CrabChatMessageHistory on real session files: reading, writing, hooks, other writers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURE_FILES, FIXTURES
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables.history import RunnableWithMessageHistory
+
+from crab_langchain import (
+    CrabChatMessageHistory,
+    CrabMessage,
+    SessionFormatError,
+    SessionStore,
+    TornTailWarning,
+    hookimpl,
+    is_auto_injected,
+    mark_auto_injected,
+)
+from crab_langchain.convert import to_crab_message
+from crab_langchain.models import parse_entry
+
+PLAIN_FIXTURES = [p for p in FIXTURE_FILES if b'{"compact":' not in p.read_bytes()]
+COMPACT_FIXTURE = FIXTURES / "crab_1775158803_12.jsonl"
+
+HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}\n'
+USER_A = b'{"role":"user","content":"a"}\n'
+ASSISTANT_B = b'{"role":"assistant","content":"b"}\n'
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def make_store(tmp_path: Path, plugins=()) -> SessionStore:
+    return SessionStore(tmp_path / "sessions", list(plugins), entry_points=False)
+
+
+def copy_fixture(source: Path, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / source.name
+    target.write_bytes(source.read_bytes())  # not shutil.copy: the fixtures are read-only
+    return target
+
+
+def file_lines(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    return data[:-1].split(b"\n")
+
+
+def contents(messages: list[BaseMessage]) -> list[str]:
+    return [m.content for m in messages]  # type: ignore[misc]
+
+
+def run_python(code: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+APPEND_SCRIPT = """
+import sys
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore
+store = SessionStore(sys.argv[1], entry_points=False)
+store.get_session_history(sys.argv[2]).add_messages([HumanMessage(t) for t in sys.argv[3:]])
+"""
+
+READ_SCRIPT = """
+import json, sys
+from crab_langchain import SessionStore
+store = SessionStore(sys.argv[1], entry_points=False)
+print(json.dumps([m.content for m in store.get_session_history(sys.argv[2]).messages]))
+"""
+
+CLEAR_SCRIPT = """
+import sys
+from crab_langchain import SessionStore
+SessionStore(sys.argv[1], entry_points=False).get_session_history(sys.argv[2]).clear()
+"""
+
+
+def expected_context(path: Path) -> list[bytes]:
+    """The working context crabtalk reads: summary + lines after the last compact marker."""
+    context: list[bytes] = []
+    for line in file_lines(path)[1:]:
+        if not line.strip():
+            continue
+        entry = parse_entry(line)
+        if isinstance(entry, CrabMessage):
+            context.append(line)
+        else:
+            context = [CrabMessage(role="user", content=entry.compact).to_line().encode()]
+    return context
+
+
+# --- basics ------------------------------------------------------------------------
+
+
+def test_fixtures_are_present():
+    assert {p.name for p in FIXTURE_FILES} >= {
+        "crab_1774253211_7.jsonl",
+        "crab_1775158803_12.jsonl",
+        "research_bot_1777593600_3.jsonl",
+    }
+    assert PLAIN_FIXTURES
+    assert COMPACT_FIXTURE not in PLAIN_FIXTURES
+
+
+def test_file_path_is_none_until_first_write(tmp_path):
+    store = make_store(tmp_path)
+    history = store.get_session_history("s1")
+    assert history.file_path is None
+    assert history.messages == []
+    assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
+    history.add_messages([HumanMessage("hi")])
+    assert isinstance(history.file_path, Path)
+    assert history.file_path.is_file()
+    assert history.file_path.parent == store.root
+
+
+def test_add_and_read_back(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("hi"), AIMessage("hello")])
+    history.add_message(HumanMessage("again"))
+    assert history.messages == [HumanMessage("hi"), AIMessage("hello"), HumanMessage("again")]
+    assert file_lines(history.file_path)[1:] == [
+        b'{"role":"user","content":"hi"}',
+        b'{"role":"assistant","content":"hello"}',
+        b'{"role":"user","content":"again"}',
+    ]
+
+
+def test_clear_removes_messages_and_keeps_header_bytes(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("hi"), AIMessage("hello")])
+    header = file_lines(history.file_path)[0]
+    history.clear()
+    assert history.messages == []
+    assert history.file_path.read_bytes() == header + b"\n"
+    history.add_messages([HumanMessage("after")])
+    assert history.messages == [HumanMessage("after")]
+    assert file_lines(history.file_path)[0] == header
+
+
+def test_clear_before_any_write_creates_nothing(tmp_path):
+    store = make_store(tmp_path)
+    history = store.get_session_history("s1")
+    history.clear()
+    assert history.file_path is None
+    assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
+
+
+def test_clear_keeps_fixture_header_byte_identical(tmp_path):
+    path = copy_fixture(COMPACT_FIXTURE, tmp_path)
+    header = file_lines(path)[0]
+    history = CrabChatMessageHistory.from_file(path)
+    history.clear()
+    assert path.read_bytes() == header + b"\n"
+    assert history.messages == []
+    assert history.session.extra == {"title": "Trip planning", "uptime_secs": 842}
+
+
+async def test_async_add_get_clear(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    await history.aadd_messages([HumanMessage("hi"), AIMessage("hello")])
+    assert await history.aget_messages() == [HumanMessage("hi"), AIMessage("hello")]
+    assert history.messages == await history.aget_messages()
+    header = file_lines(history.file_path)[0]
+    await history.aclear()
+    assert await history.aget_messages() == []
+    assert history.file_path.read_bytes() == header + b"\n"
+
+
+async def _assert_loop_runs_while_blocked_in(storage, method, operation, monkeypatch):
+    """Block ``storage.<method>`` in its thread until the event loop has ticked 5 times."""
+    started, released = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+    real = getattr(storage, method)
+    ticks = 0
+
+    def slow(*args, **kwargs):
+        started.set()
+        seen["released"] = released.wait(timeout=5)
+        seen["ticks"] = ticks
+        return real(*args, **kwargs)
+
+    async def ticker():
+        nonlocal ticks
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        for _ in range(5):
+            ticks += 1
+            await asyncio.sleep(0)
+        released.set()
+
+    monkeypatch.setattr(storage, method, slow)
+    task = asyncio.create_task(ticker())
+    result = await operation()
+    await task
+    monkeypatch.undo()
+    assert seen == {"released": True, "ticks": 5}, "the event loop was blocked"
+    return result
+
+
+async def test_aadd_messages_does_not_block_event_loop(tmp_path, monkeypatch):
+    store = make_store(tmp_path)
+    history = store.get_session_history("s1")
+    await _assert_loop_runs_while_blocked_in(
+        store.storage, "append", lambda: history.aadd_messages([HumanMessage("x")]), monkeypatch
+    )
+    assert history.messages == [HumanMessage("x")]
+
+
+async def test_aget_messages_does_not_block_event_loop(tmp_path, monkeypatch):
+    store = make_store(tmp_path)
+    store.get_session_history("s1").add_messages([HumanMessage("x")])
+    history = store.get_session_history("s1")
+    result = await _assert_loop_runs_while_blocked_in(
+        store.storage, "read", history.aget_messages, monkeypatch
+    )
+    assert result == [HumanMessage("x")]
+
+
+async def test_aclear_does_not_block_event_loop(tmp_path, monkeypatch):
+    store = make_store(tmp_path)
+    history = store.get_session_history("s1")
+    history.add_messages([HumanMessage("x")])
+    await _assert_loop_runs_while_blocked_in(store.storage, "replace", history.aclear, monkeypatch)
+    assert history.messages == []
+
+
+def test_session_fields(tmp_path):
+    before = datetime.now(timezone.utc)
+    history = make_store(tmp_path).get_session_history("s1", agent="bot", created_by="tg:1")
+    history.add_messages([HumanMessage("hi")])
+    session = history.session
+    assert (session.id, session.agent, session.created_by) == ("s1", "bot", "tg:1")
+    assert history.session_id == "s1"
+    assert session.created_at.tzinfo is not None
+    assert before - timedelta(seconds=1) <= session.created_at <= datetime.now(timezone.utc)
+    assert session.file_path == history.file_path
+    assert session.history == [CrabMessage(role="user", content="hi")]
+    header = json.loads(file_lines(history.file_path)[0])
+    assert header["agent"] == "bot"
+    assert header["created_by"] == "tg:1"
+    assert header["session_id"] == "s1"
+
+
+def test_created_at_header_never_changes(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("one")])
+    header = file_lines(history.file_path)[0]
+    created_at = history.session.created_at
+    history.add_messages([AIMessage("two")])
+    history.compact("summary")
+    history.add_messages([HumanMessage("three")])
+    history.clear()
+    history.add_messages([HumanMessage("four")])
+    history.compact("again")
+    assert file_lines(history.file_path)[0] == header
+    assert history.session.created_at == created_at
+    again = make_store(tmp_path).get_session_history("s1")
+    assert again.session.created_at == created_at
+
+
+def test_append_only_adds_lines(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    before = history.file_path.read_bytes()
+    history.add_messages([HumanMessage("three")])
+    after = history.file_path.read_bytes()
+    assert after.startswith(before)
+    assert after[len(before) :] == b'{"role":"user","content":"three"}\n'
+
+
+def test_messages_returns_a_new_list_each_time(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("one")])
+    first = history.messages
+    first.append(AIMessage("intruder"))
+    first[0] = HumanMessage("changed")
+    assert history.messages == [HumanMessage("one")]
+    stored = history.stored_messages()
+    stored.clear()
+    assert history.stored_messages() == [HumanMessage("one")]
+    assert history.messages is not history.messages
+
+
+# --- other writers --------------------------------------------------------------
+
+
+def test_another_instance_sees_writes(tmp_path):
+    one = make_store(tmp_path).get_session_history("s1")
+    one.add_messages([HumanMessage("from one")])
+    two = make_store(tmp_path).get_session_history("s1")
+    assert two.messages == [HumanMessage("from one")]
+    two.add_messages([AIMessage("from two")])
+    assert one.messages == [HumanMessage("from one"), AIMessage("from two")]
+    one.add_messages([HumanMessage("one again")])
+    assert contents(two.messages) == ["from one", "from two", "one again"]
+
+
+def test_session_deleted_by_another_store_starts_afresh(tmp_path):
+    old = make_store(tmp_path).get_session_history("s1")
+    old.add_messages([HumanMessage("before")])
+    assert make_store(tmp_path).delete_session("s1") is True
+    assert old.messages == []
+    old.add_messages([HumanMessage("after")])
+    (path,) = (tmp_path / "sessions").glob("*.jsonl")
+    assert file_lines(path)[1:] == [b'{"role":"user","content":"after"}']
+    assert contents(make_store(tmp_path).get_session_history("s1").messages) == ["after"]
+
+
+def test_session_deleted_under_a_writer_is_recreated_with_the_new_lines(tmp_path):
+    old = make_store(tmp_path).get_session_history("s1")
+    old.add_messages([HumanMessage("before")])
+    make_store(tmp_path).delete_session("s1")
+    old.add_messages([HumanMessage("after")])  # no read in between
+    assert contents(make_store(tmp_path).get_session_history("s1").messages) == ["after"]
+
+
+def test_file_opened_with_from_file_and_deleted_raises(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(HEADER + USER_A)
+    history = CrabChatMessageHistory.from_file(path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        history.add_messages([HumanMessage("lost?")])
+    with pytest.raises(FileNotFoundError):
+        _ = history.messages
+
+
+def test_instance_created_before_the_file_finds_it(tmp_path):
+    early = make_store(tmp_path).get_session_history("s1")
+    writer = make_store(tmp_path).get_session_history("s1")
+    writer.add_messages([HumanMessage("hi")])
+    assert early.messages == [HumanMessage("hi")]
+    early.add_messages([AIMessage("yo")])
+    assert len(list((tmp_path / "sessions").glob("*.jsonl"))) == 1
+    assert contents(writer.messages) == ["hi", "yo"]
+
+
+def test_another_process_sees_writes_both_ways(tmp_path):
+    root = str(tmp_path / "sessions")
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("parent 1")])
+    assert json.loads(run_python(READ_SCRIPT, root, "s1")) == ["parent 1"]
+    run_python(APPEND_SCRIPT, root, "s1", "child 1", "child 2")
+    assert contents(history.messages) == ["parent 1", "child 1", "child 2"]
+    history.add_messages([AIMessage("parent 2")])
+    assert json.loads(run_python(READ_SCRIPT, root, "s1")) == [
+        "parent 1",
+        "child 1",
+        "child 2",
+        "parent 2",
+    ]
+
+
+def test_another_process_creates_the_session(tmp_path):
+    root = str(tmp_path / "sessions")
+    history = make_store(tmp_path).get_session_history("s1")
+    assert history.messages == []
+    run_python(APPEND_SCRIPT, root, "s1", "child")
+    assert history.messages == [HumanMessage("child")]
+    assert history.file_path is not None
+
+
+def test_read_after_another_process_clear_reloads(tmp_path):
+    loads: list[list[str]] = []
+
+    class AfterLoad:
+        @hookimpl
+        def crab_after_load(self, session, messages):
+            loads.append(contents(list(messages)))
+
+    history = make_store(tmp_path, [AfterLoad()]).get_session_history("s1")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    assert contents(history.messages) == ["one", "two"]
+    loads.clear()
+    assert contents(history.messages) == ["one", "two"]
+    assert loads == []
+    run_python(CLEAR_SCRIPT, str(tmp_path / "sessions"), "s1")
+    assert history.messages == []
+    assert loads == [[]]
+    history.add_messages([HumanMessage("three")])
+    assert history.messages == [HumanMessage("three")]
+    assert loads == [[]]
+
+
+def test_after_load_called_on_first_load(tmp_path):
+    loads: list[tuple[str, list[str]]] = []
+
+    class AfterLoad:
+        @hookimpl
+        def crab_after_load(self, session, messages):
+            loads.append((session.id, contents(list(messages))))
+
+    make_store(tmp_path).get_session_history("s1").add_messages([HumanMessage("x")])
+    history = make_store(tmp_path, [AfterLoad()]).get_session_history("s1")
+    assert loads == []
+    history.messages  # noqa: B018 - the read is the point
+    history.messages  # noqa: B018
+    assert loads == [("s1", ["x"])]
+    path = copy_fixture(FIXTURE_FILES[0], tmp_path / "fx")
+    CrabChatMessageHistory.from_file(path, [AfterLoad()])
+    assert loads[-1][0] == "7"
+    assert len(loads) == 2
+
+
+# --- crabtalk fixtures -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.name)
+def test_from_file_reads_messages_as_crabtalk(tmp_path, fixture):
+    path = copy_fixture(fixture, tmp_path)
+    history = CrabChatMessageHistory.from_file(path)
+    lines = [to_crab_message(m).to_line().encode() for m in history.messages]
+    assert lines == expected_context(fixture)
+    assert [m.to_line().encode() for m in history.session.history] == expected_context(fixture)
+    assert path.read_bytes() == fixture.read_bytes()
+
+
+def test_from_file_message_types_of_first_fixture(tmp_path):
+    history = CrabChatMessageHistory.from_file(
+        copy_fixture(FIXTURES / "crab_1774253211_7.jsonl", tmp_path)
+    )
+    messages = history.messages
+    assert [type(m) for m in messages] == [
+        SystemMessage,
+        HumanMessage,
+        AIMessage,
+        ToolMessage,
+        ToolMessage,
+        AIMessage,
+        HumanMessage,
+        AIMessage,
+    ]
+    call = messages[2]
+    assert isinstance(call, AIMessage)
+    assert [c["args"] for c in call.tool_calls] == [
+        {"city": "Lisbon", "unit": "C"},
+        {"city": "Porto", "unit": "C"},
+    ]
+    assert messages[3].tool_call_id == "call_01"  # type: ignore[attr-defined]
+    assert messages[5].content == "Lisbon: 21 °C and clear ☀️\nPorto: 17 °C with rain 🌧️"
+
+
+def test_from_file_compact_fixture_working_context(tmp_path):
+    history = CrabChatMessageHistory.from_file(copy_fixture(COMPACT_FIXTURE, tmp_path))
+    messages = history.messages
+    assert messages[0] == HumanMessage(
+        "The user flies to Lisbon on Friday; day one is Alfama then Belém."
+    )
+    assert messages[1] == HumanMessage("Add a dinner spot, and ask the guide agent.")
+    assert len(messages) == 7
+    assert "I fly to Lisbon on Friday. Plan day one." not in contents(messages)
+    assert messages[-1].content == "2026-04-02T19:41:00Z"
+
+
+def test_from_file_custom_roles(tmp_path):
+    history = CrabChatMessageHistory.from_file(
+        copy_fixture(FIXTURES / "research_bot_1777593600_3.jsonl", tmp_path)
+    )
+    developer, critic = history.messages[:2]
+    assert isinstance(developer, SystemMessage)
+    assert developer.additional_kwargs.get("__openai_role__") == "developer"
+    assert isinstance(critic, ChatMessage)
+    assert critic.role == "critic"
+
+
+FIXTURE_SESSIONS = {
+    "crab_1774253211_7.jsonl": (
+        "7",
+        "crab",
+        "user",
+        datetime(2026, 3, 23, 8, 6, 51, 482913, tzinfo=timezone.utc),
+    ),
+    "crab_1775158803_12.jsonl": (
+        "12",
+        "crab",
+        "tg:12345",
+        datetime(2026, 4, 2, 19, 40, 3, 500000, tzinfo=timezone.utc),
+    ),
+    "research_bot_1777593600_3.jsonl": (
+        "3",
+        "research_bot",
+        "research_bot",
+        datetime(2026, 5, 1, tzinfo=timezone.utc),
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), FIXTURE_SESSIONS.items())
+def test_from_file_session_fields(tmp_path, name, expected):
+    path = copy_fixture(FIXTURES / name, tmp_path)
+    history = CrabChatMessageHistory.from_file(path)
+    session = history.session
+    assert history.session_id == expected[0]
+    assert (session.id, session.agent, session.created_by, session.created_at) == expected
+    assert session.file_path == path
+    assert history.file_path == path
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.name)
+def test_appending_to_a_fixture_keeps_every_earlier_byte(tmp_path, fixture):
+    path = copy_fixture(fixture, tmp_path)
+    history = CrabChatMessageHistory.from_file(path)
+    before = history.messages
+    history.add_messages([HumanMessage("new question"), AIMessage("new answer")])
+    data = path.read_bytes()
+    assert data.startswith(fixture.read_bytes())
+    assert data[len(fixture.read_bytes()) :] == (
+        b'{"role":"user","content":"new question"}\n{"role":"assistant","content":"new answer"}\n'
+    )
+    assert CrabChatMessageHistory.from_file(path).messages == [
+        *before,
+        HumanMessage("new question"),
+        AIMessage("new answer"),
+    ]
+
+
+def test_from_file_missing_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        CrabChatMessageHistory.from_file(tmp_path / "crab_1_1.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fixture", PLAIN_FIXTURES, ids=lambda p: p.name)
+def test_rewrite_through_langchain_is_byte_exact(tmp_path, fixture):
+    source = CrabChatMessageHistory.from_file(copy_fixture(fixture, tmp_path / "src"))
+    header_only = tmp_path / "dst" / fixture.name
+    header_only.parent.mkdir()
+    header_only.write_bytes(file_lines(fixture)[0] + b"\n")
+    target = CrabChatMessageHistory.from_file(header_only)
+    target.add_messages(source.messages)
+    assert header_only.read_bytes() == fixture.read_bytes()
+
+
+@pytest.mark.parametrize("fixture", PLAIN_FIXTURES, ids=lambda p: p.name)
+def test_rewrite_one_message_at_a_time_is_byte_exact(tmp_path, fixture):
+    source = CrabChatMessageHistory.from_file(copy_fixture(fixture, tmp_path / "src"))
+    header_only = tmp_path / "dst" / fixture.name
+    header_only.parent.mkdir()
+    header_only.write_bytes(file_lines(fixture)[0] + b"\n")
+    target = CrabChatMessageHistory.from_file(header_only)
+    for message in source.messages:
+        target.add_message(message)
+    assert header_only.read_bytes() == fixture.read_bytes()
+    assert target.messages == source.messages
+
+
+# --- malformed files ---------------------------------------------------------------
+
+MALFORMED = {
+    "no header": (USER_A + ASSISTANT_B, 1),
+    "header missing created_at": (b'{"agent":"crab","created_by":"user"}\n' + USER_A, 1),
+    "header missing agent": (
+        b'{"created_by":"user","created_at":"2026-03-23T08:06:51+00:00"}\n',
+        1,
+    ),
+    "header agent not a string": (
+        b'{"agent":1,"created_by":"user","created_at":"2026-03-23T08:06:51+00:00"}\n',
+        1,
+    ),
+    "header bad time": (b'{"agent":"crab","created_by":"user","created_at":"yesterday"}\n', 1),
+    "header not an object": (b"[1,2]\n" + USER_A, 1),
+    "header not utf-8": (HEADER[:10] + b"\xff" + HEADER[10:], 1),
+    "header incomplete": (HEADER[:-10], 1),
+    "empty file": (b"", 1),
+    "blank first line": (b"\n" + HEADER, 1),
+    "line not json": (HEADER + USER_A + b'{"role":"user",\n' + ASSISTANT_B, 3),
+    "line not utf-8": (HEADER + b'{"role":"user","content":"\xff\xfe"}\n', 2),
+    "missing role": (HEADER + USER_A + b'{"content":"x"}\n', 3),
+    "role not a string": (HEADER + b'{"role":5,"content":"x"}\n', 2),
+    "empty role": (HEADER + b'{"role":""}\n', 2),
+    "content not a string": (HEADER + USER_A + ASSISTANT_B + b'{"role":"user","content":5}\n', 4),
+    "tool_calls not a list": (HEADER + b'{"role":"assistant","tool_calls":{"id":"c"}}\n', 2),
+    "arguments not a string": (
+        HEADER
+        + b'{"role":"assistant","tool_calls":[{"id":"c","type":"function",'
+        + b'"function":{"name":"f","arguments":{"a":1}}}]}\n',
+        2,
+    ),
+    "line is an array": (HEADER + b"[1]\n", 2),
+    "bad compact marker": (HEADER + USER_A + b'{"compact":5}\n', 3),
+    "blank lines in the middle": (HEADER + USER_A + b"\n   \n" + ASSISTANT_B + b"nope\n", 6),
+    "blank line then bad line": (HEADER + b"\n" + b'{"role":true}\n', 3),
+}
+
+
+@pytest.mark.parametrize(("data", "line"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_file_raises_with_path_and_line(tmp_path, data, line):
+    path = tmp_path / "crab_1774253211_7.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(SessionFormatError) as caught:
+        CrabChatMessageHistory.from_file(path)
+    error = caught.value
+    assert error.line == line
+    assert error.path == str(path)
+    assert str(error).startswith(f"{path}:{line}: ")
+    assert path.read_bytes() == data
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_malformed_session_in_store_raises_on_read(tmp_path):
+    store = make_store(tmp_path)
+    history = store.get_session_history("s1")
+    history.add_messages([HumanMessage("ok")])
+    path = history.file_path
+    with open(path, "ab") as file:
+        file.write(b"\n{not json}\n")
+    data = path.read_bytes()
+    fresh = make_store(tmp_path).get_session_history("s1")
+    for _ in range(2):  # a failed read is not remembered as a success
+        with pytest.raises(SessionFormatError) as caught:
+            fresh.messages  # noqa: B018
+        assert caught.value.line == 4
+        assert str(caught.value).startswith(f"{path}:4: ")
+    assert path.read_bytes() == data
+
+
+def test_bad_line_from_another_writer_reports_absolute_line(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("1"), AIMessage("2"), HumanMessage("3")])
+    assert len(history.messages) == 3
+    with open(history.file_path, "ab") as file:
+        file.write(b'{"role":"user","content":"4"}\n\n{"role":[]}\n')
+    with pytest.raises(SessionFormatError) as caught:
+        history.messages  # noqa: B018
+    assert caught.value.line == 7
+    assert caught.value.path == str(history.file_path)
+
+
+# --- failed writes -----------------------------------------------------------------
+
+
+def test_add_with_non_json_value_writes_nothing(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("keep")])
+    before = history.file_path.read_bytes()
+    bad = ToolMessage("result", tool_call_id="c1", artifact=object())
+    with pytest.raises((TypeError, ValueError), match="artifact"):
+        history.add_messages([HumanMessage("good"), bad, AIMessage("after")])
+    assert history.file_path.read_bytes() == before
+    assert history.messages == [HumanMessage("keep")]
+    history.add_messages([AIMessage("later")])
+    assert history.messages == [HumanMessage("keep"), AIMessage("later")]
+    assert make_store(tmp_path).get_session_history("s1").messages == history.messages
+
+
+def test_add_with_raising_before_persist_writes_nothing(tmp_path):
+    class Veto:
+        armed = True
+
+        @hookimpl
+        def crab_before_persist(self, session, messages):
+            if self.armed:
+                raise RuntimeError("vetoed")
+
+    veto = Veto()
+    history = make_store(tmp_path, [veto]).get_session_history("s1")
+    veto.armed = False
+    history.add_messages([HumanMessage("keep")])
+    before = history.file_path.read_bytes()
+    veto.armed = True
+    with pytest.raises(RuntimeError, match="vetoed"):
+        history.add_messages([HumanMessage("a"), AIMessage("b")])
+    assert history.file_path.read_bytes() == before
+    assert history.messages == [HumanMessage("keep")]
+    veto.armed = False
+    history.add_messages([AIMessage("later")])
+    assert history.messages == [HumanMessage("keep"), AIMessage("later")]
+
+
+def test_failed_first_write_creates_no_file(tmp_path):
+    store = make_store(tmp_path)
+    history = store.get_session_history("s1")
+    with pytest.raises((TypeError, ValueError)):
+        history.add_messages([ToolMessage("r", tool_call_id="c", artifact=object())])
+    assert history.file_path is None
+    assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
+
+
+# --- torn tail ---------------------------------------------------------------------
+
+
+def test_torn_last_line_is_kept_aside_and_repaired(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    path = history.file_path
+    torn = b'{"role":"user","content":"thr'
+    with open(path, "ab") as file:
+        file.write(torn)
+    reader = make_store(tmp_path).get_session_history("s1")
+    with pytest.warns(TornTailWarning):
+        assert reader.messages == [HumanMessage("one"), AIMessage("two")]
+    with pytest.warns(TornTailWarning):
+        reader.add_messages([HumanMessage("three")])
+    assert (tmp_path / "sessions" / (path.name + ".torn")).read_bytes() == torn + b"\n"
+    lines = file_lines(path)
+    assert len(lines) == 4
+    for line in lines:
+        json.loads(line)
+    expected = [HumanMessage("one"), AIMessage("two"), HumanMessage("three")]
+    assert make_store(tmp_path).get_session_history("s1").messages == expected
+    assert history.messages == expected
+    assert reader.messages == expected
+
+
+# --- compaction --------------------------------------------------------------------
+
+
+def test_compact_starts_a_new_working_context(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    before = history.file_path.read_bytes()
+    history.compact("they said one and two")
+    history.add_messages([HumanMessage("three")])
+    expected = [HumanMessage("they said one and two"), HumanMessage("three")]
+    assert history.messages == expected
+    assert make_store(tmp_path).get_session_history("s1").messages == expected
+    data = history.file_path.read_bytes()
+    assert data.startswith(before)
+    assert data[len(before) :] == (
+        b'{"compact":"they said one and two"}\n{"role":"user","content":"three"}\n'
+    )
+    assert [m.content for m in history.session.history] == ["they said one and two", "three"]
+
+
+def test_last_compact_marker_wins(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([HumanMessage("one")])
+    history.compact("first")
+    history.add_messages([HumanMessage("two")])
+    history.compact("second")
+    assert history.messages == [HumanMessage("second")]
+    assert make_store(tmp_path).get_session_history("s1").messages == [HumanMessage("second")]
+    assert len(file_lines(history.file_path)) == 5
+
+
+def test_compact_on_fixture_keeps_archive(tmp_path):
+    path = copy_fixture(COMPACT_FIXTURE, tmp_path)
+    history = CrabChatMessageHistory.from_file(path)
+    history.compact("newer summary")
+    assert history.messages == [HumanMessage("newer summary")]
+    assert path.read_bytes() == COMPACT_FIXTURE.read_bytes() + b'{"compact":"newer summary"}\n'
+
+
+# --- hooks -------------------------------------------------------------------------
+
+
+class Audit:
+    """Keeps injected messages (audit) and drops anything mentioning SECRET."""
+
+    @hookimpl
+    def crab_filter_message(self, session, message):
+        if "SECRET" in message.content:
+            return False
+        return True if message.auto_injected else None
+
+
+def test_audit_plugin_writes_injected_but_reading_skips_them(tmp_path):
+    history = make_store(tmp_path, [Audit()]).get_session_history("s1")
+    injected = mark_auto_injected(SystemMessage("recalled memory"))
+    history.add_messages([injected, HumanMessage("question")])
+    lines = file_lines(history.file_path)[1:]
+    assert len(lines) == 2
+    assert b"recalled memory" in lines[0]
+    assert history.messages == [HumanMessage("question")]
+    assert make_store(tmp_path).get_session_history("s1").messages == [HumanMessage("question")]
+
+
+def test_filter_plugin_drops_secrets(tmp_path):
+    history = make_store(tmp_path, [Audit()]).get_session_history("s1")
+    history.add_messages([HumanMessage("my SECRET is 42"), AIMessage("noted"), HumanMessage("ok")])
+    assert history.messages == [AIMessage("noted"), HumanMessage("ok")]
+    assert b"SECRET" not in history.file_path.read_bytes()
+
+
+def test_filter_dropping_everything_creates_no_file(tmp_path):
+    store = make_store(tmp_path, [Audit()])
+    history = store.get_session_history("s1")
+    history.add_messages([HumanMessage("SECRET")])
+    assert history.file_path is None
+    assert history.messages == []
+
+
+def test_default_plugin_never_writes_injected(tmp_path):
+    history = make_store(tmp_path).get_session_history("s1")
+    history.add_messages([mark_auto_injected(HumanMessage("injected")), HumanMessage("real")])
+    assert b"injected" not in history.file_path.read_bytes()
+    assert history.messages == [HumanMessage("real")]
+
+
+def test_before_persist_redacts_in_place(tmp_path):
+    class Redact:
+        @hookimpl
+        def crab_before_persist(self, session, messages):
+            for message in messages:
+                message.content = message.content.replace("hunter2", "*****")
+            messages[:] = [m for m in messages if m.content != "drop me"]
+
+    history = make_store(tmp_path, [Redact()]).get_session_history("s1")
+    history.add_messages([HumanMessage("pw is hunter2"), HumanMessage("drop me"), AIMessage("ok")])
+    assert b"hunter2" not in history.file_path.read_bytes()
+    assert file_lines(history.file_path)[1:] == [
+        b'{"role":"user","content":"pw is *****"}',
+        b'{"role":"assistant","content":"ok"}',
+    ]
+    assert history.messages == [HumanMessage("pw is *****"), AIMessage("ok")]
+
+
+def test_session_created_called_once_per_new_file(tmp_path):
+    created: list[str] = []
+
+    class Created:
+        @hookimpl
+        def crab_session_created(self, session):
+            created.append(session.id)
+
+    store = make_store(tmp_path, [Created()])
+    history = store.get_session_history("s1")
+    history.messages  # noqa: B018
+    assert created == []
+    history.add_messages([HumanMessage("one")])
+    history.add_messages([HumanMessage("two")])
+    store.get_session_history("s1").add_messages([HumanMessage("three")])
+    history.clear()
+    history.add_messages([HumanMessage("four")])
+    assert created == ["s1"]
+    store.get_session_history("s2").add_messages([HumanMessage("x")])
+    assert created == ["s1", "s2"]
+
+
+class Injector:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def crab_inject_messages(self, session, history):
+        self.calls += 1
+        return [SystemMessage(f"recall #{self.calls} of {len(history)}")]
+
+
+class SecondInjector:
+    @hookimpl
+    def crab_inject_messages(self, session, history):
+        return [HumanMessage("second plugin")]
+
+
+def test_injected_messages_are_marked_and_last(tmp_path):
+    injector = Injector()
+    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history.add_messages([HumanMessage("q"), AIMessage("a")])
+    messages = history.messages
+    assert messages[:2] == [HumanMessage("q"), AIMessage("a")]
+    assert len(messages) == 3
+    assert messages[2].content == "recall #1 of 2"
+    assert is_auto_injected(messages[2])
+    assert not any(is_auto_injected(m) for m in messages[:2])
+    assert history.stored_messages() == [HumanMessage("q"), AIMessage("a")]
+
+
+def test_results_of_all_injectors_are_concatenated(tmp_path):
+    history = make_store(tmp_path, [Injector(), SecondInjector()]).get_session_history("s1")
+    injected = history.messages
+    assert sorted(contents(injected)) == ["recall #1 of 0", "second plugin"]
+    assert all(is_auto_injected(m) for m in injected)
+
+
+def test_injection_is_stable_without_a_write_and_fresh_after(tmp_path):
+    injector = Injector()
+    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history.add_messages([HumanMessage("q")])
+    first = history.messages
+    second = history.messages
+    assert first == second
+    assert injector.calls == 1
+    assert first[-1].content == "recall #1 of 1"
+    history.add_messages([AIMessage("a")])
+    third = history.messages
+    assert injector.calls == 2
+    assert third[-1].content == "recall #2 of 2"
+    assert contents(third[:-1]) == ["q", "a"]
+
+
+async def test_async_reads_get_the_same_injection(tmp_path):
+    injector = Injector()
+    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history.add_messages([HumanMessage("q")])
+    assert await history.aget_messages() == history.messages
+    assert injector.calls == 1
+
+
+def test_injection_after_another_writer_is_fresh(tmp_path):
+    injector = Injector()
+    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history.add_messages([HumanMessage("q")])
+    assert history.messages[-1].content == "recall #1 of 1"
+    make_store(tmp_path).get_session_history("s1").add_messages([AIMessage("a")])
+    assert history.messages[-1].content == "recall #2 of 2"
+
+
+def test_injected_messages_do_not_accumulate_across_turns(tmp_path):
+    injector = Injector()
+    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    for turn in range(3):
+        context = history.messages
+        assert sum(is_auto_injected(m) for m in context) == 1
+        assert is_auto_injected(context[-1])
+        # a careless caller writes back everything it saw plus the new turn
+        history.add_messages([context[-1], HumanMessage(f"q{turn}"), AIMessage(f"a{turn}")])
+    stored = history.stored_messages()
+    assert contents(stored) == ["q0", "a0", "q1", "a1", "q2", "a2"]
+    assert len(file_lines(history.file_path)) == 7
+    assert b"recall" not in history.file_path.read_bytes()
+    assert b"crab_auto_injected" not in history.file_path.read_bytes()
+
+
+def test_runnable_with_message_history_writes_no_injected_messages(tmp_path):
+    injector = Injector()
+    store = make_store(tmp_path, [injector])
+    seen: list[list[BaseMessage]] = []
+
+    def model(messages: list[BaseMessage]) -> AIMessage:
+        seen.append(list(messages))
+        return AIMessage(f"answer {len(seen)}")
+
+    chain = RunnableWithMessageHistory(RunnableLambda(model), store.get_session_history)
+    config = {"configurable": {"session_id": "chat"}}
+    for turn in range(3):
+        chain.invoke([HumanMessage(f"question {turn}")], config=config)
+    assert is_auto_injected(seen[2][-2])
+    assert seen[2][-1] == HumanMessage("question 2")
+    assert sum(is_auto_injected(m) for m in seen[2]) == 1
+    history = store.get_session_history("chat")
+    assert contents(history.stored_messages()) == [
+        "question 0",
+        "answer 1",
+        "question 1",
+        "answer 2",
+        "question 2",
+        "answer 3",
+    ]
+    assert b"recall" not in history.file_path.read_bytes()
+
+
+def test_reader_sees_two_clears_by_another_instance(tmp_path):
+    writer = make_store(tmp_path).get_session_history("s1")
+    writer.add_messages([HumanMessage("first")])
+    writer.clear()  # from here on, ext4 tends to alternate two inodes
+    writer.add_messages([HumanMessage("old")])
+    reader = make_store(tmp_path).get_session_history("s1")
+    assert reader.messages == [HumanMessage("old")]
+    reader_inode = writer.file_path.stat().st_ino
+    for _ in range(20):  # clear until the file system hands the reader's inode back
+        writer.clear()
+        if writer.file_path.stat().st_ino == reader_inode:
+            break
+    writer.add_messages([HumanMessage("new"), HumanMessage("more")])
+    assert reader.messages == [HumanMessage("new"), HumanMessage("more")]
+
+
+def test_reader_notices_crabtalk_rewriting_the_file_in_place(tmp_path):
+    """crabtalk's persist() truncates and rewrites the same file, with a new created_at."""
+    path = tmp_path / "crab_1774253211_7.jsonl"
+    path.write_bytes(HEADER + USER_A)
+    reader = CrabChatMessageHistory.from_file(path)
+    assert reader.messages == [HumanMessage("a")]
+    rewritten = HEADER.replace(b"482913+00:00", b"482913000+00:00")
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(rewritten + USER_A + ASSISTANT_B)
+    assert reader.messages == [HumanMessage("a"), AIMessage("b")]

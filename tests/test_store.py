@@ -1,0 +1,540 @@
+"""SessionStore: a directory of crabtalk sessions, names, listing, other processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURE_FILES
+from langchain_core.messages import AIMessage, HumanMessage
+
+from crab_langchain import CrabChatMessageHistory, SessionStore, default_root
+from crab_langchain import history as history_module
+
+HOSTILE_IDS = ["..", "../../x", "a/b", "\x00", "x" * 5000, "日本語 🦀", "", ".", "a\\b", "%2F"]
+HOSTILE_AGENTS = ["..", "../../x", "a/b", "\x00", "日本語 🦀", ".", "/", "a\\b"]
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def make_store(root: Path, plugins=()) -> SessionStore:
+    return SessionStore(root, list(plugins), entry_points=False)
+
+
+def copy_fixtures(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for fixture in FIXTURE_FILES:
+        (directory / fixture.name).write_bytes(fixture.read_bytes())
+
+
+def file_lines(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    return data[:-1].split(b"\n")
+
+
+def all_files(top: Path) -> set[str]:
+    found = set()
+    for folder, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            found.add(os.path.join(folder, name))
+    return found
+
+
+def run_python(code: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+READ_SCRIPT = """
+import json, sys
+from crab_langchain import SessionStore
+store = SessionStore(sys.argv[1], entry_points=False)
+history = store.get_session_history(sys.argv[3], agent=sys.argv[2])
+print(json.dumps({"name": store.find(sys.argv[3], sys.argv[2]),
+                  "contents": [m.content for m in history.messages]}))
+"""
+
+# Started together: each writes ready-<n>, waits for the "go" file, then writes.
+BARRIER_WRITER = """
+import os, sys, time
+from langchain_core.messages import AIMessage, HumanMessage
+from crab_langchain import SessionStore
+root, gate, writer, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = SessionStore(root, entry_points=False)
+history = store.get_session_history("shared")
+open(os.path.join(gate, "ready-" + writer), "w").close()
+deadline = time.monotonic() + 30
+while not os.path.exists(os.path.join(gate, "go")):
+    if time.monotonic() > deadline:
+        sys.exit("no go")
+    time.sleep(0.001)
+for i in range(calls):
+    history.add_messages([HumanMessage(f"{writer}:{i}:q"), AIMessage(f"{writer}:{i}:a")])
+"""
+
+
+def run_together(tmp_path: Path, root: Path, writers: int, calls: int) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BARRIER_WRITER, str(root), str(gate), str(w), str(calls)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(gate.glob("ready-*"))) < writers:
+            assert time.monotonic() < deadline, "writers did not start"
+            assert all(p.poll() is None for p in procs), "a writer died early"
+            time.sleep(0.005)
+        (gate / "go").touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def check_interleaving(lines: list[bytes], writers: int, calls: int) -> None:
+    """Exactly writers*calls*2 valid lines; each call's pair adjacent; each writer in order."""
+    assert len(lines) == writers * calls * 2
+    parsed = [json.loads(line) for line in lines]
+    progress = dict.fromkeys(range(writers), -1)
+    for question, answer in zip(parsed[::2], parsed[1::2], strict=True):
+        assert question["role"] == "user"
+        assert answer["role"] == "assistant"
+        writer, call, kind = question["content"].split(":")
+        assert kind == "q"
+        assert answer["content"] == f"{writer}:{call}:a"
+        assert int(call) == progress[int(writer)] + 1
+        progress[int(writer)] = int(call)
+    assert progress == dict.fromkeys(range(writers), calls - 1)
+
+
+def session_files(root: Path) -> list[Path]:
+    return sorted(root.glob("*.jsonl"))
+
+
+# --- the root --------------------------------------------------------------------
+
+
+def test_default_root_from_crabtalk_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRABTALK_HOME", str(tmp_path / "ct"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "ct" / "sessions"
+    store = SessionStore(entry_points=False)
+    assert store.root == tmp_path / "ct" / "sessions"
+    store.get_session_history("s").add_messages([HumanMessage("hi")])
+    assert len(session_files(tmp_path / "ct" / "sessions")) == 1
+    assert not (tmp_path / "home").exists()
+
+
+def test_default_root_from_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("CRABTALK_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "home" / ".crabtalk" / "sessions"
+    store = SessionStore(entry_points=False)
+    store.get_session_history("s").add_messages([HumanMessage("hi")])
+    assert len(session_files(tmp_path / "home" / ".crabtalk" / "sessions")) == 1
+
+
+def test_empty_crabtalk_home_falls_back_to_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRABTALK_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "home" / ".crabtalk" / "sessions"
+
+
+def test_fresh_root_and_files_have_private_permissions(tmp_path):
+    root = tmp_path / "new" / "sessions"
+    history = make_store(root).get_session_history("s")
+    assert not root.exists()
+    history.add_messages([HumanMessage("hi")])
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(history.file_path.stat().st_mode) == 0o600
+    history.clear()
+    assert stat.S_IMODE(history.file_path.stat().st_mode) == 0o600
+    for entry in root.iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o600, entry
+
+
+# --- names -----------------------------------------------------------------------
+
+
+def test_file_name_format(tmp_path):
+    before = int(time.time())
+    history = make_store(tmp_path).get_session_history("abc", agent="bot")
+    history.add_messages([HumanMessage("hi")])
+    after = int(time.time())
+    match = re.fullmatch(r"bot_(\d+)_abc\.jsonl", history.file_path.name)
+    assert match is not None
+    seconds = int(match.group(1))
+    assert before <= seconds <= after
+    header = json.loads(file_lines(history.file_path)[0])
+    assert seconds == int(datetime.fromisoformat(header["created_at"]).timestamp())
+    assert header["session_id"] == "abc"
+    assert list(header)[:3] == ["agent", "created_by", "created_at"]
+
+
+def test_integer_ids_find_crabtalk_files(tmp_path):
+    copy_fixtures(tmp_path)
+    store = make_store(tmp_path)
+    assert store.find("7") == "crab_1774253211_7.jsonl"
+    assert store.find(12) == "crab_1775158803_12.jsonl"
+    assert store.find("3", agent="research_bot") == "research_bot_1777593600_3.jsonl"
+    assert store.find("3") is None
+    history = store.get_session_history(7)
+    assert history.file_path == tmp_path / "crab_1774253211_7.jsonl"
+    assert len(history.messages) == 8
+    history.add_messages([HumanMessage("more")])
+    assert len(session_files(tmp_path)) == 3
+    assert history.messages[-1] == HumanMessage("more")
+
+
+@pytest.mark.parametrize("bad", [None, 1.5, True, b"x"])
+def test_non_string_ids_are_rejected(tmp_path, bad):
+    with pytest.raises(TypeError):
+        make_store(tmp_path).get_session_history(bad)
+
+
+def test_existing_session_keeps_header_created_by(tmp_path):
+    make_store(tmp_path).get_session_history("s", created_by="tg:1").add_messages(
+        [HumanMessage("x")]
+    )
+    history = make_store(tmp_path).get_session_history("s", created_by="someone else")
+    assert history.session.created_by == "tg:1"
+    history.add_messages([AIMessage("y")])
+    assert len(session_files(tmp_path)) == 1
+    assert json.loads(file_lines(history.file_path)[0])["created_by"] == "tg:1"
+
+
+UNDERSCORE_PAIRS = [("my_agent_2", "x_1"), ("my", "agent_2_x_1")]
+
+
+def test_underscores_and_digits_in_agents_and_ids_are_not_confused(tmp_path):
+    store = make_store(tmp_path)
+    for agent, session_id in UNDERSCORE_PAIRS:
+        store.get_session_history(session_id, agent=agent).add_messages(
+            [HumanMessage(f"{agent}/{session_id}")]
+        )
+    assert len(session_files(tmp_path)) == 2
+    for current in (store, make_store(tmp_path)):
+        for agent, session_id in UNDERSCORE_PAIRS:
+            history = current.get_session_history(session_id, agent=agent)
+            assert history.messages == [HumanMessage(f"{agent}/{session_id}")]
+            assert history.session.agent == agent
+            assert history.session_id == session_id
+        assert current.find("agent_2_x_1", "my_agent_2") is None
+        assert current.find("x_1", "my") is None
+        assert current.find("2_x_1", "my_agent") is None
+    listed = {(i.agent, i.session_id) for i in make_store(tmp_path).list_sessions()}
+    assert listed == set(UNDERSCORE_PAIRS)
+
+
+def test_underscore_sessions_seen_from_another_process(tmp_path):
+    store = make_store(tmp_path)
+    for agent, session_id in UNDERSCORE_PAIRS:
+        store.get_session_history(session_id, agent=agent).add_messages(
+            [HumanMessage(f"{agent}/{session_id}")]
+        )
+    for agent, session_id in UNDERSCORE_PAIRS:
+        seen = json.loads(run_python(READ_SCRIPT, str(tmp_path), agent, session_id))
+        assert seen["contents"] == [f"{agent}/{session_id}"]
+        assert seen["name"] == store.find(session_id, agent)
+
+
+class _Frozen(datetime):
+    moment = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls.moment
+
+
+def test_names_that_read_the_same_get_distinct_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(history_module, "datetime", _Frozen)
+    seconds = int(_Frozen.moment.timestamp())
+    store = make_store(tmp_path)
+    # agent "a", id "<s>_b" and agent "a_<s>", id "b" both name "a_<s>_<s>_b.jsonl"
+    first = ("a", f"{seconds}_b")
+    second = (f"a_{seconds}", "b")
+    for agent, session_id in (first, second):
+        store.get_session_history(session_id, agent=agent).add_messages(
+            [HumanMessage(f"{agent}|{session_id}")]
+        )
+    assert len(session_files(tmp_path)) == 2
+    monkeypatch.undo()
+    fresh = make_store(tmp_path)
+    for agent, session_id in (first, second):
+        history = fresh.get_session_history(session_id, agent=agent)
+        assert history.messages == [HumanMessage(f"{agent}|{session_id}")]
+        history.add_messages([AIMessage("more")])
+    assert len(session_files(tmp_path)) == 2
+    assert {(i.agent, i.session_id) for i in fresh.list_sessions()} == {first, second}
+
+
+@pytest.mark.parametrize("session_id", HOSTILE_IDS, ids=repr)
+def test_hostile_ids_stay_inside_root_and_are_found(tmp_path, session_id):
+    root = tmp_path / "sessions"
+    before = all_files(tmp_path.parent)
+    history = make_store(root).get_session_history(session_id)
+    history.add_messages([HumanMessage("mine")])
+    created = all_files(tmp_path.parent) - before
+    assert created
+    assert all(Path(p).is_relative_to(root) for p in created), created
+    assert history.file_path.parent == root
+    again = make_store(root).get_session_history(session_id)
+    assert again.messages == [HumanMessage("mine")]
+    assert again.session_id == session_id
+    assert again.file_path == history.file_path
+    [info] = make_store(root).list_sessions()
+    assert info.session_id == session_id
+    assert make_store(root).delete_session(session_id) is True
+    assert session_files(root) == []
+
+
+@pytest.mark.parametrize("agent", HOSTILE_AGENTS, ids=repr)
+def test_hostile_agents_stay_inside_root_and_are_found(tmp_path, agent):
+    root = tmp_path / "sessions"
+    before = all_files(tmp_path.parent)
+    history = make_store(root).get_session_history("s", agent=agent)
+    history.add_messages([HumanMessage("mine")])
+    created = all_files(tmp_path.parent) - before
+    assert all(Path(p).is_relative_to(root) for p in created), created
+    assert history.file_path.parent == root
+    again = make_store(root).get_session_history("s", agent=agent)
+    assert again.messages == [HumanMessage("mine")]
+    assert again.session.agent == agent
+    [info] = make_store(root).list_sessions(agent=agent)
+    assert (info.agent, info.session_id) == (agent, "s")
+
+
+def test_all_hostile_ids_in_one_directory_keep_their_own_messages(tmp_path):
+    store = make_store(tmp_path)
+    for number, session_id in enumerate(HOSTILE_IDS):
+        store.get_session_history(session_id).add_messages([HumanMessage(str(number))])
+    assert len(session_files(tmp_path)) == len(HOSTILE_IDS)
+    fresh = make_store(tmp_path)
+    for number, session_id in enumerate(HOSTILE_IDS):
+        assert fresh.get_session_history(session_id).messages == [HumanMessage(str(number))]
+    assert sorted(i.session_id for i in fresh.list_sessions()) == sorted(HOSTILE_IDS)
+
+
+def test_long_ids_with_a_common_prefix_get_distinct_files(tmp_path):
+    one, two = "x" * 5000, "x" * 4999 + "y"
+    store = make_store(tmp_path)
+    store.get_session_history(one).add_messages([HumanMessage("one")])
+    store.get_session_history(two).add_messages([HumanMessage("two")])
+    assert len(session_files(tmp_path)) == 2
+    assert all(len(p.name) < 255 for p in session_files(tmp_path))
+    fresh = make_store(tmp_path)
+    assert fresh.get_session_history(one).messages == [HumanMessage("one")]
+    assert fresh.get_session_history(two).messages == [HumanMessage("two")]
+    assert fresh.get_session_history("x" * 4998).messages == []
+
+
+def test_unencodable_id_is_rejected_and_creates_nothing(tmp_path):
+    store = make_store(tmp_path / "sessions")
+    with pytest.raises(ValueError, match="Unicode"):
+        store.get_session_history("\ud800").add_messages([HumanMessage("x")])
+    assert not (tmp_path / "sessions").exists() or session_files(tmp_path / "sessions") == []
+
+
+@pytest.mark.parametrize("agent", ["", "x" * 5000, "\udcff"], ids=["empty", "long", "surrogate"])
+def test_unusable_agent_raises_valueerror(tmp_path, agent):
+    with pytest.raises(ValueError, match="agent"):
+        make_store(tmp_path / "sessions").get_session_history("s", agent=agent)
+    assert not (tmp_path / "sessions").exists()
+
+
+# --- listing ---------------------------------------------------------------------
+
+
+def test_list_sessions_reads_crabtalk_files_newest_first(tmp_path):
+    copy_fixtures(tmp_path)
+    store = make_store(tmp_path)
+    store.get_session_history("mine", created_by="tg:9").add_messages([HumanMessage("x")])
+    infos = store.list_sessions()
+    assert [(i.agent, i.session_id) for i in infos] == [
+        ("crab", "mine"),
+        ("research_bot", "3"),
+        ("crab", "12"),
+        ("crab", "7"),
+    ]
+    assert [i.created_at for i in infos] == sorted((i.created_at for i in infos), reverse=True)
+    by_id = {i.session_id: i for i in infos}
+    assert by_id["12"].created_by == "tg:12345"
+    assert by_id["12"].title == "Trip planning"
+    assert by_id["12"].extra == {"title": "Trip planning", "uptime_secs": 842}
+    assert by_id["7"].title is None
+    assert by_id["7"].created_at == datetime(2026, 3, 23, 8, 6, 51, 482913, tzinfo=timezone.utc)
+    assert by_id["7"].path == tmp_path / "crab_1774253211_7.jsonl"
+    assert by_id["7"].name == "crab_1774253211_7.jsonl"
+    assert by_id["mine"].created_by == "tg:9"
+    for fixture in FIXTURE_FILES:
+        assert (tmp_path / fixture.name).read_bytes() == fixture.read_bytes()
+
+
+def test_list_sessions_filters(tmp_path):
+    copy_fixtures(tmp_path)
+    store = make_store(tmp_path)
+    assert [i.session_id for i in store.list_sessions(agent="crab")] == ["12", "7"]
+    assert [i.session_id for i in store.list_sessions(created_by="tg:12345")] == ["12"]
+    assert [i.session_id for i in store.list_sessions(agent="research_bot")] == ["3"]
+    assert store.list_sessions(agent="crab", created_by="research_bot") == []
+    assert store.list_sessions(agent="nobody") == []
+
+
+def test_list_sessions_skips_malformed_files_with_a_warning(tmp_path):
+    copy_fixtures(tmp_path)
+    (tmp_path / "crab_1_bad.jsonl").write_bytes(b"garbage\n")
+    (tmp_path / "crab_2_empty.jsonl").write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"not a session")
+    store = make_store(tmp_path)
+    with pytest.warns(UserWarning, match="skipping") as caught:
+        infos = store.list_sessions()
+    assert sorted(i.session_id for i in infos) == ["12", "3", "7"]
+    text = " ".join(str(w.message) for w in caught)
+    assert "crab_1_bad.jsonl" in text
+    assert "crab_2_empty.jsonl" in text
+    assert "notes.txt" not in text
+    assert (tmp_path / "crab_1_bad.jsonl").read_bytes() == b"garbage\n"
+
+
+def test_list_sessions_of_missing_root_is_empty(tmp_path):
+    assert make_store(tmp_path / "none").list_sessions() == []
+    assert not (tmp_path / "none").exists()
+
+
+def test_latest_session(tmp_path):
+    copy_fixtures(tmp_path)
+    store = make_store(tmp_path)
+    assert store.latest_session().session_id == "7"
+    assert store.latest_session("crab", "tg:12345").session_id == "12"
+    assert store.latest_session("research_bot", "research_bot").session_id == "3"
+    assert store.latest_session("nobody") is None
+    store.get_session_history("new").add_messages([HumanMessage("x")])
+    assert store.latest_session().session_id == "new"
+
+
+def test_latest_session_of_empty_store_is_none(tmp_path):
+    assert make_store(tmp_path).latest_session() is None
+
+
+def test_delete_session(tmp_path):
+    copy_fixtures(tmp_path)
+    store = make_store(tmp_path)
+    store.get_session_history("mine").add_messages([HumanMessage("x")])
+    assert store.delete_session("mine") is True
+    assert store.find("mine") is None
+    assert store.get_session_history("mine").messages == []
+    assert store.delete_session("7") is True
+    assert not (tmp_path / "crab_1774253211_7.jsonl").exists()
+    assert sorted(p.name for p in session_files(tmp_path)) == [
+        "crab_1775158803_12.jsonl",
+        "research_bot_1777593600_3.jsonl",
+    ]
+    assert store.delete_session("7") is False
+    assert store.delete_session("unknown") is False
+    assert store.delete_session("3") is False  # wrong agent
+    assert store.delete_session("3", agent="research_bot") is True
+
+
+def test_deleted_session_starts_fresh(tmp_path):
+    store = make_store(tmp_path)
+    store.get_session_history("s").add_messages([HumanMessage("old")])
+    store.delete_session("s")
+    history = store.get_session_history("s")
+    history.add_messages([HumanMessage("new")])
+    assert history.messages == [HumanMessage("new")]
+    assert len(session_files(tmp_path)) == 1
+
+
+# --- many writers ----------------------------------------------------------------
+
+
+def test_processes_creating_one_session_together_make_one_file(tmp_path):
+    root = tmp_path / "sessions"
+    run_together(tmp_path, root, writers=4, calls=1)
+    [path] = session_files(root)
+    check_interleaving(file_lines(path)[1:], writers=4, calls=1)
+    history = make_store(root).get_session_history("shared")
+    assert len(history.messages) == 8
+
+
+def test_processes_appending_concurrently_keep_every_call_whole(tmp_path):
+    root = tmp_path / "sessions"
+    run_together(tmp_path, root, writers=4, calls=100)
+    [path] = session_files(root)
+    lines = file_lines(path)
+    json.loads(lines[0])
+    check_interleaving(lines[1:], writers=4, calls=100)
+    assert len(make_store(root).get_session_history("shared").messages) == 800
+
+
+def _threads(work, count: int = 4) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(writer: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            work(writer)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def _write_calls(history: CrabChatMessageHistory, writer: int, calls: int = 100) -> None:
+    for i in range(calls):
+        history.add_messages([HumanMessage(f"{writer}:{i}:q"), AIMessage(f"{writer}:{i}:a")])
+
+
+def test_threads_sharing_one_history(tmp_path):
+    history = make_store(tmp_path).get_session_history("shared")
+    _threads(lambda writer: _write_calls(history, writer))
+    [path] = session_files(tmp_path)
+    check_interleaving(file_lines(path)[1:], writers=4, calls=100)
+    assert len(history.messages) == 800
+    assert history.messages == make_store(tmp_path).get_session_history("shared").messages
+
+
+def test_threads_with_separate_histories(tmp_path):
+    store = make_store(tmp_path)
+    histories = [store.get_session_history("shared") for _ in range(2)]
+    histories += [make_store(tmp_path).get_session_history("shared") for _ in range(2)]
+    _threads(lambda writer: _write_calls(histories[writer], writer))
+    [path] = session_files(tmp_path)
+    check_interleaving(file_lines(path)[1:], writers=4, calls=100)
+    for history in histories:
+        assert len(history.messages) == 800

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_FILES, FIXTURES
+from conftest import FIXTURE_FILES, FIXTURES, run_python
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -22,6 +22,7 @@ from langchain_core.messages import (
 )
 from langchain_core.runnables import RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
+from strategies import MESSAGES
 
 from crab_langchain import (
     CrabChatMessageHistory,
@@ -66,18 +67,6 @@ def file_lines(path: Path) -> list[bytes]:
 
 def contents(messages: list[BaseMessage]) -> list[str]:
     return [m.content for m in messages]  # type: ignore[misc]
-
-
-def run_python(code: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 APPEND_SCRIPT = """
@@ -995,3 +984,18 @@ def test_reader_notices_crabtalk_rewriting_the_file_in_place(tmp_path):
         file.truncate(0)
         file.write(rewritten + USER_A + ASSISTANT_B)
     assert reader.messages == [HumanMessage("a"), AIMessage("b")]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(MESSAGES, min_size=1, max_size=4), min_size=1, max_size=3))
+def test_any_messages_written_read_back_equal_by_a_new_store(tmp_path, batches):
+    root = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+    writer = SessionStore(root, entry_points=False).get_session_history("prop")
+    for batch in batches:
+        writer.add_messages(batch)
+    written = [message for batch in batches for message in batch]
+    reader = SessionStore(root, entry_points=False).get_session_history("prop")
+    assert reader.messages == written
+    assert writer.messages == written

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_FILES
+from conftest import FIXTURE_FILES, run_python
 from langchain_core.messages import AIMessage, HumanMessage
 
 from crab_langchain import CrabChatMessageHistory, SessionStore, default_root
@@ -49,18 +49,6 @@ def all_files(top: Path) -> set[str]:
         for name in [*dirs, *files]:
             found.add(os.path.join(folder, name))
     return found
-
-
-def run_python(code: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 READ_SCRIPT = """

@@ -999,3 +999,32 @@ def test_any_messages_written_read_back_equal_by_a_new_store(tmp_path, batches):
     reader = SessionStore(root, entry_points=False).get_session_history("prop")
     assert reader.messages == written
     assert writer.messages == written
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore
+history = SessionStore(sys.argv[1], entry_points=False).get_session_history("s")
+history.add_messages([HumanMessage("kept 1"), HumanMessage("kept 2")])
+size = history.file_path.stat().st_size
+# The kernel refuses to grow the file past the limit, as a full disk would.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, size + 100))
+try:
+    history.add_messages([HumanMessage("x" * 10_000)])
+except OSError as error:
+    print(error)
+print(history.file_path.stat().st_size - size)
+"""
+
+
+def test_write_refused_by_the_disk_names_the_file_and_leaves_no_partial_line(tmp_path):
+    out = run_python(FULL_DISK_SCRIPT, str(tmp_path)).splitlines()
+    (path,) = tmp_path.glob("*.jsonl")
+    assert "File too large" in out[0]
+    assert str(path) in out[0]
+    assert out[1] == "0"  # the 100 bytes that did fit were truncated away
+    history = CrabChatMessageHistory.from_file(path)
+    assert contents(history.messages) == ["kept 1", "kept 2"]

@@ -350,9 +350,8 @@ def _same_calls(raw: list[ToolCall], message: AIMessage) -> bool:
 
 def _extension(message: BaseMessage, cls: type[BaseMessage], crab: CrabMessage) -> dict[str, Any]:
     """The fields of ``message`` that decoding ``crab``'s spec keys would not reproduce."""
-    plain = crab.model_copy(update={"auto_injected": False})
     default_cls = _CLASS_OF_ROLE.get(crab.role, ChatMessage)
-    rebuilt = cls(**_decoded_kwargs(plain, cls))
+    rebuilt = cls(**_decoded_kwargs(crab, cls))  # spec keys only: what a reader of the line gets
     extension: dict[str, Any] = {} if cls is default_cls else {"type": message.type}
     for field in type(message).model_fields:
         value = getattr(message, field)

@@ -295,7 +295,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             results = hook(session=self._session, history=_ReadOnly(self._context))
             fresh = [_marked(message) for result in results for message in result or ()]
             self._injected = (version, fresh)
-        return list(self._injected[1])
+        return self._injected[1]  # callers copy it into the list they hand out
 
     # --- writing ------------------------------------------------------------
 

@@ -355,12 +355,11 @@ class Session(BaseModel):
     file_path: Path | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    def meta(self, created_at_text: str = "") -> SessionMeta:
+    def meta(self) -> SessionMeta:
         """The header that describes this session."""
         return SessionMeta(
             agent=self.agent,
             created_by=self.created_by,
             created_at=self.created_at,
             extra=self.extra,
-            created_at_text=created_at_text,
         )

@@ -145,8 +145,8 @@ class SessionStore:
             existing = self.find(session.id, session.agent)
             if existing is not None:
                 return existing
-            extra = {**session.extra, SESSION_ID_KEY: session.id}
-            header = session.meta().model_copy(update={"extra": extra}).to_line().encode()
+            session.extra[SESSION_ID_KEY] = session.id
+            header = session.meta().to_line().encode()
             seconds = int(session.created_at.timestamp())
             for attempt in range(_MAX_NAME_TRIES):
                 name = file_name(session.agent, seconds + attempt, session.id)

@@ -537,26 +537,19 @@ def test_from_file_missing_raises(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["one-batch", "one-at-a-time"])
 @pytest.mark.parametrize("fixture", PLAIN_FIXTURES, ids=lambda p: p.name)
-def test_rewrite_through_langchain_is_byte_exact(tmp_path, fixture):
+def test_rewrite_through_langchain_is_byte_exact(tmp_path, fixture, one_at_a_time):
     source = CrabChatMessageHistory.from_file(copy_fixture(fixture, tmp_path / "src"))
     header_only = tmp_path / "dst" / fixture.name
     header_only.parent.mkdir()
     header_only.write_bytes(file_lines(fixture)[0] + b"\n")
     target = CrabChatMessageHistory.from_file(header_only)
-    target.add_messages(source.messages)
-    assert header_only.read_bytes() == fixture.read_bytes()
-
-
-@pytest.mark.parametrize("fixture", PLAIN_FIXTURES, ids=lambda p: p.name)
-def test_rewrite_one_message_at_a_time_is_byte_exact(tmp_path, fixture):
-    source = CrabChatMessageHistory.from_file(copy_fixture(fixture, tmp_path / "src"))
-    header_only = tmp_path / "dst" / fixture.name
-    header_only.parent.mkdir()
-    header_only.write_bytes(file_lines(fixture)[0] + b"\n")
-    target = CrabChatMessageHistory.from_file(header_only)
-    for message in source.messages:
-        target.add_message(message)
+    if one_at_a_time:
+        for message in source.messages:
+            target.add_message(message)
+    else:
+        target.add_messages(source.messages)
     assert header_only.read_bytes() == fixture.read_bytes()
     assert target.messages == source.messages
 

@@ -220,11 +220,16 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         return None if name is None else self._storage.path(name)
 
     def __repr__(self) -> str:
-        where = self._name and self._storage.location(self._name)
-        return (
-            f"CrabChatMessageHistory(session_id={self._session.id!r}, "
-            f"agent={self._session.agent!r}, file={where!r})"
-        )
+        """A plain-text transcript (truncated), headed by the session's id and file."""
+        from crab_langchain.display import history_text  # noqa: PLC0415 - display is optional
+
+        return history_text(self)
+
+    def _repr_html_(self) -> str:
+        """The transcript as HTML, for Jupyter."""
+        from crab_langchain.display import history_html  # noqa: PLC0415 - display is optional
+
+        return history_html(self)
 
     # --- reading ------------------------------------------------------------
 

@@ -90,6 +90,12 @@ class SessionStore:
     def __repr__(self) -> str:
         return f"SessionStore({str(self.root)!r})"
 
+    def _repr_html_(self) -> str:
+        """The sessions as an HTML table, for Jupyter."""
+        from crab_langchain.display import store_html  # noqa: PLC0415 - display is optional
+
+        return store_html(self)
+
     # --- histories ----------------------------------------------------------
 
     def get_session_history(

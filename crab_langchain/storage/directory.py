@@ -205,6 +205,18 @@ class DirectoryStorage(SessionStorage):
         _fsync_dir(self.root)
         return True
 
+    def repair(self, name: str) -> int:
+        """Move a torn last line to ``<name>.torn`` now; return how many bytes moved.
+
+        Appending repairs the tail too; this is for tools that check files.
+        Waits for a writer that holds the lock (its line is not torn, only
+        unfinished).
+        """
+        path = self._path(name)
+        with self._locked(path) as (fd, _):
+            size = os.fstat(fd).st_size
+            return size - self._repair_tail(path, fd, size)
+
     @contextlib.contextmanager
     def creation_lock(self) -> Iterator[None]:
         self._ensure_root()

@@ -14,10 +14,11 @@ travels in ``additional_kwargs["crab"]`` and is written back as that key.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import pydantic_core
 from langchain_core.messages import (
@@ -31,6 +32,7 @@ from langchain_core.messages import (
     ToolMessage,
     message_chunk_to_message,
 )
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 
 from crab_langchain.models import CrabMessage, FunctionCall, ToolCall
 
@@ -99,11 +101,67 @@ def from_crab_message(message: CrabMessage) -> BaseMessage:
     extension = message.langchain or {}
     cls = _class_of(message, extension)
     kwargs = _decoded_kwargs(message, cls)
-    kwargs.update((key, value) for key, value in extension.items() if key != "type")
-    result = cls(**kwargs)
+    if extension:
+        kwargs.update((key, value) for key, value in extension.items() if key != "type")
+        result = cls(**kwargs)  # the extension is the file's say: validate it
+    else:
+        result = _built(cls, kwargs)
     if message.auto_injected:
         mark_auto_injected(result)
     return result
+
+
+def _built(cls: type[M], kwargs: dict[str, Any]) -> M:
+    """``cls(**kwargs)`` for values the spec's keys gave, without validating them again.
+
+    Loading a long session is mostly building messages, and the constructor's
+    validation is most of that. ``kwargs`` here are already of their fields'
+    types (strings from the validated line), so the message is assembled as
+    pydantic's ``model_construct`` does, minus its per-field overhead. The
+    tests hold it equal to the constructor's result, fields-set included.
+    """
+    plan = _construction_plan(cls)
+    if plan is None or "tool_calls" in kwargs or not plan.required <= kwargs.keys():
+        return cls(**kwargs)  # the constructor reorders tool-call dicts: let it
+    values = plan.defaults.copy()  # every field, in the class's order
+    for name, factory in plan.factories:
+        if name not in kwargs:
+            values[name] = factory()  # a fresh dict or list per message
+    values.update(kwargs)
+    message = cls.__new__(cls)
+    _set = object.__setattr__
+    _set(message, "__dict__", values)
+    _set(message, "__pydantic_fields_set__", set(kwargs))
+    _set(message, "__pydantic_extra__", {})
+    _set(message, "__pydantic_private__", None)
+    return message
+
+
+class _Plan(NamedTuple):
+    defaults: dict[str, Any]
+    factories: tuple[tuple[str, Callable[[], Any]], ...]
+    required: frozenset[str]
+
+
+@functools.cache
+def _construction_plan(cls: type[BaseMessage]) -> _Plan | None:
+    """How to assemble a ``cls``; None if it needs its constructor."""
+    fields = cls.model_fields.items()
+    if (
+        cls.__pydantic_post_init__
+        or cls.__private_attributes__
+        or any(info.default_factory_takes_validated_data for _, info in fields)
+    ):
+        return None
+    return _Plan(
+        defaults={name: info.default for name, info in fields},
+        factories=tuple(
+            (name, info.default_factory)  # type: ignore[misc]
+            for name, info in fields
+            if info.default_factory is not None
+        ),
+        required=frozenset(name for name, info in fields if info.is_required()),
+    )
 
 
 def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMessage]:
@@ -115,27 +173,30 @@ def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMe
 
 def _decoded_kwargs(message: CrabMessage, cls: type[BaseMessage]) -> dict[str, Any]:
     """Constructor arguments from the spec's keys alone (what any reader would get)."""
+    # Runs once per message loaded: plain `if`s, no helper calls, on purpose.
     kwargs: dict[str, Any] = {"content": message.content}
     extra: dict[str, Any] = {}
-    leftovers: dict[str, Any] = dict(message.model_extra or {})
+    leftovers: dict[str, Any] = dict(message.model_extra) if message.model_extra else {}
     if message.reasoning_content:
         extra["reasoning_content"] = message.reasoning_content
     if cls is AIMessage:
         _decode_assistant(message, kwargs, extra, leftovers)
     else:
-        _put(kwargs, "name", message.name)
-        _put(leftovers, "agent", message.agent)
+        if message.name:
+            kwargs["name"] = message.name
+        if message.agent:
+            leftovers["agent"] = message.agent
         if message.tool_calls:
             leftovers["tool_calls"] = [call.model_dump() for call in message.tool_calls]
     if cls is ToolMessage:
         kwargs["tool_call_id"] = message.tool_call_id
-    else:
-        _put(leftovers, "tool_call_id", message.tool_call_id)
+    elif message.tool_call_id:
+        leftovers["tool_call_id"] = message.tool_call_id
     if cls is ChatMessage:
         kwargs["role"] = message.role
-    if cls is FunctionMessage:
+    elif cls is FunctionMessage:
         kwargs["name"] = message.name  # required, even when empty
-    if cls is SystemMessage and message.role == "developer":
+    elif cls is SystemMessage and message.role == "developer":
         extra[DEVELOPER_ROLE_KEY] = "developer"
     if leftovers:
         extra[CRAB_FIELDS_KEY] = leftovers
@@ -177,28 +238,16 @@ def _parse_tool_calls(calls: Sequence[ToolCall]) -> tuple[list[Any], list[Any]]:
             args, problem = None, f"arguments are not valid JSON: {error}"
         else:
             problem = "" if isinstance(args, dict) else "arguments are not a JSON object"
-        if problem:
+        if problem or not isinstance(args, dict):
             invalid.append(_invalid_call(call.function.name, text, call.id, problem))
         else:
-            valid.append(
-                {
-                    "name": call.function.name,
-                    "args": args,
-                    "id": call.id or None,
-                    "type": "tool_call",
-                }
-            )
+            valid.append(tool_call(name=call.function.name, args=args, id=call.id or None))
     return valid, invalid
 
 
 def _invalid_call(name: str, args: str, call_id: str, error: str) -> dict[str, Any]:
-    return {
-        "name": name or None,
-        "args": args,
-        "id": call_id or None,
-        "error": error,
-        "type": "invalid_tool_call",
-    }
+    # LangChain's own builders, as AIMessage's validator uses: same keys, same order.
+    return dict(invalid_tool_call(name=name or None, args=args, id=call_id or None, error=error))
 
 
 # --- LangChain -> crabtalk ----------------------------------------------------
@@ -349,17 +398,33 @@ def _same_calls(raw: list[ToolCall], message: AIMessage) -> bool:
 
 
 def _extension(message: BaseMessage, cls: type[BaseMessage], crab: CrabMessage) -> dict[str, Any]:
-    """The fields of ``message`` that decoding ``crab``'s spec keys would not reproduce."""
+    """The fields of ``message`` that decoding ``crab``'s spec keys would not reproduce.
+
+    What a reader gets from the spec keys is ``cls(**decoded)``. Building that
+    message costs more than the rest of the conversion, and its constructor
+    keeps the decoded values as they are (they are already of the field's
+    type), so each field is compared with its decoded value or its default.
+    """
     default_cls = _CLASS_OF_ROLE.get(crab.role, ChatMessage)
-    rebuilt = cls(**_decoded_kwargs(crab, cls))  # spec keys only: what a reader of the line gets
+    decoded = _decoded_kwargs(crab, cls)
     extension: dict[str, Any] = {} if cls is default_cls else {"type": message.type}
-    for field in type(message).model_fields:
+    for field, default in _field_defaults(cls).items():
         value = getattr(message, field)
-        if field != "type" and value != getattr(rebuilt, field, None):
+        if value != decoded.get(field, default):
             extension[field] = _json_checked(value, field)
     for key, value in (message.model_extra or {}).items():
         extension[key] = _json_checked(value, key)
     return extension
+
+
+@functools.cache
+def _field_defaults(cls: type[BaseMessage]) -> dict[str, Any]:
+    """Each field's default (its factory called once); ``type`` left out."""
+    return {
+        name: info.get_default(call_default_factory=True)
+        for name, info in cls.model_fields.items()
+        if name != "type"
+    }
 
 
 def _json_checked(value: Any, where: str) -> Any:

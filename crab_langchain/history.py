@@ -9,6 +9,8 @@ has read and asks storage only for lines past its cursor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -27,10 +29,10 @@ from langchain_core.messages import (
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
     from_crab_message,
-    is_auto_injected,
     to_crab_message,
 )
-from crab_langchain.hooks import has_impls, make_plugin_manager
+from crab_langchain.handouts import Handouts
+from crab_langchain.hooks import filters_by_default, has_impls, make_plugin_manager
 from crab_langchain.models import (
     CompactMarker,
     CrabMessage,
@@ -42,9 +44,15 @@ from crab_langchain.models import (
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Cursor, DirectoryStorage, Durability, SessionStorage
 
-__all__ = ["CrabChatMessageHistory", "read_meta"]
+__all__ = ["COMPACT_SUMMARY_KEY", "CrabChatMessageHistory", "read_meta"]
+
+COMPACT_SUMMARY_KEY = "crab_compact"
+"""``additional_kwargs`` key marking, in :meth:`CrabChatMessageHistory.archive`, the
+summary of a compaction marker (it stands where the marker stands)."""
 
 Plugins = pluggy.PluginManager | Iterable[object] | None
+
+_GC_PAUSE_FROM = 1000  # messages built at once
 
 
 class CrabChatMessageHistory(BaseChatMessageHistory):
@@ -88,14 +96,22 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self.strict = strict
         self._hook = _manager(plugins).hook
         self._lock = threading.RLock()
+        self._handouts = Handouts()
+        self._stored_handouts = Handouts()
+        self._generation = 0
         self._reset()
 
     def _reset(self) -> None:
         self._cursor: Cursor | None = None
         self._meta: SessionMeta | None = None
-        self._context: list[BaseMessage] = []
-        self._session.history = []
+        self._new_context()
+
+    def _new_context(self, first: tuple[CrabMessage, BaseMessage] | None = None) -> None:
+        """Start the working context afresh (a load, a clear, a compaction marker)."""
+        self._context: list[BaseMessage] = [first[1]] if first else []
+        self._session.history = [first[0]] if first else []
         self._injected: tuple[object, list[BaseMessage]] | None = None
+        self._generation += 1  # lists handed out before hold an older context
 
     # --- opening ----------------------------------------------------------------
 
@@ -133,11 +149,16 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The working context, then the messages injected for the coming run.
 
-        A new list each call: the caller may change it freely.
+        The list is the caller's: changing it changes nothing stored, and
+        later reads never change it. (Lists that callers dropped unchanged are
+        recycled, so a read costs the same at 100,000 messages as at 10; see
+        :mod:`crab_langchain.handouts`.) The message objects are shared with
+        the history's cache: copy one before changing it in place.
         """
         with self._lock:
             self._refresh()
-            return [*self._context, *self._injected_for_run()]
+            injected = self._injected_for_run()
+            return self._handouts.handout(self._context, self._generation, injected)
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Async :attr:`messages`; the file is read in a worker thread."""
@@ -152,12 +173,15 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         written (a value JSON cannot hold, a hook raising) nothing of this
         call is written.
         """
-        with self._lock:
+        with self._lock, _gc_paused(len(messages)):
             batch = [to_crab_message(m, strict=self.strict) for m in _as_messages(messages)]
-            kept = [m for m in batch if self._keep(m)]
-            self._hook.crab_before_persist(session=self._session, messages=kept)
+            kept = self._kept(batch)
+            edited = has_impls(self._hook.crab_before_persist)
+            if edited:
+                self._hook.crab_before_persist(session=self._session, messages=kept)
             if kept:
-                self._append([message.to_line().encode("utf-8") for message in kept])
+                lines = [message.to_line().encode("utf-8") for message in kept]
+                self._append(lines, None if edited else kept)
 
     async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Async :meth:`add_messages`; the file is written in a worker thread."""
@@ -192,13 +216,31 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         as a user message, followed by what is added after it.
         """
         with self._lock:
-            self._append([CompactMarker(compact=summary).to_line().encode("utf-8")])
+            self._append([CompactMarker(compact=summary).to_line().encode("utf-8")], None)
 
     def stored_messages(self) -> list[BaseMessage]:
         """The stored working context alone, without asking plugins to inject."""
         with self._lock:
             self._refresh()
-            return list(self._context)
+            return self._stored_handouts.handout(self._context, self._generation, ())
+
+    def archive(self) -> list[BaseMessage]:
+        """Every message the file holds, compacted ones included, in order.
+
+        Each compaction marker stands where it was written, as its summary: a
+        ``HumanMessage`` with ``additional_kwargs["crab_compact"] = True``.
+        This parses the whole file; :attr:`messages` parses only what follows
+        the last marker.
+        """
+        with self._lock:
+            name = self._current_name()
+            chunk = None if name is None else self._storage.read(name, None)
+            if name is None or chunk is None:
+                return []
+            return [
+                _archived(self._parse(name, number, line))
+                for number, line in _body(self._storage.location(name), chunk.lines)
+            ]
 
     @property
     def session(self) -> Session:
@@ -242,32 +284,56 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         name = self._current_name()
         if name is None:
             return
-        try:
-            chunk = self._storage.read(name, self._cursor)
-        except FileNotFoundError:
-            if not self._forget_deleted():
-                raise
-            return
-        if chunk is None:
-            return
-        if chunk.reset:
-            self._reset()
-            if not chunk.lines or chunk.lines[0][0] != 1:
-                raise SessionFormatError(
-                    "no header line", path=self._storage.location(name), line=1
-                )
-        for number, line in chunk.lines:
-            self._take(name, number, line)
+        # A first read may be a long session: pause the collector from the start.
+        with _gc_paused(_GC_PAUSE_FROM if self._cursor is None else 0):
+            try:
+                chunk = self._storage.read(name, self._cursor)
+            except FileNotFoundError:
+                if not self._forget_deleted():
+                    raise
+                return
+            if chunk is None:
+                return
+            if chunk.reset:
+                self._load(name, chunk.lines)
+            else:
+                with _gc_paused(len(chunk.lines)):
+                    for number, line in chunk.lines:
+                        self._take_entry(self._parse(name, number, line))
         self._cursor = chunk.cursor
         if chunk.reset:
             self._hook.crab_after_load(session=self._session, messages=_ReadOnly(self._context))
 
-    def _take(self, name: str, number: int, line: bytes) -> None:
+    def _load(self, name: str, lines: list[tuple[int, bytes]]) -> None:
+        """Read a whole log: its header, then only what follows its last compaction marker."""
+        self._reset()
+        location = self._storage.location(name)
+        body = _body(location, lines)
+        self._take_header(self._parse(name, 1, lines[0][1]))
+        with _gc_paused(len(body)):
+            for number, line in body[self._context_start(name, body) :]:
+                try:
+                    entry = parse_entry(line)
+                except SessionFormatError as error:
+                    self._reset()
+                    raise error.at(location, number) from None
+                self._take_entry(entry)
+
+    def _context_start(self, name: str, body: list[tuple[int, bytes]]) -> int:
+        """Index in ``body`` of the last compaction marker (0 if none).
+
+        crabtalk writes the marker's key as ``"compact"``, which inside a
+        string would be escaped, so only lines holding those bytes are parsed.
+        """
+        for index in range(len(body) - 1, -1, -1):
+            number, line = body[index]
+            if b'"compact"' in line and isinstance(self._parse(name, number, line), CompactMarker):
+                return index
+        return 0
+
+    def _parse(self, name: str, number: int, line: bytes) -> Any:
         try:
-            if number == 1:
-                self._take_header(SessionMeta.from_line(line))
-            else:
-                self._take_entry(parse_entry(line))
+            return SessionMeta.from_line(line) if number == 1 else parse_entry(line)
         except SessionFormatError as error:
             self._reset()
             raise error.at(self._storage.location(name), number) from None
@@ -282,11 +348,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     def _take_entry(self, entry: CrabMessage | CompactMarker) -> None:
         if isinstance(entry, CompactMarker):
             summary = CrabMessage(role="user", content=entry.compact)
-            self._session.history = [summary]
-            self._context = [HumanMessage(content=entry.compact)]
+            self._new_context((summary, HumanMessage(content=entry.compact)))
             return
         message = from_crab_message(entry)
-        if is_auto_injected(message):
+        if message.additional_kwargs.get(AUTO_INJECTED_KEY) is True:
             return  # kept by an audit plugin: stale for any later run
         self._session.history.append(entry)
         self._context.append(message)
@@ -304,9 +369,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     # --- writing ------------------------------------------------------------
 
-    def _keep(self, message: CrabMessage) -> bool:
-        verdict = self._hook.crab_filter_message(session=self._session, message=message)
-        return verdict is not False
+    def _kept(self, batch: list[CrabMessage]) -> list[CrabMessage]:
+        hook = self._hook.crab_filter_message
+        if filters_by_default(hook):
+            return [message for message in batch if not message.auto_injected]
+        session = self._session
+        return [m for m in batch if hook(session=session, message=m) is not False]
 
     def _forget_deleted(self) -> bool:
         """After the session was deleted by anyone: start afresh, if we can create it again."""
@@ -316,7 +384,8 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._reset()
         return True
 
-    def _append(self, lines: list[bytes]) -> None:
+    def _append(self, lines: list[bytes], written: list[CrabMessage] | None) -> None:
+        """Append ``lines``; ``written`` are the messages they were made from, if untouched."""
         name = self._current_name() or self._create_log()
         try:
             cursor = self._storage.append(name, lines, after=self._cursor)
@@ -328,8 +397,13 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         if cursor is None:
             self._refresh()  # others wrote too (or first read): read it all in order
             return
-        for number, line in enumerate(lines, start=cursor.lines - len(lines) + 1):
-            self._take(name, number, line)
+        first = cursor.lines - len(lines) + 1
+        for index, line in enumerate(lines):
+            made_from = written[index] if written else None
+            if made_from is not None and _reads_back_as_is(made_from):
+                self._take_entry(made_from)
+            else:
+                self._take_entry(self._parse(name, first + index, line))
         self._cursor = cursor
 
     def _create_log(self) -> str:
@@ -345,6 +419,52 @@ def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMess
     if all(isinstance(message, BaseMessage) for message in messages):
         return list(messages)  # type: ignore[arg-type]
     return convert_to_messages(messages)
+
+
+@contextlib.contextmanager
+def _gc_paused(count: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while ``count`` (many) messages are built.
+
+    Building 100,000 messages allocates a million objects, none of them in
+    cycles; the collector would scan the growing heap again and again and
+    take half the load time. Reference counting still frees everything.
+    """
+    if count < _GC_PAUSE_FROM or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _reads_back_as_is(message: Any) -> bool:
+    """Whether parsing ``message``'s line gives an equal message (so it need not be parsed).
+
+    Its spec fields are validated strings and tool calls; only the extension
+    and unknown keys can hold values JSON changes (a tuple, a str subclass),
+    and the auto-injected mark is not written.
+    """
+    return (
+        type(message) is CrabMessage
+        and message.langchain is None
+        and not message.model_extra
+        and not message.auto_injected
+    )
+
+
+def _body(location: str, lines: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The lines after the header; :class:`SessionFormatError` if there is no header."""
+    if not lines or lines[0][0] != 1:
+        raise SessionFormatError("no header line", path=location, line=1)
+    return lines[1:]
+
+
+def _archived(entry: Any) -> BaseMessage:
+    if isinstance(entry, CompactMarker):
+        return HumanMessage(content=entry.compact, additional_kwargs={COMPACT_SUMMARY_KEY: True})
+    return from_crab_message(entry)
 
 
 def _manager(plugins: Plugins) -> pluggy.PluginManager:

@@ -151,3 +151,13 @@ def make_plugin_manager(
 def has_impls(hook: Any) -> bool:
     """Whether any plugin implements ``hook`` (so callers can skip building its arguments)."""
     return bool(hook.get_hookimpls())
+
+
+def filters_by_default(hook: Any) -> bool:
+    """Whether only :class:`DefaultPlugin` implements ``crab_filter_message``.
+
+    The history then applies the default verdict (drop auto-injected messages)
+    itself, sparing a hook call per message written.
+    """
+    impls = hook.get_hookimpls()
+    return len(impls) == 1 and isinstance(impls[0].plugin, DefaultPlugin)

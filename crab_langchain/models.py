@@ -145,6 +145,9 @@ def _dump(model: BaseModel) -> str:
 
 
 _MEMORY_ONLY = ("sender", "auto_injected")
+# Bytes that send a line down the careful path: keys it drops, and the
+# non-JSON numbers the one-pass parser would accept.
+_CAREFUL_WORDS = re.compile(rb'"sender"|"auto_injected"|"index"|NaN|Infinity')
 
 
 def parse_entry(line: str | bytes) -> Entry:
@@ -152,6 +155,14 @@ def parse_entry(line: str | bytes) -> Entry:
 
     Raises :class:`SessionFormatError` (without a location; callers add it).
     """
+    if isinstance(line, bytes) and not _CAREFUL_WORDS.search(line):
+        # One pass from bytes to a validated message: the common case, and
+        # what makes a long session load fast. Anything else (a marker, a
+        # key to drop, a bad line to explain) takes the careful path below.
+        try:
+            return CrabMessage.model_validate_json(line, strict=True)
+        except ValidationError:
+            pass
     data = _json_object(line)
     if "role" not in data:
         if "compact" in data:

@@ -720,3 +720,91 @@ def test_lone_surrogate_in_spec_field_raises_naming_the_field(message: BaseMessa
 def test_remove_message_is_rejected():
     with pytest.raises(ValueError, match="RemoveMessage"):
         to_crab_message(RemoveMessage(id="m1"))
+
+
+# --- the extension is computed without building the decoded message ----------
+
+
+def _extension_by_construction(message: BaseMessage, crab: CrabMessage) -> dict[str, Any]:
+    """Reference: build what a reader of the spec keys gets and compare field by field."""
+    from crab_langchain.convert import _CLASS_OF_TYPE, _decoded_kwargs
+
+    cls = _CLASS_OF_TYPE[message.type]
+    rebuilt = cls(**_decoded_kwargs(crab, cls))
+    default = from_crab_message(
+        CrabMessage.from_line(crab.model_copy(update={"langchain": None}).to_line())
+    )
+    extension: dict[str, Any] = {} if type(default) is cls else {"type": message.type}
+    for field in type(message).model_fields:
+        if field != "type" and getattr(message, field) != getattr(rebuilt, field, None):
+            extension[field] = getattr(message, field)
+    extension.update(message.model_extra or {})
+    return extension
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_extension_matches_building_the_decoded_message(message: BaseMessage):
+    crab = to_crab_message(message)
+    assert (crab.langchain or {}) == _extension_by_construction(message, crab)
+
+
+def test_extension_matches_construction_for_fixture_messages():
+    from crab_langchain.models import parse_entry
+
+    checked = 0
+    for path in FIXTURE_FILES:
+        for line in path.read_bytes().splitlines()[1:]:
+            entry = parse_entry(line) if line.strip() else None
+            if not isinstance(entry, CrabMessage):
+                continue
+            message = from_crab_message(entry)
+            crab = to_crab_message(message)
+            assert (crab.langchain or {}) == _extension_by_construction(message, crab), line
+            checked += 1
+    assert checked > 10
+
+
+# --- messages from plain lines are assembled without re-validation -----------
+
+
+def _assert_same_as_constructed(built: BaseMessage, crab: CrabMessage) -> None:
+    from langchain_core.load import dumpd
+
+    from crab_langchain.convert import _CLASS_OF_TYPE, _decoded_kwargs
+
+    cls = type(built)
+    constructed = cls(**_decoded_kwargs(crab, _CLASS_OF_TYPE[built.type]))
+    assert built == constructed
+    assert built.model_fields_set == constructed.model_fields_set
+    assert list(built.__dict__) == list(constructed.__dict__)
+    assert dumpd(built) == dumpd(constructed)
+    assert repr(built) == repr(constructed)
+    assert built.model_dump() == constructed.model_dump()
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_plain_line_message_equals_constructor_result(message: BaseMessage):
+    crab = to_crab_message(message, strict=True)  # spec keys only: no extension
+    _assert_same_as_constructed(from_crab_message(crab), crab)
+
+
+def test_fixture_messages_equal_constructor_results():
+    from crab_langchain.models import parse_entry
+
+    for path in FIXTURE_FILES:
+        for line in path.read_bytes().splitlines()[1:]:
+            entry = parse_entry(line) if line.strip() else None
+            if isinstance(entry, CrabMessage) and not entry.langchain:
+                _assert_same_as_constructed(from_crab_message(entry), entry)
+
+
+def test_assembled_messages_do_not_share_mutable_defaults():
+    first = from_crab_message(CrabMessage(role="user", content="a"))
+    second = from_crab_message(CrabMessage(role="user", content="b"))
+    first.additional_kwargs["x"] = 1
+    first.response_metadata["y"] = 2
+    assert second.additional_kwargs == {}
+    assert second.response_metadata == {}
+    assert from_crab_message(CrabMessage(role="user", content="c")).additional_kwargs == {}

@@ -7,6 +7,10 @@ has exactly three), the kernel drops it when a process dies (a SIGKILLed
 writer leaves no stale lock behind), and it needs no lock file beside every
 session in a directory that crabtalk also reads. Advisory locks are not
 reliable over NFS: share sessions between machines through a shared backend.
+
+A ``flock`` belongs to an open file description, so threads sharing one
+descriptor would not exclude each other: each cached descriptor also has a
+thread lock, and a process that forked opens its own descriptors.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,8 @@ __all__ = ["DirectoryStorage", "Durability"]
 Durability = Literal["flush", "fsync"]
 
 _INDEX_LOCK = ".crab_langchain.lock"
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+_OPEN_LOGS = 32  # descriptors kept open for appending, per storage
 _TAIL_BLOCK = 65536
 _CHECKED_TAIL = 256
 
@@ -51,6 +60,33 @@ class _Check:
     tail: bytes
 
 
+_STORAGES: weakref.WeakSet[DirectoryStorage] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for storage in list(_STORAGES):
+        storage._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+class _OpenLog:
+    """A descriptor kept open for appending to one log, so a turn costs no open/close."""
+
+    __slots__ = ("fd", "lock")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class DirectoryStorage(SessionStorage):
     """Logs as ``<root>/<name>`` files.
 
@@ -66,6 +102,22 @@ class DirectoryStorage(SessionStorage):
         self.root = Path(root)
         self.durability = durability
         self._warned: set[tuple[object, int]] = set()
+        self._paths: dict[str, str] = {}
+        self._open: OrderedDict[str, _OpenLog] = OrderedDict()
+        self._open_lock = threading.Lock()
+        _STORAGES.add(self)
+
+    def close(self) -> None:
+        """Close the descriptors kept open for appending (reopened when needed)."""
+        with self._open_lock:
+            logs, self._open = list(self._open.values()), OrderedDict()
+        for log in logs:
+            with log.lock:
+                log.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __repr__(self) -> str:
         return f"DirectoryStorage({str(self.root)!r}, durability={self.durability!r})"
@@ -73,14 +125,22 @@ class DirectoryStorage(SessionStorage):
     # --- names and places ---------------------------------------------------
 
     def _path(self, name: str) -> Path:
+        return Path(self._file(name))
+
+    def _file(self, name: str) -> str:
+        """The path of log ``name`` as a string; ``ValueError`` unless a plain file name."""
+        path = self._paths.get(name)
+        if path is not None:
+            return path
         if not name or name in (".", "..") or "\0" in name or os.path.basename(name) != name:
             raise ValueError(f"not a plain file name: {name!r}")
         if os.sep != "/" and "/" in name:  # pragma: no cover - Windows
             raise ValueError(f"not a plain file name: {name!r}")
-        return self.root / name
+        path = self._paths[name] = os.path.join(self.root, name)
+        return path
 
     def location(self, name: str) -> str:
-        return str(self._path(name))
+        return self._file(name)
 
     def path(self, name: str) -> Path | None:
         return self._path(name)
@@ -105,9 +165,9 @@ class DirectoryStorage(SessionStorage):
         return line[:-1]
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
-        path = self._path(name)
-        if cursor is not None and _unchanged(os.stat(path), cursor):
+        if cursor is not None and _unchanged(os.stat(self._file(name)), cursor):
             return None
+        path = self._path(name)
         with open(path, "rb") as file:
             fd = file.fileno()
             stat = os.fstat(fd)
@@ -157,11 +217,14 @@ class DirectoryStorage(SessionStorage):
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
-        path = self._path(name)
+        path = self._file(name)
         data = b"".join(line + b"\n" for line in lines)
-        with self._locked(path) as (fd, identity):
-            size = self._repair_tail(path, fd, os.fstat(fd).st_size)
+        with self._locked(name) as (fd, held):
+            identity, size = (held.st_dev, held.st_ino), held.st_size
+            # A reader's cursor at the very end vouches for the last byte being a newline.
             follows = after is not None and _continues(fd, identity, size, after, exact=True)
+            if not follows and size != (size := self._repair_tail(path, fd, size)):
+                follows = after is not None and _continues(fd, identity, size, after, exact=True)
             try:
                 _write_all(fd, data, path)
                 if self.durability == "fsync":
@@ -178,7 +241,7 @@ class DirectoryStorage(SessionStorage):
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         path = self._path(name)
         data = b"".join(line + b"\n" for line in lines)
-        with self._locked(path):
+        with self._locked(name):
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
             try:
                 _write_all(fd, data, path)
@@ -196,12 +259,14 @@ class DirectoryStorage(SessionStorage):
     def delete(self, name: str) -> bool:
         path = self._path(name)
         try:
-            with self._locked(path):
+            with self._locked(name):
                 path.unlink()
                 with contextlib.suppress(FileNotFoundError):
                     path.with_name(path.name + ".torn").unlink()
         except FileNotFoundError:
             return False
+        finally:
+            self._forget(name)
         _fsync_dir(self.root)
         return True
 
@@ -212,10 +277,9 @@ class DirectoryStorage(SessionStorage):
         Waits for a writer that holds the lock (its line is not torn, only
         unfinished).
         """
-        path = self._path(name)
-        with self._locked(path) as (fd, _):
-            size = os.fstat(fd).st_size
-            return size - self._repair_tail(path, fd, size)
+        path = self._file(name)
+        with self._locked(name) as (fd, held):
+            return held.st_size - self._repair_tail(path, fd, held.st_size)
 
     @contextlib.contextmanager
     def creation_lock(self) -> Iterator[None]:
@@ -234,27 +298,57 @@ class DirectoryStorage(SessionStorage):
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @contextlib.contextmanager
-    def _locked(self, path: Path) -> Iterator[tuple[int, tuple[int, int]]]:
-        """Hold the write lock of ``path``: the file now at that name, not a replaced one."""
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND)
-            try:
-                _lock(fd)
-                held = os.fstat(fd)
-                try:
-                    now = os.stat(path)
-                except FileNotFoundError:
-                    raise FileNotFoundError(
-                        2, "session file was deleted while waiting for its lock", str(path)
-                    ) from None
-                identity = (held.st_dev, held.st_ino)
-                if identity == (now.st_dev, now.st_ino):
-                    yield fd, identity
-                    return
-            finally:
-                os.close(fd)  # closing releases the lock
+    def _locked(self, name: str) -> Iterator[tuple[int, os.stat_result]]:
+        """Hold the write lock of log ``name``: the file now at that name, not a replaced one.
 
-    def _repair_tail(self, path: Path, fd: int, size: int) -> int:
+        Yields the descriptor (opened for appending) and its ``fstat``.
+        """
+        path = self._file(name)
+        while True:
+            log = self._open_log(name, path)
+            with log.lock:
+                if log.fd < 0:
+                    continue  # closed by close() or eviction meanwhile
+                _lock(log.fd)
+                try:
+                    held = _stat_if_current(log.fd, path)
+                    if held is not None:
+                        yield log.fd, held
+                        return
+                finally:
+                    _unlock(log.fd)
+                log.close()  # the file was replaced: open the new one
+            self._forget(name)
+
+    def _open_log(self, name: str, path: str) -> _OpenLog:
+        with self._open_lock:
+            log = self._open.get(name)
+            if log is not None:
+                self._open.move_to_end(name)
+                return log
+            log = self._open[name] = _OpenLog(os.open(path, os.O_RDWR | os.O_APPEND))
+            evicted = self._open.popitem(last=False)[1] if len(self._open) > _OPEN_LOGS else None
+        if evicted is not None:
+            with evicted.lock:
+                evicted.close()
+        return log
+
+    def _forget(self, name: str) -> None:
+        with self._open_lock:
+            log = self._open.pop(name, None)
+        if log is not None:
+            with log.lock:
+                log.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's descriptors, whose locks are the parent's."""
+        for log in self._open.values():
+            with contextlib.suppress(OSError):
+                os.close(log.fd)  # not log.lock: a parent thread may have held it at fork
+        self._open = OrderedDict()
+        self._open_lock = threading.Lock()
+
+    def _repair_tail(self, path: str, fd: int, size: int) -> int:
         """Move an incomplete last line aside to ``<name>.torn``; return the new size."""
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return size
@@ -262,7 +356,7 @@ class DirectoryStorage(SessionStorage):
         if keep == 0:
             raise EOFError(f"{path}: no complete header line; not appending")
         torn = os.pread(fd, size - keep, keep)
-        side = path.with_name(path.name + ".torn")
+        side = path + ".torn"
         side_fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             _write_all(side_fd, torn + b"\n", side)
@@ -283,7 +377,13 @@ def _chunk(
 ) -> Chunk:
     lines = data.split(b"\n")
     lines.pop()  # what follows the last newline: nothing
-    numbered = [(first + i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    # Blank lines carry nothing (crabtalk skips them too); only a line that
+    # starts with whitespace can be blank, so most lines skip the strip().
+    numbered = [
+        (number, line)
+        for number, line in enumerate(lines, first + 1)
+        if line and (line[0] not in _WHITESPACE or line.strip())
+    ]
     cursor = Cursor(start + len(data), first + len(lines), identity, check)
     return Chunk(lines=numbered, cursor=cursor, reset=reset)
 
@@ -332,7 +432,7 @@ def _after_last_newline(fd: int, size: int) -> int:
     return 0
 
 
-def _write_all(fd: int, data: bytes, path: Path) -> None:
+def _write_all(fd: int, data: bytes, path: str | Path) -> None:
     view = memoryview(data)
     try:
         while view:
@@ -358,6 +458,27 @@ def _lock(fd: int) -> None:
         import msvcrt  # noqa: PLC0415 - Windows only
 
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+
+
+def _unlock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:  # pragma: no cover - Windows
+        import msvcrt  # noqa: PLC0415 - Windows only
+
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+def _stat_if_current(fd: int, path: str) -> os.stat_result | None:
+    """``fstat`` of the file open as ``fd``, if it is still the one at ``path``."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            2, "session file was deleted while waiting for its lock", path
+        ) from None
+    return held if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino) else None
 
 
 def _writer_active(fd: int) -> bool:

@@ -386,7 +386,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _append(self, lines: list[bytes], written: list[CrabMessage] | None) -> None:
         """Append ``lines``; ``written`` are the messages they were made from, if untouched."""
-        name = self._current_name() or self._create_log()
+        name = self._current_name()
+        if name is None:
+            name = self._create_log()
+            self._refresh()  # just the header: now the append can continue our cursor
         try:
             cursor = self._storage.append(name, lines, after=self._cursor)
         except FileNotFoundError:

@@ -808,3 +808,59 @@ def test_assembled_messages_do_not_share_mutable_defaults():
     assert second.additional_kwargs == {}
     assert second.response_metadata == {}
     assert from_crab_message(CrabMessage(role="user", content="c")).additional_kwargs == {}
+
+
+# --- messages holding only text take a short path to the same result ---------
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_short_path_gives_what_the_long_path_gives(message: BaseMessage):
+    from crab_langchain.convert import _general_crab, _plain_crab
+
+    short = _plain_crab(message)
+    if short is not None:
+        long = _general_crab(message, strict=False)
+        assert short == long
+        assert short.to_line() == long.to_line()
+        assert from_crab_message(short) == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        HumanMessage("hi"),
+        HumanMessage(""),
+        AIMessage("done"),
+        SystemMessage("be brief"),
+        HumanMessage("caf\u00e9 \u2615"),
+    ],
+)
+def test_text_only_messages_take_the_short_path(message: BaseMessage):
+    from crab_langchain.convert import _general_crab, _plain_crab
+
+    assert _plain_crab(message) == _general_crab(message, strict=False)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        HumanMessage("hi", id="m1"),
+        HumanMessage("hi", name=""),
+        AIMessage("x", response_metadata={"model": "m"}),
+        AIMessage("x", tool_calls=[tool_call(name="f", args={}, id="1")]),
+        HumanMessage([{"type": "text", "text": "hi"}]),
+        ToolMessage("r", tool_call_id="1"),
+        HumanMessage("hi", additional_kwargs={"k": 1}),
+    ],
+)
+def test_messages_with_more_than_text_take_the_long_path(message: BaseMessage):
+    from crab_langchain.convert import _plain_crab
+
+    assert _plain_crab(message) is None
+    assert from_crab_message(to_crab_message(message)) == message
+
+
+def test_short_path_still_refuses_lone_surrogates():
+    with pytest.raises(TypeError, match="content"):
+        to_crab_message(HumanMessage("bad \ud800 text"))

@@ -1,0 +1,192 @@
+"""RESULTS.md and the plot, from the results ``run.py`` measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CRAB = "crab_langchain"
+CRAB_FSYNC = "crab_langchain (fsync)"
+FILE = "FileChatMessageHistory"
+SQLITE = "SQLChatMessageHistory (SQLite)"
+MEMORY = "InMemoryChatMessageHistory"
+NAIVE = "naive floor (json.loads + constructors)"
+
+
+def _ms(value: float | None) -> str:
+    return "skipped (over the time budget)" if value is None else f"{value:.3f}"
+
+
+def _s(value: float | None, why: str = "skipped") -> str:
+    return why if value is None else f"{value:.3f}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "–"
+    return f"{value / base:.1f}x"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole RESULTS.md."""
+    parts = [
+        "# Benchmark results\n",
+        "Made by `python benchmarks/run.py`" + (" --quick (smoke-test sizes)" if results.get("quick") else "")
+        + f" on {results['date']}. One run, the same messages for every backend; "
+        "timings are medians of wall-clock time, so read the ratios.\n",
+        _machine(results),
+        _targets(results),
+        _chat_loop(results),
+        _cold_load(results),
+        _bulk_add(results),
+        _concurrent(results),
+        _memory(results),
+    ]
+    return "\n".join(parts)
+
+
+def _machine(results: dict[str, Any]) -> str:
+    machine, versions = results["machine"], results["versions"]
+    lines = [
+        "## Machine and versions\n",
+        f"- {machine['cpu']}, {machine['cores']} cores; {machine['platform']}",
+        "- " + ", ".join(f"{name} {version}" for name, version in versions.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each of the issue's targets."""
+    loop = results["chat_loop"]
+    lengths, per = loop["lengths"], loop["ms_per_turn"]
+    at = {name: dict(zip(lengths, values)) for name, values in per.items()}
+    mid, low, high = lengths[1], lengths[0], lengths[-1]
+    crab_mid = at[CRAB][mid]
+    out: list[tuple[str, str, bool | None]] = []
+    memory_ratio = crab_mid / at[MEMORY][mid]
+    out.append((f"at {mid:,} messages, per-turn cost <= 10x InMemory's",
+                f"{memory_ratio:.1f}x", memory_ratio <= 10))
+    file_mid = at[FILE][mid]
+    if file_mid is None:
+        out.append((f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
+                    "FileChatMessageHistory skipped at this size", None))
+    else:
+        out.append((f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
+                    f"{file_mid / crab_mid:.0f}x", file_mid / crab_mid >= 500))
+    flat = at[CRAB][high] / at[CRAB][low]
+    out.append((f"per-turn cost at {high:,} within 1.5x of the cost at {low:,}",
+                f"{flat:.2f}x", flat <= 1.5))
+    cold = results["cold_load"]["seconds"]
+    cold_ratio = cold[CRAB] / cold[NAIVE]
+    out.append((f"cold load of {results['cold_load']['messages']:,} <= 1.0x the naive floor",
+                f"{cold_ratio:.2f}x", cold_ratio <= 1.0))
+    bulk = results["bulk_add"]["seconds"]
+    bulk_ratio = bulk[SQLITE] / bulk[CRAB]
+    out.append((f"bulk add of {results['bulk_add']['messages']:,} >= 10x faster than SQLite",
+                f"{bulk_ratio:.1f}x", bulk_ratio >= 10))
+    return out
+
+
+def _targets(results: dict[str, Any]) -> str:
+    lines = ["## Targets\n", "| target | measured | met |", "| --- | --- | --- |"]
+    for target, measured, met in targets(results):
+        verdict = "n/a" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {target} | {measured} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def _chat_loop(results: dict[str, Any]) -> str:
+    loop = results["chat_loop"]
+    lengths, per = loop["lengths"], loop["ms_per_turn"]
+    header = "| backend | " + " | ".join(f"{n:,} msgs" for n in lengths) + " |"
+    lines = [
+        "## Chat loop: read the history, add a human+AI pair (ms per turn)\n",
+        header,
+        "| --- |" + " --- |" * len(lengths),
+    ]
+    for name, values in per.items():
+        lines.append(f"| {name} | " + " | ".join(_ms(v) for v in values) + " |")
+    lines += ["", "Each backend's cost as a multiple of crab_langchain's, same length:", "", header,
+              "| --- |" + " --- |" * len(lengths)]
+    for name, values in per.items():
+        if name != CRAB:
+            ratios = [_ratio(v, c) for v, c in zip(values, per[CRAB])]
+            lines.append(f"| {name} | " + " | ".join(ratios) + " |")
+    fsync = [f - c for f, c in zip(per[CRAB_FSYNC], per[CRAB]) if f is not None]
+    lines += ["", f"`durability=\"fsync\"` costs {min(fsync):.3f}-{max(fsync):.3f} ms more per "
+              "turn here (one fsync per `add_messages`); the default hands each write to the OS.",
+              "", "![ms per turn against history length](chat_loop.png)", ""]
+    return "\n".join(lines)
+
+
+def _cold_load(results: dict[str, Any]) -> str:
+    cold = results["cold_load"]
+    lines = [f"## Cold load: a new history object's `messages`, {cold['messages']:,} messages\n",
+             "| backend | seconds | vs crab_langchain |", "| --- | --- | --- |"]
+    for name, value in cold["seconds"].items():
+        lines.append(f"| {name} | {_s(value)} | {_ratio(value, cold['seconds'][CRAB])} |")
+    lines += ["", "The naive floor parses the same crab JSONL file line by line with `json.loads` "
+              "and builds each message with its class's constructor.", ""]
+    return "\n".join(lines)
+
+
+def _bulk_add(results: dict[str, Any]) -> str:
+    bulk = results["bulk_add"]
+    lines = [f"## Bulk add: one `add_messages` call with {bulk['messages']:,} messages\n",
+             "| backend | seconds | vs crab_langchain |", "| --- | --- | --- |"]
+    for name, value in bulk["seconds"].items():
+        why = "skipped: rewrites the whole file per message (quadratic)"
+        lines.append(f"| {name} | {_s(value, why)} | {_ratio(value, bulk['seconds'][CRAB])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _concurrent(results: dict[str, Any]) -> str:
+    conc = results["concurrent"]
+    lines = [
+        f"## Concurrent writers: {conc['writers']} processes x {conc['turns']} pairs on one "
+        f"session ({conc['expected']:,} messages expected)\n",
+        "| backend | wall seconds | messages kept | notes |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, value in conc["seconds"].items():
+        kept = conc["kept"][name]
+        shown = "–" if kept is None else f"{kept:,}"
+        note = conc["notes"].get(name, "").replace("|", "/").replace("\n", " ")
+        lines.append(f"| {name} | {_s(value)} | {shown} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def _memory(results: dict[str, Any]) -> str:
+    memory = results["memory"]
+    lines = ["## Memory of a loaded crab_langchain history (tracemalloc)\n",
+             "| messages | bytes per message |", "| --- | --- |"]
+    for count, per in zip(memory["messages"], memory["bytes_per_message"]):
+        lines.append(f"| {count:,} | {per:,.0f} |")
+    lines += ["", "Constant bytes per message: memory grows linearly with the history.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """ms per turn against history length, one line per backend (log scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loop = results["chat_loop"]
+    fig, axes = plt.subplots(figsize=(7.5, 4.5))
+    for name, values in loop["ms_per_turn"].items():
+        points = [(n, v) for n, v in zip(loop["lengths"], values) if v is not None]
+        if points:
+            axes.plot(*zip(*points), marker="o", label=name)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("messages already in the history")
+    axes.set_ylabel("ms per turn (read + add a pair)")
+    axes.set_title("Chat loop cost against history length")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -31,7 +31,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The whole RESULTS.md."""
     parts = [
         "# Benchmark results\n",
-        "Made by `python benchmarks/run.py`" + (" --quick (smoke-test sizes)" if results.get("quick") else "")
+        "Made by `python benchmarks/run.py`"
+        + (" --quick (smoke-test sizes)" if results.get("quick") else "")
         + f" on {results['date']}. One run, the same messages for every backend; "
         "timings are medians of wall-clock time, so read the ratios.\n",
         _machine(results),
@@ -65,26 +66,56 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     crab_mid = at[CRAB][mid]
     out: list[tuple[str, str, bool | None]] = []
     memory_ratio = crab_mid / at[MEMORY][mid]
-    out.append((f"at {mid:,} messages, per-turn cost <= 10x InMemory's",
-                f"{memory_ratio:.1f}x", memory_ratio <= 10))
+    out.append(
+        (
+            f"at {mid:,} messages, per-turn cost <= 10x InMemory's",
+            f"{memory_ratio:.1f}x",
+            memory_ratio <= 10,
+        )
+    )
     file_mid = at[FILE][mid]
     if file_mid is None:
-        out.append((f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
-                    "FileChatMessageHistory skipped at this size", None))
+        out.append(
+            (
+                f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
+                "FileChatMessageHistory skipped at this size",
+                None,
+            )
+        )
     else:
-        out.append((f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
-                    f"{file_mid / crab_mid:.0f}x", file_mid / crab_mid >= 500))
+        out.append(
+            (
+                f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
+                f"{file_mid / crab_mid:.0f}x",
+                file_mid / crab_mid >= 500,
+            )
+        )
     flat = at[CRAB][high] / at[CRAB][low]
-    out.append((f"per-turn cost at {high:,} within 1.5x of the cost at {low:,}",
-                f"{flat:.2f}x", flat <= 1.5))
+    out.append(
+        (
+            f"per-turn cost at {high:,} within 1.5x of the cost at {low:,}",
+            f"{flat:.2f}x",
+            flat <= 1.5,
+        )
+    )
     cold = results["cold_load"]["seconds"]
     cold_ratio = cold[CRAB] / cold[NAIVE]
-    out.append((f"cold load of {results['cold_load']['messages']:,} <= 1.0x the naive floor",
-                f"{cold_ratio:.2f}x", cold_ratio <= 1.0))
+    out.append(
+        (
+            f"cold load of {results['cold_load']['messages']:,} <= 1.0x the naive floor",
+            f"{cold_ratio:.2f}x",
+            cold_ratio <= 1.0,
+        )
+    )
     bulk = results["bulk_add"]["seconds"]
     bulk_ratio = bulk[SQLITE] / bulk[CRAB]
-    out.append((f"bulk add of {results['bulk_add']['messages']:,} >= 10x faster than SQLite",
-                f"{bulk_ratio:.1f}x", bulk_ratio >= 10))
+    out.append(
+        (
+            f"bulk add of {results['bulk_add']['messages']:,} >= 10x faster than SQLite",
+            f"{bulk_ratio:.1f}x",
+            bulk_ratio >= 10,
+        )
+    )
     return out
 
 
@@ -107,34 +138,54 @@ def _chat_loop(results: dict[str, Any]) -> str:
     ]
     for name, values in per.items():
         lines.append(f"| {name} | " + " | ".join(_ms(v) for v in values) + " |")
-    lines += ["", "Each backend's cost as a multiple of crab_langchain's, same length:", "", header,
-              "| --- |" + " --- |" * len(lengths)]
+    lines += [
+        "",
+        "Each backend's cost as a multiple of crab_langchain's, same length:",
+        "",
+        header,
+        "| --- |" + " --- |" * len(lengths),
+    ]
     for name, values in per.items():
         if name != CRAB:
             ratios = [_ratio(v, c) for v, c in zip(values, per[CRAB])]
             lines.append(f"| {name} | " + " | ".join(ratios) + " |")
     fsync = [f - c for f, c in zip(per[CRAB_FSYNC], per[CRAB]) if f is not None]
-    lines += ["", f"`durability=\"fsync\"` costs {min(fsync):.3f}-{max(fsync):.3f} ms more per "
-              "turn here (one fsync per `add_messages`); the default hands each write to the OS.",
-              "", "![ms per turn against history length](chat_loop.png)", ""]
+    lines += [
+        "",
+        f'`durability="fsync"` costs {min(fsync):.3f}-{max(fsync):.3f} ms more per '
+        "turn here (one fsync per `add_messages`); the default hands each write to the OS.",
+        "",
+        "![ms per turn against history length](chat_loop.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _cold_load(results: dict[str, Any]) -> str:
     cold = results["cold_load"]
-    lines = [f"## Cold load: a new history object's `messages`, {cold['messages']:,} messages\n",
-             "| backend | seconds | vs crab_langchain |", "| --- | --- | --- |"]
+    lines = [
+        f"## Cold load: a new history object's `messages`, {cold['messages']:,} messages\n",
+        "| backend | seconds | vs crab_langchain |",
+        "| --- | --- | --- |",
+    ]
     for name, value in cold["seconds"].items():
         lines.append(f"| {name} | {_s(value)} | {_ratio(value, cold['seconds'][CRAB])} |")
-    lines += ["", "The naive floor parses the same crab JSONL file line by line with `json.loads` "
-              "and builds each message with its class's constructor.", ""]
+    lines += [
+        "",
+        "The naive floor parses the same crab JSONL file line by line with `json.loads` "
+        "and builds each message with its class's constructor.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _bulk_add(results: dict[str, Any]) -> str:
     bulk = results["bulk_add"]
-    lines = [f"## Bulk add: one `add_messages` call with {bulk['messages']:,} messages\n",
-             "| backend | seconds | vs crab_langchain |", "| --- | --- | --- |"]
+    lines = [
+        f"## Bulk add: one `add_messages` call with {bulk['messages']:,} messages\n",
+        "| backend | seconds | vs crab_langchain |",
+        "| --- | --- | --- |",
+    ]
     for name, value in bulk["seconds"].items():
         why = "skipped: rewrites the whole file per message (quadratic)"
         lines.append(f"| {name} | {_s(value, why)} | {_ratio(value, bulk['seconds'][CRAB])} |")
@@ -159,8 +210,11 @@ def _concurrent(results: dict[str, Any]) -> str:
 
 def _memory(results: dict[str, Any]) -> str:
     memory = results["memory"]
-    lines = ["## Memory of a loaded crab_langchain history (tracemalloc)\n",
-             "| messages | bytes per message |", "| --- | --- |"]
+    lines = [
+        "## Memory of a loaded crab_langchain history (tracemalloc)\n",
+        "| messages | bytes per message |",
+        "| --- | --- |",
+    ]
     for count, per in zip(memory["messages"], memory["bytes_per_message"]):
         lines.append(f"| {count:,} | {per:,.0f} |")
     lines += ["", "Constant bytes per message: memory grows linearly with the history.", ""]

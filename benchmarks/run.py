@@ -251,7 +251,7 @@ def concurrent_writers(name: str, writers: int, turns: int) -> tuple[float, int 
         notes = f"{len(failed)} writers crashed ({failed[0]})" if failed else ""
         try:
             kept = len(open_backend(name, root).messages) - 2 if name != RAW else _raw_lines(root)
-        except Exception as error:  # noqa: BLE001 - what the anchor does under concurrency
+        except Exception as error:  # what the anchor does under concurrency
             return seconds, None, f"{notes}; session unreadable afterwards ({error})".lstrip("; ")
         return seconds, kept, notes
 
@@ -295,13 +295,19 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
             loop[name].append(chat_loop(name, length, sizes))
             log(f"chat loop  {name:34} {length:>7}: {loop[name][-1]:9.3f} ms/turn")
     results["chat_loop"] = {"lengths": list(sizes.lengths), "ms_per_turn": loop}
-    results["cold_load"] = {"messages": sizes.cold, "seconds": _each(
-        {CRAB: cold_load, FILE: cold_load, SQLITE: cold_load}, sizes.cold, log, "cold load"
-    )}
+    results["cold_load"] = {
+        "messages": sizes.cold,
+        "seconds": _each(
+            {CRAB: cold_load, FILE: cold_load, SQLITE: cold_load}, sizes.cold, log, "cold load"
+        ),
+    }
     results["cold_load"]["seconds"][NAIVE] = naive_floor(sizes.cold)
     log(f"cold load  {NAIVE:34}: {results['cold_load']['seconds'][NAIVE]:.3f} s")
     bulk = dict.fromkeys((CRAB, CRAB_FSYNC, SQLITE, MEMORY, RAW), bulk_add)
-    results["bulk_add"] = {"messages": sizes.bulk, "seconds": _each(bulk, sizes.bulk, log, "bulk add")}
+    results["bulk_add"] = {
+        "messages": sizes.bulk,
+        "seconds": _each(bulk, sizes.bulk, log, "bulk add"),
+    }
     results["bulk_add"]["seconds"][FILE] = None  # one full rewrite per message: O(n²)
     results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes))
     results["memory"] = {
@@ -327,7 +333,10 @@ def _too_slow(done: list[float | None], lengths: Sequence[int], length: int, siz
 
 
 def _each(
-    backends: dict[str, Callable[[str, int], float]], count: int, log: Callable[[str], None], what: str
+    backends: dict[str, Callable[[str, int], float]],
+    count: int,
+    log: Callable[[str], None],
+    what: str,
 ) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for name, measure in backends.items():
@@ -382,7 +391,13 @@ def machine() -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("crab-langchain", "langchain-core", "langchain-community", "pydantic", "SQLAlchemy"):
+    for dist in (
+        "crab-langchain",
+        "langchain-core",
+        "langchain-community",
+        "pydantic",
+        "SQLAlchemy",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -101,6 +101,9 @@ def is_auto_injected(message: BaseMessage | CrabMessage) -> bool:
 
 def from_crab_message(message: CrabMessage) -> BaseMessage:
     """Build the LangChain message that ``message`` stands for."""
+    plain = _plain_message(message)
+    if plain is not None:
+        return plain
     extension = message.langchain or {}
     cls = _class_of(message, extension)
     kwargs = _decoded_kwargs(message, cls)
@@ -165,6 +168,35 @@ def _construction_plan(cls: type[BaseModel]) -> _Plan | None:
         ),
         required=frozenset(name for name, info in fields if info.is_required()),
     )
+
+
+_PLAIN_CLASSES: dict[str, type[BaseMessage]] = {
+    "user": HumanMessage,
+    "assistant": AIMessage,
+    "system": SystemMessage,
+}
+
+
+def _plain_message(message: CrabMessage) -> BaseMessage | None:
+    """The message of a line holding a role and text only; None for any other.
+
+    The short way to what the rest of :func:`from_crab_message` builds (the
+    tests hold the two equal): most lines of a long session are such.
+    """
+    cls = _PLAIN_CLASSES.get(message.role)
+    if (
+        cls is None
+        or message.langchain
+        or message.model_extra
+        or message.auto_injected
+        or message.reasoning_content
+        or message.name
+        or message.tool_call_id
+        or message.tool_calls
+        or message.agent
+    ):
+        return None
+    return _built(cls, {"content": message.content, "additional_kwargs": {}})
 
 
 def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMessage]:

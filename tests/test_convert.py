@@ -864,3 +864,19 @@ def test_messages_with_more_than_text_take_the_long_path(message: BaseMessage):
 def test_short_path_still_refuses_lone_surrogates():
     with pytest.raises(TypeError, match="content"):
         to_crab_message(HumanMessage("bad \ud800 text"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_short_read_path_gives_what_the_long_path_gives(message: BaseMessage):
+    from crab_langchain.convert import _CLASS_OF_ROLE, _built, _decoded_kwargs, _plain_message
+
+    crab = to_crab_message(message, strict=True)
+    short = _plain_message(crab)
+    if short is not None:
+        cls = _CLASS_OF_ROLE[crab.role]
+        long = _built(cls, _decoded_kwargs(crab, cls))
+        assert short == long
+        assert type(short) is type(long)
+        assert short.model_fields_set == long.model_fields_set
+        assert list(short.__dict__) == list(long.__dict__)

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pydantic_core
-from pydantic import BaseModel
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -35,6 +34,7 @@ from langchain_core.messages import (
     message_chunk_to_message,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
+from pydantic import BaseModel
 
 from crab_langchain.models import CrabMessage, FunctionCall, ToolCall
 
@@ -45,6 +45,7 @@ __all__ = [
     "from_crab_message",
     "is_auto_injected",
     "mark_auto_injected",
+    "reasoning_text",
     "to_crab_message",
 ]
 
@@ -361,7 +362,7 @@ def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
     fields: dict[str, Any] = {
         "role": _role(message),
         "content": _text(message.content),
-        "reasoning_content": _reasoning(message),
+        "reasoning_content": reasoning_text(message),
     }
     if isinstance(message, AIMessage):
         fields["agent"] = message.name or ""
@@ -402,7 +403,12 @@ def _text(content: str | list[str | dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _reasoning(message: BaseMessage) -> str:
+def reasoning_text(message: BaseMessage) -> str:
+    """A message's reasoning text, as written to ``reasoning_content``.
+
+    ``additional_kwargs["reasoning_content"]`` if set, else the text of its
+    ``reasoning`` and ``thinking`` content blocks, joined.
+    """
     stated = message.additional_kwargs.get("reasoning_content")
     if isinstance(stated, str):
         return stated

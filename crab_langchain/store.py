@@ -124,6 +124,26 @@ class SessionStore:
             create=self._create,
         )
 
+    def create_session(
+        self, session_id: str, agent: str = "crab", created_by: str = "user"
+    ) -> CrabChatMessageHistory:
+        """Create the empty session ``(agent, session_id)`` now; ``FileExistsError`` if it exists.
+
+        For importers: unlike :meth:`get_session_history`, which continues a
+        session that another process created meanwhile, this never adds to
+        an existing one.
+        """
+        history = self.get_session_history(session_id, agent, created_by)
+        with self.storage.creation_lock():
+            existing = self.find(session_id, agent)
+            if existing is not None:
+                raise FileExistsError(
+                    f"session {session_id!r} of agent {agent!r} already exists: "
+                    f"{self.storage.location(existing)}"
+                )
+            self._create_locked(history.session)
+        return history
+
     def find(self, session_id: str, agent: str = "crab") -> str | None:
         """The file name holding ``(agent, session_id)``, or None.
 
@@ -149,19 +169,21 @@ class SessionStore:
         """Find or create the file of ``session``; return its name."""
         with self.storage.creation_lock():
             existing = self.find(session.id, session.agent)
-            if existing is not None:
-                return existing
-            session.extra[SESSION_ID_KEY] = session.id
-            header = session.meta().to_line().encode()
-            seconds = int(session.created_at.timestamp())
-            for attempt in range(_MAX_NAME_TRIES):
-                name = file_name(session.agent, seconds + attempt, session.id)
-                try:
-                    self.storage.create(name, header)
-                except FileExistsError:
-                    continue  # another session's name reads the same; move one second on
-                self.plugin_manager.hook.crab_session_created(session=session)
-                return name
+            return existing if existing is not None else self._create_locked(session)
+
+    def _create_locked(self, session: Session) -> str:
+        """Create the file of ``session`` (the creation lock held); return its name."""
+        session.extra[SESSION_ID_KEY] = session.id
+        header = session.meta().to_line().encode()
+        seconds = int(session.created_at.timestamp())
+        for attempt in range(_MAX_NAME_TRIES):
+            name = file_name(session.agent, seconds + attempt, session.id)
+            try:
+                self.storage.create(name, header)
+            except FileExistsError:
+                continue  # another session's name reads the same; move one second on
+            self.plugin_manager.hook.crab_session_created(session=session)
+            return name
         raise FileExistsError(f"no free file name for session {session.id!r} in {self.root}")
 
     # --- listing ------------------------------------------------------------

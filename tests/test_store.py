@@ -526,3 +526,42 @@ def test_threads_with_separate_histories(tmp_path):
     check_interleaving(file_lines(path)[1:], writers=4, calls=100)
     for history in histories:
         assert len(history.messages) == 800
+
+
+# --- create-only sessions (importers) -----------------------------------------
+
+
+def test_create_session_writes_a_header_only_file(tmp_path):
+    store = make_store(tmp_path)
+    history = store.create_session("imported", agent="bot", created_by="cli")
+    assert history.file_path is not None
+    lines = history.file_path.read_bytes().splitlines()
+    assert len(lines) == 1
+    header = json.loads(lines[0])
+    assert (header["agent"], header["created_by"], header["session_id"]) == (
+        "bot",
+        "cli",
+        "imported",
+    )
+    history.add_messages([HumanMessage("one")])
+    assert make_store(tmp_path).get_session_history("imported", agent="bot").messages == [
+        HumanMessage("one")
+    ]
+
+
+def test_create_session_refuses_an_existing_session_and_leaves_it_alone(tmp_path):
+    store = make_store(tmp_path)
+    store.get_session_history("s").add_messages([HumanMessage("kept")])
+    path = store.get_session_history("s").file_path
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="'s'"):
+        make_store(tmp_path).create_session("s")
+    assert path.read_bytes() == before
+    assert len(list(tmp_path.glob("*.jsonl"))) == 1
+
+
+def test_create_session_is_per_agent(tmp_path):
+    store = make_store(tmp_path)
+    store.create_session("same", agent="a")
+    store.create_session("same", agent="b")
+    assert sorted(info.agent for info in store.list_sessions()) == ["a", "b"]

@@ -1,0 +1,766 @@
+"""``crab-sessions``: list, show, export, import, verify and repair session files.
+
+The console script (and ``python -m crab_langchain``). It needs the ``cli``
+extra (click); the library itself never imports this module. Commands work on
+a sessions directory: ``--root DIR``, by default the store's
+(``$CRABTALK_HOME/sessions`` or ``~/.crabtalk/sessions``). Errors are one line
+on stderr and a non-zero exit status: 1 for a problem with the files, 2 for a
+wrong command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+from langchain_core.messages import (
+    BaseMessage,
+    convert_to_messages,
+    convert_to_openai_messages,
+    messages_from_dict,
+    messages_to_dict,
+)
+
+from crab_langchain import display
+from crab_langchain.convert import from_crab_message, is_auto_injected, to_crab_message
+from crab_langchain.history import CrabChatMessageHistory
+from crab_langchain.hooks import make_plugin_manager
+from crab_langchain.models import CompactMarker, SessionFormatError, SessionMeta, parse_entry
+from crab_langchain.naming import session_id_of
+from crab_langchain.storage import Chunk, Cursor, DirectoryStorage, TornTailWarning
+from crab_langchain.store import SessionInfo, SessionStore, default_root
+from crab_langchain.verify import FileReport, verify_file
+
+try:
+    import click
+except ImportError:  # without the 'cli' extra: main() says what to install
+    click = None  # type: ignore[assignment]
+
+__all__ = ["CliError", "build_cli", "main"]
+
+PROG = "crab-sessions"
+NEEDS_CLI_EXTRA = f"{PROG} needs the 'cli' extra: pip install 'crab-langchain[cli]'"
+POLL_SECONDS = 0.2
+PROGRESS_MIN = 20  # files: below this a progress bar only flickers
+_COMPACT_PREFIX = b'{"compact":'
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A problem to report to the user: one line on stderr, exit status 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``crab-sessions`` with ``argv`` (default: the process's arguments)."""
+    if click is None:
+        print(NEEDS_CLI_EXTRA, file=sys.stderr)
+        raise SystemExit(1)
+    try:
+        build_cli().main(args=None if argv is None else list(argv), prog_name=PROG)
+    except CliError as error:
+        _fail(str(error))
+    except SessionFormatError as error:
+        _fail(f"{error} (see: {PROG} verify)")
+    except OSError as error:
+        _fail(_os_error_text(error))
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {display.one_line(message)}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _os_error_text(error: OSError) -> str:
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"{PROG}: warning: {display.one_line(message)}", err=True)
+
+
+@contextmanager
+def _warnings_to_stderr(*, quiet: bool = False) -> Iterator[None]:
+    """Warnings raised inside (a torn tail, a skipped file): one line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in [] if quiet else caught:
+                _warn(str(warning.message))
+
+
+# --- the command line: declarations only; the work is in the run_* functions ---
+
+_ROOT_HELP = "Sessions directory (default: $CRABTALK_HOME/sessions, else ~/.crabtalk/sessions)."
+_COMMAND_ROOT_HELP = _ROOT_HELP + " Also accepted before the command."
+
+
+def build_cli() -> click.Group:
+    """The ``crab-sessions`` click group with every command."""
+
+    @click.group(
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+        epilog="Run 'crab-sessions COMMAND --help' for a command's options.",
+    )
+    @click.option("--root", type=_dir_type(), metavar="DIR", help=_ROOT_HELP)
+    @click.version_option(package_name="crab-langchain", prog_name=PROG)
+    @click.pass_context
+    def group(ctx: click.Context, root: Path | None) -> None:
+        """Look at, check and move crabtalk session files (JSONL).
+
+        Works on a sessions directory as SessionStore keeps it. Errors are one
+        line on stderr; the exit status is 1 for a problem with the files and 2
+        for a wrong command line.
+        """
+        ctx.obj = root
+
+    commands = (_add_list, _add_show, _add_export, _add_import, _add_verify, _add_repair, _add_demo)
+    for add in commands:
+        add(group)
+    return group
+
+
+def _dir_type() -> click.Path:
+    return click.Path(file_okay=False, path_type=Path)
+
+
+def _root_option() -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--root", "own_root", type=_dir_type(), metavar="DIR", help=_COMMAND_ROOT_HELP
+    )
+
+
+def _root(own_root: Path | None, group_root: Path | None) -> Path:
+    return own_root or group_root or default_root()
+
+
+def _add_list(group: click.Group) -> None:
+    @group.command("list")
+    @click.option("--agent", help="Only sessions of this agent.")
+    @click.option("--created-by", help="Only sessions created by this origin (e.g. user).")
+    @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+    @_root_option()
+    @click.pass_obj
+    def list_command(
+        group_root: Path | None,
+        *,
+        own_root: Path | None,
+        agent: str | None,
+        created_by: str | None,
+        as_json: bool,
+    ) -> None:
+        """List sessions, newest first.
+
+        Columns: agent, created_by, created_at, messages, size, id. "messages"
+        is the number of message lines in the file (blank lines and compaction
+        markers not counted; archived messages before a marker are). --json
+        gives the same fields as keys (size in bytes, plus path and title).
+        """
+        run_list(_root(own_root, group_root), agent, created_by, as_json=as_json)
+
+
+def _add_show(group: click.Group) -> None:
+    @group.command("show")
+    @click.argument("target", metavar="ID|PATH")
+    @click.option("--agent", help="The agent, when several have a session with this id.")
+    @click.option(
+        "--tail",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Only the last N entries (messages and compaction markers).",
+    )
+    @click.option("--follow", "-f", is_flag=True, help="Keep printing new messages (Ctrl-C stops).")
+    @click.option("--jsonl", "raw", is_flag=True, help="Print the file's raw lines.")
+    @_root_option()
+    @click.pass_obj
+    def show_command(
+        group_root: Path | None,
+        *,
+        own_root: Path | None,
+        target: str,
+        agent: str | None,
+        tail: int | None,
+        follow: bool,
+        raw: bool,
+    ) -> None:
+        """Print a session's transcript: every message in the file, one a line.
+
+        Archived messages before a compaction marker are shown too, then the
+        marker. With --jsonl the raw lines (the header first, so with --tail
+        the output is still a session file). --follow watches the file as
+        another process appends to it. ID|PATH is a session file, or a session
+        id looked up in the sessions directory.
+        """
+        path = locate(_root(own_root, group_root), target, agent)
+        run_show(path, tail=tail, follow=follow, raw=raw)
+
+
+def _add_export(group: click.Group) -> None:
+    @group.command("export")
+    @click.argument("target", metavar="ID|PATH")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["langchain", "openai"]),
+        required=True,
+        help="langchain: messages_to_dict output; openai: OpenAI chat messages.",
+    )
+    @click.option(
+        "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: stdout."
+    )
+    @click.option("--agent", help="The agent, when several have a session with this id.")
+    @_root_option()
+    @click.pass_obj
+    def export_command(
+        group_root: Path | None,
+        *,
+        own_root: Path | None,
+        target: str,
+        fmt: str,
+        output: Path | None,
+        agent: str | None,
+    ) -> None:
+        """Export a session's working context as JSON.
+
+        The working context is what a chain reads: after a compaction marker,
+        the summary and what follows. Plugins are not asked to inject anything.
+        "langchain" is a list that 'crab-sessions import' and
+        FileChatMessageHistory read back. ID|PATH is a session file, or a session
+        id looked up in the sessions directory.
+        """
+        path = locate(_root(own_root, group_root), target, agent)
+        run_export(path, fmt, output)
+
+
+def _add_import(group: click.Group) -> None:
+    @group.command("import")
+    @click.argument("source", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--agent", default="crab", show_default=True, help="Agent of the new session.")
+    @click.option("--id", "session_id", required=True, help="Id of the new session.")
+    @click.option("--created-by", default="user", show_default=True, help="Origin of the session.")
+    @_root_option()
+    @click.pass_obj
+    def import_command(
+        group_root: Path | None,
+        *,
+        own_root: Path | None,
+        source: Path,
+        agent: str,
+        session_id: str,
+        created_by: str,
+    ) -> None:
+        """Import FILE's messages into a new session.
+
+        FILE is JSON: a FileChatMessageHistory file (a list of
+        {"type": ..., "data": ...}, as messages_to_dict writes), or a list of
+        message dicts LangChain accepts ({"role": "user", "content": "hi"}).
+        An existing session is never touched: its id is an error.
+        """
+        run_import(_root(own_root, group_root), source, agent, session_id, created_by)
+
+
+def _add_verify(group: click.Group) -> None:
+    @group.command("verify")
+    @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+    @_root_option()
+    @click.pass_obj
+    def verify_command(
+        group_root: Path | None, *, own_root: Path | None, paths: tuple[Path, ...]
+    ) -> None:
+        """Check session files: the header, every line, the tail.
+
+        PATHS are files or directories (default: every *.jsonl in the sessions
+        directory). Prints "PATH: ok (N lines)" or one "PATH:LINE: reason" per
+        problem, and exits with status 1 if there is any problem. Never writes.
+        """
+        run_verify(session_files(_root(own_root, group_root), paths))
+
+
+def _add_repair(group: click.Group) -> None:
+    @group.command("repair")
+    @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+    @_root_option()
+    @click.pass_obj
+    def repair_command(
+        group_root: Path | None, *, own_root: Path | None, paths: tuple[Path, ...]
+    ) -> None:
+        """Move torn tails aside: an incomplete last line goes to <file>.torn.
+
+        A writer that died mid-append leaves such a line; every complete line
+        stays. Waits for a writer that is still writing. Other problems are
+        reported, not changed (exit status 1 while any remain). PATHS as for
+        verify.
+        """
+        run_repair(session_files(_root(own_root, group_root), paths))
+
+
+def _add_demo(group: click.Group) -> None:
+    @group.command("demo")
+    @click.option(
+        "--root",
+        "own_root",
+        type=_dir_type(),
+        metavar="DIR",
+        help="Sessions directory (default: a new temp dir).",
+    )
+    @click.pass_obj
+    def demo_command(group_root: Path | None, *, own_root: Path | None) -> None:
+        """Run a short offline chain and show the session it wrote.
+
+        A fake chat model (no network, no API key) answers three turns with a
+        tool call; a plugin injects a recall message before each run, which is
+        never stored. Prints where the session landed, its transcript and its
+        JSONL.
+        """
+        run_demo(own_root or group_root)
+
+
+# --- finding sessions -------------------------------------------------------------
+
+
+def _existing_root(root: Path) -> Path:
+    if not root.is_dir():
+        raise CliError(f"no sessions directory at {root} (pass --root DIR)")
+    return root
+
+
+def _listed(
+    store: SessionStore,
+    *,
+    agent: str | None = None,
+    created_by: str | None = None,
+    quiet: bool = False,
+) -> list[SessionInfo]:
+    """``store.list_sessions``; its warnings about skipped files one line each on stderr."""
+    with _warnings_to_stderr(quiet=quiet):
+        return store.list_sessions(agent=agent, created_by=created_by)
+
+
+def locate(root: Path, target: str, agent: str | None) -> Path:
+    """The session file ``target`` names: a path, else a session id in ``root``."""
+    path = Path(target).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise CliError(f"{path}: not a session file")
+    if not root.is_dir():
+        raise _not_found(target, f"no sessions directory at {root}")
+    store = SessionStore(root, entry_points=False)
+    if agent is not None:
+        try:
+            name = store.find(target, agent)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+        if name is None:
+            raise _not_found(target, f"no session of agent {agent!r} with that id in {root}")
+        return root / name
+    found = [info for info in _listed(store, quiet=True) if info.session_id == target]
+    if not found:
+        raise _not_found(target, f"no session with that id in {root}")
+    agents = sorted({info.agent for info in found})
+    if len(agents) > 1:
+        raise CliError(
+            f"session {target!r} exists for several agents ({', '.join(agents)}): pass --agent"
+        )
+    return root / found[-1].name  # several files of one agent: the oldest, as find() picks
+
+
+def _not_found(target: str, detail: str) -> CliError:
+    looks_like_path = target.endswith(".jsonl") or os.sep in target
+    what = "no such file" if looks_like_path else "no such session"
+    return CliError(f"{what}: {target!r} ({detail})")
+
+
+def session_files(root: Path, paths: Sequence[Path]) -> list[Path]:
+    """The files ``paths`` name (a directory: its ``*.jsonl``), or all of ``root``'s."""
+    if not paths:
+        paths = [_existing_root(root)]
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.glob("*.jsonl") if p.is_file())
+        else:
+            files.append(path)
+    return files
+
+
+def _progress(items: Sequence[T], label: str) -> Iterator[T]:
+    """Iterate ``items``, with a progress bar on a terminal when there are many."""
+    if len(items) < PROGRESS_MIN or not sys.stderr.isatty():
+        yield from items
+        return
+    with click.progressbar(items, label=label, file=sys.stderr) as bar:
+        yield from bar
+
+
+# --- list -------------------------------------------------------------------------
+
+
+def message_line_count(path: Path) -> int:
+    """Message lines of a session file, without parsing JSON.
+
+    Complete, non-blank lines after the header that are not compaction markers.
+    """
+    count = 0
+    with open(path, "rb") as file:
+        file.readline()
+        for line in file:
+            if line.endswith(b"\n") and line.strip() and not line.startswith(_COMPACT_PREFIX):
+                count += 1
+    return count
+
+
+def _session_row(info: SessionInfo) -> dict[str, Any]:
+    path = info.path if info.path is not None else Path(info.name)
+    try:
+        messages: int | None = message_line_count(path)
+    except OSError:
+        messages = None  # deleted since listed: show it, counts unknown
+    return {
+        "agent": info.agent,
+        "created_by": info.created_by,
+        "created_at": info.created_at.isoformat(),
+        "messages": messages,
+        "size": display.file_size(path),
+        "session_id": info.session_id,
+        "title": info.title,
+        "path": str(path),
+    }
+
+
+def run_list(root: Path, agent: str | None, created_by: str | None, *, as_json: bool) -> None:
+    """Print the sessions of ``root`` as a table or a JSON array."""
+    store = SessionStore(_existing_root(root), entry_points=False)
+    infos = _listed(store, agent=agent, created_by=created_by)
+    rows = [_session_row(info) for info in _progress(infos, "reading sessions")]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif not rows:
+        click.echo(f"no sessions in {root}", err=True)
+    else:
+        click.echo(_table(rows))
+
+
+_COLUMNS = (
+    ("AGENT", "agent"),
+    ("CREATED_BY", "created_by"),
+    ("CREATED_AT", "created_at"),
+    ("MESSAGES", "messages"),
+    ("SIZE", "size"),
+    ("ID", "session_id"),
+)
+_NUMERIC = {"messages", "size"}
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row[key]
+    if value is None:
+        return "?"
+    if key == "size":
+        return display.human_size(value)
+    if key == "created_at":  # seconds are enough to tell sessions apart here
+        return datetime.fromisoformat(value).isoformat(sep=" ", timespec="seconds")
+    return display.one_line(str(value))
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cells = [[title for title, _ in _COLUMNS]]
+    cells += [[_cell(row, key) for _, key in _COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
+    lines = []
+    for line in cells:
+        padded = [
+            text.rjust(width) if key in _NUMERIC else text.ljust(width)
+            for text, width, (_, key) in zip(line, widths, _COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+# --- show -------------------------------------------------------------------------
+
+
+def _read(storage: DirectoryStorage, name: str, cursor: Cursor | None) -> Chunk | None:
+    """New complete lines; a torn tail is reported once, never returned."""
+    with _warnings_to_stderr():
+        try:
+            return storage.read(name, cursor)
+        except FileNotFoundError:
+            raise CliError(f"{storage.location(name)}: no such file (deleted?)") from None
+
+
+def _entry_text(path: Path, number: int, line: bytes) -> str:
+    try:
+        entry = parse_entry(line)
+    except SessionFormatError as error:
+        raise error.at(path, number) from None
+    if isinstance(entry, CompactMarker):
+        return display.compact_line(entry.compact)
+    return display.message_line(from_crab_message(entry))
+
+
+def _header_text(path: Path, line: bytes, messages: int) -> str:
+    try:
+        meta = SessionMeta.from_line(line)
+    except SessionFormatError as error:
+        raise error.at(path, 1) from None
+    facts = [
+        f"session {session_id_of(path.name, meta)!r}",
+        f"agent {meta.agent!r}",
+        f"created by {meta.created_by!r}",
+        meta.created_at_text or meta.created_at.isoformat(),
+    ]
+    title = meta.extra.get("title")
+    if isinstance(title, str):
+        facts.append(f"title {title!r}")
+    facts.append(f"{messages} message{'s' if messages != 1 else ''}")
+    return display.one_line(f"# {' · '.join(facts)} · {path}")
+
+
+def _render(path: Path, lines: list[tuple[int, bytes]], *, raw: bool, tail: int | None) -> None:
+    """Print a chunk read from line 1: the header, then the (last ``tail``) entries."""
+    if not lines or lines[0][0] != 1:
+        raise SessionFormatError("no header line", path=path, line=1)
+    header, body = lines[0][1], lines[1:]
+    hidden = 0 if tail is None else max(len(body) - tail, 0)
+    if raw:
+        click.echo(header)
+    else:
+        count = sum(1 for _, line in body if not line.startswith(_COMPACT_PREFIX))
+        click.echo(_header_text(path, header, count))
+        if hidden:
+            click.echo(display.hidden_line(hidden))
+    _print_entries(path, body[hidden:], raw=raw)
+
+
+def _print_entries(path: Path, lines: list[tuple[int, bytes]], *, raw: bool) -> None:
+    for number, line in lines:
+        click.echo(line if raw else _entry_text(path, number, line))
+
+
+def run_show(path: Path, *, tail: int | None, follow: bool, raw: bool) -> None:
+    """Print the session file ``path``; with ``follow``, keep printing what is appended."""
+    storage = DirectoryStorage(path.parent)
+    chunk = _read(storage, path.name, None)
+    assert chunk is not None  # no cursor: always a chunk
+    _render(path, chunk.lines, raw=raw, tail=tail)
+    if follow:
+        _follow(storage, path, chunk.cursor, raw=raw)
+
+
+def _follow(storage: DirectoryStorage, path: Path, cursor: Cursor, *, raw: bool) -> None:
+    try:
+        while True:
+            time.sleep(POLL_SECONDS)
+            chunk = _read(storage, path.name, cursor)
+            if chunk is None:
+                continue
+            if chunk.reset:
+                _warn(f"{path} was replaced; showing it again from the start")
+                _render(path, chunk.lines, raw=raw, tail=None)
+            else:
+                _print_entries(path, chunk.lines, raw=raw)
+            cursor = chunk.cursor
+    except KeyboardInterrupt:
+        return  # the way to stop following: not an error
+
+
+# --- export and import ------------------------------------------------------------
+
+
+def run_export(path: Path, fmt: str, output: Path | None) -> None:
+    """Write the working context of ``path`` as LangChain or OpenAI message JSON."""
+    # No entry-point plugins: a read-only tool should not run third-party hooks.
+    with _warnings_to_stderr():
+        plugins = make_plugin_manager(entry_points=False)
+        messages = CrabChatMessageHistory.from_file(path, plugins).stored_messages()
+    data = (
+        messages_to_dict(messages) if fmt == "langchain" else convert_to_openai_messages(messages)
+    )
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    if output.exists() and output.resolve() == path.resolve():
+        raise CliError(f"{output}: is the session being exported; not overwriting it")
+    _write_atomically(output, text)
+    click.echo(f"exported {len(messages)} messages from {path} to {output}", err=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a failure leaves the old file)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise CliError(f"{path}: cannot write: {error.strerror or error}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_messages(source: Path) -> list[BaseMessage]:
+    """The messages of a JSON file: ``messages_to_dict`` output or LangChain message dicts."""
+    try:
+        data = json.loads(source.read_bytes())
+    except OSError as error:
+        raise CliError(f"{source}: {error.strerror or error}") from None
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        raise CliError(f"{source}: not JSON: {error}") from None
+    if not isinstance(data, list):
+        raise CliError(f"{source}: expected a JSON list of messages, got {_json_type(data)}")
+    if not data:
+        raise CliError(f"{source}: holds no messages; nothing to import")
+    return [_message(source, index, item) for index, item in enumerate(data)]
+
+
+def _message(source: Path, index: int, item: Any) -> BaseMessage:
+    try:
+        if isinstance(item, dict) and set(item) == {"type", "data"}:
+            message = messages_from_dict([item])[0]
+        else:
+            message = convert_to_messages([item])[0]
+        to_crab_message(message)  # raises now if it cannot be stored, naming the field
+    except (ValueError, TypeError, KeyError, NotImplementedError) as error:
+        raise CliError(f"{source}: item at index {index}: {_reason(error)}") from None
+    return message
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, pydantic.ValidationError):
+        detail = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in detail["loc"])
+        return f"{error.title}: {where}: {detail['msg']}"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", str: "a string", bool: "a boolean", int: "a number"}
+    return names.get(type(value), "a number" if isinstance(value, float) else "null")
+
+
+def run_import(root: Path, source: Path, agent: str, session_id: str, created_by: str) -> None:
+    """Create session ``(agent, session_id)`` in ``root`` from the messages of ``source``."""
+    messages = load_messages(source)
+    store = SessionStore(root, entry_points=False)
+    if all(is_auto_injected(message) for message in messages):
+        raise CliError(f"{source}: every message is auto-injected; nothing to store")
+    try:
+        history = store.create_session(session_id, agent=agent, created_by=created_by)
+    except ValueError as error:  # an agent name that cannot name a file
+        raise CliError(str(error)) from None
+    except FileExistsError as error:
+        raise CliError(f"{error}; not touching it") from None
+    history.add_messages(messages)
+    path = history.file_path
+    stored = len(history.stored_messages())
+    dropped = (
+        f" ({len(messages) - stored} auto-injected left out)" if stored < len(messages) else ""
+    )
+    click.echo(f"imported {stored} messages into {path}{dropped}")
+
+
+# --- verify and repair ------------------------------------------------------------
+
+
+def _report_lines(report: FileReport) -> list[str]:
+    if report.ok:
+        return [f"{report.path}: ok ({report.lines} lines)"]
+    return [
+        display.one_line(
+            f"{report.path}:{line}: {reason}" if line is not None else f"{report.path}: {reason}"
+        )
+        for line, reason in report.problems
+    ]
+
+
+def run_verify(files: Sequence[Path]) -> None:
+    """Check ``files``; print a line per good file and per problem; exit 1 on any problem."""
+    if not files:
+        click.echo("no session files to verify", err=True)
+        return
+    reports = [verify_file(path) for path in _progress(files, "verifying")]
+    for report in reports:
+        for line in _report_lines(report):
+            click.echo(line)
+    bad = sum(1 for report in reports if not report.ok)
+    click.echo(f"{len(reports)} files checked, {bad} with problems", err=True)
+    if any(report.torn_bytes for report in reports):
+        click.echo(f"'{PROG} repair' moves torn tails aside, keeping every complete line", err=True)
+    if bad:
+        raise SystemExit(1)
+
+
+def _repair_one(path: Path) -> tuple[list[str], bool]:
+    """Repair ``path``'s tail: lines saying what happened, and whether the file is sound now."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TornTailWarning)  # we say it ourselves
+            moved = DirectoryStorage(path.parent).repair(path.name)
+    except EOFError:
+        return [f"{path}: cannot repair: no complete header line (see: {PROG} verify)"], False
+    except OSError as error:
+        return [f"{path}: cannot repair: {error.strerror or error}"], False
+    lines = [f"{path}: moved {moved} torn bytes to {path.name}.torn"] if moved else []
+    remaining = verify_file(path)
+    if remaining.ok:
+        return lines or [f"{path}: ok"], True
+    count = len(remaining.problems)
+    lines.append(f"{path}: {count} other problem{'s' if count != 1 else ''} left as they are:")
+    return lines + [f"  {line}" for line in _report_lines(remaining)], False
+
+
+def run_repair(files: Sequence[Path]) -> None:
+    """Move torn tails of ``files`` aside; exit 1 if any file still has problems."""
+    if not files:
+        click.echo("no session files to repair", err=True)
+        return
+    unsound = 0
+    for path in _progress(files, "repairing"):
+        lines, sound = _repair_one(path)
+        unsound += not sound
+        for line in lines:
+            click.echo(display.one_line(line))
+    if unsound:
+        raise SystemExit(1)
+
+
+# --- demo -------------------------------------------------------------------------
+
+
+def run_demo(root: Path | None) -> None:
+    """Run :func:`crab_langchain.demo.run` and show the session it wrote."""
+    from crab_langchain import demo  # noqa: PLC0415 - imports langchain's prompt machinery
+
+    root = root or Path(tempfile.mkdtemp(prefix="crab-demo-"))
+    path = demo.run(root)
+    sys.stdout.flush()  # demo.run prints with print(): keep the order
+    data = path.read_bytes()
+    leaked = b"Recall:" in data
+    click.echo(f"\nsession file: {path}")
+    click.echo(
+        "recall messages in the file: "
+        + ("FOUND (they should never be stored)" if leaked else "none (injected, never stored)")
+    )
+    click.echo("\ntranscript:")
+    run_show(path, tail=None, follow=False, raw=False)
+    click.echo("\nJSONL:")
+    click.echo(data.decode("utf-8"), nl=False)

@@ -1,0 +1,396 @@
+"""The Jupyter and plain-text display: escaping, truncation, marks, and never raising."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+
+from crab_langchain import CrabChatMessageHistory, Session, SessionStore, hookimpl
+from crab_langchain.display import history_html, history_text, store_html
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "crabtalk"
+SCRIPT = '<script>alert("x")</script>'
+
+
+class Html(HTMLParser):
+    """The parts of rendered HTML the tests look at."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.messages: list[str] = []  # text of each .crab-message block
+        self.details: list[str] = []  # text inside each <details>
+        self.rows: list[list[str]] = []  # <tbody> cells
+        self._open: list[tuple[str, list[str]]] = []  # (tag, text parts) of tracked elements
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        classes = dict(attrs).get("class") or ""
+        if tag == "div" and "crab-message" in classes:
+            self._open.append(("message", []))
+        elif tag in ("details", "tr", "td"):
+            self._open.append((tag, []))
+        elif tag == "div" and self._open:
+            self._open.append(("div", []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in ("div", "details", "tr", "td") or not self._open:
+            return
+        kind, parts = self._open.pop()
+        text = "".join(parts)
+        if kind == "message":
+            self.messages.append(text)
+        elif kind == "details":
+            self.details.append(text)
+        elif kind == "td" and self._open and self._open[-1][0] == "tr":
+            self._open[-1][1].append(text + "\x00")
+        elif kind == "tr" and "\x00" in text:
+            self.rows.append(text.split("\x00")[:-1])
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        for kind, parts in self._open:
+            if kind != "tr":
+                parts.append(data)
+
+    @property
+    def all_text(self) -> str:
+        return "".join(self.text)
+
+
+def store(tmp_path: Path, plugins: list[object] | None = None) -> SessionStore:
+    return SessionStore(tmp_path / "sessions", plugins=plugins, entry_points=False)
+
+
+def written(tmp_path: Path, messages: list[BaseMessage], **kwargs: str) -> CrabChatMessageHistory:
+    history = store(tmp_path).get_session_history(kwargs.pop("session_id", "s1"), **kwargs)
+    history.add_messages(messages)
+    return history
+
+
+class Inject:
+    """Injects one system message before each run."""
+
+    def __init__(self, text: str = "Recall: the user likes trains.") -> None:
+        self.text = text
+
+    @hookimpl
+    def crab_inject_messages(self, session: Session) -> list[BaseMessage]:
+        return [SystemMessage(self.text)]
+
+
+# --- escaping ---------------------------------------------------------------------
+
+HOSTILE_MESSAGES = {
+    "content": [HumanMessage(SCRIPT)],
+    "list content": [HumanMessage([{"type": "text", "text": SCRIPT}])],
+    "message name": [HumanMessage("hi", name=SCRIPT)],
+    "tool call name": [AIMessage("", tool_calls=[{"name": SCRIPT, "args": {}, "id": "c1"}])],
+    "tool call id": [AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": SCRIPT}])],
+    "tool call arg value": [
+        AIMessage("", tool_calls=[{"name": "f", "args": {"q": SCRIPT}, "id": "c1"}])
+    ],
+    "tool call arg key": [
+        AIMessage("", tool_calls=[{"name": "f", "args": {SCRIPT: 1}, "id": "c"}])
+    ],
+    "invalid tool call args": [
+        AIMessage(
+            "",
+            invalid_tool_calls=[
+                {
+                    "name": "f",
+                    "args": SCRIPT,
+                    "id": "c1",
+                    "error": "bad",
+                    "type": "invalid_tool_call",
+                }
+            ],
+        )
+    ],
+    "reasoning": [AIMessage("ok", additional_kwargs={"reasoning_content": SCRIPT})],
+    "tool result": [ToolMessage(SCRIPT, tool_call_id=SCRIPT, name=SCRIPT, status="error")],
+}
+
+
+@pytest.mark.parametrize("messages", HOSTILE_MESSAGES.values(), ids=HOSTILE_MESSAGES.keys())
+def test_script_in_a_message_is_shown_as_text_never_as_a_tag(
+    tmp_path: Path, messages: list[BaseMessage]
+):
+    page = Html(history_html(written(tmp_path, messages)))
+    assert "script" not in page.tags
+    assert SCRIPT in page.all_text or json.dumps(SCRIPT) in page.all_text
+
+
+def test_script_in_session_id_and_agent_is_escaped(tmp_path: Path):
+    history = written(tmp_path, [HumanMessage("hi")], session_id=SCRIPT, agent=SCRIPT)
+    page = Html(history_html(history))
+    assert "script" not in page.tags
+    assert page.all_text.count(SCRIPT) >= 2  # the id and the agent, as text
+
+
+def test_script_in_store_table_is_escaped(tmp_path: Path):
+    sessions = store(tmp_path)
+    sessions.get_session_history(SCRIPT, agent=SCRIPT).add_messages([HumanMessage("hi")])
+    page = Html(store_html(sessions))
+    assert "script" not in page.tags
+    assert page.rows[0][:2] == [SCRIPT, SCRIPT]
+
+
+def test_injected_script_is_escaped(tmp_path: Path):
+    history = store(tmp_path, [Inject(SCRIPT)]).get_session_history("s1")
+    history.add_messages([HumanMessage("hi")])
+    page = Html(history_html(history))
+    assert "script" not in page.tags
+    assert SCRIPT in page.all_text
+
+
+# --- what a transcript shows ------------------------------------------------------
+
+
+def test_injected_mark_only_on_injected_messages(tmp_path: Path):
+    history = store(tmp_path, [Inject()]).get_session_history("s1")
+    history.add_messages([HumanMessage("hello"), AIMessage("hi there")])
+    page = Html(history_html(history))
+    marked = ["injected, not stored" in text for text in page.messages]
+    assert marked == [False, False, True]
+    assert "Recall: the user likes trains." in page.messages[2]
+    lines = history_text(history).splitlines()[1:]
+    assert ["injected, not stored" in line for line in lines] == [False, False, True]
+
+
+def test_tool_call_shows_name_id_and_pretty_args(tmp_path: Path):
+    args = {"city": "Lisbon", "days": [1, 2]}
+    call = {"name": "get_weather", "args": args, "id": "call_1"}
+    history = written(tmp_path, [AIMessage("", tool_calls=[call])])
+    (message,) = Html(history_html(history)).messages
+    assert "get_weather" in message
+    assert "call_1" in message
+    assert json.dumps(args, indent=2) in message
+    assert history_text(history).splitlines()[1] == (
+        'assistant: [tool call get_weather(city="Lisbon", days=[1, 2]) id=call_1]'
+    )
+
+
+def test_invalid_tool_call_shows_raw_args_and_error(tmp_path: Path):
+    bad = {"name": "search", "args": '{"q": "unterm', "id": "c9", "error": "not JSON"}
+    history = written(tmp_path, [AIMessage("", invalid_tool_calls=[bad])])
+    (message,) = Html(history_html(history)).messages
+    assert '{"q": "unterm' in message
+    assert "search" in message
+    assert "c9" in message
+
+
+def test_tool_result_shows_name_call_id_and_error_status(tmp_path: Path):
+    results = [
+        ToolMessage("21 C", tool_call_id="call_1", name="get_weather"),
+        ToolMessage("boom", tool_call_id="call_2", name="get_time", status="error"),
+    ]
+    history = written(tmp_path, results)
+    ok, failed = Html(history_html(history)).messages
+    assert all(part in ok for part in ("get_weather", "call_1", "21 C"))
+    assert "error" not in ok
+    assert all(part in failed for part in ("get_time", "call_2", "boom", "error"))
+    assert history_text(history).splitlines()[2] == "tool get_time id=call_2 (error): boom"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        AIMessage("answer", additional_kwargs={"reasoning_content": "step one, step two"}),
+        AIMessage(
+            [
+                {"type": "reasoning", "reasoning": "step one, step two"},
+                {"type": "text", "text": "answer"},
+            ]
+        ),
+    ],
+    ids=["reasoning_content", "reasoning block"],
+)
+def test_reasoning_is_collapsed_in_details(tmp_path: Path, message: AIMessage):
+    page = Html(history_html(written(tmp_path, [message])))
+    assert len(page.details) == 1
+    assert "step one, step two" in page.details[0]
+    assert page.all_text.count("step one, step two") == 1  # not repeated outside
+    assert "answer" in page.messages[0]
+
+
+def test_image_block_is_a_placeholder_not_its_data(tmp_path: Path):
+    data = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB" * 10
+    content = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "base64": data, "mime_type": "image/png"},
+    ]
+    history = written(tmp_path, [HumanMessage(content)])
+    (message,) = Html(history_html(history)).messages
+    assert "what is this?" in message
+    assert "[image]" in message
+    assert data not in message
+    assert history_text(history).splitlines()[1] == "user: what is this? [image]"
+
+
+def test_header_names_session_agent_file_and_count(tmp_path: Path):
+    history = written(tmp_path, [HumanMessage("a"), AIMessage("b")], agent="crab")
+    first = history_text(history).splitlines()[0]
+    assert first == (
+        f"CrabChatMessageHistory(session_id='s1', agent='crab', "
+        f"file={str(history.file_path)!r}, 2 messages)"
+    )
+    page = Html(history_html(history)).all_text
+    assert all(part in page for part in ("s1", "crab", "user", str(history.file_path)))
+
+
+def test_control_characters_never_reach_the_text_repr(tmp_path: Path):
+    history = written(tmp_path, [HumanMessage("red \x1b[31mALERT\x1b[0m\nsecond line")])
+    text = history_text(history)
+    assert "\x1b" not in text
+    assert text.splitlines()[1] == "user: red \\x1b[31mALERT\\x1b[0m\\nsecond line"
+
+
+def test_crabtalk_fixture_renders_every_message(tmp_path: Path):
+    history = CrabChatMessageHistory.from_file(FIXTURES / "crab_1774253211_7.jsonl")
+    page = Html(history_html(history))
+    assert len(page.messages) == len(history.messages) == 8
+    assert "Two cities: call the weather tool twice." in page.details[0]
+    assert "Livraria Lello" in page.messages[-1]
+
+
+# --- truncation -------------------------------------------------------------------
+
+
+def chat(count: int) -> list[BaseMessage]:
+    return [HumanMessage(f"message {i}") for i in range(count)]
+
+
+def test_long_session_shows_the_last_50_and_counts_the_rest(tmp_path: Path):
+    history = written(tmp_path, chat(63))
+    page = Html(history_html(history))
+    assert len(page.messages) == 50
+    assert "message 13" in page.messages[0]
+    assert "message 62" in page.messages[-1]
+    assert "13 earlier messages hidden" in page.all_text
+    lines = history_text(history).splitlines()
+    assert lines[1] == "… 13 earlier messages hidden"
+    assert lines[2:] == [f"user: message {i}" for i in range(13, 63)]
+
+
+def test_limit_keyword_and_no_note_when_nothing_is_hidden(tmp_path: Path):
+    history = written(tmp_path, chat(5))
+    assert len(Html(history_html(history, limit=2)).messages) == 2
+    assert "3 earlier messages hidden" in history_text(history, limit=2)
+    assert "hidden" not in history_html(history)
+    assert "hidden" not in history_text(history)
+
+
+def test_huge_content_is_clipped_in_html(tmp_path: Path):
+    history = written(tmp_path, [HumanMessage("x" * 25_000)])
+    (message,) = Html(history_html(history)).messages
+    assert "x" * 10_000 in message
+    assert "x" * 10_001 not in message
+    assert "15000 more characters" in message
+
+
+def test_long_lines_are_cut_in_the_repr(tmp_path: Path):
+    history = written(tmp_path, [HumanMessage("y" * 1000)])
+    line = history_text(history).splitlines()[1]
+    assert line.startswith("user: yyy")
+    assert line.endswith("…")
+    assert len(line) <= 200
+
+
+# --- never raising ----------------------------------------------------------------
+
+
+def test_repr_of_a_malformed_file_names_the_problem(tmp_path: Path):
+    history = written(tmp_path, [HumanMessage("hi")])
+    path = history.file_path
+    assert path is not None
+    path.write_bytes(path.read_bytes() + b"{not json\n")
+    text = repr(history)
+    assert "\n" not in text
+    assert "SessionFormatError" in text
+    assert f"{path}:3" in text
+    assert "SessionFormatError" in Html(history._repr_html_()).all_text
+
+
+def test_repr_of_a_deleted_file_names_the_problem(tmp_path: Path):
+    copy = tmp_path / "crab_1774253211_7.jsonl"
+    copy.write_bytes((FIXTURES / copy.name).read_bytes())
+    history = CrabChatMessageHistory.from_file(copy)
+    copy.unlink()
+    assert "FileNotFoundError" in repr(history)
+    assert str(copy) in repr(history)
+    assert "FileNotFoundError" in Html(history._repr_html_()).all_text
+
+
+def test_repr_survives_a_plugin_that_raises(tmp_path: Path):
+    class Broken:
+        @hookimpl
+        def crab_inject_messages(self) -> list[BaseMessage]:
+            raise RuntimeError("recall service down")
+
+    history = store(tmp_path, [Broken()]).get_session_history("s1")
+    history.add_messages([HumanMessage("hi")])
+    assert "RuntimeError: recall service down" in repr(history)
+    assert "recall service down" in Html(history._repr_html_()).all_text
+
+
+def test_unwritten_history_renders_empty(tmp_path: Path):
+    history = store(tmp_path).get_session_history("fresh")
+    assert repr(history) == "CrabChatMessageHistory(session_id='fresh', not written yet)"
+    page = Html(history._repr_html_())
+    assert page.messages == []
+    assert "not written yet" in page.all_text
+
+
+# --- the store --------------------------------------------------------------------
+
+
+def fixture_store(tmp_path: Path) -> SessionStore:
+    root = tmp_path / "sessions"
+    root.mkdir()
+    for source in sorted(FIXTURES.glob("*.jsonl")):
+        (root / source.name).write_bytes(source.read_bytes())
+    return SessionStore(root, entry_points=False)
+
+
+def test_store_table_rows_match_list_sessions(tmp_path: Path):
+    sessions = fixture_store(tmp_path)
+    sessions.get_session_history("new", agent="guide").add_messages([HumanMessage("hi")])
+    rows = Html(store_html(sessions)).rows
+    expected = [
+        [i.agent, i.session_id, i.created_by, i.created_at.isoformat(), i.title or "", i.name]
+        for i in sessions.list_sessions()
+    ]
+    assert [row[:5] + row[6:] for row in rows] == expected
+    assert "Trip planning" in {row[4] for row in rows}
+    sizes = {row[6]: row[5] for row in rows}
+    assert sizes["research_bot_1777593600_3.jsonl"] == "571 B"
+
+
+def test_store_table_is_truncated_with_a_count(tmp_path: Path):
+    sessions = fixture_store(tmp_path)
+    page = Html(store_html(sessions, limit=2))
+    newest = [info.name for info in sessions.list_sessions()[:2]]
+    assert [row[-1] for row in page.rows] == newest
+    assert "1 older hidden" in page.all_text
+
+
+def test_store_with_missing_root_is_an_empty_table(tmp_path: Path):
+    sessions = SessionStore(tmp_path / "nowhere", entry_points=False)
+    page = Html(sessions._repr_html_())
+    assert page.rows == []
+    assert "table" in page.tags
+    assert "0 sessions" in page.all_text

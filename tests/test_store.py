@@ -473,16 +473,6 @@ def test_processes_creating_one_session_together_make_one_file(tmp_path):
     assert len(history.messages) == 8
 
 
-def test_processes_appending_concurrently_keep_every_call_whole(tmp_path):
-    root = tmp_path / "sessions"
-    run_together(tmp_path, root, writers=4, calls=100)
-    [path] = session_files(root)
-    lines = file_lines(path)
-    json.loads(lines[0])
-    check_interleaving(lines[1:], writers=4, calls=100)
-    assert len(make_store(root).get_session_history("shared").messages) == 800
-
-
 def _threads(work, count: int = 4) -> None:
     errors: list[BaseException] = []
     barrier = threading.Barrier(count)
@@ -515,17 +505,6 @@ def test_threads_sharing_one_history(tmp_path):
     check_interleaving(file_lines(path)[1:], writers=4, calls=100)
     assert len(history.messages) == 800
     assert history.messages == make_store(tmp_path).get_session_history("shared").messages
-
-
-def test_threads_with_separate_histories(tmp_path):
-    store = make_store(tmp_path)
-    histories = [store.get_session_history("shared") for _ in range(2)]
-    histories += [make_store(tmp_path).get_session_history("shared") for _ in range(2)]
-    _threads(lambda writer: _write_calls(histories[writer], writer))
-    [path] = session_files(tmp_path)
-    check_interleaving(file_lines(path)[1:], writers=4, calls=100)
-    for history in histories:
-        assert len(history.messages) == 800
 
 
 # --- create-only sessions (importers) -----------------------------------------

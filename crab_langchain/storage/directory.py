@@ -172,7 +172,12 @@ class DirectoryStorage(SessionStorage):
             fd = file.fileno()
             stat = os.fstat(fd)
             identity = (stat.st_dev, stat.st_ino)
-            resume = cursor is not None and _continues(fd, identity, stat.st_size, cursor)
+            # Changed but no longer: rewritten in place, not appended to. Read it all.
+            resume = (
+                cursor is not None
+                and stat.st_size != cursor.offset
+                and _continues(fd, identity, stat.st_size, cursor)
+            )
             start, first = (cursor.offset, cursor.lines) if cursor and resume else (0, 0)
             file.seek(start)
             data = file.read()

@@ -39,8 +39,9 @@ class MessageList(list[BaseMessage]):
     __slots__ = ("changed",)
 
     def __init__(self, items: Sequence[BaseMessage] = ()) -> None:
+        # Calling __init__ again on a handed-out list refills it: that is a change.
+        self.changed = getattr(self, "changed", None) is not None
         super().__init__(items)
-        self.changed = False
 
 
 def _noting_change(name: str) -> Callable[..., Any]:
@@ -73,12 +74,26 @@ for _name in (
 
 
 class _Handout:
-    __slots__ = ("generation", "items", "stored")
+    __slots__ = ("generation", "items", "length", "stored")
 
     def __init__(self, items: MessageList, generation: int, stored: int) -> None:
         self.items = items
         self.generation = generation
         self.stored = stored  # how many leading items came from the stored context
+        self.length = len(items)
+
+    def intact(self, context: list[BaseMessage]) -> bool:
+        """Whether the list still holds what it was given, as far as cheap checks tell.
+
+        ``changed`` catches changes through the list's methods; C code (such
+        as ``heapq``) bypasses them, so the length and a few items are checked
+        as well.
+        """
+        items, stored = self.items, self.stored
+        if items.changed or len(items) != self.length:
+            return False
+        probes = {0, stored // 2, stored - 1} if stored else set()
+        return all(items[i] is context[i] for i in probes)
 
 
 def _references(handout: _Handout) -> int:
@@ -111,7 +126,7 @@ class Handouts:
     ) -> MessageList:
         """A list equal to ``context + injected`` that no one else holds."""
         for handout in self._pool:
-            if self._reusable(handout, generation, len(context)):
+            if self._reusable(handout, generation, context):
                 _catch_up(handout, context, injected)
                 return handout.items
         items = MessageList([*context, *injected])
@@ -120,12 +135,12 @@ class Handouts:
         return items
 
     @staticmethod
-    def _reusable(handout: _Handout, generation: int, stored: int) -> bool:
+    def _reusable(handout: _Handout, generation: int, context: list[BaseMessage]) -> bool:
         return (
             handout.generation == generation
-            and handout.stored <= stored
-            and not handout.items.changed
+            and handout.stored <= len(context)
             and _references(handout) <= (_OWN_REFERENCES or 0)
+            and handout.intact(context)
         )
 
 
@@ -138,3 +153,4 @@ def _catch_up(
     list.extend(items, context[handout.stored :])
     list.extend(items, injected)
     handout.stored = len(context)
+    handout.length = len(items)

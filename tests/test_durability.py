@@ -1,0 +1,1210 @@
+"""Issue 3: append-only, crash-safe, multi-process session files at a flat per-turn cost.
+
+Everything runs on real files in tmp_path; other writers are real processes
+(``sys.executable``) or real threads. Loops are bounded by count, never by time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import json
+import os
+import pickle
+import random
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FIXTURES, run_python
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    messages_from_dict,
+    messages_to_dict,
+)
+
+from crab_langchain import (
+    CrabChatMessageHistory,
+    SessionFormatError,
+    SessionStore,
+    TornTailWarning,
+    hookimpl,
+    is_auto_injected,
+)
+from crab_langchain import history as history_module
+from crab_langchain.convert import to_crab_message
+from crab_langchain.models import CompactMarker, CrabMessage, SessionMeta, parse_entry
+from crab_langchain.storage import DirectoryStorage
+from crab_langchain.storage import directory as directory_module
+
+HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
+COMPACT_FIXTURE = FIXTURES / "crab_1775158803_12.jsonl"
+POSIX_ONLY = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+PROC_FD = Path("/proc/self/fd")
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def make_store(root: Path, plugins=(), **options: Any) -> SessionStore:
+    return SessionStore(root, list(plugins), entry_points=False, **options)
+
+
+def user_line(content: str) -> bytes:
+    return CrabMessage(role="user", content=content).to_line().encode()
+
+
+def session_file(directory: Path, *body: bytes, name: str = "crab_1774253211_7.jsonl") -> Path:
+    """A session file holding HEADER and the ``body`` lines."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(b"".join(line + b"\n" for line in (HEADER, *body)))
+    return path
+
+
+def file_lines(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    return data[:-1].split(b"\n")
+
+
+def assert_valid_file(path: Path) -> None:
+    """What ``crab-sessions verify`` checks: a header, then lines that all parse, then a newline."""
+    lines = file_lines(path)
+    SessionMeta.from_line(lines[0])
+    for line in lines[1:]:
+        parse_entry(line)
+
+
+def to_line(message: BaseMessage) -> bytes:
+    return to_crab_message(message).to_line().encode()
+
+
+def contents(messages: list[BaseMessage]) -> list[str]:
+    return [m.content for m in messages]  # type: ignore[misc]
+
+
+def pair(writer: object, turn: int) -> list[BaseMessage]:
+    return [HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")]
+
+
+def check_writers(lines: list[bytes], writers: list[str], turns: int) -> None:
+    """Exactly one pair per (writer, turn), each pair adjacent, each writer's turns in order."""
+    assert len(lines) == len(writers) * turns * 2
+    entries = [parse_entry(line) for line in lines]  # each line a crabtalk message
+    assert all(isinstance(entry, CrabMessage) for entry in entries)
+    done = dict.fromkeys(writers, -1)
+    for question, answer in zip(entries[::2], entries[1::2], strict=True):
+        writer, turn, kind = question.content.split("/")
+        assert (question.role, kind) == ("user", "q")
+        assert (answer.role, answer.content) == ("assistant", f"{writer}/{turn}/a")
+        assert int(turn) == done[writer] + 1, f"writer {writer} out of order"
+        done[writer] = int(turn)
+    assert done == dict.fromkeys(writers, turns - 1)
+
+
+def run_threads(work: Callable[[int], None], count: int) -> None:
+    """Run ``work(0..count-1)`` in threads started together; re-raise nothing, assert no error."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            work(index)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+
+def open_fds() -> int:
+    return len(os.listdir(PROC_FD))
+
+
+@pytest.fixture
+def split_writes(monkeypatch):
+    """Every write goes to the file in two halves with a pause between.
+
+    Without the locks, another writer's block would land between the halves:
+    the tests below then see interleaved lines instead of passing by luck.
+    """
+    real = directory_module._write_all
+
+    def in_two_halves(fd: int, data: bytes, path: Any) -> None:
+        half = len(data) // 2
+        real(fd, data[:half], path)
+        time.sleep(0.0002)
+        real(fd, data[half:], path)
+
+    monkeypatch.setattr(directory_module, "_write_all", in_two_halves)
+
+
+class Injector:
+    """Injects ``len(history) % 3`` messages: the count changes from turn to turn."""
+
+    @hookimpl
+    def crab_inject_messages(self, session, history):
+        return [SystemMessage(f"inj {len(history)}:{k}") for k in range(len(history) % 3)]
+
+
+def injected_for(count: int) -> list[str]:
+    return [f"inj {count}:{k}" for k in range(count % 3)]
+
+
+# --- 1. handed-out lists -----------------------------------------------------------
+
+
+def _setitem(items: list) -> None:
+    items[0] = AIMessage("intruder")
+
+
+def _setitem_last(items: list) -> None:
+    items[-1] = AIMessage("intruder")
+
+
+def _delitem(items: list) -> None:
+    del items[0]
+
+
+def _delslice(items: list) -> None:
+    del items[1:]
+
+
+def _iadd(items: list) -> None:
+    items += [AIMessage("intruder")]
+
+
+def _imul(items: list) -> None:
+    items *= 2
+
+
+def _slice_assign(items: list) -> None:
+    items[1:2] = [AIMessage("x"), AIMessage("y"), AIMessage("z")]
+
+
+def _slice_assign_all(items: list) -> None:
+    items[:] = []
+
+
+def _extended_slice_assign(items: list) -> None:
+    items[::2] = [AIMessage("x")] * len(items[::2])
+
+
+def _sort(items: list) -> None:
+    items.sort(key=lambda m: m.content)
+
+
+MUTATIONS: dict[str, Callable[[list], Any]] = {
+    "append": lambda items: items.append(AIMessage("intruder")),
+    "extend": lambda items: items.extend([AIMessage("intruder")]),
+    "insert": lambda items: items.insert(1, AIMessage("intruder")),
+    "pop": lambda items: items.pop(),
+    "pop-first": lambda items: items.pop(0),
+    "remove": lambda items: items.remove(items[1]),
+    "clear": lambda items: items.clear(),
+    "sort": _sort,
+    "reverse": lambda items: items.reverse(),
+    "setitem": _setitem,
+    "setitem-last": _setitem_last,
+    "delitem": _delitem,
+    "delslice": _delslice,
+    "iadd": _iadd,
+    "imul": _imul,
+    "slice-assign": _slice_assign,
+    "slice-assign-all": _slice_assign_all,
+    "extended-slice-assign": _extended_slice_assign,
+}
+
+READERS: dict[str, Callable[[CrabChatMessageHistory], list[BaseMessage]]] = {
+    "messages": lambda history: history.messages,
+    "stored_messages": lambda history: history.stored_messages(),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("inject", [False, True], ids=["plain", "injected"])
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_changing_a_handed_out_list_changes_nothing_stored(tmp_path, mutation, inject, reader):
+    read = READERS[reader]
+    history = make_store(tmp_path, [Injector()] if inject else []).get_session_history("s")
+    history.add_messages([HumanMessage("c"), AIMessage("a"), HumanMessage("b")])
+    expected = read(history)
+    for _ in range(3):  # read and drop a few times: the next list is a recycled one
+        assert read(history) == expected
+    snapshot = list(expected)
+    file_before = history.file_path.read_bytes()
+
+    items = read(history)
+    assert isinstance(items, list)
+    assert items == snapshot
+    MUTATIONS[mutation](items)
+    assert items != snapshot  # the mutation did change the caller's list
+    assert read(history) == snapshot  # while the caller holds the changed list
+    del items
+    assert read(history) == snapshot  # and after it dropped it
+    assert read(history) == snapshot
+    assert history.file_path.read_bytes() == file_before
+
+    history.add_messages([AIMessage("d")])
+    assert contents(history.stored_messages()) == ["c", "a", "b", "d"]
+    if reader == "messages":
+        assert contents(history.messages) == ["c", "a", "b", "d", *(injected_for(4) * inject)]
+    assert file_lines(history.file_path)[1:] == [
+        user_line("c"),
+        b'{"role":"assistant","content":"a"}',
+        user_line("b"),
+        b'{"role":"assistant","content":"d"}',
+    ]
+
+
+def test_lists_a_caller_holds_never_change_over_many_turns(tmp_path):
+    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+    held: list[tuple[list[BaseMessage], list[BaseMessage]]] = []
+    for turn in range(60):
+        if turn % 3 == 0:
+            history.messages  # noqa: B018 - a dropped read, so the pool recycles
+        for items in (history.messages, history.stored_messages()):
+            held.append((items, list(items)))
+        history.add_messages(pair("w", turn))
+        if turn == 30:
+            history.compact("half way")
+    for items, snapshot in held:
+        assert len(items) == len(snapshot)
+        assert all(a is b for a, b in zip(items, snapshot, strict=True))
+    assert len({id(items) for items, _ in held}) == len(held)
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["messages", "stored"]), st.booleans()),  # read; keep it?
+        st.tuples(st.just("add"), st.integers(1, 3)),
+        st.tuples(st.just("other"), st.integers(1, 3)),  # another writer appends
+        st.tuples(st.sampled_from(["release", "mutate"]), st.integers(0, 20)),
+        st.tuples(st.sampled_from(["compact", "clear"]), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_recycled_lists_always_hold_the_current_context(tmp_path, ops):
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    history = make_store(root, [Injector()]).get_session_history("s")
+    other = make_store(root).get_session_history("s")
+    model: list[str] = []
+    kept: list[tuple[list[BaseMessage], list[BaseMessage]]] = []
+    serial = 0
+    for op, arg in ops:
+        if op in ("messages", "stored"):
+            items = history.messages if op == "messages" else history.stored_messages()
+            assert isinstance(items, list)
+            injected = injected_for(len(model)) if op == "messages" else []
+            assert contents(items) == model + injected
+            assert [is_auto_injected(m) for m in items] == [False] * len(model) + [True] * len(
+                injected
+            )
+            if arg:
+                kept.append((items, list(items)))
+            del items
+        elif op in ("add", "other"):
+            batch = [HumanMessage(f"m{serial + k}") for k in range(arg)]
+            serial += arg
+            (history if op == "add" else other).add_messages(batch)
+            model += contents(batch)
+        elif op == "release" and kept:
+            kept.pop(arg % len(kept))
+        elif op == "mutate" and kept:
+            items, _ = kept[arg % len(kept)]
+            items.append(AIMessage("mine"))
+            kept[arg % len(kept)] = (items, list(items))
+        elif op == "compact":
+            history.compact(f"summary {serial}")
+            model = [f"summary {serial}"]
+        elif op == "clear":
+            history.clear()
+            model = []
+        for items, snapshot in kept:  # what a caller holds is never touched
+            assert len(items) == len(snapshot)
+            assert all(a is b for a, b in zip(items, snapshot, strict=True))
+
+
+def test_copies_pickles_and_dicts_of_a_handed_out_list(tmp_path):
+    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+    history.add_messages([HumanMessage("one"), AIMessage("two", id="x")])
+    history.messages  # noqa: B018 - dropped, so the next list is recycled
+    items = history.messages
+    expected = list(items)
+    shallow, deep = copy.copy(items), copy.deepcopy(items)
+    pickled = pickle.loads(pickle.dumps(items))
+    via_dicts = messages_from_dict(json.loads(json.dumps(messages_to_dict(items))))
+    for duplicate in (shallow, deep, pickled, via_dicts):
+        assert isinstance(duplicate, list)
+        assert duplicate == expected
+        assert duplicate is not items
+    del items  # the original goes back to the pool ...
+    history.add_messages([HumanMessage("three")])
+    assert contents(history.messages) == ["one", "two", "three", *injected_for(3)]
+    for duplicate in (shallow, deep, pickled, via_dicts):  # ... the copies are not touched
+        assert duplicate == expected
+    pickled.append(HumanMessage("mine"))  # and changing a copy changes nothing stored
+    shallow.clear()
+    assert contents(history.messages) == ["one", "two", "three", *injected_for(3)]
+
+
+def test_injected_messages_stay_last_when_their_count_changes(tmp_path):
+    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+    for turn in range(12):
+        history.messages  # noqa: B018 - dropped: recycled on the next read
+        items = history.messages
+        stored = [f"{w}/{t}/{k}" for t in range(turn) for w, k in (("u", "q"), ("u", "a"))]
+        assert contents(items) == stored + injected_for(len(stored))
+        assert [is_auto_injected(m) for m in items[len(stored) :]] == [True] * (len(stored) % 3)
+        del items
+        history.add_messages(pair("u", turn)[: 1 + turn % 2])  # a turn in one call or two
+        if turn % 2 == 0:
+            history.add_messages([AIMessage(f"u/{turn}/a")])
+
+
+def test_next_read_after_clear_and_compact_gives_the_new_context(tmp_path):
+    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    held = history.messages
+    history.messages  # noqa: B018 - a dropped list, in the pool
+    history.stored_messages()
+    history.clear()
+    assert history.messages == []
+    assert history.stored_messages() == []
+    history.add_messages([HumanMessage("three"), AIMessage("four"), HumanMessage("five")])
+    history.messages  # noqa: B018
+    history.compact("summary")
+    assert contents(history.messages) == ["summary", *injected_for(1)]
+    assert history.stored_messages() == [HumanMessage("summary")]
+    history.add_messages([AIMessage("six")])
+    assert contents(history.messages) == ["summary", "six", *injected_for(2)]
+    assert contents(held) == ["one", "two", *injected_for(2)]
+
+
+# --- 2. several writers ----------------------------------------------------------------
+
+# Started together: each writes ready-<n>, waits for the "go" file, then writes.
+GATED_WRITER = """
+import os, sys, time
+from langchain_core.messages import AIMessage, HumanMessage
+from crab_langchain import SessionStore
+root, gate, writer, turns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+history = SessionStore(root, entry_points=False).get_session_history("s")
+open(os.path.join(gate, "ready-" + writer), "w").close()
+for _ in range(30_000):
+    if os.path.exists(os.path.join(gate, "go")):
+        break
+    time.sleep(0.001)
+else:
+    sys.exit("no go")
+for turn in range(turns):
+    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
+"""
+
+
+def run_gated_writers(tmp_path: Path, root: Path, writers: int, turns: int) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GATED_WRITER, str(root), str(gate), str(w), str(turns)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    try:
+        for _ in range(6000):
+            if len(list(gate.glob("ready-*"))) == writers:
+                break
+            assert all(p.poll() is None for p in procs), "a writer died early"
+            time.sleep(0.005)
+        else:
+            pytest.fail("writers did not start")
+        (gate / "go").touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_four_processes_500_turns_each_on_one_session(tmp_path):
+    root = tmp_path / "sessions"
+    run_gated_writers(tmp_path, root, writers=4, turns=500)
+    [path] = root.glob("*.jsonl")
+    lines = file_lines(path)
+    SessionMeta.from_line(lines[0])
+    check_writers(lines[1:], ["0", "1", "2", "3"], turns=500)
+    assert not list(root.glob("*.torn"))
+    reader = make_store(root).get_session_history("s")
+    assert [to_line(m) for m in reader.messages] == lines[1:]
+
+
+def _check_threads_result(root: Path, histories: list[CrabChatMessageHistory]) -> None:
+    [path] = root.glob("*.jsonl")
+    lines = file_lines(path)
+    check_writers(lines[1:], [str(w) for w in range(8)], turns=50)
+    expected = make_store(root).get_session_history("s").messages
+    assert len(expected) == 800
+    for history in histories:  # every writer's own view ends up as the file: no line skipped
+        assert history.messages == expected
+
+
+def test_eight_threads_histories_of_one_store(tmp_path, split_writes):
+    store = make_store(tmp_path)
+    histories = [store.get_session_history("s") for _ in range(8)]
+    run_threads(lambda w: [histories[w].add_messages(pair(w, t)) for t in range(50)], 8)
+    _check_threads_result(tmp_path, histories)
+
+
+def test_eight_threads_with_a_store_each(tmp_path, split_writes):
+    histories = [make_store(tmp_path).get_session_history("s") for _ in range(8)]
+    run_threads(lambda w: [histories[w].add_messages(pair(w, t)) for t in range(50)], 8)
+    _check_threads_result(tmp_path, histories)
+
+
+def test_threads_on_two_storages_of_one_process(tmp_path, split_writes):
+    """Threads share each storage's cached descriptor; the two storages each have their own."""
+    stores = [make_store(tmp_path), make_store(tmp_path)]
+    histories = [stores[w % 2].get_session_history("s") for w in range(8)]
+    run_threads(lambda w: [histories[w].add_messages(pair(w, t)) for t in range(50)], 8)
+    _check_threads_result(tmp_path, histories)
+
+
+def test_threads_appending_blocks_through_two_storage_objects(tmp_path, split_writes):
+    storages = [DirectoryStorage(tmp_path), DirectoryStorage(tmp_path)]
+    storages[0].create("s.jsonl", HEADER)
+    width = 40  # lines per block: a block interleaved with another shows
+
+    def work(w: int) -> None:
+        storage = storages[w % 2]
+        for block in range(25):
+            storage.append("s.jsonl", [user_line(f"{w}/{block}/{i}") for i in range(width)])
+
+    run_threads(work, 6)
+    lines = file_lines(tmp_path / "s.jsonl")[1:]
+    assert len(lines) == 6 * 25 * width
+    done = dict.fromkeys(range(6), -1)
+    for start in range(0, len(lines), width):
+        block = [parse_entry(line).content.split("/") for line in lines[start : start + width]]
+        w, b = int(block[0][0]), int(block[0][1])
+        assert block == [[str(w), str(b), str(i)] for i in range(width)]
+        assert b == done[w] + 1
+        done[w] = b
+
+
+async def test_sync_and_async_callers_on_one_session(tmp_path, split_writes):
+    store = make_store(tmp_path)
+    histories = [store.get_session_history("s") for _ in range(4)]
+    histories += [make_store(tmp_path).get_session_history("s") for _ in range(4)]
+
+    async def async_writer(w: int) -> None:
+        for turn in range(50):
+            await histories[w].aadd_messages(pair(w, turn))
+            if turn % 10 == 0:
+                await histories[w].aget_messages()
+
+    errors: list[BaseException] = []
+
+    def sync_writer(w: int) -> None:
+        try:
+            for turn in range(50):
+                histories[w].add_messages(pair(w, turn))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=sync_writer, args=(w,)) for w in range(4, 8)]
+    for thread in threads:
+        thread.start()
+    try:
+        await asyncio.gather(*(async_writer(w) for w in range(4)))
+    finally:
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    _check_threads_result(tmp_path, histories)
+    assert await histories[0].aget_messages() == histories[7].messages
+
+
+# --- 3. writers killed mid-append ------------------------------------------------------
+
+# Imports once, then forks a writer per request, so that each of the many
+# kills costs a fork, not an interpreter start. A writer reports its pid once
+# its batches are built, then appends them; the zygote reaps it when told.
+ZYGOTE = """
+import os, sys
+from langchain_core.messages import HumanMessage
+from crab_langchain import CrabChatMessageHistory
+PAD = "x" * 2000
+for request in sys.stdin:
+    words = request.split()
+    if words[0] == "reap":
+        os.write(1, b"%d\\n" % os.waitpid(int(words[1]), 0)[1])
+        continue
+    path, tag, batches, size = words[1], words[2], int(words[3]), int(words[4])
+    if os.fork() == 0:
+        code = 1
+        try:
+            todo = [[HumanMessage(f"{tag}:{b}:{i}:{PAD}") for i in range(size)]
+                    for b in range(batches)]
+            history = CrabChatMessageHistory.from_file(path)
+            os.write(1, b"%d\\n" % os.getpid())
+            for batch in todo:
+                history.add_messages(batch)
+            code = 0
+        finally:
+            os._exit(code)
+"""
+
+PAD = "x" * 2000
+# (batches, messages a batch): ~3 or ~6 MB an append, as the kernel stops a killed
+# write only between pages (2 MB folios here): smaller appends are seldom torn.
+SHAPES = {"timed": (2, 1500), "sized": (1, 3000)}
+
+
+class Zygote:
+    def __init__(self, tmp_path: Path) -> None:
+        self.errors = open(tmp_path / "zygote.err", "w+b")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            bufsize=0,
+        )
+        self.buffer = b""
+        self.unreaped: set[int] = set()
+
+    def _line(self) -> int:
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+            chunk = os.read(self.proc.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                self.errors.seek(0)
+                pytest.fail(f"zygote silent or gone: {self.errors.read().decode()[-2000:]}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return int(line)
+
+    def spawn(self, path: Path, tag: int, batches: int, size: int) -> int:
+        self.proc.stdin.write(f"spawn {path} {tag} {batches} {size}\n".encode())
+        pid = self._line()
+        self.unreaped.add(pid)
+        return pid
+
+    def reap(self, pid: int) -> int:
+        """Wait for the writer to end; its wait status. Until then its pid is not reused."""
+        self.proc.stdin.write(f"reap {pid}\n".encode())
+        status = self._line()
+        self.unreaped.discard(pid)
+        return status
+
+    def close(self) -> None:
+        for pid in self.unreaped:
+            os.kill(pid, signal.SIGKILL)  # our own writer, a zombie at worst
+            self.reap(pid)
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.errors.close()
+
+
+def expected_line(tag: int, batch: int, index: int) -> bytes:
+    return user_line(f"{tag}:{batch}:{index}:{PAD}")
+
+
+def kill_at_random(zygote: Zygote, path: Path, tag: int, rng: random.Random) -> tuple[int, int]:
+    """Start a writer on ``path`` and SIGKILL it at a random moment; its shape."""
+    start = path.stat().st_size
+    if tag % 2 == 0:  # after a random delay: mid-build, mid-write, between batches, after
+        shape = SHAPES["timed"]
+        pid = zygote.spawn(path, tag, *shape)
+        time.sleep(rng.uniform(0, 0.12))
+    else:  # once the file reached a random size: often in the middle of a write
+        shape = SHAPES["sized"]
+        pid = zygote.spawn(path, tag, *shape)
+        target = start + rng.randint(1, shape[0] * shape[1] * len(expected_line(tag, 0, 0)))
+        name = str(path)
+        for _ in range(500_000):
+            if os.stat(name).st_size >= target:
+                break
+    os.kill(pid, signal.SIGKILL)
+    status = zygote.reap(pid)
+    assert status in (0, signal.SIGKILL), f"writer failed: wait status {status}"
+    return shape
+
+
+def check_killed_file(path: Path, tag: int, shape: tuple[int, int]) -> tuple[int, bool]:
+    """Check the file a writer was killed appending to, repair it; (lines kept, torn?)."""
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    torn = raw[len(complete) :]
+    lines = complete[:-1].split(b"\n")
+    assert lines[:2] == [HEADER, user_line("seed")]
+    written = lines[2:]  # complete lines of the killed writer: all there, in order, no gap
+    batches, size = shape
+    expected = [expected_line(tag, b, i) for b in range(batches) for i in range(size)]
+    assert written == expected[: len(written)]
+    if torn:  # at most one torn line: a prefix of the line being written
+        assert expected[len(written)].startswith(torn)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = CrabChatMessageHistory.from_file(path)
+        stored = reader.stored_messages()
+    assert any(issubclass(w.category, TornTailWarning) for w in caught) == bool(torn)
+    assert len(stored) == len(lines) - 1 == complete.count(b"\n") - 1
+    assert [to_line(m) for m in stored] == lines[1:]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader.add_messages([AIMessage(f"after {tag}")])
+    assert any(issubclass(w.category, TornTailWarning) for w in caught) == bool(torn)
+    side = path.with_name(path.name + ".torn")
+    assert (side.read_bytes() if side.exists() else None) == (torn + b"\n" if torn else None)
+    after = b'{"role":"assistant","content":"after %d"}\n' % tag
+    assert path.read_bytes() == complete + after
+    assert_valid_file(path)
+    return len(written), bool(torn)
+
+
+@POSIX_ONLY
+def test_writers_killed_at_random_moments_lose_no_complete_line(tmp_path):
+    rng = random.Random(20260323)
+    zygote = Zygote(tmp_path)
+    kept = tears = 0
+    files: list[Path] = []
+    try:
+        for tag in range(40):
+            if tag >= 24 and tears:  # more only while no write was torn yet
+                break
+            path = session_file(tmp_path / "s", user_line("seed"), name=f"crab_1_{tag}.jsonl")
+            files.append(path)
+            shape = kill_at_random(zygote, path, tag, rng)
+            lines, torn = check_killed_file(path, tag, shape)
+            kept += lines
+            tears += torn
+    finally:
+        zygote.close()
+    assert tears > 0, "no write was ever torn: the test did not test the torn tail"
+    # Across all of them: every complete line is still there, read by a new history.
+    total = sum(len(CrabChatMessageHistory.from_file(path).messages) - 2 for path in files)
+    assert total == kept
+
+
+# --- 4. the descriptors kept open for appending ------------------------------------------
+
+CLEAR_SCRIPT = """
+import sys
+from crab_langchain import SessionStore
+SessionStore(sys.argv[1], entry_points=False).get_session_history(sys.argv[2]).clear()
+"""
+
+DELETE_SCRIPT = """
+import sys
+from crab_langchain import SessionStore
+assert SessionStore(sys.argv[1], entry_points=False).delete_session(sys.argv[2])
+"""
+
+APPEND_SCRIPT = """
+import sys
+from langchain_core.messages import HumanMessage
+from crab_langchain import CrabChatMessageHistory
+CrabChatMessageHistory.from_file(sys.argv[1]).add_messages([HumanMessage(t) for t in sys.argv[2:]])
+"""
+
+
+def test_append_after_another_process_cleared_goes_to_the_new_file(tmp_path):
+    history = make_store(tmp_path).get_session_history("s")
+    history.add_messages([HumanMessage("old")])  # the descriptor is now cached
+    path = history.file_path
+    header = path.read_bytes()[: -len(user_line("old")) - 1]
+    with open(path, "rb") as old_file:
+        run_python(CLEAR_SCRIPT, str(tmp_path), "s")
+        history.add_messages([HumanMessage("new")])  # no read in between
+        assert old_file.read() == header + user_line("old") + b"\n"
+    assert path.read_bytes() == header + user_line("new") + b"\n"
+    assert history.messages == [HumanMessage("new")]
+
+
+def test_append_after_another_process_deleted_a_file_opened_by_path_raises(tmp_path):
+    path = session_file(tmp_path, user_line("one"))
+    history = CrabChatMessageHistory.from_file(path)
+    history.add_messages([HumanMessage("two")])  # the descriptor is now cached
+    with open(path, "rb") as old_file:
+        run_python("import os, sys; os.unlink(sys.argv[1])", str(path))
+        with pytest.raises(FileNotFoundError):
+            history.add_messages([HumanMessage("lost")])
+        assert b"lost" not in old_file.read()  # not written to the unlinked file either
+    assert not path.exists()
+
+
+def test_append_after_another_process_deleted_a_store_session_starts_afresh(tmp_path):
+    history = make_store(tmp_path).get_session_history("s")
+    history.add_messages([HumanMessage("one")])
+    with open(history.file_path, "rb") as old_file:
+        run_python(DELETE_SCRIPT, str(tmp_path), "s")
+        history.add_messages([HumanMessage("two")])
+        assert b"two" not in old_file.read()
+    [path] = tmp_path.glob("*.jsonl")
+    assert file_lines(path)[1:] == [user_line("two")]
+    assert make_store(tmp_path).get_session_history("s").messages == [HumanMessage("two")]
+
+
+@pytest.mark.skipif(not PROC_FD.is_dir(), reason="counts descriptors in /proc")
+def test_more_sessions_than_cached_descriptors_round_robin(tmp_path):
+    store = make_store(tmp_path)
+    sessions = 40  # more than the 32 descriptors a storage keeps open
+    histories = [store.get_session_history(f"s{n}") for n in range(sessions)]
+    other = make_store(tmp_path)
+    expected: list[list[str]] = [[] for _ in range(sessions)]
+    before = open_fds()
+    for turn in range(4):
+        for n, history in enumerate(histories):
+            history.add_messages([HumanMessage(f"{n}/{turn}")])
+            expected[n].append(f"{n}/{turn}")
+            if turn == 1 and n % 7 == 0:  # replaced under a cached or an evicted descriptor
+                other.get_session_history(f"s{n}").clear()
+                expected[n] = []
+        other.storage.close()  # the clearing store's descriptors are not the ones counted
+        assert open_fds() - before <= 32
+    for n, history in enumerate(histories):
+        assert contents(history.messages) == expected[n]
+        assert file_lines(history.file_path)[1:] == [user_line(text) for text in expected[n]]
+        assert contents(make_store(tmp_path).get_session_history(f"s{n}").messages) == expected[n]
+
+
+@pytest.mark.skipif(not PROC_FD.is_dir(), reason="counts descriptors in /proc")
+def test_close_releases_descriptors_and_appending_reopens(tmp_path):
+    store = make_store(tmp_path)
+    histories = [store.get_session_history(f"s{n}") for n in range(5)]
+    for history in histories:
+        history.add_messages([HumanMessage("one")])
+    open_before_close = open_fds()
+    store.storage.close()
+    assert open_fds() <= open_before_close - 5
+    for history in histories:
+        history.add_messages([HumanMessage("two")])
+    store.storage.close()
+    store.storage.close()  # twice is fine
+    for history in histories:
+        history.add_messages([HumanMessage("three")])
+        assert contents(history.messages) == ["one", "two", "three"]
+        assert file_lines(history.file_path)[1:] == [user_line(t) for t in ("one", "two", "three")]
+
+
+@POSIX_ONLY
+def test_forked_child_and_parent_appending_to_one_session(tmp_path, split_writes):
+    history = make_store(tmp_path).get_session_history("s")
+    history.add_messages(pair("setup", 0))  # the parent caches its descriptor before the fork
+    errors = tmp_path / "child.err"
+    pid = os.fork()
+    if pid == 0:  # the child: the same history object, inherited
+        code = 1
+        try:
+            for turn in range(100):
+                history.add_messages(pair("child", turn))
+            code = 0
+        except BaseException as error:
+            errors.write_text(repr(error))
+        finally:
+            os._exit(code)
+    try:
+        for turn in range(100):
+            history.add_messages(pair("parent", turn))
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert status == 0, errors.read_text() if errors.exists() else status
+    lines = file_lines(history.file_path)[1:]
+    assert lines[:2] == [to_line(m) for m in pair("setup", 0)]
+    check_writers(lines[2:], ["child", "parent"], turns=100)
+    assert [to_line(m) for m in history.messages] == lines
+
+
+# --- 5. incremental reads --------------------------------------------------------------
+
+
+def test_another_process_appending_is_read_as_a_tail(tmp_path):
+    path = session_file(tmp_path, *(user_line(f"m{i}") for i in range(50)))
+    history = CrabChatMessageHistory.from_file(path)
+    before = history.messages
+    run_python(APPEND_SCRIPT, str(path), "new 1", "new 2")
+    after = history.messages
+    assert len(after) == 52
+    assert all(a is b for a, b in zip(before, after[:50], strict=True))  # not parsed again
+    assert after[50:] == [HumanMessage("new 1"), HumanMessage("new 2")]
+    history.add_messages([AIMessage("mine")])
+    again = history.messages
+    assert all(a is b for a, b in zip(after, again[:52], strict=True))
+    assert again[52:] == [AIMessage("mine")]
+
+
+def test_tail_read_parses_only_the_new_lines(tmp_path, monkeypatch):
+    path = session_file(tmp_path, *(user_line(f"m{i}") for i in range(50)))
+    history = CrabChatMessageHistory.from_file(path)
+    run_python(APPEND_SCRIPT, str(path), "new")
+    parsed: list[bytes] = []
+    real = parse_entry
+
+    def spy(line):
+        parsed.append(bytes(line))
+        return real(line)
+
+    monkeypatch.setattr(history_module, "parse_entry", spy)
+    assert len(history.messages) == 51
+    assert parsed == [user_line("new")]
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """As crabtalk's ``persist()`` does: same file, truncated and written again."""
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(data)
+
+
+def body(*texts: str) -> bytes:
+    return b"".join(line + b"\n" for line in (HEADER, *(user_line(t) for t in texts)))
+
+
+@pytest.mark.parametrize(
+    "rewritten",
+    [
+        ["m00", "m01"],  # shorter
+        ["m00", "m01", "m02", "m03", "mXX", "m05", "m06"],  # longer, the last line read changed
+        ["m00", "m01", "m02", "m03", "m04", "m05", "m06"],  # longer, same start: an append
+    ],
+    ids=["shorter", "longer-changed", "longer-same"],
+)
+def test_rewrite_in_place_is_noticed(tmp_path, rewritten):
+    path = session_file(tmp_path, *(user_line(t) for t in ["m00", "m01", "m02", "m03", "m04"]))
+    history = CrabChatMessageHistory.from_file(path)
+    assert contents(history.messages) == ["m00", "m01", "m02", "m03", "m04"]
+    rewrite_in_place(path, body(*rewritten))
+    assert contents(history.messages) == rewritten
+    history.add_messages([HumanMessage("next")])
+    assert contents(CrabChatMessageHistory.from_file(path).messages) == [*rewritten, "next"]
+
+
+LONG = [f"message {i:03d} " + "." * 60 for i in range(20)]  # the first lines lie far from the end
+
+
+@pytest.mark.parametrize("changed", [1, 18], ids=["early-line", "late-line"])
+@pytest.mark.parametrize("how", ["in-place", "os.replace"])
+def test_file_rewritten_with_same_size_different_content_is_noticed(tmp_path, how, changed):
+    path = session_file(tmp_path, *(user_line(t) for t in LONG))
+    history = CrabChatMessageHistory.from_file(path)
+    assert contents(history.messages) == LONG
+    new = list(LONG)
+    new[changed] = new[changed].replace(".", ",")
+    data = body(*new)
+    assert len(data) == path.stat().st_size
+    if how == "in-place":
+        rewrite_in_place(path, data)
+    else:
+        (tmp_path / "new").write_bytes(data)
+        os.replace(tmp_path / "new", path)
+    assert contents(history.messages) == new
+
+
+# --- 6. compaction -------------------------------------------------------------------
+
+
+def compacted(summary: str) -> HumanMessage:
+    return HumanMessage(summary, additional_kwargs={"crab_compact": True})
+
+
+def test_archive_holds_every_message_and_each_marker_in_place(tmp_path):
+    history = make_store(tmp_path).get_session_history("s")
+    assert history.archive() == []  # no file yet
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    history.compact("first summary")
+    history.add_messages([HumanMessage("three")])
+    history.compact('second "summary"\nwith ✓')
+    history.add_messages([AIMessage("four")])
+    assert file_lines(history.file_path)[3] == b'{"compact":"first summary"}'
+    assert history.messages == [HumanMessage('second "summary"\nwith ✓'), AIMessage("four")]
+    expected_archive = [
+        HumanMessage("one"),
+        AIMessage("two"),
+        compacted("first summary"),
+        HumanMessage("three"),
+        compacted('second "summary"\nwith ✓'),
+        AIMessage("four"),
+    ]
+    assert history.archive() == expected_archive
+    fresh = make_store(tmp_path).get_session_history("s")
+    assert fresh.messages == history.messages
+    assert fresh.archive() == expected_archive
+    by_path = CrabChatMessageHistory.from_file(history.file_path)
+    assert by_path.messages == history.messages
+
+
+def test_archive_of_crabtalk_compacted_fixture(tmp_path):
+    path = tmp_path / COMPACT_FIXTURE.name
+    path.write_bytes(COMPACT_FIXTURE.read_bytes())
+    history = CrabChatMessageHistory.from_file(path)
+    lines = [line for line in file_lines(path)[1:] if line.strip()]
+    archive = history.archive()
+    assert len(archive) == len(lines)
+    for line, message in zip(lines, archive, strict=True):
+        entry = parse_entry(line)
+        is_marker = isinstance(entry, CompactMarker)
+        assert message.additional_kwargs.get("crab_compact", False) is is_marker
+        if is_marker:
+            assert message == compacted(entry.compact)
+    last_marker = max(i for i, m in enumerate(archive) if m.additional_kwargs.get("crab_compact"))
+    assert history.messages == [
+        HumanMessage(archive[last_marker].content),
+        *archive[last_marker + 1 :],
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'{"role":"user","content":', b'{"role":42}', b"not json", b'{"compact":7}'],
+    ids=["truncated", "bad-role", "not-json", "bad-marker"],
+)
+def test_malformed_line_before_the_last_marker(tmp_path, bad):
+    path = session_file(
+        tmp_path, user_line("one"), bad, b'{"compact":"summary"}', user_line("after")
+    )
+    history = CrabChatMessageHistory.from_file(path)  # the archive is not parsed
+    assert history.messages == [HumanMessage("summary"), HumanMessage("after")]
+    with pytest.raises(SessionFormatError) as raised:
+        history.archive()
+    assert (raised.value.path, raised.value.line) == (str(path), 3)
+    assert str(raised.value).startswith(f"{path}:3: ")
+    assert history.messages == [HumanMessage("summary"), HumanMessage("after")]
+    history.add_messages([AIMessage("more")])
+    assert contents(CrabChatMessageHistory.from_file(path).messages) == ["summary", "after", "more"]
+
+
+def test_malformed_line_after_the_last_marker_still_raises(tmp_path):
+    path = session_file(tmp_path, b'{"compact":"summary"}', user_line("a"), b'{"role":')
+    with pytest.raises(SessionFormatError) as raised:
+        CrabChatMessageHistory.from_file(path)
+    assert (raised.value.path, raised.value.line) == (str(path), 4)
+
+
+LOOKALIKES = [
+    HumanMessage("compact"),
+    HumanMessage('{"compact":"x"}'),
+    AIMessage('"compact"'),
+    HumanMessage("x", additional_kwargs={"compact": "y"}),
+]
+
+
+def test_lines_that_merely_mention_compact_are_messages(tmp_path):
+    history = make_store(tmp_path).get_session_history("s")
+    history.add_messages([HumanMessage("before")])
+    tail_reader = make_store(tmp_path).get_session_history("s")
+    assert tail_reader.messages == [HumanMessage("before")]
+    history.add_messages(LOOKALIKES)
+    raw = file_lines(history.file_path)
+    assert raw[2] == b'{"role":"user","content":"compact"}'  # holds the bytes "compact"
+    with open(history.file_path, "ab") as file:  # a message with an unknown key "compact"
+        file.write(b'{"role":"user","content":"y","compact":"z"}\n')
+    expected = [HumanMessage("before"), *LOOKALIKES]
+    for reader in (history, tail_reader, CrabChatMessageHistory.from_file(history.file_path)):
+        messages = reader.messages
+        assert messages[: len(expected)] == expected
+        assert len(messages) == len(expected) + 1
+        assert messages[-1].content == "y"
+        assert not any(m.additional_kwargs.get("crab_compact") for m in reader.archive())
+
+
+# --- 7. durability ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fsyncs(monkeypatch) -> list[int]:
+    """The inode of every descriptor os.fsync is called on (the real fsync still runs)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd):
+        calls.append(os.fstat(fd).st_ino)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def _opened(kind: str, tmp_path: Path, durability: str | None) -> CrabChatMessageHistory:
+    options = {} if durability is None else {"durability": durability}
+    if kind == "store":
+        history = make_store(tmp_path, **options).get_session_history("s")
+        history.add_messages([HumanMessage("creates the file")])
+        return history
+    return CrabChatMessageHistory.from_file(session_file(tmp_path, user_line("one")), **options)
+
+
+@pytest.mark.parametrize("kind", ["store", "from_file"])
+def test_fsync_durability_fsyncs_the_session_file_once_per_call(tmp_path, kind, fsyncs):
+    history = _opened(kind, tmp_path, "fsync")
+    inode = history.file_path.stat().st_ino
+    fsyncs.clear()
+    for turn in range(5):
+        history.add_messages(pair("w", turn))
+        assert fsyncs == [inode] * (turn + 1)
+    history.compact("summary")
+    assert fsyncs == [inode] * 6
+    assert len(file_lines(history.file_path)) == 2 + 11  # header, first message, 5 pairs, marker
+
+
+@pytest.mark.parametrize("durability", [None, "flush"], ids=["default", "flush"])
+@pytest.mark.parametrize("kind", ["store", "from_file"])
+def test_default_durability_does_not_fsync_appends(tmp_path, kind, durability, fsyncs):
+    history = _opened(kind, tmp_path, durability)
+    fsyncs.clear()
+    for turn in range(5):
+        history.add_messages(pair("w", turn))
+    history.compact("summary")
+    assert fsyncs == []
+    # handed to the OS all the same: a new reader sees every line at once
+    archive = CrabChatMessageHistory.from_file(history.file_path).archive()
+    assert len(archive) == 1 + 10 + 1  # the first message, 5 pairs, the marker
+
+
+# --- 8. the garbage collector's pause ---------------------------------------------------
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    yield
+    gc.enable()
+
+
+def big_file(directory: Path, count: int = 1500, bad_at: int | None = None) -> Path:
+    lines = [user_line(f"m{i}") for i in range(count)]
+    if bad_at is not None:
+        lines[bad_at - 2] = b'{"role":"user","content":'  # file line bad_at
+    return session_file(directory, *lines)
+
+
+def test_gc_enabled_after_loading_a_long_session(tmp_path, gc_restored):
+    assert gc.isenabled()
+    history = CrabChatMessageHistory.from_file(big_file(tmp_path))
+    assert gc.isenabled()
+    assert len(history.messages) == 1500
+    store_history = make_store(tmp_path / "store").get_session_history("s")
+    store_history.add_messages([HumanMessage(f"m{i}") for i in range(1500)])
+    assert gc.isenabled()
+    assert len(make_store(tmp_path / "store").get_session_history("s").messages) == 1500
+    assert gc.isenabled()
+
+
+def test_gc_enabled_after_a_long_tail_and_a_bulk_add(tmp_path, gc_restored):
+    path = session_file(tmp_path, user_line("first"))
+    history = CrabChatMessageHistory.from_file(path)
+    CrabChatMessageHistory.from_file(path).add_messages([AIMessage(f"a{i}") for i in range(1200)])
+    assert gc.isenabled()
+    assert len(history.messages) == 1201  # a tail of 1200 lines
+    assert gc.isenabled()
+    history.add_messages([HumanMessage(f"b{i}") for i in range(1200)])
+    assert gc.isenabled()
+
+
+def test_gc_disabled_by_the_caller_stays_disabled(tmp_path, gc_restored):
+    path = big_file(tmp_path)
+    gc.disable()
+    history = CrabChatMessageHistory.from_file(path)
+    assert not gc.isenabled()
+    history.add_messages([HumanMessage(f"b{i}") for i in range(1200)])
+    assert not gc.isenabled()
+    CrabChatMessageHistory.from_file(path).add_messages([AIMessage(f"c{i}") for i in range(1200)])
+    assert len(history.messages) == 3900
+    assert not gc.isenabled()
+    with pytest.raises(SessionFormatError):
+        CrabChatMessageHistory.from_file(big_file(tmp_path / "bad", bad_at=1500))
+    assert not gc.isenabled()
+
+
+def test_gc_enabled_after_loading_fails(tmp_path, gc_restored):
+    with pytest.raises(SessionFormatError) as raised:
+        CrabChatMessageHistory.from_file(big_file(tmp_path, bad_at=1500))
+    assert raised.value.line == 1500
+    assert gc.isenabled()
+
+
+def test_gc_enabled_after_a_tail_read_fails(tmp_path, gc_restored):
+    path = session_file(tmp_path, user_line("first"))
+    history = CrabChatMessageHistory.from_file(path)
+    with open(path, "ab") as file:
+        file.write(b"".join(user_line(f"m{i}") + b"\n" for i in range(1500)))
+        file.write(b"not json\n")
+    with pytest.raises(SessionFormatError) as raised:
+        history.messages  # noqa: B018 - the read is the point
+    assert raised.value.line == 1503
+    assert gc.isenabled()
+
+
+def test_gc_enabled_after_a_bulk_add_fails(tmp_path, gc_restored):
+    history = CrabChatMessageHistory.from_file(session_file(tmp_path, user_line("first")))
+    before = history.file_path.read_bytes()
+    batch: list[BaseMessage] = [HumanMessage(f"m{i}") for i in range(1500)]
+    batch.append(ToolMessage("r", tool_call_id="c", artifact=object()))
+    with pytest.raises((TypeError, ValueError)):
+        history.add_messages(batch)
+    assert gc.isenabled()
+    assert history.file_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda items: list.append(items, HumanMessage("z")), id="list.append"),
+        pytest.param(lambda items: list.pop(items, 0), id="list.pop"),
+        pytest.param(
+            lambda items: list.__setitem__(items, 0, HumanMessage("z")), id="list.__setitem__"
+        ),
+        pytest.param(lambda items: list.__setitem__(items, 1, HumanMessage("z")), id="middle item"),
+        pytest.param(lambda items: items.__init__([HumanMessage("x")]), id="__init__ again"),
+    ],
+)
+def test_changes_that_bypass_the_list_methods_are_not_recycled(tmp_path, change):
+    history = SessionStore(tmp_path, entry_points=False).get_session_history("s")
+    history.add_messages([HumanMessage("a"), HumanMessage("b"), HumanMessage("c")])
+    items = history.messages
+    change(items)
+    del items
+    history.add_messages([HumanMessage("d")])
+    assert [m.content for m in history.messages] == ["a", "b", "c", "d"]

@@ -197,7 +197,36 @@ def _plain_message(message: CrabMessage) -> BaseMessage | None:
         or message.agent
     ):
         return None
-    return _built(cls, {"content": message.content, "additional_kwargs": {}})
+    built: BaseMessage = _text_message(cls)(message.content)
+    return built
+
+
+@functools.cache
+def _text_message(cls: type[M]) -> Callable[[str], M]:
+    """``_built(cls, {"content": text, "additional_kwargs": {}})``, specialized.
+
+    Loading a long session calls it once a line, so it is worth a closure
+    that does only that.
+    """
+    plan = _construction_plan(cls)
+    if plan is None:
+        return lambda text: _built(cls, {"content": text, "additional_kwargs": {}})
+    defaults, factories = plan.defaults, plan.factories
+    new, _set = cls.__new__, object.__setattr__
+
+    def build(text: str) -> M:
+        values = defaults.copy()
+        for name, factory in factories:
+            values[name] = factory()
+        values["content"] = text
+        message = new(cls)
+        _set(message, "__dict__", values)
+        _set(message, "__pydantic_fields_set__", {"content", "additional_kwargs"})
+        _set(message, "__pydantic_extra__", {})
+        _set(message, "__pydantic_private__", None)
+        return message
+
+    return build
 
 
 def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMessage]:
@@ -344,7 +373,7 @@ def _plain_crab(message: BaseMessage) -> CrabMessage | None:
         return None
     if not content.isascii():
         _check_text(content, "content")
-    return _built(CrabMessage, {"role": role, "content": content})
+    return CrabMessage(role=role, content=content)
 
 
 @functools.cache

@@ -110,6 +110,10 @@ class CrabMessage(BaseModel):
         """The JSON line crabtalk would write for this message, without the newline."""
         return _dump(self)
 
+    def to_line_bytes(self) -> bytes:
+        """:meth:`to_line` as UTF-8 bytes, straight from the serializer."""
+        return _dump_bytes(self)
+
     @classmethod
     def from_line(cls, line: str | bytes) -> CrabMessage:
         """Parse one message line; raise :class:`SessionFormatError` if it is not one."""
@@ -133,13 +137,21 @@ class CompactMarker(BaseModel):
         """The marker's JSON line, without the newline."""
         return _dump(self)
 
+    def to_line_bytes(self) -> bytes:
+        """:meth:`to_line` as UTF-8 bytes."""
+        return _dump_bytes(self)
+
 
 Entry = CrabMessage | CompactMarker
 
 
 def _dump(model: BaseModel) -> str:
+    return _dump_bytes(model).decode("utf-8")
+
+
+def _dump_bytes(model: BaseModel) -> bytes:
     try:
-        return model.model_dump_json()
+        return model.__pydantic_serializer__.to_json(model)
     except pydantic_core.PydanticSerializationError as error:
         raise ValueError(f"cannot write {type(model).__name__} as JSON: {error}") from None
 

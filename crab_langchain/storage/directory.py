@@ -23,9 +23,8 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from crab_langchain.storage.base import Chunk, Cursor, SessionStorage, TornTailWarning
 
@@ -45,8 +44,7 @@ _TAIL_BLOCK = 65536
 _CHECKED_TAIL = 256
 
 
-@dataclass(frozen=True)
-class _Check:
+class _Check(NamedTuple):
     """What must still hold for a cursor to continue in the same file.
 
     The inode alone is not enough: replaced files free their inodes and new
@@ -224,10 +222,14 @@ class DirectoryStorage(SessionStorage):
     ) -> Cursor | None:
         path = self._file(name)
         data = b"".join(line + b"\n" for line in lines)
-        with self._locked(name) as (fd, held):
+        log, held = self._acquire(name, path)
+        try:
+            fd = log.fd
             identity, size = (held.st_dev, held.st_ino), held.st_size
             # A reader's cursor at the very end vouches for the last byte being a newline.
-            follows = after is not None and _continues(fd, identity, size, after, exact=True)
+            follows = after is not None and _continues(
+                fd, identity, size, after, exact=True, mtime_ns=held.st_mtime_ns
+            )
             if not follows and size != (size := self._repair_tail(path, fd, size)):
                 follows = after is not None and _continues(fd, identity, size, after, exact=True)
             try:
@@ -238,6 +240,8 @@ class DirectoryStorage(SessionStorage):
                 os.ftruncate(fd, size)  # leave no part of the block behind
                 raise
             mtime_ns = os.fstat(fd).st_mtime_ns
+        finally:
+            _release(log)
         if after is None or not follows or not isinstance(after.check, _Check):
             return None
         check = _next_check(after.check, data, mtime_ns)
@@ -308,20 +312,34 @@ class DirectoryStorage(SessionStorage):
 
         Yields the descriptor (opened for appending) and its ``fstat``.
         """
-        path = self._file(name)
+        log, held = self._acquire(name, self._file(name))
+        try:
+            yield log.fd, held
+        finally:
+            _release(log)
+
+    def _acquire(self, name: str, path: str) -> tuple[_OpenLog, os.stat_result]:
+        """Lock log ``name`` (thread lock, then ``flock``); its descriptor and ``fstat``.
+
+        The caller must :func:`_release` it. (No context manager on the
+        append path: a generator costs more than the rest of the locking.)
+        """
         while True:
             log = self._open_log(name, path)
+            log.lock.acquire()
+            if log.fd < 0:  # closed by close() or eviction meanwhile
+                log.lock.release()
+                continue
+            _lock(log.fd)
+            try:
+                held = _stat_if_current(log.fd, path)
+            except BaseException:
+                _release(log)
+                raise
+            if held is not None:
+                return log, held
+            _release(log)
             with log.lock:
-                if log.fd < 0:
-                    continue  # closed by close() or eviction meanwhile
-                _lock(log.fd)
-                try:
-                    held = _stat_if_current(log.fd, path)
-                    if held is not None:
-                        yield log.fd, held
-                        return
-                finally:
-                    _unlock(log.fd)
                 log.close()  # the file was replaced: open the new one
             self._forget(name)
 
@@ -404,7 +422,13 @@ def _unchanged(stat: os.stat_result, cursor: Cursor) -> bool:
 
 
 def _continues(
-    fd: int, identity: object, size: int, cursor: Cursor, *, exact: bool = False
+    fd: int,
+    identity: object,
+    size: int,
+    cursor: Cursor,
+    *,
+    exact: bool = False,
+    mtime_ns: int | None = None,
 ) -> bool:
     """Whether the file open as ``fd`` is the one ``cursor`` read, grown or not."""
     check = cursor.check
@@ -412,6 +436,8 @@ def _continues(
         return False
     if size < cursor.offset or (exact and size != cursor.offset):
         return False
+    if mtime_ns == check.mtime_ns and size == cursor.offset:
+        return True  # untouched since the cursor was taken (as `read` trusts too)
     tail_at = cursor.offset - len(check.tail)
     return (
         os.pread(fd, len(check.header), 0) == check.header
@@ -438,8 +464,9 @@ def _after_last_newline(fd: int, size: int) -> int:
 
 
 def _write_all(fd: int, data: bytes, path: str | Path) -> None:
-    view = memoryview(data)
     try:
+        written = os.write(fd, data)
+        view = memoryview(data)[written:]  # a short write (rare): go on with the rest
         while view:
             view = view[os.write(fd, view) :]
     except OSError as error:
@@ -463,6 +490,14 @@ def _lock(fd: int) -> None:
         import msvcrt  # noqa: PLC0415 - Windows only
 
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+
+
+def _release(log: _OpenLog) -> None:
+    """Undo :meth:`DirectoryStorage._acquire`: the ``flock``, then the thread lock."""
+    try:
+        _unlock(log.fd)
+    finally:
+        log.lock.release()
 
 
 def _unlock(fd: int) -> None:

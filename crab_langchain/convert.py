@@ -187,18 +187,20 @@ def _plain_message(message: CrabMessage) -> BaseMessage | None:
     cls = _PLAIN_CLASSES.get(message.role)
     if (
         cls is None
-        or message.langchain
-        or message.model_extra
-        or message.auto_injected
-        or message.reasoning_content
-        or message.name
-        or message.tool_call_id
-        or message.tool_calls
-        or message.agent
+        or message.__pydantic_extra__
+        or _crab_beyond_text(message.__dict__) != _CRAB_TEXT_ONLY
     ):
         return None
     built: BaseMessage = _text_message(cls)(message.content)
     return built
+
+
+# A crab message's fields besides role, text and the unwritten `sender`, read
+# in one step, and their values when the message holds nothing else.
+_crab_beyond_text = operator.itemgetter(
+    "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain", "auto_injected"
+)
+_CRAB_TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None, False)
 
 
 @functools.cache
@@ -373,7 +375,32 @@ def _plain_crab(message: BaseMessage) -> CrabMessage | None:
         return None
     if not content.isascii():
         _check_text(content, "content")
-    return CrabMessage(role=role, content=content)
+    return _text_crab(role, content)
+
+
+def _text_crab(role: str, content: str) -> CrabMessage:
+    """``CrabMessage(role=role, content=content)`` without validating again.
+
+    ``role`` is one of the plain roles and ``content`` an exact ``str``: the
+    constructor would accept both as they are, at twice the cost.
+    """
+    values = _CRAB_DEFAULTS.copy()
+    values["tool_calls"] = []
+    values["role"] = role
+    values["content"] = content
+    message = CrabMessage.__new__(CrabMessage)
+    _set = object.__setattr__
+    _set(message, "__dict__", values)
+    _set(message, "__pydantic_fields_set__", {"role", "content"})
+    _set(message, "__pydantic_extra__", {})
+    _set(message, "__pydantic_private__", None)
+    return message
+
+
+_CRAB_DEFAULTS = {
+    name: info.get_default(call_default_factory=True)
+    for name, info in CrabMessage.model_fields.items()
+}
 
 
 @functools.cache

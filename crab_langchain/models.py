@@ -10,6 +10,7 @@ pydantic-core serializes with serde_json too, so its escaping is crabtalk's.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -112,7 +113,12 @@ class CrabMessage(BaseModel):
 
     def to_line_bytes(self) -> bytes:
         """:meth:`to_line` as UTF-8 bytes, straight from the serializer."""
-        return _dump_bytes(self)
+        if self.__pydantic_extra__ or _beyond_text(self.__dict__) != _TEXT_ONLY:
+            return _dump_bytes(self)
+        # Role and text only (most lines): the same bytes from a two-key dict,
+        # which skips the per-field "leave out when empty" callbacks.
+        text = {"role": self.role, "content": self.content} if self.content else {"role": self.role}
+        return pydantic_core.to_json(text)
 
     @classmethod
     def from_line(cls, line: str | bytes) -> CrabMessage:
@@ -157,6 +163,11 @@ def _dump_bytes(model: BaseModel) -> bytes:
 
 
 _MEMORY_ONLY = ("sender", "auto_injected")
+# The written fields besides role and text, and their values when empty.
+_beyond_text = operator.itemgetter(
+    "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain"
+)
+_TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None)
 # Bytes that send a line down the careful path: keys it drops, and the
 # non-JSON numbers the one-pass parser would accept.
 _CAREFUL_WORDS = re.compile(rb'"sender"|"auto_injected"|"index"|NaN|Infinity')

@@ -555,3 +555,42 @@ def test_format_then_parse_rfc3339_is_identity(moment: datetime):
     assert parse_rfc3339(text) == moment
     fraction = text[len("2026-01-01T00:00:00") : -len("+00:00")]
     assert len(fraction) in (0, 4, 7)
+
+
+# --- role-and-text lines take a short way to the same bytes --------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["user", "assistant", "system", "tool", "custom"]), st.text())
+def test_text_only_line_bytes_equal_the_serializer(role: str, content: str):
+    from crab_langchain.models import _dump_bytes
+
+    message = CrabMessage(role=role, content=content)
+    try:
+        expected = _dump_bytes(message)
+    except ValueError:
+        with pytest.raises(ValueError, match="JSON"):  # a lone surrogate: both ways refuse it
+            message.to_line_bytes()
+        return
+    assert message.to_line_bytes() == expected == message.to_line().encode()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        CrabMessage(role="user", content="x", name="n"),
+        CrabMessage(role="assistant", content="", reasoning_content="r"),
+        CrabMessage(role="tool", content="x", tool_call_id="1"),
+        CrabMessage(role="assistant", agent="guest"),
+        CrabMessage(role="user", content="x", langchain={"id": "1"}),
+        CrabMessage.model_validate({"role": "user", "content": "x", "future": 1}),
+        CrabMessage(
+            role="assistant",
+            tool_calls=[ToolCall(id="1", function=FunctionCall(name="f", arguments="{}"))],
+        ),
+    ],
+)
+def test_lines_with_more_than_text_take_the_serializer(message: CrabMessage):
+    from crab_langchain.models import _dump_bytes
+
+    assert message.to_line_bytes() == _dump_bytes(message) == message.to_line().encode()

@@ -191,32 +191,25 @@ def _chat_loop(results: dict[str, Any]) -> str:
 
 def _cold_load(results: dict[str, Any]) -> str:
     cold = results["cold_load"]
-    lines = [
-        f"## Cold load: a new history object's `messages`, {cold['messages']:,} messages\n",
-        "| backend | seconds | vs crab_langchain |",
-        "| --- | --- | --- |",
-    ]
-    for name, value in cold["seconds"].items():
-        lines.append(f"| {name} | {_s(value)} | {_ratio(value, cold['seconds'][CRAB])} |")
-    lines += [
-        "",
+    title = f"Cold load: a new history object's `messages`, {cold['messages']:,} messages"
+    note = (
         "The naive floor parses the same crab JSONL file line by line with `json.loads` "
-        "and builds each message with its class's constructor.",
-        "",
-    ]
-    return "\n".join(lines)
+        "and builds each message with its class's constructor."
+    )
+    return _seconds_table(title, cold["seconds"], "skipped") + "\n" + note + "\n"
 
 
 def _bulk_add(results: dict[str, Any]) -> str:
     bulk = results["bulk_add"]
-    lines = [
-        f"## Bulk add: one `add_messages` call with {bulk['messages']:,} messages\n",
-        "| backend | seconds | vs crab_langchain |",
-        "| --- | --- | --- |",
-    ]
-    for name, value in bulk["seconds"].items():
-        why = "skipped: rewrites the whole file per message (quadratic)"
-        lines.append(f"| {name} | {_s(value, why)} | {_ratio(value, bulk['seconds'][CRAB])} |")
+    title = f"Bulk add: one `add_messages` call with {bulk['messages']:,} messages"
+    why = "skipped: rewrites the whole file per message (quadratic)"
+    return _seconds_table(title, bulk["seconds"], why)
+
+
+def _seconds_table(title: str, seconds: dict[str, float | None], why: str) -> str:
+    lines = [f"## {title}\n", "| backend | seconds | vs crab_langchain |", "| --- | --- | --- |"]
+    for name, value in seconds.items():
+        lines.append(f"| {name} | {_s(value, why)} | {_ratio(value, seconds[CRAB])} |")
     return "\n".join(lines) + "\n"
 
 

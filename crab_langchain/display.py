@@ -377,21 +377,27 @@ def _content_html(message: BaseMessage) -> str:
 
 
 def _call_html(call: Any) -> str:
-    name, call_id = call.get("name") or "?", call.get("id") or "-"
     return (
-        f'<div style="margin-top:3px">tool call <code>{_e(name)}</code>'
-        f' <span style="{_DIM}">id {_e(call_id)}</span>'
-        f'<pre style="{_CODE_PRE}">{_e(_clip(_json(call.get("args"), indent=2)))}</pre></div>'
+        _call_head("tool call", call)
+        + f'<pre style="{_CODE_PRE}">{_e(_clip(_json(call.get("args"), indent=2)))}</pre></div>'
     )
 
 
 def _invalid_call_html(call: Any) -> str:
+    return (
+        _call_head("invalid tool call", call)
+        + _badge("invalid", _ERROR_ACCENT)
+        + f'<pre style="{_CODE_PRE}">{_e(_clip(str(call.get("args") or "")))}</pre>'
+        + f'<div style="{_DIM};margin-left:12px">{_e(call.get("error") or "")}</div></div>'
+    )
+
+
+def _call_head(label: str, call: Any) -> str:
+    """The opening of a tool call's block: what it is, its name and id (the caller closes it)."""
     name, call_id = call.get("name") or "?", call.get("id") or "-"
     return (
-        f'<div style="margin-top:3px">invalid tool call <code>{_e(name)}</code>'
-        f' <span style="{_DIM}">id {_e(call_id)}</span>{_badge("invalid", _ERROR_ACCENT)}'
-        f'<pre style="{_CODE_PRE}">{_e(_clip(str(call.get("args") or "")))}</pre>'
-        f'<div style="{_DIM};margin-left:12px">{_e(call.get("error") or "")}</div></div>'
+        f'<div style="margin-top:3px">{label} <code>{_e(name)}</code>'
+        f' <span style="{_DIM}">id {_e(call_id)}</span>'
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, run_python
+from conftest import FIXTURES, run_python, run_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import (
@@ -117,27 +117,6 @@ def check_writers(lines: list[bytes], writers: list[str], turns: int) -> None:
         assert int(turn) == done[writer] + 1, f"writer {writer} out of order"
         done[writer] = int(turn)
     assert done == dict.fromkeys(writers, turns - 1)
-
-
-def run_threads(work: Callable[[int], None], count: int) -> None:
-    """Run ``work(0..count-1)`` in threads started together; re-raise nothing, assert no error."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            work(index)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
 
 
 def open_fds() -> int:

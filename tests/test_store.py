@@ -8,13 +8,12 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_FILES, run_python
+from conftest import FIXTURE_FILES, run_python, run_threads
 from langchain_core.messages import AIMessage, HumanMessage
 
 from crab_langchain import CrabChatMessageHistory, SessionStore, default_root
@@ -473,26 +472,6 @@ def test_processes_creating_one_session_together_make_one_file(tmp_path):
     assert len(history.messages) == 8
 
 
-def _threads(work, count: int = 4) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def run(writer: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            work(writer)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == []
-
-
 def _write_calls(history: CrabChatMessageHistory, writer: int, calls: int = 100) -> None:
     for i in range(calls):
         history.add_messages([HumanMessage(f"{writer}:{i}:q"), AIMessage(f"{writer}:{i}:a")])
@@ -500,7 +479,7 @@ def _write_calls(history: CrabChatMessageHistory, writer: int, calls: int = 100)
 
 def test_threads_sharing_one_history(tmp_path):
     history = make_store(tmp_path).get_session_history("shared")
-    _threads(lambda writer: _write_calls(history, writer))
+    run_threads(lambda writer: _write_calls(history, writer))
     [path] = session_files(tmp_path)
     check_interleaving(file_lines(path)[1:], writers=4, calls=100)
     assert len(history.messages) == 800

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, run_python, run_threads
+from conftest import FIXTURES, run_gated_writers, run_python, run_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import (
@@ -390,54 +390,6 @@ def test_next_read_after_clear_and_compact_gives_the_new_context(tmp_path):
 
 
 # --- 2. several writers ----------------------------------------------------------------
-
-# Started together: each writes ready-<n>, waits for the "go" file, then writes.
-GATED_WRITER = """
-import os, sys, time
-from langchain_core.messages import AIMessage, HumanMessage
-from crab_langchain import SessionStore
-root, gate, writer, turns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-history = SessionStore(root, entry_points=False).get_session_history("s")
-open(os.path.join(gate, "ready-" + writer), "w").close()
-for _ in range(30_000):
-    if os.path.exists(os.path.join(gate, "go")):
-        break
-    time.sleep(0.001)
-else:
-    sys.exit("no go")
-for turn in range(turns):
-    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
-"""
-
-
-def run_gated_writers(tmp_path: Path, root: Path, writers: int, turns: int) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", GATED_WRITER, str(root), str(gate), str(w), str(turns)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(writers)
-    ]
-    try:
-        for _ in range(6000):
-            if len(list(gate.glob("ready-*"))) == writers:
-                break
-            assert all(p.poll() is None for p in procs), "a writer died early"
-            time.sleep(0.005)
-        else:
-            pytest.fail("writers did not start")
-        (gate / "go").touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_four_processes_500_turns_each_on_one_session(tmp_path):

@@ -6,14 +6,12 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_FILES, run_python, run_threads
+from conftest import FIXTURE_FILES, run_gated_writers, run_python, run_threads
 from langchain_core.messages import AIMessage, HumanMessage
 
 from crab_langchain import CrabChatMessageHistory, SessionStore, default_root
@@ -59,52 +57,6 @@ print(json.dumps({"name": store.find(sys.argv[3], sys.argv[2]),
                   "contents": [m.content for m in history.messages]}))
 """
 
-# Started together: each writes ready-<n>, waits for the "go" file, then writes.
-BARRIER_WRITER = """
-import os, sys, time
-from langchain_core.messages import AIMessage, HumanMessage
-from crab_langchain import SessionStore
-root, gate, writer, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-store = SessionStore(root, entry_points=False)
-history = store.get_session_history("shared")
-open(os.path.join(gate, "ready-" + writer), "w").close()
-deadline = time.monotonic() + 30
-while not os.path.exists(os.path.join(gate, "go")):
-    if time.monotonic() > deadline:
-        sys.exit("no go")
-    time.sleep(0.001)
-for i in range(calls):
-    history.add_messages([HumanMessage(f"{writer}:{i}:q"), AIMessage(f"{writer}:{i}:a")])
-"""
-
-
-def run_together(tmp_path: Path, root: Path, writers: int, calls: int) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", BARRIER_WRITER, str(root), str(gate), str(w), str(calls)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(writers)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while len(list(gate.glob("ready-*"))) < writers:
-            assert time.monotonic() < deadline, "writers did not start"
-            assert all(p.poll() is None for p in procs), "a writer died early"
-            time.sleep(0.005)
-        (gate / "go").touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
 
 def check_interleaving(lines: list[bytes], writers: int, calls: int) -> None:
     """Exactly writers*calls*2 valid lines; each call's pair adjacent; each writer in order."""
@@ -114,9 +66,9 @@ def check_interleaving(lines: list[bytes], writers: int, calls: int) -> None:
     for question, answer in zip(parsed[::2], parsed[1::2], strict=True):
         assert question["role"] == "user"
         assert answer["role"] == "assistant"
-        writer, call, kind = question["content"].split(":")
+        writer, call, kind = question["content"].split("/")
         assert kind == "q"
-        assert answer["content"] == f"{writer}:{call}:a"
+        assert answer["content"] == f"{writer}/{call}/a"
         assert int(call) == progress[int(writer)] + 1
         progress[int(writer)] = int(call)
     assert progress == dict.fromkeys(range(writers), calls - 1)
@@ -465,16 +417,16 @@ def test_deleted_session_starts_fresh(tmp_path):
 
 def test_processes_creating_one_session_together_make_one_file(tmp_path):
     root = tmp_path / "sessions"
-    run_together(tmp_path, root, writers=4, calls=1)
+    run_gated_writers(tmp_path, root, writers=4, turns=1)
     [path] = session_files(root)
     check_interleaving(file_lines(path)[1:], writers=4, calls=1)
-    history = make_store(root).get_session_history("shared")
+    history = make_store(root).get_session_history("s")
     assert len(history.messages) == 8
 
 
 def _write_calls(history: CrabChatMessageHistory, writer: int, calls: int = 100) -> None:
     for i in range(calls):
-        history.add_messages([HumanMessage(f"{writer}:{i}:q"), AIMessage(f"{writer}:{i}:a")])
+        history.add_messages([HumanMessage(f"{writer}/{i}/q"), AIMessage(f"{writer}/{i}/a")])
 
 
 def test_threads_sharing_one_history(tmp_path):

@@ -280,6 +280,8 @@ def test_follow_prints_appended_messages_once_even_after_a_torn_tail(root: Path)
     path = root / SEVEN
     follower = subprocess.Popen(
         [sys.executable, "-m", "crab_langchain", "show", str(path), "--follow"],
+        # As at a terminal: a test run in the background inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -36,16 +36,20 @@ from langchain_core.messages import (
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 from pydantic import BaseModel
 
-from crab_langchain.models import CrabMessage, FunctionCall, ToolCall
+from crab_langchain.models import CrabMessage, FunctionCall, ToolCall, text_line
 
 __all__ = [
     "AUTO_INJECTED_KEY",
     "CRAB_FIELDS_KEY",
     "DEVELOPER_ROLE_KEY",
+    "Encoded",
+    "encode",
     "from_crab_message",
     "is_auto_injected",
     "mark_auto_injected",
+    "reads_back_as_is",
     "reasoning_text",
+    "text_message",
     "to_crab_message",
 ]
 
@@ -195,6 +199,19 @@ def _plain_message(message: CrabMessage) -> BaseMessage | None:
     return built
 
 
+def text_message(role: str, content: str) -> BaseMessage | None:
+    """The message of a line holding only ``role`` and ``content``; None for other roles.
+
+    What :func:`from_crab_message` gives for ``CrabMessage(role=role,
+    content=content)``, without building that crab message.
+    """
+    cls = _PLAIN_CLASSES.get(role)
+    if cls is None:
+        return None
+    built: BaseMessage = _text_message(cls)(content)
+    return built
+
+
 # A crab message's fields besides role, text and the unwritten `sender`, read
 # in one step, and their values when the message holds nothing else.
 _crab_beyond_text = operator.itemgetter(
@@ -335,6 +352,47 @@ def to_crab_message(message: BaseMessage, *, strict: bool = False) -> CrabMessag
     return plain if plain is not None else _general_crab(message, strict)
 
 
+class Encoded(NamedTuple):
+    """A message ready to store: its line, and what reading that line back gives."""
+
+    line: bytes
+    read_back: BaseMessage | None
+    """Equal to ``from_crab_message(parse_entry(line))``; None when only parsing can tell."""
+    auto_injected: bool
+
+
+def encode(message: BaseMessage, *, strict: bool = False) -> Encoded:
+    """Convert ``message`` straight to its line (see :func:`to_crab_message`).
+
+    A history needs the line to write and the message a reader of that line
+    gets; for text-only messages both come without building a crab message.
+    """
+    if isinstance(message, BaseMessageChunk):
+        message = message_chunk_to_message(message)
+    role = _text_only_role(message)
+    if role is not None:
+        content = str(message.content)
+        return Encoded(text_line(role, content), _text_message(type(message))(content), False)
+    crab = _general_crab(message, strict)
+    read_back = from_crab_message(crab) if reads_back_as_is(crab) else None
+    return Encoded(crab.to_line_bytes(), read_back, crab.auto_injected)
+
+
+def reads_back_as_is(message: CrabMessage) -> bool:
+    """Whether parsing ``message``'s line gives an equal message (so it need not be parsed).
+
+    Its spec fields are validated strings and tool calls; only the extension
+    and unknown keys can hold values JSON changes (a tuple, a str subclass),
+    and the auto-injected mark is not written.
+    """
+    return (
+        type(message) is CrabMessage
+        and message.langchain is None
+        and not message.model_extra
+        and not message.auto_injected
+    )
+
+
 def _general_crab(message: BaseMessage, strict: bool) -> CrabMessage:
     cls = _CLASS_OF_TYPE.get(message.type)
     if cls is None:
@@ -364,7 +422,16 @@ def _plain_crab(message: BaseMessage) -> CrabMessage | None:
 
     Most messages of a chat are such, and this is what :func:`to_crab_message`
     gives them the long way (the tests hold the two equal), in a tenth of the
-    time: every field but the text is compared with its default in one step.
+    time.
+    """
+    role = _text_only_role(message)
+    return None if role is None else _text_crab(role, str(message.content))
+
+
+def _text_only_role(message: BaseMessage) -> str | None:
+    """The role of a message holding its text and nothing else; None for any other.
+
+    Every field but the text is compared with its default in one step.
     """
     role = _PLAIN_ROLES.get(type(message))
     content = message.content
@@ -375,7 +442,7 @@ def _plain_crab(message: BaseMessage) -> CrabMessage | None:
         return None
     if not content.isascii():
         _check_text(content, "content")
-    return _text_crab(role, content)
+    return role
 
 
 def _text_crab(role: str, content: str) -> CrabMessage:

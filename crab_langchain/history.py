@@ -28,7 +28,10 @@ from langchain_core.messages import (
 
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
+    Encoded,
+    encode,
     from_crab_message,
+    text_message,
     to_crab_message,
 )
 from crab_langchain.handouts import Handouts
@@ -40,6 +43,7 @@ from crab_langchain.models import (
     SessionFormatError,
     SessionMeta,
     parse_entry,
+    parse_text_line,
 )
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Cursor, DirectoryStorage, Durability, SessionStorage
@@ -106,12 +110,22 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._meta: SessionMeta | None = None
         self._new_context()
 
-    def _new_context(self, first: tuple[CrabMessage, BaseMessage] | None = None) -> None:
+    def _new_context(self, first: tuple[bytes, BaseMessage] | None = None) -> None:
         """Start the working context afresh (a load, a clear, a compaction marker)."""
         self._context: list[BaseMessage] = [first[1]] if first else []
-        self._session.history = [first[0]] if first else []
+        # The context's lines: the session's crab messages are parsed from them
+        # only when someone looks (see _synced_session), not on every load.
+        self._lines: list[bytes] = [first[0]] if first else []
+        self._session.history = []
         self._injected: tuple[object, list[BaseMessage]] | None = None
         self._generation += 1  # lists handed out before hold an older context
+
+    def _synced_session(self) -> Session:
+        """The session, its ``history`` brought up to the working context."""
+        history = self._session.history
+        if len(history) < len(self._lines):
+            history.extend(CrabMessage.from_line(line) for line in self._lines[len(history) :])
+        return self._session
 
     # --- opening ----------------------------------------------------------------
 
@@ -174,14 +188,30 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         call is written.
         """
         with self._lock, _gc_paused(len(messages)):
-            batch = [to_crab_message(m, strict=self.strict) for m in _as_messages(messages)]
-            kept = self._kept(batch)
-            edited = has_impls(self._hook.crab_before_persist)
-            if edited:
-                self._hook.crab_before_persist(session=self._session, messages=kept)
-            if kept:
-                lines = [message.to_line_bytes() for message in kept]
-                self._append(lines, None if edited else kept)
+            hook = self._hook
+            if filters_by_default(hook.crab_filter_message) and not has_impls(
+                hook.crab_before_persist
+            ):
+                self._add_encoded([encode(m, strict=self.strict) for m in _as_messages(messages)])
+            else:
+                batch = [to_crab_message(m, strict=self.strict) for m in _as_messages(messages)]
+                self._add_through_hooks(batch)
+
+    def _add_encoded(self, batch: list[Encoded]) -> None:
+        """Write ``batch`` as the default plugin would have it: auto-injected ones dropped."""
+        kept = [encoded for encoded in batch if not encoded.auto_injected]
+        if kept:
+            self._append([e.line for e in kept], [e.read_back for e in kept])
+
+    def _add_through_hooks(self, batch: list[CrabMessage]) -> None:
+        """Write ``batch`` after the filter and before-persist hooks had their say."""
+        session = self._synced_session()
+        hook = self._hook.crab_filter_message
+        kept = [m for m in batch if hook(session=session, message=m) is not False]
+        if has_impls(self._hook.crab_before_persist):
+            self._hook.crab_before_persist(session=session, messages=kept)
+        if kept:
+            self._append([message.to_line_bytes() for message in kept], None)
 
     async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Async :meth:`add_messages`; the file is written in a worker thread."""
@@ -247,7 +277,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """The session: id, agent, created_by, created_at, file_path, history."""
         with self._lock:
             self._refresh()
-            return self._session
+            return self._synced_session()
 
     @property
     def session_id(self) -> str:
@@ -299,10 +329,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             else:
                 with _gc_paused(len(chunk.lines)):
                     for number, line in chunk.lines:
-                        self._take_entry(self._parse(name, number, line))
+                        self._take_line(name, number, line)
         self._cursor = chunk.cursor
-        if chunk.reset:
-            self._hook.crab_after_load(session=self._session, messages=_ReadOnly(self._context))
+        if chunk.reset and has_impls(self._hook.crab_after_load):
+            self._hook.crab_after_load(
+                session=self._synced_session(), messages=_ReadOnly(self._context)
+            )
 
     def _load(self, name: str, lines: list[tuple[int, bytes]]) -> None:
         """Read a whole log: its header, then only what follows its last compaction marker."""
@@ -312,12 +344,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._take_header(self._parse(name, 1, lines[0][1]))
         with _gc_paused(len(body)):
             for number, line in body[self._context_start(name, body) :]:
-                try:
-                    entry = parse_entry(line)
-                except SessionFormatError as error:
-                    self._reset()
-                    raise error.at(location, number) from None
-                self._take_entry(entry)
+                self._take_line(name, number, line)
 
     def _context_start(self, name: str, body: list[tuple[int, bytes]]) -> int:
         """Index in ``body`` of the last compaction marker (0 if none).
@@ -345,16 +372,26 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         session.created_at, session.extra = meta.created_at, dict(meta.extra)
         session.file_path = self._storage.path(self._name) if self._name else None
 
-    def _take_entry(self, entry: CrabMessage | CompactMarker) -> None:
+    def _take_line(self, name: str, number: int, line: bytes) -> None:
+        """Add what line ``number`` says to the working context."""
+        text = parse_text_line(line)  # most lines: a role and a text, parsed in one step
+        message = text_message(*text) if text is not None else None
+        if message is not None:
+            self._context.append(message)
+            self._lines.append(line)
+        else:
+            self._take_entry(self._parse(name, number, line), line)
+
+    def _take_entry(self, entry: CrabMessage | CompactMarker, line: bytes) -> None:
         if isinstance(entry, CompactMarker):
             summary = CrabMessage(role="user", content=entry.compact)
-            self._new_context((summary, HumanMessage(content=entry.compact)))
+            self._new_context((summary.to_line_bytes(), HumanMessage(content=entry.compact)))
             return
         message = from_crab_message(entry)
         if message.additional_kwargs.get(AUTO_INJECTED_KEY) is True:
             return  # kept by an audit plugin: stale for any later run
-        self._session.history.append(entry)
         self._context.append(message)
+        self._lines.append(line)
 
     def _injected_for_run(self) -> list[BaseMessage]:
         hook = self._hook.crab_inject_messages
@@ -362,19 +399,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             return []
         version = (self._name, self._cursor)
         if self._injected is None or self._injected[0] != version:
-            results = hook(session=self._session, history=_ReadOnly(self._context))
+            results = hook(session=self._synced_session(), history=_ReadOnly(self._context))
             fresh = [_marked(message) for result in results for message in result or ()]
             self._injected = (version, fresh)
         return self._injected[1]  # callers copy it into the list they hand out
 
     # --- writing ------------------------------------------------------------
-
-    def _kept(self, batch: list[CrabMessage]) -> list[CrabMessage]:
-        hook = self._hook.crab_filter_message
-        if filters_by_default(hook):
-            return [message for message in batch if not message.auto_injected]
-        session = self._session
-        return [m for m in batch if hook(session=session, message=m) is not False]
 
     def _forget_deleted(self) -> bool:
         """After the session was deleted by anyone: start afresh, if we can create it again."""
@@ -384,8 +414,8 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._reset()
         return True
 
-    def _append(self, lines: list[bytes], written: list[CrabMessage] | None) -> None:
-        """Append ``lines``; ``written`` are the messages they were made from, if untouched."""
+    def _append(self, lines: list[bytes], read_back: list[BaseMessage | None] | None) -> None:
+        """Append ``lines``; ``read_back`` holds what reading each back gives, where known."""
         name = self._current_name()
         if name is None:
             name = self._create_log()
@@ -402,11 +432,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             return
         first = cursor.lines - len(lines) + 1
         for index, line in enumerate(lines):
-            made_from = written[index] if written else None
-            if made_from is not None and _reads_back_as_is(made_from):
-                self._take_entry(made_from)
+            message = read_back[index] if read_back else None
+            if message is not None:
+                self._context.append(message)
+                self._lines.append(line)
             else:
-                self._take_entry(self._parse(name, first + index, line))
+                self._take_line(name, first + index, line)
         self._cursor = cursor
 
     def _create_log(self) -> str:
@@ -446,21 +477,6 @@ class _GcPause:
 
 
 _NO_PAUSE = contextlib.nullcontext()
-
-
-def _reads_back_as_is(message: Any) -> bool:
-    """Whether parsing ``message``'s line gives an equal message (so it need not be parsed).
-
-    Its spec fields are validated strings and tool calls; only the extension
-    and unknown keys can hold values JSON changes (a tuple, a str subclass),
-    and the auto-injected mark is not written.
-    """
-    return (
-        type(message) is CrabMessage
-        and message.langchain is None
-        and not message.model_extra
-        and not message.auto_injected
-    )
 
 
 def _body(location: str, lines: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:

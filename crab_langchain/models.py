@@ -115,10 +115,7 @@ class CrabMessage(BaseModel):
         """:meth:`to_line` as UTF-8 bytes, straight from the serializer."""
         if self.__pydantic_extra__ or _beyond_text(self.__dict__) != _TEXT_ONLY:
             return _dump_bytes(self)
-        # Role and text only (most lines): the same bytes from a two-key dict,
-        # which skips the per-field "leave out when empty" callbacks.
-        text = {"role": self.role, "content": self.content} if self.content else {"role": self.role}
-        return pydantic_core.to_json(text)
+        return text_line(self.role, self.content)
 
     @classmethod
     def from_line(cls, line: str | bytes) -> CrabMessage:
@@ -168,9 +165,46 @@ _beyond_text = operator.itemgetter(
     "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain"
 )
 _TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None)
+_TEXT_KEYS = frozenset(("role", "content"))
 # Bytes that send a line down the careful path: keys it drops, and the
 # non-JSON numbers the one-pass parser would accept.
 _CAREFUL_WORDS = re.compile(rb'"sender"|"auto_injected"|"index"|NaN|Infinity')
+
+
+def text_line(role: str, content: str) -> bytes:
+    """The line of a message holding only ``role`` and ``content`` (most lines).
+
+    The same bytes as ``CrabMessage(role=role, content=content).to_line_bytes()``
+    (the tests hold them equal), from a two-key dict: no model, and none of the
+    per-field "leave out when empty" callbacks. Raises ``ValueError`` for text
+    that is not UTF-8 (a lone surrogate).
+    """
+    try:
+        return pydantic_core.to_json(
+            {"role": role, "content": content} if content else {"role": role}
+        )
+    except pydantic_core.PydanticSerializationError as error:
+        raise ValueError(f"cannot write CrabMessage as JSON: {error}") from None
+
+
+def parse_text_line(line: bytes) -> tuple[str, str] | None:
+    """``(role, content)`` of a line holding only those two keys; None for any other line.
+
+    A quick look that never raises: anything else (more keys, a marker, a
+    line to drop keys from, a malformed line) is for :func:`parse_entry`.
+    """
+    if _CAREFUL_WORDS.search(line):
+        return None
+    try:
+        data = pydantic_core.from_json(line, allow_inf_nan=False)
+    except ValueError:
+        return None
+    if type(data) is not dict or not data.keys() <= _TEXT_KEYS:
+        return None
+    role, content = data.get("role"), data.get("content", "")
+    if type(role) is not str or not role or type(content) is not str:
+        return None
+    return role, content
 
 
 def parse_entry(line: str | bytes) -> Entry:

@@ -895,3 +895,62 @@ def test_text_crab_equals_the_validated_constructor(role: str, content: str):
     assert list(built.__dict__) == list(constructed.__dict__)
     built.tool_calls.append(ToolCall(id="1", function=FunctionCall(name="f")))
     assert _text_crab(role, content).tool_calls == []  # no shared default list
+
+
+# --- encode: a message straight to its line and what reading it back gives ----
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES, st.booleans())
+def test_encode_gives_the_line_and_read_back_of_the_long_way(message: BaseMessage, strict: bool):
+    from crab_langchain.convert import encode
+    from crab_langchain.models import parse_entry
+
+    crab = to_crab_message(message, strict=strict)
+    encoded = encode(message, strict=strict)
+    assert encoded.line == crab.to_line_bytes()
+    assert encoded.auto_injected == crab.auto_injected
+    if encoded.read_back is not None:
+        reread = from_crab_message(parse_entry(encoded.line))
+        assert encoded.read_back == reread
+        assert type(encoded.read_back) is type(reread)
+        assert encoded.read_back.model_fields_set == reread.model_fields_set
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
+    from crab_langchain.convert import text_message
+    from crab_langchain.models import parse_entry, parse_text_line
+
+    line = to_crab_message(message).to_line_bytes()
+    text = parse_text_line(line)
+    if text is not None:
+        role, content = text
+        assert parse_entry(line) == CrabMessage(role=role, content=content)
+        quick = text_message(role, content)
+        if quick is not None:
+            full = from_crab_message(parse_entry(line))
+            assert quick == full
+            assert type(quick) is type(full)
+            assert quick.model_fields_set == full.model_fields_set
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"role":"user","content":"x","sender":"s"}',
+        b'{"role":"user","content":NaN}',
+        b'{"compact":"x"}',
+        b'{"role":"","content":"x"}',
+        b'{"role":"user","content":5}',
+        b'{"role":"user","content":"x","name":"n"}',
+        b"[1]",
+        b"{bad",
+        b'{"role":"user","content":"x"} trailing',
+    ],
+)
+def test_text_line_look_leaves_every_other_line_to_the_full_parser(line: bytes):
+    from crab_langchain.models import parse_text_line
+
+    assert parse_text_line(line) is None

@@ -813,13 +813,17 @@ def test_tail_read_parses_only_the_new_lines(tmp_path, monkeypatch):
     history = CrabChatMessageHistory.from_file(path)
     run_python(APPEND_SCRIPT, str(path), "new")
     parsed: list[bytes] = []
-    real = parse_entry
 
-    def spy(line):
-        parsed.append(bytes(line))
-        return real(line)
+    def spying(parse):
+        def spy(line):
+            parsed.append(bytes(line))
+            return parse(line)
 
-    monkeypatch.setattr(history_module, "parse_entry", spy)
+        return spy
+
+    # Lines are parsed by one of two parsers: a role-and-text look, or the full one.
+    monkeypatch.setattr(history_module, "parse_entry", spying(history_module.parse_entry))
+    monkeypatch.setattr(history_module, "parse_text_line", spying(history_module.parse_text_line))
     assert len(history.messages) == 51
     assert parsed == [user_line("new")]
 

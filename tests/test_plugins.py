@@ -475,3 +475,60 @@ def test_unmarked_functions_are_not_hooks(tmp_path: Path) -> None:
     store.get_session_history("u").add_messages([HumanMessage("kept")])
 
     assert contents(store, "u") == ["kept"]
+
+
+# --- hooks see the session's history as it stands -------------------------------
+
+
+class SessionWatcher:
+    """Records, at each hook call, the contents of ``session.history``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, list[str]]] = []
+
+    def _note(self, hook: str, session: Any) -> None:
+        self.seen.append((hook, [m.content for m in session.history]))
+
+    @hookimpl
+    def crab_inject_messages(self, session: Any) -> None:
+        self._note("inject", session)
+
+    @hookimpl
+    def crab_before_persist(self, session: Any) -> None:
+        self._note("before_persist", session)
+
+    @hookimpl
+    def crab_after_load(self, session: Any) -> None:
+        self._note("after_load", session)
+
+
+def test_hooks_see_session_history_up_to_date(tmp_path):
+    watcher = SessionWatcher()
+    store = SessionStore(tmp_path, plugins=[watcher], entry_points=False)
+    history = store.get_session_history("s")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])
+    _ = history.messages
+    history.add_messages([HumanMessage("three")])
+    history.compact("summary")
+    _ = history.messages
+    assert ("before_persist", []) in watcher.seen
+    assert ("inject", ["one", "two"]) in watcher.seen
+    assert ("before_persist", ["one", "two"]) in watcher.seen
+    assert ("inject", ["summary"]) in watcher.seen
+    reopened = SessionStore(tmp_path, plugins=[watcher], entry_points=False)
+    assert [m.content for m in reopened.get_session_history("s").session.history] == ["summary"]
+    assert ("after_load", ["summary"]) in watcher.seen
+
+
+def test_session_history_matches_the_file_without_plugins(tmp_path):
+    from crab_langchain.models import parse_entry
+
+    store = SessionStore(tmp_path, entry_points=False)
+    history = store.get_session_history("s")
+    history.add_messages([HumanMessage("a"), AIMessage("b", id="x"), HumanMessage("c")])
+    lines = history.file_path.read_bytes().splitlines()[1:]
+    assert history.session.history == [parse_entry(line) for line in lines]
+    history.add_messages([AIMessage("d")])
+    assert [m.content for m in history.session.history] == ["a", "b", "c", "d"]
+    history.clear()
+    assert history.session.history == []

@@ -188,7 +188,7 @@ class DirectoryStorage(SessionStorage):
 
     def _warn_if_torn(self, path: Path, fd: int, identity: object, offset: int) -> None:
         """Warn about an incomplete last line, unless a writer is busy writing it."""
-        if (identity, offset) in self._warned or _writer_active(fd):
+        if (identity, offset) in self._warned or not _still_torn(fd):
             return
         self._warned.add((identity, offset))
         warnings.warn(
@@ -521,12 +521,20 @@ def _stat_if_current(fd: int, path: str) -> os.stat_result | None:
     return held if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino) else None
 
 
-def _writer_active(fd: int) -> bool:
+def _still_torn(fd: int) -> bool:
+    """Whether the file ends in an incomplete line that no writer is finishing.
+
+    A reader can see a write half done. Under a shared lock no writer is at
+    work, so a last line still incomplete then was left by one that died.
+    """
     if fcntl is None:  # pragma: no cover - Windows
-        return False
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
+        return False  # a writer holds the lock: its line is unfinished, not torn
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -150,8 +150,8 @@ def _bulk_note(results: dict[str, Any]) -> str:
 
 def _noise_note() -> str:
     return (
-        "Ratios move by a few percent between runs on this shared 2-core machine: read the "
-        "per-turn and cold-load ratios, both close to their targets, with that in mind."
+        "Ratios move by a few percent between runs on this shared 2-core machine; the "
+        "anchors' absolute times move more (other work on the machine), so compare within a run."
     )
 
 

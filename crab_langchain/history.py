@@ -43,7 +43,7 @@ from crab_langchain.models import (
     SessionFormatError,
     SessionMeta,
     parse_entry,
-    parse_text_line,
+    parse_line,
 )
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Cursor, DirectoryStorage, Durability, SessionStorage
@@ -374,13 +374,18 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _take_line(self, name: str, number: int, line: bytes) -> None:
         """Add what line ``number`` says to the working context."""
-        text = parse_text_line(line)  # most lines: a role and a text, parsed in one step
-        message = text_message(*text) if text is not None else None
-        if message is not None:
+        try:
+            parsed = parse_line(line)
+        except SessionFormatError as error:
+            self._reset()
+            raise error.at(self._storage.location(name), number) from None
+        if not isinstance(parsed, tuple):
+            self._take_entry(parsed, line)
+        elif (message := text_message(*parsed)) is not None:  # most lines: no model between
             self._context.append(message)
             self._lines.append(line)
         else:
-            self._take_entry(self._parse(name, number, line), line)
+            self._take_entry(CrabMessage(role=parsed[0], content=parsed[1]), line)
 
     def _take_entry(self, entry: CrabMessage | CompactMarker, line: bytes) -> None:
         if isinstance(entry, CompactMarker):

@@ -187,24 +187,26 @@ def text_line(role: str, content: str) -> bytes:
         raise ValueError(f"cannot write CrabMessage as JSON: {error}") from None
 
 
-def parse_text_line(line: bytes) -> tuple[str, str] | None:
-    """``(role, content)`` of a line holding only those two keys; None for any other line.
+def parse_line(line: bytes) -> tuple[str, str] | Entry:
+    """Parse one non-header line once: ``(role, content)`` if that is all it holds.
 
-    A quick look that never raises: anything else (more keys, a marker, a
-    line to drop keys from, a malformed line) is for :func:`parse_entry`.
+    Most lines hold a role and a text only, and a reader wants those two
+    strings, not a model; any other line comes back as :func:`parse_entry`
+    gives it. Raises :class:`SessionFormatError` as :func:`parse_entry` does.
     """
     if _CAREFUL_WORDS.search(line):
-        return None
+        return parse_entry(line)
     try:
         data = pydantic_core.from_json(line, allow_inf_nan=False)
     except ValueError:
-        return None
-    if type(data) is not dict or not data.keys() <= _TEXT_KEYS:
-        return None
-    role, content = data.get("role"), data.get("content", "")
-    if type(role) is not str or not role or type(content) is not str:
-        return None
-    return role, content
+        return parse_entry(line)  # which says what is wrong with it
+    if type(data) is not dict:
+        return parse_entry(line)
+    if data.keys() <= _TEXT_KEYS:
+        role, content = data.get("role"), data.get("content", "")
+        if type(role) is str and role and type(content) is str:
+            return role, content
+    return _entry(data)
 
 
 def parse_entry(line: str | bytes) -> Entry:
@@ -220,7 +222,11 @@ def parse_entry(line: str | bytes) -> Entry:
             return CrabMessage.model_validate_json(line, strict=True)
         except ValidationError:
             pass
-    data = _json_object(line)
+    return _entry(_json_object(line))
+
+
+def _entry(data: dict[str, Any]) -> Entry:
+    """The message or marker a parsed line's object stands for."""
     if "role" not in data:
         if "compact" in data:
             return _compact_marker(data)

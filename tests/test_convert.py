@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -921,19 +922,21 @@ def test_encode_gives_the_line_and_read_back_of_the_long_way(message: BaseMessag
 @given(MESSAGES)
 def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
     from crab_langchain.convert import text_message
-    from crab_langchain.models import parse_entry, parse_text_line
+    from crab_langchain.models import parse_entry, parse_line
 
     line = to_crab_message(message).to_line_bytes()
-    text = parse_text_line(line)
-    if text is not None:
-        role, content = text
-        assert parse_entry(line) == CrabMessage(role=role, content=content)
-        quick = text_message(role, content)
-        if quick is not None:
-            full = from_crab_message(parse_entry(line))
-            assert quick == full
-            assert type(quick) is type(full)
-            assert quick.model_fields_set == full.model_fields_set
+    parsed = parse_line(line)
+    if not isinstance(parsed, tuple):
+        assert parsed == parse_entry(line)
+        return
+    role, content = parsed
+    assert parse_entry(line) == CrabMessage(role=role, content=content)
+    quick = text_message(role, content)
+    if quick is not None:
+        full = from_crab_message(parse_entry(line))
+        assert quick == full
+        assert type(quick) is type(full)
+        assert quick.model_fields_set == full.model_fields_set
 
 
 @pytest.mark.parametrize(
@@ -951,6 +954,15 @@ def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
     ],
 )
 def test_text_line_look_leaves_every_other_line_to_the_full_parser(line: bytes):
-    from crab_langchain.models import parse_text_line
+    from crab_langchain.models import SessionFormatError, parse_entry, parse_line
 
-    assert parse_text_line(line) is None
+    try:
+        expected = parse_entry(line)
+    except SessionFormatError as error:
+        reason = re.escape(str(error))
+        with pytest.raises(SessionFormatError, match=f"^{reason}$"):
+            parse_line(line)
+        return
+    parsed = parse_line(line)
+    assert not isinstance(parsed, tuple)
+    assert parsed == expected

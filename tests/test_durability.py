@@ -823,7 +823,7 @@ def test_tail_read_parses_only_the_new_lines(tmp_path, monkeypatch):
 
     # Lines are parsed by one of two parsers: a role-and-text look, or the full one.
     monkeypatch.setattr(history_module, "parse_entry", spying(history_module.parse_entry))
-    monkeypatch.setattr(history_module, "parse_text_line", spying(history_module.parse_text_line))
+    monkeypatch.setattr(history_module, "parse_line", spying(history_module.parse_line))
     assert len(history.messages) == 51
     assert parsed == [user_line("new")]
 

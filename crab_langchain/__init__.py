@@ -14,7 +14,8 @@ from crab_langchain.convert import (
     mark_auto_injected,
     to_crab_message,
 )
-from crab_langchain.history import CrabChatMessageHistory
+from crab_langchain.handouts import MessageList
+from crab_langchain.history import COMPACT_SUMMARY_KEY, CrabChatMessageHistory
 from crab_langchain.hooks import (
     CrabHookSpecs,
     DefaultPlugin,
@@ -33,18 +34,22 @@ from crab_langchain.models import (
 )
 from crab_langchain.storage import DirectoryStorage, SessionStorage, TornTailWarning
 from crab_langchain.store import SessionInfo, SessionStore, default_root
+from crab_langchain.verify import FileReport, verify_file
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_INJECTED_KEY",
+    "COMPACT_SUMMARY_KEY",
     "CompactMarker",
     "CrabChatMessageHistory",
     "CrabHookSpecs",
     "CrabMessage",
     "DefaultPlugin",
     "DirectoryStorage",
+    "FileReport",
     "FunctionCall",
+    "MessageList",
     "Session",
     "SessionFormatError",
     "SessionInfo",
@@ -62,4 +67,5 @@ __all__ = [
     "make_plugin_manager",
     "mark_auto_injected",
     "to_crab_message",
+    "verify_file",
 ]

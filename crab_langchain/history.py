@@ -188,14 +188,14 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         call is written.
         """
         with self._lock, _gc_paused(len(messages)):
-            hook = self._hook
+            given, hook = _as_messages(messages), self._hook
             if filters_by_default(hook.crab_filter_message) and not has_impls(
                 hook.crab_before_persist
             ):
-                self._add_encoded([encode(m, strict=self.strict) for m in _as_messages(messages)])
+                # No plugin looks at writes: straight to lines, no crab messages between.
+                self._add_encoded([encode(m, strict=self.strict) for m in given])
             else:
-                batch = [to_crab_message(m, strict=self.strict) for m in _as_messages(messages)]
-                self._add_through_hooks(batch)
+                self._add_through_hooks([to_crab_message(m, strict=self.strict) for m in given])
 
     def _add_encoded(self, batch: list[Encoded]) -> None:
         """Write ``batch`` as the default plugin would have it: auto-injected ones dropped."""

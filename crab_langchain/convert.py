@@ -36,7 +36,7 @@ from langchain_core.messages import (
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 from pydantic import BaseModel
 
-from crab_langchain.models import CrabMessage, FunctionCall, ToolCall, text_line
+from crab_langchain.models import CrabMessage, FunctionCall, ToolCall, is_text_only, text_line
 
 __all__ = [
     "AUTO_INJECTED_KEY",
@@ -139,13 +139,18 @@ def _built(cls: type[B], kwargs: dict[str, Any]) -> B:
         if name not in kwargs:
             values[name] = factory()  # a fresh dict or list per message
     values.update(kwargs)
-    message = cls.__new__(cls)
+    return _assembled(cls, values, set(kwargs))
+
+
+def _assembled(cls: type[B], values: dict[str, Any], fields_set: set[str]) -> B:
+    """A ``cls`` holding ``values`` (every field, in order), as ``model_construct`` makes one."""
+    model = cls.__new__(cls)
     _set = object.__setattr__
-    _set(message, "__dict__", values)
-    _set(message, "__pydantic_fields_set__", set(kwargs))
-    _set(message, "__pydantic_extra__", {})
-    _set(message, "__pydantic_private__", None)
-    return message
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", fields_set)
+    _set(model, "__pydantic_extra__", {})
+    _set(model, "__pydantic_private__", None)
+    return model
 
 
 class _Plan(NamedTuple):
@@ -188,15 +193,9 @@ def _plain_message(message: CrabMessage) -> BaseMessage | None:
     The short way to what the rest of :func:`from_crab_message` builds (the
     tests hold the two equal): most lines of a long session are such.
     """
-    cls = _PLAIN_CLASSES.get(message.role)
-    if (
-        cls is None
-        or message.__pydantic_extra__
-        or _crab_beyond_text(message.__dict__) != _CRAB_TEXT_ONLY
-    ):
+    if message.auto_injected or not is_text_only(message):
         return None
-    built: BaseMessage = _text_message(cls)(message.content)
-    return built
+    return text_message(message.role, message.content)
 
 
 def text_message(role: str, content: str) -> BaseMessage | None:
@@ -212,14 +211,6 @@ def text_message(role: str, content: str) -> BaseMessage | None:
     return built
 
 
-# A crab message's fields besides role, text and the unwritten `sender`, read
-# in one step, and their values when the message holds nothing else.
-_crab_beyond_text = operator.itemgetter(
-    "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain", "auto_injected"
-)
-_CRAB_TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None, False)
-
-
 @functools.cache
 def _text_message(cls: type[M]) -> Callable[[str], M]:
     """``_built(cls, {"content": text, "additional_kwargs": {}})``, specialized.
@@ -231,19 +222,13 @@ def _text_message(cls: type[M]) -> Callable[[str], M]:
     if plan is None:
         return lambda text: _built(cls, {"content": text, "additional_kwargs": {}})
     defaults, factories = plan.defaults, plan.factories
-    new, _set = cls.__new__, object.__setattr__
 
     def build(text: str) -> M:
         values = defaults.copy()
         for name, factory in factories:
             values[name] = factory()
         values["content"] = text
-        message = new(cls)
-        _set(message, "__dict__", values)
-        _set(message, "__pydantic_fields_set__", {"content", "additional_kwargs"})
-        _set(message, "__pydantic_extra__", {})
-        _set(message, "__pydantic_private__", None)
-        return message
+        return _assembled(cls, values, {"content", "additional_kwargs"})
 
     return build
 
@@ -425,7 +410,7 @@ def _plain_crab(message: BaseMessage) -> CrabMessage | None:
     time.
     """
     role = _text_only_role(message)
-    return None if role is None else _text_crab(role, str(message.content))
+    return None if role is None else CrabMessage(role=role, content=str(message.content))
 
 
 def _text_only_role(message: BaseMessage) -> str | None:
@@ -443,31 +428,6 @@ def _text_only_role(message: BaseMessage) -> str | None:
     if not content.isascii():
         _check_text(content, "content")
     return role
-
-
-def _text_crab(role: str, content: str) -> CrabMessage:
-    """``CrabMessage(role=role, content=content)`` without validating again.
-
-    ``role`` is one of the plain roles and ``content`` an exact ``str``: the
-    constructor would accept both as they are, at twice the cost.
-    """
-    values = _CRAB_DEFAULTS.copy()
-    values["tool_calls"] = []
-    values["role"] = role
-    values["content"] = content
-    message = CrabMessage.__new__(CrabMessage)
-    _set = object.__setattr__
-    _set(message, "__dict__", values)
-    _set(message, "__pydantic_fields_set__", {"role", "content"})
-    _set(message, "__pydantic_extra__", {})
-    _set(message, "__pydantic_private__", None)
-    return message
-
-
-_CRAB_DEFAULTS = {
-    name: info.get_default(call_default_factory=True)
-    for name, info in CrabMessage.model_fields.items()
-}
 
 
 @functools.cache

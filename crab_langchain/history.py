@@ -341,7 +341,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._reset()
         location = self._storage.location(name)
         body = _body(location, lines)
-        self._take_header(self._parse(name, 1, lines[0][1]))
+        self._take_header(self._parse(name, 1, lines[0][1], SessionMeta.from_line))
         with _gc_paused(len(body)):
             for number, line in body[self._context_start(name, body) :]:
                 self._take_line(name, number, line)
@@ -358,9 +358,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
                 return index
         return 0
 
-    def _parse(self, name: str, number: int, line: bytes) -> Any:
+    def _parse(
+        self, name: str, number: int, line: bytes, parse: Callable[[bytes], Any] = parse_entry
+    ) -> Any:
+        """``parse(line)``; a malformed line raises naming the file and ``number``."""
         try:
-            return SessionMeta.from_line(line) if number == 1 else parse_entry(line)
+            return parse(line)
         except SessionFormatError as error:
             self._reset()
             raise error.at(self._storage.location(name), number) from None
@@ -374,16 +377,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _take_line(self, name: str, number: int, line: bytes) -> None:
         """Add what line ``number`` says to the working context."""
-        try:
-            parsed = parse_line(line)
-        except SessionFormatError as error:
-            self._reset()
-            raise error.at(self._storage.location(name), number) from None
+        parsed = self._parse(name, number, line, parse_line)
         if not isinstance(parsed, tuple):
             self._take_entry(parsed, line)
         elif (message := text_message(*parsed)) is not None:  # most lines: no model between
-            self._context.append(message)
-            self._lines.append(line)
+            self._keep(message, line)
         else:
             self._take_entry(CrabMessage(role=parsed[0], content=parsed[1]), line)
 
@@ -395,6 +393,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         message = from_crab_message(entry)
         if message.additional_kwargs.get(AUTO_INJECTED_KEY) is True:
             return  # kept by an audit plugin: stale for any later run
+        self._keep(message, line)
+
+    def _keep(self, message: BaseMessage, line: bytes) -> None:
+        """Add ``message``, read from ``line``, to the working context."""
         self._context.append(message)
         self._lines.append(line)
 
@@ -439,8 +441,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         for index, line in enumerate(lines):
             message = read_back[index] if read_back else None
             if message is not None:
-                self._context.append(message)
-                self._lines.append(line)
+                self._keep(message, line)
             else:
                 self._take_line(name, first + index, line)
         self._cursor = cursor

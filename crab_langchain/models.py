@@ -113,9 +113,7 @@ class CrabMessage(BaseModel):
 
     def to_line_bytes(self) -> bytes:
         """:meth:`to_line` as UTF-8 bytes, straight from the serializer."""
-        if self.__pydantic_extra__ or _beyond_text(self.__dict__) != _TEXT_ONLY:
-            return _dump_bytes(self)
-        return text_line(self.role, self.content)
+        return text_line(self.role, self.content) if is_text_only(self) else _dump_bytes(self)
 
     @classmethod
     def from_line(cls, line: str | bytes) -> CrabMessage:
@@ -169,6 +167,14 @@ _TEXT_KEYS = frozenset(("role", "content"))
 # Bytes that send a line down the careful path: keys it drops, and the
 # non-JSON numbers the one-pass parser would accept.
 _CAREFUL_WORDS = re.compile(rb'"sender"|"auto_injected"|"index"|NaN|Infinity')
+
+
+def is_text_only(message: CrabMessage) -> bool:
+    """Whether ``message`` writes a role and a text only (every other field empty).
+
+    Its written fields besides those two are read and compared in one step.
+    """
+    return not message.__pydantic_extra__ and _beyond_text(message.__dict__) == _TEXT_ONLY
 
 
 def text_line(role: str, content: str) -> bytes:

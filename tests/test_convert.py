@@ -884,20 +884,6 @@ def test_short_read_path_gives_what_the_long_path_gives(message: BaseMessage):
         assert list(short.__dict__) == list(long.__dict__)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.sampled_from(["user", "assistant", "system"]), st.text())
-def test_text_crab_equals_the_validated_constructor(role: str, content: str):
-    from crab_langchain.convert import _text_crab
-
-    built = _text_crab(role, content)
-    constructed = CrabMessage(role=role, content=content)
-    assert built == constructed
-    assert built.model_fields_set == constructed.model_fields_set
-    assert list(built.__dict__) == list(constructed.__dict__)
-    built.tool_calls.append(ToolCall(id="1", function=FunctionCall(name="f")))
-    assert _text_crab(role, content).tool_calls == []  # no shared default list
-
-
 # --- encode: a message straight to its line and what reading it back gives ----
 
 

@@ -48,7 +48,7 @@ from crab_langchain.models import (
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Cursor, DirectoryStorage, Durability, SessionStorage
 
-__all__ = ["COMPACT_SUMMARY_KEY", "CrabChatMessageHistory", "read_meta"]
+__all__ = ["COMPACT_SUMMARY_KEY", "CrabChatMessageHistory", "parse_meta", "read_meta"]
 
 COMPACT_SUMMARY_KEY = "crab_compact"
 """``additional_kwargs`` key marking, in :meth:`CrabChatMessageHistory.archive`, the
@@ -506,12 +506,25 @@ def _manager(plugins: Plugins) -> pluggy.PluginManager:
 
 def read_meta(storage: SessionStorage, name: str) -> SessionMeta:
     """The header of log ``name``; :class:`SessionFormatError` naming it if malformed."""
+    line: bytes | Exception
     try:
         line = storage.read_header(name)
     except EOFError as error:
-        raise SessionFormatError(str(error), path=storage.location(name), line=1) from None
+        line = error
+    return parse_meta(storage, name, line)
+
+
+def parse_meta(storage: SessionStorage, name: str, header: bytes | Exception) -> SessionMeta:
+    """The header line ``header`` of log ``name`` (or the error reading it) as its meta.
+
+    An incomplete header raises :class:`SessionFormatError`, other errors as they are.
+    """
+    if isinstance(header, EOFError):
+        raise SessionFormatError(str(header), path=storage.location(name), line=1) from None
+    if isinstance(header, Exception):
+        raise header
     try:
-        return SessionMeta.from_line(line)
+        return SessionMeta.from_line(header)
     except SessionFormatError as error:
         raise error.at(storage.location(name), 1) from None
 

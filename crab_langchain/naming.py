@@ -24,6 +24,7 @@ __all__ = [
     "SUFFIX",
     "check_agent",
     "file_name",
+    "id_suffix",
     "names_id",
     "parse_file_name",
     "session_id_of",
@@ -65,6 +66,11 @@ def _id_part(session_id: str) -> str:
 def file_name(agent: str, unix_seconds: int, session_id: str) -> str:
     """The file name of a session created at ``unix_seconds``."""
     return f"{check_agent(agent)}_{unix_seconds}_{_id_part(session_id)}{SUFFIX}"
+
+
+def id_suffix(session_id: str) -> str:
+    """How every file name of session ``session_id`` ends, whatever its agent and time."""
+    return f"_{_id_part(session_id)}{SUFFIX}"
 
 
 def parse_file_name(name: str, agent: str) -> tuple[int, str] | None:

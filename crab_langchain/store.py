@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from crab_langchain.history import CrabChatMessageHistory, read_meta
+from crab_langchain.history import CrabChatMessageHistory, parse_meta, read_meta
 from crab_langchain.hooks import make_plugin_manager
-from crab_langchain.models import Session, SessionFormatError
+from crab_langchain.models import Session, SessionFormatError, SessionMeta
 from crab_langchain.naming import (
     SESSION_ID_KEY,
     check_agent,
     file_name,
+    id_suffix,
     names_id,
     parse_file_name,
     session_id_of,
 )
-from crab_langchain.storage import DirectoryStorage, Durability, SessionStorage
+from crab_langchain.storage import DirectoryStorage, Durability, SessionStorage, open_storage
 
 __all__ = ["SessionInfo", "SessionStore", "default_root"]
 
 _MAX_NAME_TRIES = 1000
+_LATEST_PAGE = 200  # headers read per round when looking for the latest session
 
 
 def default_root() -> Path:
@@ -58,14 +60,18 @@ class SessionInfo(BaseModel):
 
 
 class SessionStore:
-    """A directory of session files, crabtalk's layout and names.
+    """Sessions by (agent, session id), in crabtalk's layout and names.
 
-    ``store.get_session_history`` is a ready ``get_session_history`` factory
-    for ``RunnableWithMessageHistory``. ``plugins`` are registered for every
-    history the store hands out, after the ``crab_langchain`` entry points
-    (``entry_points=False`` skips those). ``durability`` is ``"flush"`` (each
-    write reaches the OS) or ``"fsync"`` (each write reaches the disk);
-    ``strict`` writes only the spec's keys.
+    By default a directory of session files (``root``, else
+    :func:`default_root`); ``backend`` puts them elsewhere, such as a
+    :class:`~crab_langchain.storage.redis.RedisStorage` (see
+    :meth:`from_url`). ``store.get_session_history`` is a ready
+    ``get_session_history`` factory for ``RunnableWithMessageHistory``.
+    ``plugins`` are registered for every history the store hands out, after
+    the ``crab_langchain`` entry points (``entry_points=False`` skips those).
+    ``durability`` is ``"flush"`` (each write reaches the OS) or ``"fsync"``
+    (each write reaches the disk) for a directory; ``strict`` writes only the
+    spec's keys.
     """
 
     def __init__(
@@ -76,9 +82,16 @@ class SessionStore:
         strict: bool = False,
         durability: Durability = "flush",
         entry_points: bool = True,
+        backend: SessionStorage | None = None,
     ) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_root()
-        self.storage: SessionStorage = DirectoryStorage(self.root, durability=durability)
+        if backend is not None and root is not None:
+            raise ValueError("give a root directory or a backend, not both")
+        if backend is None:
+            self.root: Path | None = Path(root).expanduser() if root is not None else default_root()
+            backend = DirectoryStorage(self.root, durability=durability)
+        else:
+            self.root = backend.root if isinstance(backend, DirectoryStorage) else None
+        self.storage: SessionStorage = backend
         self.plugin_manager: pluggy.PluginManager = make_plugin_manager(
             plugins, entry_points=entry_points
         )
@@ -87,8 +100,33 @@ class SessionStore:
         # the factory, which RunnableWithMessageHistory makes on every run.
         self._known: dict[tuple[str, str], str] = {}
 
+    @classmethod
+    def from_url(
+        cls,
+        url: str | os.PathLike[str],
+        plugins: Iterable[object] | None = None,
+        *,
+        prefix: str = "crab",
+        ttl: float | timedelta | None = None,
+        strict: bool = False,
+        entry_points: bool = True,
+        **options: Any,
+    ) -> SessionStore:
+        """A store at ``url``: ``redis://``, ``rediss://``, ``unix://`` or a directory.
+
+        A Redis URL opens a :class:`~crab_langchain.storage.redis.RedisStorage`
+        (the ``redis`` extra), on a single server or a Redis Cluster (asked of
+        the server; ``cluster=True`` or ``False`` says so). ``prefix`` starts
+        its keys; ``ttl`` (seconds) expires a session that long after its
+        last write. A path or ``file://`` URL opens a directory. Other
+        ``options`` go to the backend (redis-py's client options, or
+        ``durability`` for a directory).
+        """
+        backend = open_storage(url, prefix=prefix, ttl=ttl, **options)
+        return cls(plugins=plugins, strict=strict, entry_points=entry_points, backend=backend)
+
     def __repr__(self) -> str:
-        return f"SessionStore({str(self.root)!r})"
+        return f"SessionStore({self.storage.describe()!r})"
 
     def _repr_html_(self) -> str:
         """The sessions as an HTML table, for Jupyter."""
@@ -154,16 +192,38 @@ class SessionStore:
         known = self._known.get((agent, session_id))
         if known is not None and self.storage.exists(known):
             return known
-        candidates = [n for n in self.storage.names() if names_id(n, agent, session_id)]
+        names = self.storage.names(suffix=id_suffix(session_id))
+        candidates = [n for n in names if names_id(n, agent, session_id)]
         candidates.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
-        found = next((n for n in candidates if self._owns(n, agent, session_id)), None)
+        found = next(
+            (
+                name
+                for name, meta in self._metas(candidates, strict=True)
+                if meta.agent == agent and session_id_of(name, meta) == session_id
+            ),
+            None,
+        )
         if found is not None:
             self._known[agent, session_id] = found
         return found
 
-    def _owns(self, name: str, agent: str, session_id: str) -> bool:
-        meta = read_meta(self.storage, name)
-        return meta.agent == agent and session_id_of(name, meta) == session_id
+    def _metas(
+        self, names: Sequence[str], *, strict: bool = False
+    ) -> Iterable[tuple[str, SessionMeta]]:
+        """``(name, header)`` of each log still there, in order.
+
+        A malformed header raises :class:`SessionFormatError` if ``strict``,
+        else is skipped with a warning.
+        """
+        for name, header in zip(names, self.storage.read_headers(names), strict=True):
+            if isinstance(header, FileNotFoundError):
+                continue  # deleted (or expired) since it was listed
+            try:
+                yield name, parse_meta(self.storage, name, header)
+            except (SessionFormatError, OSError) as error:
+                if strict:
+                    raise
+                warnings.warn(f"skipping {self.storage.location(name)}: {error}", stacklevel=4)
 
     def _create(self, session: Session) -> str:
         """Find or create the file of ``session``; return its name."""
@@ -179,12 +239,14 @@ class SessionStore:
         for attempt in range(_MAX_NAME_TRIES):
             name = file_name(session.agent, seconds + attempt, session.id)
             try:
-                self.storage.create(name, header)
+                self.storage.create(name, header, created=session.created_at.timestamp())
             except FileExistsError:
                 continue  # another session's name reads the same; move one second on
             self.plugin_manager.hook.crab_session_created(session=session)
             return name
-        raise FileExistsError(f"no free file name for session {session.id!r} in {self.root}")
+        raise FileExistsError(
+            f"no free file name for session {session.id!r} in {self.storage.describe()}"
+        )
 
     # --- listing ------------------------------------------------------------
 
@@ -196,25 +258,16 @@ class SessionStore:
         Reads only each file's header, so it costs the same however long the
         sessions are. Files that are not sessions are skipped with a warning.
         """
-        infos = []
-        for name in self.storage.names():
-            info = self._info(name)
-            if info is None:
-                continue
-            if agent is not None and info.agent != agent:
-                continue
-            if created_by is not None and info.created_by != created_by:
-                continue
-            infos.append(info)
+        infos = [
+            self._info(name, meta)
+            for name, meta in self._metas(self.storage.names())
+            if (agent is None or meta.agent == agent)
+            and (created_by is None or meta.created_by == created_by)
+        ]
         infos.sort(key=lambda info: (info.created_at, info.name), reverse=True)
         return infos
 
-    def _info(self, name: str) -> SessionInfo | None:
-        try:
-            meta = read_meta(self.storage, name)
-        except (SessionFormatError, OSError) as error:
-            warnings.warn(f"skipping {self.storage.location(name)}: {error}", stacklevel=3)
-            return None
+    def _info(self, name: str, meta: SessionMeta) -> SessionInfo:
         return SessionInfo(
             session_id=session_id_of(name, meta),
             agent=meta.agent,
@@ -226,9 +279,23 @@ class SessionStore:
         )
 
     def latest_session(self, agent: str = "crab", created_by: str = "user") -> SessionInfo | None:
-        """The newest session of ``agent`` created by ``created_by``, or None."""
-        sessions = self.list_sessions(agent=agent, created_by=created_by)
-        return sessions[0] if sessions else None
+        """The newest session of ``agent`` created by ``created_by``, or None.
+
+        A storage with an index by creation time (Redis) is read newest
+        first, a page of headers at a time, until one matches.
+        """
+        names = self.storage.names()
+        newest: SessionInfo | None = None
+        for start in range(0, len(names), _LATEST_PAGE):
+            for name, meta in self._metas(names[start : start + _LATEST_PAGE]):
+                if meta.agent != agent or meta.created_by != created_by:
+                    continue
+                info = self._info(name, meta)
+                if newest is None or (info.created_at, info.name) > (newest.created_at, newest.name):
+                    newest = info
+            if newest is not None and self.storage.names_newest_first:
+                break
+        return newest
 
     def delete_session(self, session_id: str, agent: str = "crab") -> bool:
         """Delete the session's file; False if there was none."""

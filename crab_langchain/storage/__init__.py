@@ -1,13 +1,69 @@
-"""Where session bytes live, behind one small interface (:class:`SessionStorage`)."""
+"""Where session bytes live, behind one small interface (:class:`SessionStorage`).
 
-from crab_langchain.storage.base import Chunk, Cursor, SessionStorage, TornTailWarning
+:class:`DirectoryStorage` keeps them as crabtalk's JSONL files;
+:class:`~crab_langchain.storage.redis.RedisStorage` (the ``redis`` extra) in
+Redis or Redis Cluster, one list of the same lines per session.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from crab_langchain.storage.base import (
+    Chunk,
+    Cursor,
+    SessionStorage,
+    TornTailWarning,
+    check_name,
+)
 from crab_langchain.storage.directory import DirectoryStorage, Durability
 
 __all__ = [
+    "REDIS_SCHEMES",
     "Chunk",
     "Cursor",
     "DirectoryStorage",
     "Durability",
     "SessionStorage",
     "TornTailWarning",
+    "check_name",
+    "open_storage",
 ]
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""URL schemes that :func:`open_storage` opens as Redis."""
+
+
+def open_storage(
+    url: str | os.PathLike[str],
+    *,
+    prefix: str = "crab",
+    ttl: float | timedelta | None = None,
+    **options: Any,
+) -> SessionStorage:
+    """The storage at ``url``: a Redis URL, a ``file://`` URL or a directory path.
+
+    ``prefix`` and ``ttl`` apply to Redis; other ``options`` go to
+    :meth:`RedisStorage.from_url <crab_langchain.storage.redis.RedisStorage.from_url>`
+    or to :class:`DirectoryStorage` (``durability``).
+    """
+    text = os.fspath(url)
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in REDIS_SCHEMES:
+        try:
+            from crab_langchain.storage.redis import RedisStorage  # noqa: PLC0415 - an extra
+        except ImportError as error:
+            raise ImportError(
+                f"{text.split('@')[-1]}: Redis needs the 'redis' extra: "
+                "pip install 'crab-langchain[redis]'"
+            ) from error
+        return RedisStorage.from_url(text, prefix=prefix, ttl=ttl, **options)
+    if scheme == "file":
+        text = unquote(urlsplit(text).path)
+    elif "://" in text:
+        raise ValueError(f"not a directory or a Redis URL: {text!r}")
+    return DirectoryStorage(Path(text).expanduser(), **options)

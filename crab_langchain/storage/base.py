@@ -7,13 +7,15 @@ implementation; a shared backend implements the same few operations.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Chunk", "Cursor", "SessionStorage", "TornTailWarning"]
+__all__ = ["Chunk", "Cursor", "SessionStorage", "TornTailWarning", "check_name"]
 
 
 class TornTailWarning(UserWarning):
@@ -47,8 +49,42 @@ class Chunk:
     """True when ``lines`` start at line 1 (first read, or the log was replaced)."""
 
 
+def check_name(name: str) -> str:
+    """Return ``name`` if it can name a log anywhere (a plain file name); else ``ValueError``.
+
+    Every storage takes the same names, so a session can move between them.
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "\0" in name
+        or "/" in name
+        or "\n" in name
+        or os.path.basename(name) != name
+    ):
+        raise ValueError(f"not a plain file name: {name!r}")
+    return name
+
+
 class SessionStorage(ABC):
-    """A flat namespace of session logs, addressed by name (``*.jsonl``)."""
+    """A flat namespace of session logs, addressed by name (``*.jsonl``).
+
+    The async twins (``aread``, ``aappend``, ``areplace``) run the sync method
+    in a worker thread unless a storage has a native async client
+    (``native_async``), as :class:`~langchain_core.chat_history.BaseChatMessageHistory`
+    does for its own methods.
+    """
+
+    native_async: bool = False
+    """Whether the async twins do their I/O without a worker thread."""
+
+    names_newest_first: bool = False
+    """Whether :meth:`names` lists the newest log first (the storage keeps an index)."""
+
+    def describe(self) -> str:
+        """Where the logs live, for people: a directory, a server URL and prefix."""
+        return repr(self)
 
     @abstractmethod
     def location(self, name: str) -> str:
@@ -59,8 +95,13 @@ class SessionStorage(ABC):
         """The local file holding the log, if there is one."""
 
     @abstractmethod
-    def names(self) -> list[str]:
-        """Names of all logs, in no particular order."""
+    def names(self, *, suffix: str = "") -> list[str]:
+        """Names of the logs that end with ``suffix`` (all by default).
+
+        Newest first where the storage keeps an index by creation time,
+        otherwise in no particular order. Storages with an index answer a
+        ``suffix`` without listing every log.
+        """
 
     @abstractmethod
     def exists(self, name: str) -> bool:
@@ -70,11 +111,26 @@ class SessionStorage(ABC):
     def read_header(self, name: str) -> bytes:
         """The first line, without its newline. ``FileNotFoundError`` if absent."""
 
+    def read_headers(self, names: Sequence[str]) -> list[bytes | Exception]:
+        """The header of each log in ``names``, or the error reading it raised.
+
+        ``FileNotFoundError`` stands for a log that is gone. Storages on a
+        server fetch them all in one round trip.
+        """
+        headers: list[bytes | Exception] = []
+        for name in names:
+            try:
+                headers.append(self.read_header(name))
+            except (OSError, EOFError) as error:
+                headers.append(error)
+        return headers
+
     @abstractmethod
-    def create(self, name: str, header: bytes) -> None:
+    def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
         """Create a log holding just ``header``; ``FileExistsError`` if it exists.
 
-        Readers never see a log without its header.
+        Readers never see a log without its header. ``created`` (unix
+        seconds) orders the log in a storage's index, if it keeps one.
         """
 
     @abstractmethod
@@ -108,3 +164,22 @@ class SessionStorage(ABC):
     @abstractmethod
     def creation_lock(self) -> AbstractContextManager[None]:
         """Serialize finding-or-creating logs across threads and processes."""
+
+    def close(self) -> None:  # noqa: B027 - most storages hold nothing to release
+        """Release what the storage holds open (it reopens what it needs later)."""
+
+    # --- async twins ----------------------------------------------------------
+
+    async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
+        """Async :meth:`read`."""
+        return await asyncio.to_thread(self.read, name, cursor)
+
+    async def aappend(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
+        """Async :meth:`append`."""
+        return await asyncio.to_thread(self.append, name, lines, after)
+
+    async def areplace(self, name: str, lines: Sequence[bytes]) -> None:
+        """Async :meth:`replace`."""
+        await asyncio.to_thread(self.replace, name, lines)

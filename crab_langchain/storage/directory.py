@@ -26,7 +26,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from crab_langchain.storage.base import Chunk, Cursor, SessionStorage, TornTailWarning
+from crab_langchain.storage.base import (
+    Chunk,
+    Cursor,
+    SessionStorage,
+    TornTailWarning,
+    check_name,
+)
 
 try:
     import fcntl
@@ -120,6 +126,9 @@ class DirectoryStorage(SessionStorage):
     def __repr__(self) -> str:
         return f"DirectoryStorage({str(self.root)!r}, durability={self.durability!r})"
 
+    def describe(self) -> str:
+        return str(self.root)
+
     # --- names and places ---------------------------------------------------
 
     def _path(self, name: str) -> Path:
@@ -130,11 +139,7 @@ class DirectoryStorage(SessionStorage):
         path = self._paths.get(name)
         if path is not None:
             return path
-        if not name or name in (".", "..") or "\0" in name or os.path.basename(name) != name:
-            raise ValueError(f"not a plain file name: {name!r}")
-        if os.sep != "/" and "/" in name:  # pragma: no cover - Windows
-            raise ValueError(f"not a plain file name: {name!r}")
-        path = self._paths[name] = os.path.join(self.root, name)
+        path = self._paths[check_name(name)] = os.path.join(self.root, name)
         return path
 
     def location(self, name: str) -> str:
@@ -143,12 +148,16 @@ class DirectoryStorage(SessionStorage):
     def path(self, name: str) -> Path | None:
         return self._path(name)
 
-    def names(self) -> list[str]:
+    def names(self, *, suffix: str = "") -> list[str]:
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
-        return [e.name for e in entries if e.name.endswith(".jsonl") and e.is_file()]
+        return [
+            e.name
+            for e in entries
+            if e.name.endswith(".jsonl") and e.name.endswith(suffix) and e.is_file()
+        ]
 
     # --- reading --------------------------------------------------------------
 
@@ -201,7 +210,7 @@ class DirectoryStorage(SessionStorage):
 
     # --- writing --------------------------------------------------------------
 
-    def create(self, name: str, header: bytes) -> None:
+    def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
         path = self._path(name)
         self._ensure_root()
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")

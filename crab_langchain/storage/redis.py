@@ -1,0 +1,558 @@
+"""Session logs in Redis or Redis Cluster: one list per session, its items the JSONL lines.
+
+A session's list holds exactly the lines its file would hold, header first,
+so a session moves between a directory and Redis unchanged. Beside it live
+the session's *token* (a random string naming this incarnation of the log: a
+replace or a re-creation gets a new one, so a reader's cursor never continues
+into a different log) and its recent write ids. The three keys share one hash
+tag, so they sit in one cluster slot and each operation on a session is one
+Lua script: atomic, one round trip, on a single node and on a cluster alike.
+
+Every write script is idempotent. redis-py retries a command whose connection
+dropped, and a reply lost after the server ran an ``RPUSH`` would otherwise
+append the lines twice: an append carries a write id, and a retried one finds
+its id and returns the first result instead of pushing again.
+
+An index (two sorted sets in one slot of their own) lists the sessions: by
+creation time for listings and latest-session look-ups, and by reversed name
+so that finding a session by its id is a range query, not a scan. A session
+is created before it is indexed and deleted before it is unindexed, so the
+index never lists a session that is still being created; entries whose list
+is gone (a TTL ran out, a deleter died between its two steps) are pruned when
+a listing meets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+import redis.exceptions
+from redis.commands.core import AsyncScript
+
+from crab_langchain.storage.base import Chunk, Cursor, SessionStorage, check_name
+
+__all__ = ["RedisStorage", "StorageUnavailableError"]
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+_PUSH_BATCH = 1000  # items per RPUSH inside a script: Lua's unpack() has a stack limit
+_KEPT_WRITE_IDS = 64  # per session: enough for any retry still in flight
+_CREATION_LOCK_SECONDS = 30.0
+_NO_SESSION = "CRAB_NO_SESSION"
+
+# Shared Lua: push ARGV[first..] onto KEYS[1] in batches; refresh the TTL (ms in ARGV[2]).
+_PUSH = f"""
+local function push(first)
+  local length = 0
+  for i = first, #ARGV, {_PUSH_BATCH} do
+    length = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_PUSH_BATCH - 1}, #ARGV)))
+  end
+  return length
+end
+local function touch()
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
+  end
+end
+"""
+
+# KEYS: lines, token, writes. ARGV: token, ttl, header. 1 if created (now or by
+# this very call before a retry), 0 if the name is taken.
+_CREATE = (
+    _PUSH
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('GET', KEYS[2]) == ARGV[1] and 1 or 0
+end
+push(3)
+redis.call('SET', KEYS[2], ARGV[1])
+touch()
+return 1
+"""
+)
+
+# KEYS: lines, token, writes. ARGV: write id, ttl, lines... -> {length, token}.
+_APPEND = (
+    _PUSH
+    + f"""
+local done = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if done then return {{tonumber(done), redis.call('GET', KEYS[2])}} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
+local length = push(3)
+redis.call('ZADD', KEYS[3], length, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -{_KEPT_WRITE_IDS + 1})
+touch()
+return {{length, redis.call('GET', KEYS[2])}}
+"""
+)
+
+# KEYS: lines, token, writes. ARGV: new token, ttl, lines...
+_REPLACE = (
+    _PUSH
+    + f"""
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
+redis.call('DEL', KEYS[1], KEYS[3])
+push(3)
+redis.call('SET', KEYS[2], ARGV[1])
+touch()
+return 1
+"""
+)
+
+# KEYS: lines, token. ARGV: token, offset. nil if no log; else {token, length}
+# when nothing is new, or {token, length, first, items} (first 0: read it all).
+_READ = """
+local length = redis.call('LLEN', KEYS[1])
+if length == 0 then return false end
+local token = redis.call('GET', KEYS[2])
+local first = 0
+if token and token == ARGV[1] then first = tonumber(ARGV[2]) end
+if first > length then first = 0 end
+if first == length then return {token, length} end
+return {token, length, first, redis.call('LRANGE', KEYS[1], first, -1)}
+"""
+
+# KEYS: lines, token, writes. 1 if there was a log.
+_DELETE = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return existed
+"""
+
+# KEYS: by-time, by-name. ARGV: name, reversed name, created.
+_INDEX_ADD = """
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+return 1
+"""
+
+# KEYS: by-time, by-name. ARGV: (name, reversed name, created or '')... Removes
+# each entry, but only if its creation time is still the one given: an entry
+# for a session re-created under the same name meanwhile is a new entry.
+_INDEX_REMOVE = """
+local removed = 0
+for i = 1, #ARGV, 3 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if ARGV[i + 2] == '' or (score and tonumber(score) == tonumber(ARGV[i + 2])) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i + 1])
+  end
+end
+return removed
+"""
+
+
+class StorageUnavailableError(ConnectionError):
+    """The storage's server could not be reached or stopped answering.
+
+    Raised instead of redis-py's own errors, naming the server. Whatever the
+    failed call was writing either happened whole or not at all.
+    """
+
+
+def _quote(text: str) -> str:
+    # Braces delimit hash tags: keep a name's own braces from choosing the slot.
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _reversed(name: str) -> bytes:
+    return name[::-1].encode("utf-8")
+
+
+def _ttl_ms(ttl: float | timedelta | None) -> int:
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if seconds is None:
+        return 0
+    if seconds <= 0:
+        raise ValueError(f"ttl must be positive, not {ttl!r}")
+    return max(1, round(seconds * 1000))
+
+
+def _token() -> bytes:
+    return os.urandom(12).hex().encode("ascii")
+
+
+def _public_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Keys:
+    """The key names of one storage (one prefix)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = _quote(prefix)
+        index = f"{self.prefix}:{{{self.prefix}:index}}"
+        self.by_time = f"{index}:by-time"
+        self.by_name = f"{index}:by-name"
+        self.lock = f"{index}:creation-lock"
+
+    def session(self, name: str) -> list[str]:
+        tagged = f"{self.prefix}:{{{_quote(name)}}}"
+        return [f"{tagged}:lines", f"{tagged}:token", f"{tagged}:writes"]
+
+
+class RedisStorage(SessionStorage):
+    """Session logs in Redis (``redis.Redis``) or Redis Cluster (``RedisCluster``).
+
+    Most code opens one with :meth:`from_url` or
+    :meth:`SessionStore.from_url <crab_langchain.SessionStore.from_url>`.
+    ``client`` must return bytes (the default, ``decode_responses=False``).
+    ``async_client`` serves the async API (``aget_messages``...); without
+    one, async calls run the sync client in a worker thread. ``prefix`` starts
+    every key, so several stores share a server. ``ttl`` (seconds or a
+    ``timedelta``) expires a session that long after its last write.
+    """
+
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        async_client: AsyncClient | Callable[[], AsyncClient] | None = None,
+        prefix: str = "crab",
+        ttl: float | timedelta | None = None,
+        url: str | None = None,
+    ) -> None:
+        if not prefix:
+            raise ValueError("prefix must be a non-empty string")
+        self.client = client
+        self.prefix = prefix
+        self.ttl = None if ttl is None else timedelta(milliseconds=_ttl_ms(ttl))
+        self._ttl_ms = _ttl_ms(ttl)
+        self._keys = _Keys(prefix)
+        self._url = _public_url(url) if url else _describe_client(client)
+        self._scripts = _register(client)
+        # An asyncio client belongs to the event loop it connected in: one per loop.
+        self._new_async_client = async_client if callable(async_client) else None
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncClient, dict[str, AsyncScript]]
+        ] = weakref.WeakKeyDictionary()
+        self._fixed_async = None if callable(async_client) else async_client
+        self.native_async = async_client is not None
+
+    names_newest_first = True
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "crab",
+        ttl: float | timedelta | None = None,
+        cluster: bool | None = None,
+        **client_options: Any,
+    ) -> RedisStorage:
+        """Connect to ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        ``cluster=None`` asks the server whether it is a cluster node and
+        connects accordingly; True or False says so without asking.
+        ``client_options`` go to redis-py's client (timeouts, TLS, retries).
+        Raises :class:`StorageUnavailableError` if the server cannot be reached.
+        """
+        where = _public_url(url)
+        options = {"health_check_interval": 30, **client_options, "decode_responses": False}
+        with _translated(where):
+            if cluster is None:
+                cluster = _is_cluster(url, options)
+            if cluster:
+                client: SyncClient = redis.cluster.RedisCluster.from_url(url, **options)
+                opener: Callable[[], AsyncClient] = lambda: redis.asyncio.cluster.RedisCluster.from_url(  # noqa: E731
+                    url, **options
+                )
+            else:
+                client = redis.Redis.from_url(url, **options)
+                client.ping()
+                opener = lambda: redis.asyncio.Redis.from_url(url, **options)  # noqa: E731
+        return cls(client, async_client=opener, prefix=prefix, ttl=ttl, url=url)
+
+    def __repr__(self) -> str:
+        return f"RedisStorage({self._url!r}, prefix={self.prefix!r})"
+
+    def describe(self) -> str:
+        return f"{self._url} (prefix {self.prefix!r})"
+
+    def close(self) -> None:
+        """Close the connections (the clients reconnect when used again)."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    # --- names and places ---------------------------------------------------
+
+    def location(self, name: str) -> str:
+        return f"{self._url} {self._keys.session(check_name(name))[0]}"
+
+    def path(self, name: str) -> None:
+        return None
+
+    def names(self, *, suffix: str = "") -> list[str]:
+        with _translated(self._url):
+            if not suffix:
+                newest: list[bytes] = cast(Any, self.client.zrevrange(self._keys.by_time, 0, -1))
+                return [item.decode("utf-8") for item in newest]
+            start = _reversed(suffix)
+            found: list[bytes] = cast(
+                Any, self.client.zrangebylex(self._keys.by_name, b"[" + start, b"(" + start + b"\xff")
+            )
+        return [item.decode("utf-8")[::-1] for item in found]
+
+    def exists(self, name: str) -> bool:
+        with _translated(self._url):
+            return bool(self.client.exists(self._keys.session(check_name(name))[0]))
+
+    def read_header(self, name: str) -> bytes:
+        return _header_or_raise(self.read_headers([name])[0])
+
+    def read_headers(self, names: Sequence[str]) -> list[bytes | Exception]:
+        keys = [self._keys.session(check_name(name))[0] for name in names]
+        with _translated(self._url):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.lindex(key, 0)
+            found: list[bytes | None] = pipe.execute()
+            gone = [name for name, header in zip(names, found, strict=True) if header is None]
+            if gone:
+                self._prune(gone)
+        return [
+            header
+            if header is not None
+            else FileNotFoundError(2, "no such session", self.location(name))
+            for name, header in zip(names, found, strict=True)
+        ]
+
+    def _prune(self, names: list[str]) -> None:
+        """Drop index entries whose list is gone, unless re-created meanwhile."""
+        scores = self.client.zmscore(self._keys.by_time, names)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self._keys.session(name)[0])
+        still_gone = pipe.execute()
+        args: list[bytes | str] = []
+        for name, score, exists in zip(names, scores, still_gone, strict=True):
+            if not exists and score is not None:
+                args += [name, _reversed(name), repr(score)]
+        if args:
+            self._scripts["index_remove"](keys=[self._keys.by_time, self._keys.by_name], args=args)
+
+    # --- reading --------------------------------------------------------------
+
+    def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
+        keys, args = self._read_call(name, cursor)
+        with _translated(self._url):
+            reply = self._scripts["read"](keys=keys, args=args)
+        return self._chunk(name, reply)
+
+    async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
+        if not self.native_async:
+            return await super().aread(name, cursor)
+        keys, args = self._read_call(name, cursor)
+        reply = await self._acall("read", keys, args)
+        return self._chunk(name, reply)
+
+    def _read_call(self, name: str, cursor: Cursor | None) -> tuple[list[str], list[Any]]:
+        keys = self._keys.session(check_name(name))[:2]
+        if cursor is None or not isinstance(cursor.identity, bytes):
+            return keys, [b"", 0]
+        return keys, [cursor.identity, cursor.offset]
+
+    def _chunk(self, name: str, reply: Any) -> Chunk | None:
+        if reply is None:
+            raise FileNotFoundError(2, "no such session", self.location(name))
+        token, length = reply[0] or b"", int(reply[1])
+        if len(reply) == 2:
+            return None
+        first, items = int(reply[2]), reply[3]
+        numbered = [
+            (number, line)
+            for number, line in enumerate(items, first + 1)
+            if line and (line[0] not in b" \t\r\x0b\x0c" or line.strip())
+        ]
+        return Chunk(numbered, Cursor(length, length, token), reset=first == 0)
+
+    # --- writing --------------------------------------------------------------
+
+    def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
+        keys = self._keys.session(check_name(name))
+        with _translated(self._url):
+            made = self._scripts["create"](keys=keys, args=[_token(), self._ttl_ms, header])
+            if not made:
+                raise FileExistsError(17, "session exists", self.location(name))
+            index_args = [name, _reversed(name), repr(created if created is not None else 0.0)]
+            self._scripts["index_add"](
+                keys=[self._keys.by_time, self._keys.by_name], args=index_args
+            )
+
+    def append(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
+        keys, args = self._append_call(name, lines)
+        with _translated(self._url), _no_session(self.location(name)):
+            reply = self._scripts["append"](keys=keys, args=args)
+        return _appended(reply, len(lines), after)
+
+    async def aappend(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
+        if not self.native_async:
+            return await super().aappend(name, lines, after)
+        keys, args = self._append_call(name, lines)
+        with _no_session(self.location(name)):
+            reply = await self._acall("append", keys, args)
+        return _appended(reply, len(lines), after)
+
+    def _append_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
+        if not lines:
+            raise ValueError("nothing to append")
+        return self._keys.session(check_name(name)), [_token(), self._ttl_ms, *lines]
+
+    def replace(self, name: str, lines: Sequence[bytes]) -> None:
+        keys, args = self._replace_call(name, lines)
+        with _translated(self._url), _no_session(self.location(name)):
+            self._scripts["replace"](keys=keys, args=args)
+
+    async def areplace(self, name: str, lines: Sequence[bytes]) -> None:
+        if not self.native_async:
+            await super().areplace(name, lines)
+            return
+        keys, args = self._replace_call(name, lines)
+        with _no_session(self.location(name)):
+            await self._acall("replace", keys, args)
+
+    def _replace_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
+        if not lines:
+            raise ValueError("a log holds at least its header line")
+        return self._keys.session(check_name(name)), [_token(), self._ttl_ms, *lines]
+
+    def delete(self, name: str) -> bool:
+        keys = self._keys.session(check_name(name))
+        with _translated(self._url):
+            existed = self._scripts["delete"](keys=keys)
+            index_args = [name, _reversed(name), ""]
+            self._scripts["index_remove"](
+                keys=[self._keys.by_time, self._keys.by_name], args=index_args
+            )
+        return bool(existed)
+
+    @contextlib.contextmanager
+    def creation_lock(self) -> Iterator[None]:
+        # A lease, not a plain lock: a holder that dies frees it when the lease ends.
+        lock = self.client.lock(
+            self._keys.lock,
+            timeout=_CREATION_LOCK_SECONDS,
+            blocking_timeout=_CREATION_LOCK_SECONDS,
+            thread_local=False,
+        )
+        with _translated(self._url):
+            if not lock.acquire():
+                raise TimeoutError(
+                    f"{self.describe()}: the session-creation lock was not free "
+                    f"within {_CREATION_LOCK_SECONDS:.0f} s"
+                )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError), _translated(self._url):
+                lock.release()  # a lease that ran out is already released
+
+    # --- async plumbing -------------------------------------------------------
+
+    async def _acall(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        _, scripts = self._async_client()
+        with _translated(self._url):
+            return await scripts[script](keys=keys, args=args)
+
+    def _async_client(self) -> tuple[AsyncClient, dict[str, AsyncScript]]:
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            client = self._fixed_async
+            if client is None:
+                assert self._new_async_client is not None  # native_async says one of them is set
+                client = self._new_async_client()
+            found = self._async[loop] = (client, _register(client))
+        return found
+
+
+def _register(client: Any) -> dict[str, Any]:
+    scripts = {
+        "create": _CREATE,
+        "append": _APPEND,
+        "replace": _REPLACE,
+        "read": _READ,
+        "delete": _DELETE,
+        "index_add": _INDEX_ADD,
+        "index_remove": _INDEX_REMOVE,
+    }
+    return {name: client.register_script(source) for name, source in scripts.items()}
+
+
+def _appended(reply: Any, count: int, after: Cursor | None) -> Cursor | None:
+    """The cursor past a block of ``count`` lines, if ``after`` was the log's end before it."""
+    length, token = int(reply[0]), reply[1] or b""
+    if after is None or after.identity != token or after.offset != length - count:
+        return None
+    return Cursor(length, length, token)
+
+
+def _header_or_raise(header: bytes | Exception) -> bytes:
+    if isinstance(header, Exception):
+        raise header
+    return header
+
+
+def _describe_client(client: Any) -> str:
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+    except AttributeError:
+        nodes = client.get_nodes() if hasattr(client, "get_nodes") else []
+        first = nodes[0] if nodes else None
+        return f"redis://{first.host}:{first.port}" if first else repr(client)
+
+
+def _is_cluster(url: str, options: dict[str, Any]) -> bool:
+    probe = redis.Redis.from_url(url, **options)
+    try:
+        return bool(probe.info("cluster").get("cluster_enabled"))
+    finally:
+        probe.close()
+
+
+@contextlib.contextmanager
+def _translated(where: str) -> Iterator[None]:
+    """Raise redis-py's connection errors as :class:`StorageUnavailableError` naming ``where``."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise StorageUnavailableError(f"{where}: {error}") from error
+    except redis.exceptions.ClusterError as error:
+        raise StorageUnavailableError(f"{where}: cluster unavailable: {error}") from error
+
+
+@contextlib.contextmanager
+def _no_session(location: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.exceptions.ResponseError as error:
+        if _NO_SESSION in str(error):
+            raise FileNotFoundError(2, "no such session", location) from None
+        raise
+

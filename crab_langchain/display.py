@@ -205,9 +205,11 @@ def _text_header(view: _View) -> str:
         fields.append(f"agent={view.agent!r}")
     if view.path is not None:
         fields.append(f"file={str(view.path)!r}")
+    elif view.location is not None:
+        fields.append(f"at={view.location!r}")
     if view.error:
         fields.append(f"error: {view.error}")
-    elif view.path is None:
+    elif view.location is None:
         fields.append("not written yet")
     else:
         fields.append(_count(view.messages))
@@ -227,6 +229,7 @@ def _count(messages: Sequence[BaseMessage]) -> str:
 class _View:
     session_id: str
     path: Path | None = None
+    location: str | None = None
     messages: list[BaseMessage] = field(default_factory=list)
     agent: str = ""
     created_by: str = ""
@@ -238,9 +241,10 @@ class _View:
 def _view(history: CrabChatMessageHistory) -> _View:
     view = _View(session_id=str(history.session_id))
     try:
-        view.path = history.file_path
-        if view.path is None:
+        view.location = history.location
+        if view.location is None:
             return view
+        view.path = history.file_path
         view.messages = history.messages
         session = history.session
         view.agent, view.created_by = session.agent, session.created_by
@@ -306,7 +310,7 @@ def history_html(history: CrabChatMessageHistory, *, limit: int | None = DEFAULT
         parts.append(f'<div style="{_DIM};margin:4px 0">{_e(hidden_line(hidden))}</div>')
     parts += [_message_html(message) for message in shown]
     if not view.messages and not view.error:
-        note = "not written yet" if view.path is None else "no messages"
+        note = "not written yet" if view.location is None else "no messages"
         parts.append(f'<div style="{_DIM}">{note}</div>')
     return f'<div class="crab-history" style="{_BOX}">{"".join(parts)}</div>'
 
@@ -319,11 +323,11 @@ def _html_header(view: _View) -> str:
         facts.append(f"created by <code>{_e(view.created_by)}</code>")
     if view.created_at:
         facts.append(_e(view.created_at))
-    if view.path is not None and not view.error:
+    if view.location is not None and not view.error:
         facts.append(_e(_count(view.messages)))
     title = f"<b>{_e(view.title)}</b> · " if view.title else ""
     head = f"{title}<b>CrabChatMessageHistory</b> · {' · '.join(facts)}"
-    where = _e(view.path) if view.path is not None else "not written yet"
+    where = _e(view.location) if view.location is not None else "not written yet"
     lines = [head, f'<div style="{_DIM}">{where}</div>']
     if view.error:
         lines.append(f'<div style="color:{_ERROR_ACCENT}">error: {_e(view.error)}</div>')
@@ -429,7 +433,7 @@ def file_size(path: Path | None) -> int | None:
 
 def store_html(store: SessionStore, *, limit: int | None = STORE_LIMIT) -> str:
     """The store's sessions as an HTML table, newest first (the first ``limit``)."""
-    head = f"<b>SessionStore</b> <code>{_e(store.root)}</code>"
+    head = f"<b>SessionStore</b> <code>{_e(store.storage.describe())}</code>"
     try:
         infos = store.list_sessions()
     except Exception as error:  # a repr must never raise

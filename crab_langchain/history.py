@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import pluggy
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -46,7 +46,7 @@ from crab_langchain.models import (
     parse_line,
 )
 from crab_langchain.naming import session_id_of
-from crab_langchain.storage import Cursor, DirectoryStorage, Durability, SessionStorage
+from crab_langchain.storage import Chunk, Cursor, DirectoryStorage, Durability, SessionStorage
 
 __all__ = ["COMPACT_SUMMARY_KEY", "CrabChatMessageHistory", "parse_meta", "read_meta"]
 
@@ -57,6 +57,10 @@ summary of a compaction marker (it stands where the marker stands)."""
 Plugins = pluggy.PluginManager | Iterable[object] | None
 
 _GC_PAUSE_FROM = 1000  # messages built at once
+
+T = TypeVar("T")
+ReadBack = list[BaseMessage | None] | None
+_Batch = tuple[list[bytes], ReadBack]
 
 
 class CrabChatMessageHistory(BaseChatMessageHistory):
@@ -175,8 +179,16 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             return self._handouts.handout(self._context, self._generation, injected)
 
     async def aget_messages(self) -> list[BaseMessage]:
-        """Async :attr:`messages`; the file is read in a worker thread."""
-        return await asyncio.to_thread(lambda: self.messages)
+        """Async :attr:`messages`, with the storage's async client if it has one.
+
+        Otherwise the file is read in a worker thread.
+        """
+        if not self._storage.native_async:
+            return await asyncio.to_thread(lambda: self.messages)
+        await self._arefresh()
+        with self._lock:
+            injected = self._injected_for_run()
+            return self._handouts.handout(self._context, self._generation, injected)
 
     def add_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Append ``messages`` in one write, after the hooks' say.
@@ -188,34 +200,44 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         call is written.
         """
         with self._lock, _gc_paused(len(messages)):
-            given, hook = _as_messages(messages), self._hook
-            if filters_by_default(hook.crab_filter_message) and not has_impls(
-                hook.crab_before_persist
-            ):
-                # No plugin looks at writes: straight to lines, no crab messages between.
-                self._add_encoded([encode(m, strict=self.strict) for m in given])
-            else:
-                self._add_through_hooks([to_crab_message(m, strict=self.strict) for m in given])
+            batch = self._prepare(messages)
+            if batch is not None:
+                self._append(*batch)
 
-    def _add_encoded(self, batch: list[Encoded]) -> None:
-        """Write ``batch`` as the default plugin would have it: auto-injected ones dropped."""
+    def _prepare(self, messages: Sequence[MessageLikeRepresentation]) -> _Batch | None:
+        """The lines to write for ``messages`` (and what reading each back gives, where known)."""
+        given, hook = _as_messages(messages), self._hook
+        if filters_by_default(hook.crab_filter_message) and not has_impls(hook.crab_before_persist):
+            # No plugin looks at writes: straight to lines, no crab messages between.
+            return self._encoded([encode(m, strict=self.strict) for m in given])
+        return self._through_hooks([to_crab_message(m, strict=self.strict) for m in given])
+
+    def _encoded(self, batch: list[Encoded]) -> _Batch | None:
+        """``batch`` as the default plugin would have it: auto-injected ones dropped."""
         kept = [encoded for encoded in batch if not encoded.auto_injected]
-        if kept:
-            self._append([e.line for e in kept], [e.read_back for e in kept])
+        return ([e.line for e in kept], [e.read_back for e in kept]) if kept else None
 
-    def _add_through_hooks(self, batch: list[CrabMessage]) -> None:
-        """Write ``batch`` after the filter and before-persist hooks had their say."""
+    def _through_hooks(self, batch: list[CrabMessage]) -> _Batch | None:
+        """``batch`` after the filter and before-persist hooks had their say."""
         session = self._synced_session()
         hook = self._hook.crab_filter_message
         kept = [m for m in batch if hook(session=session, message=m) is not False]
         if has_impls(self._hook.crab_before_persist):
             self._hook.crab_before_persist(session=session, messages=kept)
-        if kept:
-            self._append([message.to_line_bytes() for message in kept], None)
+        return ([message.to_line_bytes() for message in kept], None) if kept else None
 
     async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
-        """Async :meth:`add_messages`; the file is written in a worker thread."""
-        await asyncio.to_thread(self.add_messages, list(messages))
+        """Async :meth:`add_messages`, with the storage's async client if it has one.
+
+        Otherwise the file is written in a worker thread.
+        """
+        if not self._storage.native_async:
+            await asyncio.to_thread(self.add_messages, list(messages))
+            return
+        with self._lock, _gc_paused(len(messages)):
+            batch = self._prepare(messages)
+        if batch is not None:
+            await self._aappend(*batch)
 
     def clear(self) -> None:
         """Remove every message; the header (and its ``created_at``) stays.
@@ -233,8 +255,19 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             self._reset()
 
     async def aclear(self) -> None:
-        """Async :meth:`clear`; the file is written in a worker thread."""
-        await asyncio.to_thread(self.clear)
+        """Async :meth:`clear`, with the storage's async client if it has one."""
+        if not self._storage.native_async:
+            await asyncio.to_thread(self.clear)
+            return
+        await self._arefresh()
+        with self._lock:
+            name = self._name
+            if name is None:
+                return
+            header = (self._meta or self._session.meta()).to_line().encode("utf-8")
+        await self._storage.areplace(name, [header])
+        with self._lock:
+            self._reset()
 
     # --- beyond LangChain's interface ----------------------------------------
 
@@ -291,6 +324,16 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             name = self._current_name()
         return None if name is None else self._storage.path(name)
 
+    @property
+    def location(self) -> str | None:
+        """Where the session is stored, for people: its file's path, or its server and key.
+
+        None before the first write.
+        """
+        with self._lock:
+            name = self._current_name()
+        return None if name is None else self._storage.location(name)
+
     def __repr__(self) -> str:
         """A plain-text transcript (truncated), headed by the session's id and file."""
         from crab_langchain.display import history_text  # noqa: PLC0415 - display is optional
@@ -310,6 +353,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             self._name = self._locate()
         return self._name
 
+    async def _acurrent_name(self) -> str | None:
+        if self._name is None and self._locate is not None:
+            return await asyncio.to_thread(self._locked(self._current_name))  # a look-up: I/O
+        return self._name
+
     def _refresh(self) -> None:
         name = self._current_name()
         if name is None:
@@ -322,14 +370,49 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
                 if not self._forget_deleted():
                     raise
                 return
-            if chunk is None:
+            if chunk is not None:
+                self._take_chunk(name, chunk)
+
+    async def _arefresh(self) -> None:
+        """:meth:`_refresh` with the storage's async client; the lock is never held across I/O."""
+        name = await self._acurrent_name()
+        while name is not None:
+            with self._lock:
+                cursor = self._cursor
+            try:
+                chunk = await self._storage.aread(name, cursor)
+            except FileNotFoundError:
+                with self._lock:
+                    if not self._forget_deleted():
+                        raise
                 return
-            if chunk.reset:
-                self._load(name, chunk.lines)
+            if chunk is not None and len(chunk.lines) >= _GC_PAUSE_FROM:
+                # Building thousands of messages would stall the event loop: in a thread.
+                taken = await asyncio.to_thread(self._take_chunk_at, name, cursor, chunk)
             else:
+                taken = self._take_chunk_at(name, cursor, chunk)
+            if taken:
+                return
+            # Another caller read or wrote meanwhile: read on from where it left us.
+
+    def _take_chunk_at(self, name: str, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """Take ``chunk``, read from ``cursor``, unless the history moved past ``cursor`` since."""
+        with self._lock:
+            if self._cursor != cursor or self._name != name:
+                return False
+            if chunk is not None:
                 with _gc_paused(len(chunk.lines)):
-                    for number, line in chunk.lines:
-                        self._take_line(name, number, line)
+                    self._take_chunk(name, chunk)
+            return True
+
+    def _take_chunk(self, name: str, chunk: Chunk) -> None:
+        """Add the lines of ``chunk`` (all of the log, or what follows our cursor)."""
+        if chunk.reset:
+            self._load(name, chunk.lines)
+        else:
+            with _gc_paused(len(chunk.lines)):
+                for number, line in chunk.lines:
+                    self._take_line(name, number, line)
         self._cursor = chunk.cursor
         if chunk.reset and has_impls(self._hook.crab_after_load):
             self._hook.crab_after_load(
@@ -421,12 +504,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._reset()
         return True
 
-    def _append(self, lines: list[bytes], read_back: list[BaseMessage | None] | None) -> None:
+    def _append(self, lines: list[bytes], read_back: ReadBack) -> None:
         """Append ``lines``; ``read_back`` holds what reading each back gives, where known."""
         name = self._current_name()
         if name is None:
-            name = self._create_log()
-            self._refresh()  # just the header: now the append can continue our cursor
+            name = self._create_and_read()
         try:
             cursor = self._storage.append(name, lines, after=self._cursor)
         except FileNotFoundError:
@@ -437,6 +519,33 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         if cursor is None:
             self._refresh()  # others wrote too (or first read): read it all in order
             return
+        self._take_appended(name, lines, read_back, cursor)
+
+    async def _aappend(self, lines: list[bytes], read_back: ReadBack) -> None:
+        """:meth:`_append` with the storage's async client; the lock is never held across I/O."""
+        name = await self._acurrent_name()
+        if name is None:
+            name = await asyncio.to_thread(self._locked(self._create_and_read))
+        with self._lock:
+            after = self._cursor
+        try:
+            cursor = await self._storage.aappend(name, lines, after=after)
+        except FileNotFoundError:
+            with self._lock:
+                if not self._forget_deleted():
+                    raise
+            name = await asyncio.to_thread(self._locked(self._create_log))
+            cursor = await self._storage.aappend(name, lines)
+        with self._lock:
+            if cursor is not None and self._cursor == after and self._name == name:
+                self._take_appended(name, lines, read_back, cursor)
+                return
+        await self._arefresh()  # others wrote too (or first read): read it all in order
+
+    def _take_appended(
+        self, name: str, lines: list[bytes], read_back: ReadBack, cursor: Cursor
+    ) -> None:
+        """Add our own appended ``lines``, which end at ``cursor``, without reading them back."""
         first = cursor.lines - len(lines) + 1
         for index, line in enumerate(lines):
             message = read_back[index] if read_back else None
@@ -445,6 +554,19 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             else:
                 self._take_line(name, first + index, line)
         self._cursor = cursor
+
+    def _create_and_read(self) -> str:
+        """Create the log; read its header, so the first append continues our cursor."""
+        name = self._create_log()
+        self._refresh()
+        return name
+
+    def _locked(self, work: Callable[[], T]) -> Callable[[], T]:
+        def locked() -> T:
+            with self._lock:
+                return work()
+
+        return locked
 
     def _create_log(self) -> str:
         assert self._create is not None  # the constructor ensures it

@@ -12,7 +12,7 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from crab_langchain.history import CrabChatMessageHistory, parse_meta, read_meta
+from crab_langchain.history import CrabChatMessageHistory, parse_meta
 from crab_langchain.hooks import make_plugin_manager
 from crab_langchain.models import Session, SessionFormatError, SessionMeta
 from crab_langchain.naming import (
@@ -106,7 +106,7 @@ class SessionStore:
         url: str | os.PathLike[str],
         plugins: Iterable[object] | None = None,
         *,
-        prefix: str = "crab",
+        prefix: str | None = None,
         ttl: float | timedelta | None = None,
         strict: bool = False,
         entry_points: bool = True,
@@ -117,7 +117,7 @@ class SessionStore:
         A Redis URL opens a :class:`~crab_langchain.storage.redis.RedisStorage`
         (the ``redis`` extra), on a single server or a Redis Cluster (asked of
         the server; ``cluster=True`` or ``False`` says so). ``prefix`` starts
-        its keys; ``ttl`` (seconds) expires a session that long after its
+        its keys (``"crab"`` by default); ``ttl`` (seconds) expires a session that long after its
         last write. A path or ``file://`` URL opens a directory. Other
         ``options`` go to the backend (redis-py's client options, or
         ``durability`` for a directory).
@@ -291,7 +291,10 @@ class SessionStore:
                 if meta.agent != agent or meta.created_by != created_by:
                     continue
                 info = self._info(name, meta)
-                if newest is None or (info.created_at, info.name) > (newest.created_at, newest.name):
+                if newest is None or (info.created_at, info.name) > (
+                    newest.created_at,
+                    newest.name,
+                ):
                     newest = info
             if newest is not None and self.storage.names_newest_first:
                 break

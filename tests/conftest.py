@@ -7,10 +7,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
+from redis_servers import (
+    RedisClusterServers,
+    RedisServer,
+    redis_binaries_missing,
+    redis_py_missing,
+)
 
 # The repo is cloned beside shared/, on developer machines and in CI alike.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -107,3 +115,83 @@ def run_gated_writers(tmp_path: Path, root: Path, writers: int, turns: int) -> N
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# The Redis servers started so far: redis_prefix cleans only those, never starting one itself.
+_LIVE_REDIS: list[RedisServer | RedisClusterServers] = []
+
+
+@pytest.fixture(scope="session")
+def redis_available() -> None:
+    """Skip without redis-server, redis-cli or redis-py; in CI (``CI`` set) fail instead."""
+    binaries = redis_binaries_missing()
+    module = redis_py_missing()
+    if binaries is None and module is None:
+        return
+    if binaries is not None:
+        reason = (
+            f"redis-server not installed: {binaries}; install Debian's redis-server and redis-tools"
+        )
+    else:
+        reason = f"{module}; install redis-py (the Redis backend's extra)"
+    if os.environ.get("CI"):
+        # CI must exercise the Redis backend: a silent skip there would hide a broken install.
+        pytest.fail(f"CI is set, so the Redis tests may not skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_server(
+    redis_available: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """One standalone redis-server for the session; its log stays in pytest's temp dir."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        _LIVE_REDIS.append(server)
+        yield server
+        _LIVE_REDIS.remove(server)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(
+    redis_available: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisClusterServers]:
+    """A 3-node Redis cluster (all slots, no replicas) for the session."""
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        _LIVE_REDIS.append(cluster)
+        yield cluster
+        _LIVE_REDIS.remove(cluster)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's database-0 URL, e.g. ``redis://127.0.0.1:41234/0``."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The session cluster's first-node URL, e.g. ``redis://127.0.0.1:41235``."""
+    return redis_cluster.url
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards from the live servers."""
+    prefix = "t" + uuid.uuid4().hex[:12]
+    yield prefix
+    for servers in _LIVE_REDIS:
+        delete_prefixed(servers, prefix)
+
+
+def delete_prefixed(servers: RedisServer | RedisClusterServers, prefix: str) -> None:
+    """Delete ``prefix*`` node by node, one key per command, so cluster slots never mix."""
+    nodes = servers.nodes if isinstance(servers, RedisClusterServers) else [servers]
+    for node in nodes:
+        with node.client() as client, client.pipeline(transaction=False) as pipe:
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                pipe.unlink(key)
+            pipe.execute()
+
+
+# Every backend's behaviour suite: a test taking `backend` runs on each (see backends.py).
+from backends import backend  # noqa: E402, F401

@@ -41,13 +41,14 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 def open_storage(
     url: str | os.PathLike[str],
     *,
-    prefix: str = "crab",
+    prefix: str | None = None,
     ttl: float | timedelta | None = None,
     **options: Any,
 ) -> SessionStorage:
     """The storage at ``url``: a Redis URL, a ``file://`` URL or a directory path.
 
-    ``prefix`` and ``ttl`` apply to Redis; other ``options`` go to
+    ``prefix`` (default ``"crab"``) and ``ttl`` apply to Redis only, and
+    are refused for a directory; other ``options`` go to
     :meth:`RedisStorage.from_url <crab_langchain.storage.redis.RedisStorage.from_url>`
     or to :class:`DirectoryStorage` (``durability``).
     """
@@ -61,7 +62,9 @@ def open_storage(
                 f"{text.split('@')[-1]}: Redis needs the 'redis' extra: "
                 "pip install 'crab-langchain[redis]'"
             ) from error
-        return RedisStorage.from_url(text, prefix=prefix, ttl=ttl, **options)
+        return RedisStorage.from_url(text, prefix=prefix or "crab", ttl=ttl, **options)
+    if prefix is not None or ttl is not None:
+        raise ValueError(f"{text}: prefix and ttl are for Redis; a directory has neither")
     if scheme == "file":
         text = unquote(urlsplit(text).path)
     elif "://" in text:

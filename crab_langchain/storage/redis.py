@@ -268,21 +268,18 @@ class RedisStorage(SessionStorage):
         ``client_options`` go to redis-py's client (timeouts, TLS, retries).
         Raises :class:`StorageUnavailableError` if the server cannot be reached.
         """
-        where = _public_url(url)
-        options = {"health_check_interval": 30, **client_options, "decode_responses": False}
-        with _translated(where):
+        options = {**client_options, "decode_responses": False}
+        with _translated(_public_url(url)):
             if cluster is None:
                 cluster = _is_cluster(url, options)
-            if cluster:
-                client: SyncClient = redis.cluster.RedisCluster.from_url(url, **options)
-                opener: Callable[[], AsyncClient] = lambda: redis.asyncio.cluster.RedisCluster.from_url(  # noqa: E731
-                    url, **options
-                )
-            else:
-                client = redis.Redis.from_url(url, **options)
-                client.ping()
-                opener = lambda: redis.asyncio.Redis.from_url(url, **options)  # noqa: E731
-        return cls(client, async_client=opener, prefix=prefix, ttl=ttl, url=url)
+            client = _connect(url, options, cluster=cluster)
+        return cls(
+            client,
+            async_client=lambda: _connect_async(url, options, cluster=cluster),
+            prefix=prefix,
+            ttl=ttl,
+            url=url,
+        )
 
     def __repr__(self) -> str:
         return f"RedisStorage({self._url!r}, prefix={self.prefix!r})"
@@ -310,7 +307,8 @@ class RedisStorage(SessionStorage):
                 return [item.decode("utf-8") for item in newest]
             start = _reversed(suffix)
             found: list[bytes] = cast(
-                Any, self.client.zrangebylex(self._keys.by_name, b"[" + start, b"(" + start + b"\xff")
+                Any,
+                self.client.zrangebylex(self._keys.by_name, b"[" + start, b"(" + start + b"\xff"),
             )
         return [item.decode("utf-8")[::-1] for item in found]
 
@@ -528,6 +526,20 @@ def _describe_client(client: Any) -> str:
         return f"redis://{first.host}:{first.port}" if first else repr(client)
 
 
+def _connect(url: str, options: dict[str, Any], *, cluster: bool) -> SyncClient:
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(url, **options)  # asks the nodes at once
+    client = redis.Redis.from_url(url, **options)
+    client.ping()  # fail here, naming the server, not at the first read
+    return client
+
+
+def _connect_async(url: str, options: dict[str, Any], *, cluster: bool) -> AsyncClient:
+    if cluster:
+        return redis.asyncio.cluster.RedisCluster.from_url(url, **options)
+    return redis.asyncio.Redis.from_url(url, **options)
+
+
 def _is_cluster(url: str, options: dict[str, Any]) -> bool:
     probe = redis.Redis.from_url(url, **options)
     try:
@@ -555,4 +567,3 @@ def _no_session(location: str) -> Iterator[None]:
         if _NO_SESSION in str(error):
             raise FileNotFoundError(2, "no such session", location) from None
         raise
-

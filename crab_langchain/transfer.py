@@ -1,0 +1,106 @@
+"""Moving sessions between storages (a directory, Redis) line for line.
+
+A session is the same lines wherever it lives, so a copy moves bytes, never
+messages: what arrives is byte-identical to what left, header first. Every
+line is checked against the format before anything is written, so a
+malformed session stops with the place of its bad line and leaves the
+destination as it was. Copying again is safe: a session already there with
+the same lines is left alone, one that holds the first part of the source
+(the source grew since) gets the rest appended, and one that differs is
+reported and never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from crab_langchain.history import parse_meta
+from crab_langchain.models import SessionFormatError, parse_entry
+from crab_langchain.storage import SessionStorage
+
+__all__ = ["CopyResult", "SessionConflictError", "copy_session", "copy_sessions"]
+
+Outcome = Literal["copied", "appended", "unchanged"]
+
+
+class SessionConflictError(FileExistsError):
+    """The destination holds a different session under the same name; it is left as it is."""
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What copying one session did: ``outcome`` and how many lines were written."""
+
+    name: str
+    outcome: Outcome
+    lines: int
+    written: int
+
+
+def copy_session(source: SessionStorage, target: SessionStorage, name: str) -> CopyResult:
+    """Copy session log ``name`` from ``source`` to ``target``, line for line.
+
+    Raises ``FileNotFoundError`` if ``source`` has no such log,
+    :class:`~crab_langchain.SessionFormatError` (naming the line) if a line
+    of it is malformed, and :class:`SessionConflictError` if ``target`` holds
+    other lines under that name. In each case ``target`` is unchanged.
+    """
+    lines = _checked_lines(source, name)
+    meta = parse_meta(source, name, lines[0])
+    if not target.exists(name):
+        target.create(name, lines[0], created=meta.created_at.timestamp())
+        if len(lines) > 1:
+            target.append(name, lines[1:])
+        return CopyResult(name, "copied", len(lines), len(lines))
+    present = _lines_of(target, name)
+    if present == lines:
+        return CopyResult(name, "unchanged", len(lines), 0)
+    if len(present) < len(lines) and lines[: len(present)] == present:
+        target.append(name, lines[len(present) :])
+        return CopyResult(name, "appended", len(lines), len(lines) - len(present))
+    raise SessionConflictError(
+        17, "a different session has this name there; left as it is", target.location(name)
+    )
+
+
+def copy_sessions(
+    source: SessionStorage, target: SessionStorage, names: Sequence[str] | None = None
+) -> list[CopyResult | Exception]:
+    """Copy ``names`` (every session by default); one result or error per session.
+
+    An error with one session (malformed, a conflict) does not stop the
+    others; connection errors do.
+    """
+    results: list[CopyResult | Exception] = []
+    for name in sorted(source.names()) if names is None else names:
+        try:
+            results.append(copy_session(source, target, name))
+        except (SessionFormatError, FileNotFoundError, SessionConflictError) as error:
+            results.append(error)
+    return results
+
+
+def _lines_of(storage: SessionStorage, name: str) -> list[bytes]:
+    chunk = storage.read(name, None)
+    return [] if chunk is None else [line for _, line in chunk.lines]
+
+
+def _checked_lines(storage: SessionStorage, name: str) -> list[bytes]:
+    """The log's lines, each checked to be a header or an entry crabtalk reads."""
+    chunk = storage.read(name, None)
+    numbered = [] if chunk is None else chunk.lines
+    location = storage.location(name)
+    if not numbered or numbered[0][0] != 1:
+        raise SessionFormatError("no header line", path=location, line=1)
+    for number, line in numbered:
+        if b"\n" in line:  # only a server's item can: it would be two lines in a file
+            raise SessionFormatError("holds a line break", path=location, line=number)
+        if number == 1:
+            continue
+        try:
+            parse_entry(line)
+        except SessionFormatError as error:
+            raise error.at(location, number) from None
+    return [line for _, line in numbered]

@@ -1,0 +1,97 @@
+"""One behaviour suite, every backend: the ``backend`` fixture and what tests ask of it.
+
+A test that takes ``backend`` runs three times: on a directory, on a real
+Redis server and on a real three-node Redis Cluster (see
+``redis_servers.py``). It makes stores with ``backend.store()`` (each call a
+new store object on the same sessions, as another worker would have), reads
+the raw lines with ``backend.lines(...)`` and seeds crabtalk's own files with
+``backend.put(...)``. Subprocesses open the same sessions with
+``SessionStore.from_url(*backend.argv)`` (see ``OPEN_STORE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crab_langchain import CrabChatMessageHistory, SessionStore
+from crab_langchain.storage import DirectoryStorage, SessionStorage
+from crab_langchain.transfer import copy_session
+
+BACKENDS = ["directory", "redis", "redis-cluster"]
+
+# For subprocess code: `store = open_store(sys.argv[1], sys.argv[2])` (argv from backend.argv).
+OPEN_STORE = """
+from crab_langchain import SessionStore
+def open_store(url, prefix, **options):
+    if prefix:
+        options["prefix"] = prefix
+    return SessionStore.from_url(url, entry_points=False, **options)
+"""
+
+
+class Backend:
+    """Where a test's sessions live, and how to reach them from anywhere."""
+
+    def __init__(self, kind: str, url: str, prefix: str | None) -> None:
+        self.kind = kind
+        self.url = url
+        self.prefix = prefix
+        self._storages: list[SessionStorage] = []
+
+    @property
+    def is_redis(self) -> bool:
+        return self.kind != "directory"
+
+    @property
+    def argv(self) -> list[str]:
+        """``[url, prefix]`` for a subprocess (prefix empty for a directory)."""
+        return [self.url, self.prefix or ""]
+
+    def store(self, plugins: Any = None, **options: Any) -> SessionStore:
+        """A new store object on this backend's sessions (entry points off)."""
+        if self.prefix is not None:
+            options["prefix"] = self.prefix
+        store = SessionStore.from_url(self.url, plugins, entry_points=False, **options)
+        self._storages.append(store.storage)
+        return store
+
+    def storage(self) -> SessionStorage:
+        return self.store().storage
+
+    def lines(self, what: CrabChatMessageHistory | str) -> list[bytes]:
+        """The raw lines of a history's log (or of log ``what`` by name), header first."""
+        name = what if isinstance(what, str) else _name_of(what)
+        chunk = self.storage().read(name, None)
+        return [] if chunk is None else [line for _, line in chunk.lines]
+
+    def put(self, source: Path) -> str:
+        """Store the session file ``source`` (a crabtalk fixture) here; return its log name."""
+        copy_session(DirectoryStorage(source.parent), self.storage(), source.name)
+        return source.name
+
+    def close(self) -> None:
+        for storage in self._storages:
+            storage.close()
+
+
+def _name_of(history: CrabChatMessageHistory) -> str:
+    name = history._current_name()
+    assert name is not None, "the session has no log yet"
+    return name
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The test's sessions on a directory, on Redis, then on Redis Cluster."""
+    kind = request.param
+    if kind == "directory":
+        made = Backend(kind, str(tmp_path / "sessions"), None)
+    else:
+        url = request.getfixturevalue("redis_url" if kind == "redis" else "redis_cluster_url")
+        made = Backend(kind, url, request.getfixturevalue("redis_prefix"))
+    yield made
+    made.close()

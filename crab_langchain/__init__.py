@@ -3,7 +3,7 @@
 Quick start::
 
     from crab_langchain import SessionStore
-    store = SessionStore("./sessions")
+    store = SessionStore("./sessions")              # or SessionStore.from_url("redis://...")
     chain = RunnableWithMessageHistory(prompt | model, store.get_session_history, ...)
 """
 
@@ -32,8 +32,15 @@ from crab_langchain.models import (
     SessionMeta,
     ToolCall,
 )
-from crab_langchain.storage import DirectoryStorage, SessionStorage, TornTailWarning
+from crab_langchain.storage import (
+    DirectoryStorage,
+    SessionStorage,
+    StorageUnavailableError,
+    TornTailWarning,
+    open_storage,
+)
 from crab_langchain.store import SessionInfo, SessionStore, default_root
+from crab_langchain.transfer import CopyResult, SessionConflictError, copy_session, copy_sessions
 from crab_langchain.verify import FileReport, verify_file
 
 __version__ = "0.1.0"
@@ -42,6 +49,7 @@ __all__ = [
     "AUTO_INJECTED_KEY",
     "COMPACT_SUMMARY_KEY",
     "CompactMarker",
+    "CopyResult",
     "CrabChatMessageHistory",
     "CrabHookSpecs",
     "CrabMessage",
@@ -51,14 +59,18 @@ __all__ = [
     "FunctionCall",
     "MessageList",
     "Session",
+    "SessionConflictError",
     "SessionFormatError",
     "SessionInfo",
     "SessionMeta",
     "SessionStorage",
     "SessionStore",
+    "StorageUnavailableError",
     "ToolCall",
     "TornTailWarning",
     "__version__",
+    "copy_session",
+    "copy_sessions",
     "default_root",
     "from_crab_message",
     "hookimpl",
@@ -66,6 +78,7 @@ __all__ = [
     "is_auto_injected",
     "make_plugin_manager",
     "mark_auto_injected",
+    "open_storage",
     "to_crab_message",
     "verify_file",
 ]

@@ -17,6 +17,7 @@ from crab_langchain.storage.base import (
     Chunk,
     Cursor,
     SessionStorage,
+    StorageUnavailableError,
     TornTailWarning,
     check_name,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "DirectoryStorage",
     "Durability",
     "SessionStorage",
+    "StorageUnavailableError",
     "TornTailWarning",
     "check_name",
     "open_storage",

@@ -15,11 +15,26 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Chunk", "Cursor", "SessionStorage", "TornTailWarning", "check_name"]
+__all__ = [
+    "Chunk",
+    "Cursor",
+    "SessionStorage",
+    "StorageUnavailableError",
+    "TornTailWarning",
+    "check_name",
+]
 
 
 class TornTailWarning(UserWarning):
     """A log ends in an incomplete line: a writer died mid-append."""
+
+
+class StorageUnavailableError(ConnectionError):
+    """The storage's server could not be reached or stopped answering.
+
+    Raised instead of the client library's own errors, naming the server.
+    Whatever the failed call was writing happened whole or not at all.
+    """
 
 
 @dataclass(frozen=True)

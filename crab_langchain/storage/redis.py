@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +41,13 @@ import redis.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from crab_langchain.storage.base import Chunk, Cursor, SessionStorage, check_name
+from crab_langchain.storage.base import (
+    Chunk,
+    Cursor,
+    SessionStorage,
+    StorageUnavailableError,
+    check_name,
+)
 
 __all__ = ["RedisStorage", "StorageUnavailableError"]
 
@@ -154,14 +161,6 @@ for i = 1, #ARGV, 3 do
 end
 return removed
 """
-
-
-class StorageUnavailableError(ConnectionError):
-    """The storage's server could not be reached or stopped answering.
-
-    Raised instead of redis-py's own errors, naming the server. Whatever the
-    failed call was writing either happened whole or not at all.
-    """
 
 
 def _quote(text: str) -> str:
@@ -288,9 +287,15 @@ class RedisStorage(SessionStorage):
         return f"{self._url} (prefix {self.prefix!r})"
 
     def close(self) -> None:
-        """Close the connections (the clients reconnect when used again)."""
+        """Close the sync client's connections (it reconnects when used again)."""
         with contextlib.suppress(Exception):
             self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (a new one connects when needed)."""
+        found = self._async.pop(asyncio.get_running_loop(), None)
+        if found is not None and self._new_async_client is not None:
+            await found[0].aclose()
 
     # --- names and places ---------------------------------------------------
 
@@ -550,9 +555,16 @@ def _is_cluster(url: str, options: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _translated(where: str) -> Iterator[None]:
-    """Raise redis-py's connection errors as :class:`StorageUnavailableError` naming ``where``."""
+    """Raise redis-py's connection errors as :class:`StorageUnavailableError` naming ``where``.
+
+    A server out of memory refuses writes as a full disk does, so it raises as
+    one: ``OSError(ENOSPC)``. (Each script checks before its first write, so a
+    refused write has written nothing.)
+    """
     try:
         yield
+    except redis.exceptions.OutOfMemoryError as error:
+        raise OSError(errno.ENOSPC, f"the Redis server is out of memory: {error}", where) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         raise StorageUnavailableError(f"{where}: {error}") from error
     except redis.exceptions.ClusterError as error:

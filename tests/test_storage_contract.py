@@ -1,0 +1,259 @@
+"""The storage seam's contract, held by every backend: a directory, Redis, Redis Cluster.
+
+Only the seam's own methods are used, so a test here says what any storage
+promises the history. File-only details (torn tails, flock, permissions) are
+in test_storage.py; Redis-only ones in test_redis_storage.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crab_langchain.storage import SessionStorage
+
+HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
+LINE_A = b'{"role":"user","content":"a"}'
+LINE_B = b'{"role":"assistant","content":"b"}'
+LINE_C = b'{"role":"user","content":"c"}'
+BAD_NAMES = ["../x", "a/b", "", "\x00", "a\x00b.jsonl", ".", "..", "/abs.jsonl", "a\nb.jsonl"]
+LOG = "crab_1774253211_7.jsonl"
+
+
+@pytest.fixture
+def storage(backend) -> SessionStorage:
+    return backend.storage()
+
+
+@pytest.fixture
+def log(storage) -> str:
+    storage.create(LOG, HEADER, created=1774253211.5)
+    return LOG
+
+
+def all_lines(storage: SessionStorage, name: str) -> list[bytes]:
+    chunk = storage.read(name, None)
+    assert chunk is not None and chunk.reset
+    return [line for _, line in chunk.lines]
+
+
+def test_create_holds_the_header_only(storage, log):
+    chunk = storage.read(log, None)
+    assert chunk.lines == [(1, HEADER)]
+    assert storage.exists(log)
+    assert storage.read_header(log) == HEADER
+
+
+def test_create_refuses_an_existing_name_and_keeps_it(storage, log):
+    with pytest.raises(FileExistsError):
+        storage.create(log, b'{"other":1}')
+    assert all_lines(storage, log) == [HEADER]
+
+
+def test_append_after_the_current_cursor_returns_the_cursor_past_the_block(storage, log):
+    first = storage.read(log, None)
+    cursor = storage.append(log, [LINE_A, LINE_B], after=first.cursor)
+    assert cursor is not None
+    assert cursor.lines == 3
+    assert cursor.identity == first.cursor.identity
+    assert storage.read(log, cursor) is None  # the caller need not read its own lines back
+    assert all_lines(storage, log) == [HEADER, LINE_A, LINE_B]
+
+
+def test_append_without_or_after_a_stale_cursor_returns_none(storage, log):
+    first = storage.read(log, None)
+    assert storage.append(log, [LINE_A]) is None
+    assert storage.append(log, [LINE_B], after=first.cursor) is None  # LINE_A came between
+    assert all_lines(storage, log) == [HEADER, LINE_A, LINE_B]
+
+
+def test_append_to_a_missing_log_raises_and_creates_nothing(storage, log):
+    with pytest.raises(FileNotFoundError):
+        storage.append("crab_1_nope.jsonl", [LINE_A])
+    assert not storage.exists("crab_1_nope.jsonl")
+    assert storage.names() == [log]
+
+
+def test_read_with_a_cursor_returns_only_new_lines_numbered_absolutely(storage, log):
+    storage.append(log, [LINE_A])
+    first = storage.read(log, None)
+    storage.append(log, [LINE_B, LINE_C])
+    second = storage.read(log, first.cursor)
+    assert not second.reset
+    assert second.lines == [(3, LINE_B), (4, LINE_C)]
+    assert storage.read(log, second.cursor) is None
+
+
+def test_read_of_a_missing_log_raises(storage):
+    with pytest.raises(FileNotFoundError):
+        storage.read("crab_1_nope.jsonl", None)
+    with pytest.raises(FileNotFoundError):
+        storage.read_header("crab_1_nope.jsonl")
+
+
+def test_replace_changes_identity_and_a_reader_resets(storage, log):
+    storage.append(log, [LINE_A, LINE_B])
+    before = storage.read(log, None)
+    storage.replace(log, [HEADER, LINE_C])
+    after = storage.read(log, before.cursor)
+    assert after.reset
+    assert after.lines == [(1, HEADER), (2, LINE_C)]
+    assert after.cursor.identity != before.cursor.identity
+
+
+def test_replace_with_longer_content_still_resets(storage, log):
+    before = storage.read(log, None)
+    storage.replace(log, [HEADER, LINE_A, LINE_B, LINE_C])
+    after = storage.read(log, before.cursor)
+    assert after.reset
+    assert [number for number, _ in after.lines] == [1, 2, 3, 4]
+
+
+def test_append_after_replace_lands_in_the_new_log(storage, log):
+    storage.append(log, [LINE_A])
+    before = storage.read(log, None)
+    storage.replace(log, [HEADER])
+    assert storage.append(log, [LINE_B], after=before.cursor) is None  # not the log it read
+    assert all_lines(storage, log) == [HEADER, LINE_B]
+
+
+def test_replace_of_a_missing_log_raises_and_creates_nothing(storage):
+    with pytest.raises(FileNotFoundError):
+        storage.replace("crab_1_nope.jsonl", [HEADER])
+    assert not storage.exists("crab_1_nope.jsonl")
+
+
+def test_delete_then_recreate_is_a_new_log_for_old_cursors(storage, log):
+    storage.append(log, [LINE_A])
+    before = storage.read(log, None)
+    assert storage.delete(log) is True
+    assert not storage.exists(log)
+    assert storage.names() == []
+    assert storage.delete(log) is False
+    storage.create(log, HEADER)
+    storage.append(log, [LINE_B])
+    after = storage.read(log, before.cursor)  # same name, same length: another log all the same
+    assert after.reset
+    assert after.lines == [(1, HEADER), (2, LINE_B)]
+
+
+def test_names_by_suffix_find_exactly_the_names_ending_so(storage):
+    names = ["crab_1_7.jsonl", "crab_2_17.jsonl", "x_3_a_7.jsonl", "crab_4_7x.jsonl"]
+    for created, name in enumerate(names):
+        storage.create(name, HEADER, created=float(created))
+    assert sorted(storage.names()) == sorted(names)
+    assert sorted(storage.names(suffix="_7.jsonl")) == ["crab_1_7.jsonl", "x_3_a_7.jsonl"]
+    assert storage.names(suffix="_17.jsonl") == ["crab_2_17.jsonl"]
+    assert storage.names(suffix="_8.jsonl") == []
+
+
+def test_names_newest_first_where_the_storage_says_so(storage):
+    for created, name in [(3.0, "c_3_c.jsonl"), (1.0, "a_1_a.jsonl"), (2.0, "b_2_b.jsonl")]:
+        storage.create(name, HEADER, created=created)
+    if storage.names_newest_first:
+        assert storage.names() == ["c_3_c.jsonl", "b_2_b.jsonl", "a_1_a.jsonl"]
+    else:
+        assert sorted(storage.names()) == ["a_1_a.jsonl", "b_2_b.jsonl", "c_3_c.jsonl"]
+
+
+def test_read_headers_gives_each_header_or_the_error(storage, log):
+    storage.create("other_1_x.jsonl", b'{"agent":"other"}')
+    headers = storage.read_headers([log, "gone_1_y.jsonl", "other_1_x.jsonl"])
+    assert headers[0] == HEADER
+    assert isinstance(headers[1], FileNotFoundError)
+    assert headers[2] == b'{"agent":"other"}'
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_names_that_are_not_plain_file_names_are_refused(storage, log, name):
+    calls = [
+        lambda: storage.create(name, HEADER),
+        lambda: storage.append(name, [LINE_A]),
+        lambda: storage.read(name, None),
+        lambda: storage.read_header(name),
+        lambda: storage.replace(name, [HEADER]),
+        lambda: storage.delete(name),
+        lambda: storage.location(name),
+        lambda: storage.exists(name),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="not a plain file name"):
+            call()
+    assert storage.names() == [log]
+
+
+def test_a_block_of_thousands_of_lines_lands_whole_and_in_order(storage, log):
+    block = [b'{"role":"user","content":"%d"}' % i for i in range(4500)]
+    first = storage.read(log, None)
+    cursor = storage.append(log, block, after=first.cursor)
+    assert cursor is not None and cursor.lines == 4501
+    assert all_lines(storage, log) == [HEADER, *block]
+
+
+def test_creation_lock_excludes_another_storage_object(backend):
+    one, two = backend.storage(), backend.storage()  # as two machines would hold
+    inside, order = threading.Event(), []
+
+    def second() -> None:
+        inside.wait(timeout=10)
+        with two.creation_lock():
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with one.creation_lock():
+        inside.set()
+        thread.join(timeout=0.3)  # must still be waiting for the lock
+        order.append("first")
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert order == ["first", "second"]
+
+
+async def test_async_twins_do_what_the_sync_methods_do(storage, log):
+    first = await storage.aread(log, None)
+    assert first.lines == [(1, HEADER)]
+    cursor = await storage.aappend(log, [LINE_A, LINE_B], after=first.cursor)
+    assert cursor is not None and cursor.lines == 3
+    assert await storage.aread(log, cursor) is None
+    assert await storage.aappend(log, [LINE_C], after=first.cursor) is None
+    await storage.areplace(log, [HEADER, LINE_C])
+    again = await storage.aread(log, cursor)
+    assert again.reset and again.lines == [(1, HEADER), (2, LINE_C)]
+    with pytest.raises(FileNotFoundError):
+        await storage.aappend("crab_1_nope.jsonl", [LINE_A])
+
+
+def test_async_twins_work_across_event_loops(storage, log):
+    """Each asyncio.run() is a new loop (as in scripts and some notebooks)."""
+    for line in (LINE_A, LINE_B):
+        asyncio.run(storage.aappend(log, [line]))
+    assert all_lines(storage, log) == [HEADER, LINE_A, LINE_B]
+
+
+# Any bytes but a newline, not blank: what a line of a session can hold.
+LINES = st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b.strip() != b"")
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(LINES, min_size=1, max_size=6), max_size=6))
+def test_any_lines_appended_in_any_batches_read_back_byte_for_byte(backend, batches):
+    storage = backend.storage()
+    name = "p_1_%d.jsonl" % len(storage.names())
+    storage.create(name, HEADER)
+    reader = storage.read(name, None)
+    seen = [line for _, line in reader.lines]
+    for batch in batches:
+        storage.append(name, batch)
+        chunk = storage.read(name, reader.cursor)
+        seen += [line for _, line in chunk.lines]
+        reader = chunk
+    expected = [HEADER, *(line for batch in batches for line in batch)]
+    assert seen == expected
+    assert all_lines(storage, name) == expected

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 import redis.cluster
+from conftest import FIXTURE_FILES
 from langchain_core.messages import AIMessage, HumanMessage
 
-from conftest import FIXTURE_FILES
 from crab_langchain import SessionStore
 from crab_langchain.storage import open_storage
 from crab_langchain.storage.redis import RedisStorage, StorageUnavailableError
@@ -293,7 +293,8 @@ def test_latest_session_reads_only_the_newest_page(storage):
     client = storage.client
     before = command_calls(client, "lindex")
     latest = store.latest_session("crab", "user")
-    assert latest is not None and latest.session_id == "449"
+    assert latest is not None
+    assert latest.session_id == "449"
     assert command_calls(client, "lindex") - before == 200  # one page, not 450
 
 

@@ -37,7 +37,8 @@ def log(storage) -> str:
 
 def all_lines(storage: SessionStorage, name: str) -> list[bytes]:
     chunk = storage.read(name, None)
-    assert chunk is not None and chunk.reset
+    assert chunk is not None
+    assert chunk.reset
     return [line for _, line in chunk.lines]
 
 
@@ -190,7 +191,8 @@ def test_a_block_of_thousands_of_lines_lands_whole_and_in_order(storage, log):
     block = [b'{"role":"user","content":"%d"}' % i for i in range(4500)]
     first = storage.read(log, None)
     cursor = storage.append(log, block, after=first.cursor)
-    assert cursor is not None and cursor.lines == 4501
+    assert cursor is not None
+    assert cursor.lines == 4501
     assert all_lines(storage, log) == [HEADER, *block]
 
 
@@ -218,12 +220,14 @@ async def test_async_twins_do_what_the_sync_methods_do(storage, log):
     first = await storage.aread(log, None)
     assert first.lines == [(1, HEADER)]
     cursor = await storage.aappend(log, [LINE_A, LINE_B], after=first.cursor)
-    assert cursor is not None and cursor.lines == 3
+    assert cursor is not None
+    assert cursor.lines == 3
     assert await storage.aread(log, cursor) is None
     assert await storage.aappend(log, [LINE_C], after=first.cursor) is None
     await storage.areplace(log, [HEADER, LINE_C])
     again = await storage.aread(log, cursor)
-    assert again.reset and again.lines == [(1, HEADER), (2, LINE_C)]
+    assert again.reset
+    assert again.lines == [(1, HEADER), (2, LINE_C)]
     with pytest.raises(FileNotFoundError):
         await storage.aappend("crab_1_nope.jsonl", [LINE_A])
 
@@ -245,7 +249,7 @@ LINES = st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b
 @given(batches=st.lists(st.lists(LINES, min_size=1, max_size=6), max_size=6))
 def test_any_lines_appended_in_any_batches_read_back_byte_for_byte(backend, batches):
     storage = backend.storage()
-    name = "p_1_%d.jsonl" % len(storage.names())
+    name = f"p_1_{len(storage.names())}.jsonl"
     storage.create(name, HEADER)
     reader = storage.read(name, None)
     seen = [line for _, line in reader.lines]

@@ -352,3 +352,18 @@ def test_a_server_out_of_memory_refuses_a_write_whole_and_keeps_what_was_stored(
 def backend_lines(store: SessionStore, history) -> list[bytes]:
     chunk = store.storage.read(history._current_name(), None)
     return [line for _, line in chunk.lines]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:pw123@h:6379/0", "redis://u:***@h:6379/0"),
+        ("rediss://:pw123@h/1", "rediss://:***@h/1"),
+        ("unix:///run/redis.sock?db=2&password=pw123", "unix:///run/redis.sock?db=2&password=***"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_public_urls_hide_passwords_wherever_they_are(url, shown):
+    from crab_langchain.storage.redis import _public_url
+
+    assert _public_url(url) == shown

@@ -1,9 +1,10 @@
-"""End to end: real LangChain chains, fake chat models, and sessions on disk.
+"""End to end: real LangChain chains, fake chat models, and sessions on every backend.
 
 Every chain is ``ChatPromptTemplate | <recorder> | <fake chat model>`` wrapped in
 ``RunnableWithMessageHistory(chain, store.get_session_history, ...)``. The recorder
 keeps what the model was given, so the tests can check both sides of a run: what the
-model saw (history, injected context) and what ended up in the JSONL file.
+model saw (history, injected context) and what ended up in the session's lines (a JSONL
+file, or a Redis list of the same lines; see ``backends.py``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import OPEN_STORE, Backend
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,
     FakeMessagesListChatModel,
@@ -136,20 +137,26 @@ async def run_turn(
     return streamed_text(mode, chunks)
 
 
-def session_path(store: SessionStore, session_id: str) -> Path:
+def raw_lines(store: SessionStore, session_id: str) -> list[bytes]:
+    """The stored lines of ``session_id``, header first; a file holds exactly these."""
     name = store.find(session_id)
     assert name is not None, f"no file for session {session_id!r}"
-    return store.root / name
+    chunk = store.storage.read(name, None)
+    assert chunk is not None
+    lines = [line for _, line in chunk.lines]
+    path = store.storage.path(name)
+    if path is not None:
+        assert path.read_bytes() == b"".join(line + b"\n" for line in lines)
+    return lines
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    raw = path.read_bytes()
-    assert raw.endswith(b"\n")
-    return [json.loads(line) for line in raw.split(b"\n")[:-1]]
+def stored_text(store: SessionStore, session_id: str) -> str:
+    """Everything stored for ``session_id``, as the file's text."""
+    return "".join(line.decode("utf-8") + "\n" for line in raw_lines(store, session_id))
 
 
 def message_lines(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
-    lines = read_lines(session_path(store, session_id))
+    lines = [json.loads(line) for line in raw_lines(store, session_id)]
     assert "agent" in lines[0]
     assert "role" not in lines[0]
     return lines[1:]
@@ -217,9 +224,9 @@ class SecretFilter:
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("mode", MODES)
 async def test_each_turn_is_stored_and_replayed_to_the_model(
-    tmp_path: Path, mode: str, style: str
+    backend: Backend, mode: str, style: str
 ) -> None:
-    store = SessionStore(tmp_path, entry_points=False)
+    store = backend.store()
     recorder = Recorder()
     runnable = build(mode, store, scripted_model(), recorder)
 
@@ -240,9 +247,9 @@ async def test_each_turn_is_stored_and_replayed_to_the_model(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("style", ["stream", "astream"])
 async def test_streamed_answer_is_stored_as_one_message_not_chunks(
-    tmp_path: Path, mode: str, style: str
+    backend: Backend, mode: str, style: str
 ) -> None:
-    store = SessionStore(tmp_path, entry_points=False)
+    store = backend.store()
     model = GenericFakeChatModel(messages=iter(["one two three four five"]))
     runnable = build(mode, store, model, Recorder())
 
@@ -257,9 +264,9 @@ async def test_streamed_answer_is_stored_as_one_message_not_chunks(
 
 
 async def test_fake_list_model_streams_characters_into_one_stored_message(
-    tmp_path: Path,
+    backend: Backend,
 ) -> None:
-    store = SessionStore(tmp_path, entry_points=False)
+    store = backend.store()
     runnable = build("dict", store, FakeListChatModel(responses=["pinch", "scuttle"]), Recorder())
 
     first = [c async for c in runnable.astream({"question": "a"}, config("s"))]
@@ -273,6 +280,49 @@ async def test_fake_list_model_streams_characters_into_one_stored_message(
         ("user", "b"),
         ("assistant", "scuttle"),
     ]
+
+
+# --- batches: many sessions in one call -------------------------------------------------
+
+BATCH_SESSIONS = [f"b{n}" for n in range(4)]
+
+
+@pytest.mark.parametrize("style", ["batch", "abatch"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_batch_of_sessions_keeps_each_session_to_itself(
+    backend: Backend, mode: str, style: str
+) -> None:
+    # batch runs the inputs in threads, abatch as concurrent tasks: the sessions' reads
+    # and writes interleave, and each must still see and store only its own turns.
+    store = backend.store([RecallInjector()])
+    recorder = Recorder()
+    runnable = build(mode, store, FakeListChatModel(responses=["noted"]), recorder)
+    configs = [config(session_id) for session_id in BATCH_SESSIONS]
+
+    for turn in ("first", "second"):
+        inputs = [user_input(mode, f"{session_id} {turn}") for session_id in BATCH_SESSIONS]
+        if style == "batch":
+            outputs = runnable.batch(inputs, configs)
+        else:
+            outputs = await runnable.abatch(inputs, configs)
+        assert [answer_text(mode, output) for output in outputs] == ["noted"] * len(BATCH_SESSIONS)
+
+    assert len(recorder.inputs) == 2 * len(BATCH_SESSIONS)
+    second_runs = {run[-1].text: run for run in recorder.inputs if run[-1].text.endswith("second")}
+    reader = backend.store()
+    for session_id in BATCH_SESSIONS:
+        turns = [("user", f"{session_id} first"), ("assistant", "noted")]
+        turns += [("user", f"{session_id} second"), ("assistant", "noted")]
+        assert roles(message_lines(store, session_id)) == turns
+        assert brief(second_runs[f"{session_id} second"]) == [
+            ("system", SYSTEM),
+            *as_model_view(turns[:2]),
+            ("system", "recall: 2 stored"),
+            ("human", f"{session_id} second"),
+        ]
+        assert brief(reader.get_session_history(session_id).stored_messages()) == (
+            as_model_view(turns)
+        )
 
 
 # --- a conversation with tool calls ---------------------------------------------------
@@ -365,9 +415,9 @@ def assert_tool_conversation_file(lines: list[dict[str, Any]]) -> None:
 @pytest.mark.parametrize("mode", ["messages", "dict"])
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 async def test_tool_call_conversation_is_stored_turn_by_turn(
-    tmp_path: Path, mode: str, asynchronous: bool
+    backend: Backend, mode: str, asynchronous: bool
 ) -> None:
-    store = SessionStore(tmp_path, entry_points=False)
+    store = backend.store()
     recorder = Recorder()
     runnable = build_tool_chain(mode, store, recorder)
 
@@ -407,17 +457,16 @@ async def test_tool_call_conversation_is_stored_turn_by_turn(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_new_store_over_same_directory_resumes_with_full_history(
-    tmp_path: Path, mode: str
+    backend: Backend, mode: str
 ) -> None:
-    first_store = SessionStore(tmp_path, entry_points=False)
+    first_store = backend.store()
     runnable = build(mode, first_store, scripted_model(), Recorder())
     for question in QUESTIONS[:2]:
         runnable.invoke(user_input(mode, question), config("long"))
-    path = session_path(first_store, "long")
-    before = path.read_bytes()
+    before = raw_lines(first_store, "long")
     del runnable, first_store
 
-    store = SessionStore(tmp_path, entry_points=False)
+    store = backend.store()
     recorder = Recorder()
     model = GenericFakeChatModel(messages=iter([AIMessage(ANSWERS[2])]))
     resumed = build(mode, store, model, recorder)
@@ -431,24 +480,26 @@ async def test_new_store_over_same_directory_resumes_with_full_history(
         *as_model_view(real_turns(2)),
         ("human", QUESTIONS[2]),
     ]
-    after = path.read_bytes()
-    assert after.startswith(before)
-    added = after[len(before) :].split(b"\n")[:-1]
+    after = raw_lines(store, "long")
+    assert after[: len(before)] == before
+    added = after[len(before) :]
     assert [json.loads(line)["role"] for line in added] == ["user", "assistant"]
-    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [path.name]
+    assert store.storage.names() == [store.find("long")]  # resumed, not a second session
     assert roles(message_lines(store, "long")) == real_turns(3)
 
 
-CHILD_SCRIPT = """
+CHILD_SCRIPT = (
+    OPEN_STORE
+    + """
 import json, sys
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import HumanMessage, messages_to_dict
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
-from crab_langchain import SessionStore
 
-root, session_id, question = sys.argv[1:4]
+store = open_store(sys.argv[1], sys.argv[2])
+session_id, question = sys.argv[3:5]
 seen = []
 
 def record(prompt):
@@ -457,7 +508,6 @@ def record(prompt):
 
 prompt = ChatPromptTemplate.from_messages([("system", "child"), MessagesPlaceholder("messages")])
 model = FakeListChatModel(responses=["answer from the child"])
-store = SessionStore(root, entry_points=False)
 runnable = RunnableWithMessageHistory(prompt | RunnableLambda(record) | model,
                                       store.get_session_history)
 for chunk in runnable.stream([HumanMessage(question)],
@@ -465,20 +515,20 @@ for chunk in runnable.stream([HumanMessage(question)],
     pass
 print(json.dumps(messages_to_dict(seen)))
 """
+)
 
 
-def test_session_continues_in_another_process_and_back(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path, entry_points=False)
+def test_session_continues_in_another_process_and_back(backend: Backend) -> None:
+    store = backend.store()
     recorder = Recorder()
     runnable = build_tool_chain("messages", store, recorder)
     for messages in tool_turn_inputs()[:2]:
         runnable.invoke(messages, config("shared"))
-    path = session_path(store, "shared")
-    before = path.read_bytes()
+    before = raw_lines(store, "shared")
     parent_history = store.get_session_history("shared").messages
 
     child = subprocess.run(
-        [sys.executable, "-c", CHILD_SCRIPT, str(tmp_path), "shared", "And tomorrow?"],
+        [sys.executable, "-c", CHILD_SCRIPT, *backend.argv, "shared", "And tomorrow?"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -494,9 +544,9 @@ def test_session_continues_in_another_process_and_back(tmp_path: Path) -> None:
         {**WEATHER_CALL, "type": "tool_call"},
         {**TIME_CALL, "type": "tool_call"},
     ]
-    after = path.read_bytes()
-    assert after.startswith(before)
-    added = [json.loads(line) for line in after[len(before) :].split(b"\n")[:-1]]
+    after = raw_lines(store, "shared")
+    assert after[: len(before)] == before
+    added = [json.loads(line) for line in after[len(before) :]]
     assert roles(added) == [("user", "And tomorrow?"), ("assistant", "answer from the child")]
 
     # Back in this process: the next run sees the child's turn too.
@@ -534,7 +584,7 @@ def assert_injected_before_latest(
 def assert_file_holds_real_turns_only(store: SessionStore, session_id: str, n: int) -> None:
     lines = message_lines(store, session_id)
     assert roles(lines) == real_turns(n)
-    text = session_path(store, session_id).read_text(encoding="utf-8")
+    text = stored_text(store, session_id)
     assert "recall" not in text
     assert "memory" not in text
     assert AUTO_INJECTED_KEY not in text
@@ -543,10 +593,10 @@ def assert_file_holds_real_turns_only(store: SessionStore, session_id: str, n: i
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("mode", MODES)
 async def test_injected_memory_reaches_the_model_but_never_the_file(
-    tmp_path: Path, mode: str, style: str
+    backend: Backend, mode: str, style: str
 ) -> None:
     injector = RecallInjector()
-    store = SessionStore(tmp_path, plugins=[injector], entry_points=False)
+    store = backend.store([injector])
     recorder = Recorder()
     runnable = build(mode, store, scripted_model(), recorder)
 
@@ -565,9 +615,9 @@ async def test_injected_memory_reaches_the_model_but_never_the_file(
 
 @pytest.mark.parametrize("style", STYLES)
 async def test_injected_human_message_is_not_mistaken_for_the_users(
-    tmp_path: Path, style: str
+    backend: Backend, style: str
 ) -> None:
-    store = SessionStore(tmp_path, plugins=[RecallInjector(HumanMessage)], entry_points=False)
+    store = backend.store([RecallInjector(HumanMessage)])
     recorder = Recorder()
     runnable = build("messages", store, scripted_model(), recorder)
 
@@ -583,13 +633,13 @@ async def test_injected_human_message_is_not_mistaken_for_the_users(
 
 @pytest.mark.parametrize("style", STYLES)
 async def test_injection_of_a_different_size_each_run_keeps_the_file_exact(
-    tmp_path: Path, style: str
+    backend: Backend, style: str
 ) -> None:
     # Messages-only mode: RunnableWithMessageHistory reads `messages` again after the
     # run and cuts the chain's input by that length. Were the injector asked again (now
     # returning one more message), the cut would eat the new user message.
     injector = GrowingInjector()
-    store = SessionStore(tmp_path, plugins=[injector], entry_points=False)
+    store = backend.store([injector])
     recorder = Recorder()
     runnable = build("messages", store, scripted_model(), recorder)
 
@@ -608,9 +658,9 @@ async def test_injection_of_a_different_size_each_run_keeps_the_file_exact(
 @pytest.mark.parametrize("style", ["invoke", "astream"])
 @pytest.mark.parametrize("mode", MODES)
 async def test_filter_plugin_keeps_secrets_out_of_the_file(
-    tmp_path: Path, mode: str, style: str
+    backend: Backend, mode: str, style: str
 ) -> None:
-    store = SessionStore(tmp_path, plugins=[SecretFilter()], entry_points=False)
+    store = backend.store([SecretFilter()])
     recorder = Recorder()
     model = GenericFakeChatModel(
         messages=iter(["Hello there.", "Noted, I will forget it.", "The SECRET was 42 here."])
@@ -629,4 +679,4 @@ async def test_filter_plugin_keeps_secrets_out_of_the_file(
         ("assistant", "Noted, I will forget it."),
         ("user", "What was my secret?"),
     ]
-    assert "SECRET" not in session_path(store, "sec").read_text(encoding="utf-8")
+    assert "SECRET" not in stored_text(store, "sec")

@@ -1,4 +1,8 @@
-"""The Jupyter and plain-text display: escaping, truncation, marks, and never raising."""
+"""The Jupyter and plain-text display: escaping, truncation, marks, and never raising.
+
+What renders stored sessions runs on every backend (see ``backends.py``); on Redis
+the header names the server and key where a directory names the file.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from backends import Backend
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -71,12 +76,12 @@ class Html(HTMLParser):
         return "".join(self.text)
 
 
-def store(tmp_path: Path, plugins: list[object] | None = None) -> SessionStore:
-    return SessionStore(tmp_path / "sessions", plugins=plugins, entry_points=False)
+def store(backend: Backend, plugins: list[object] | None = None) -> SessionStore:
+    return backend.store(plugins)
 
 
-def written(tmp_path: Path, messages: list[BaseMessage], **kwargs: str) -> CrabChatMessageHistory:
-    history = store(tmp_path).get_session_history(kwargs.pop("session_id", "s1"), **kwargs)
+def written(backend: Backend, messages: list[BaseMessage], **kwargs: str) -> CrabChatMessageHistory:
+    history = store(backend).get_session_history(kwargs.pop("session_id", "s1"), **kwargs)
     history.add_messages(messages)
     return history
 
@@ -127,30 +132,30 @@ HOSTILE_MESSAGES = {
 
 @pytest.mark.parametrize("messages", HOSTILE_MESSAGES.values(), ids=HOSTILE_MESSAGES.keys())
 def test_script_in_a_message_is_shown_as_text_never_as_a_tag(
-    tmp_path: Path, messages: list[BaseMessage]
+    backend: Backend, messages: list[BaseMessage]
 ):
-    page = Html(history_html(written(tmp_path, messages)))
+    page = Html(history_html(written(backend, messages)))
     assert "script" not in page.tags
     assert SCRIPT in page.all_text or json.dumps(SCRIPT) in page.all_text
 
 
-def test_script_in_session_id_and_agent_is_escaped(tmp_path: Path):
-    history = written(tmp_path, [HumanMessage("hi")], session_id=SCRIPT, agent=SCRIPT)
+def test_script_in_session_id_and_agent_is_escaped(backend: Backend):
+    history = written(backend, [HumanMessage("hi")], session_id=SCRIPT, agent=SCRIPT)
     page = Html(history_html(history))
     assert "script" not in page.tags
     assert page.all_text.count(SCRIPT) >= 2  # the id and the agent, as text
 
 
-def test_script_in_store_table_is_escaped(tmp_path: Path):
-    sessions = store(tmp_path)
+def test_script_in_store_table_is_escaped(backend: Backend):
+    sessions = store(backend)
     sessions.get_session_history(SCRIPT, agent=SCRIPT).add_messages([HumanMessage("hi")])
     page = Html(store_html(sessions))
     assert "script" not in page.tags
     assert page.rows[0][:2] == [SCRIPT, SCRIPT]
 
 
-def test_injected_script_is_escaped(tmp_path: Path):
-    history = store(tmp_path, [Inject(SCRIPT)]).get_session_history("s1")
+def test_injected_script_is_escaped(backend: Backend):
+    history = store(backend, [Inject(SCRIPT)]).get_session_history("s1")
     history.add_messages([HumanMessage("hi")])
     page = Html(history_html(history))
     assert "script" not in page.tags
@@ -160,8 +165,8 @@ def test_injected_script_is_escaped(tmp_path: Path):
 # --- what a transcript shows ------------------------------------------------------
 
 
-def test_injected_mark_only_on_injected_messages(tmp_path: Path):
-    history = store(tmp_path, [Inject()]).get_session_history("s1")
+def test_injected_mark_only_on_injected_messages(backend: Backend):
+    history = store(backend, [Inject()]).get_session_history("s1")
     history.add_messages([HumanMessage("hello"), AIMessage("hi there")])
     page = Html(history_html(history))
     marked = ["injected, not stored" in text for text in page.messages]
@@ -171,10 +176,10 @@ def test_injected_mark_only_on_injected_messages(tmp_path: Path):
     assert ["injected, not stored" in line for line in lines] == [False, False, True]
 
 
-def test_tool_call_shows_name_id_and_pretty_args(tmp_path: Path):
+def test_tool_call_shows_name_id_and_pretty_args(backend: Backend):
     args = {"city": "Lisbon", "days": [1, 2]}
     call = {"name": "get_weather", "args": args, "id": "call_1"}
-    history = written(tmp_path, [AIMessage("", tool_calls=[call])])
+    history = written(backend, [AIMessage("", tool_calls=[call])])
     (message,) = Html(history_html(history)).messages
     assert "get_weather" in message
     assert "call_1" in message
@@ -184,21 +189,21 @@ def test_tool_call_shows_name_id_and_pretty_args(tmp_path: Path):
     )
 
 
-def test_invalid_tool_call_shows_raw_args_and_error(tmp_path: Path):
+def test_invalid_tool_call_shows_raw_args_and_error(backend: Backend):
     bad = {"name": "search", "args": '{"q": "unterm', "id": "c9", "error": "not JSON"}
-    history = written(tmp_path, [AIMessage("", invalid_tool_calls=[bad])])
+    history = written(backend, [AIMessage("", invalid_tool_calls=[bad])])
     (message,) = Html(history_html(history)).messages
     assert '{"q": "unterm' in message
     assert "search" in message
     assert "c9" in message
 
 
-def test_tool_result_shows_name_call_id_and_error_status(tmp_path: Path):
+def test_tool_result_shows_name_call_id_and_error_status(backend: Backend):
     results = [
         ToolMessage("21 C", tool_call_id="call_1", name="get_weather"),
         ToolMessage("boom", tool_call_id="call_2", name="get_time", status="error"),
     ]
-    history = written(tmp_path, results)
+    history = written(backend, results)
     ok, failed = Html(history_html(history)).messages
     assert all(part in ok for part in ("get_weather", "call_1", "21 C"))
     assert "error" not in ok
@@ -219,21 +224,21 @@ def test_tool_result_shows_name_call_id_and_error_status(tmp_path: Path):
     ],
     ids=["reasoning_content", "reasoning block"],
 )
-def test_reasoning_is_collapsed_in_details(tmp_path: Path, message: AIMessage):
-    page = Html(history_html(written(tmp_path, [message])))
+def test_reasoning_is_collapsed_in_details(backend: Backend, message: AIMessage):
+    page = Html(history_html(written(backend, [message])))
     assert len(page.details) == 1
     assert "step one, step two" in page.details[0]
     assert page.all_text.count("step one, step two") == 1  # not repeated outside
     assert "answer" in page.messages[0]
 
 
-def test_image_block_is_a_placeholder_not_its_data(tmp_path: Path):
+def test_image_block_is_a_placeholder_not_its_data(backend: Backend):
     data = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB" * 10
     content = [
         {"type": "text", "text": "what is this?"},
         {"type": "image", "base64": data, "mime_type": "image/png"},
     ]
-    history = written(tmp_path, [HumanMessage(content)])
+    history = written(backend, [HumanMessage(content)])
     (message,) = Html(history_html(history)).messages
     assert "what is this?" in message
     assert "[image]" in message
@@ -241,26 +246,34 @@ def test_image_block_is_a_placeholder_not_its_data(tmp_path: Path):
     assert history_text(history).splitlines()[1] == "user: what is this? [image]"
 
 
-def test_header_names_session_agent_file_and_count(tmp_path: Path):
-    history = written(tmp_path, [HumanMessage("a"), AIMessage("b")], agent="crab")
+def test_header_names_session_agent_file_and_count(backend: Backend):
+    history = written(backend, [HumanMessage("a"), AIMessage("b")], agent="crab")
+    if backend.is_redis:  # no file: where it is, the server and the key
+        assert history.file_path is None
+        assert history.location is not None
+        assert history.location.startswith(f"{backend.url} {backend.prefix}:")
+        where = history.location
+        shown = f"at={where!r}"
+    else:
+        assert history.file_path is not None
+        where = str(history.file_path)
+        shown = f"file={where!r}"
     first = history_text(history).splitlines()[0]
-    assert first == (
-        f"CrabChatMessageHistory(session_id='s1', agent='crab', "
-        f"file={str(history.file_path)!r}, 2 messages)"
-    )
+    assert first == f"CrabChatMessageHistory(session_id='s1', agent='crab', {shown}, 2 messages)"
     page = Html(history_html(history)).all_text
-    assert all(part in page for part in ("s1", "crab", "user", str(history.file_path)))
+    assert all(part in page for part in ("s1", "crab", "user", where))
 
 
-def test_control_characters_never_reach_the_text_repr(tmp_path: Path):
-    history = written(tmp_path, [HumanMessage("red \x1b[31mALERT\x1b[0m\nsecond line")])
+def test_control_characters_never_reach_the_text_repr(backend: Backend):
+    history = written(backend, [HumanMessage("red \x1b[31mALERT\x1b[0m\nsecond line")])
     text = history_text(history)
     assert "\x1b" not in text
     assert text.splitlines()[1] == "user: red \\x1b[31mALERT\\x1b[0m\\nsecond line"
 
 
-def test_crabtalk_fixture_renders_every_message(tmp_path: Path):
-    history = CrabChatMessageHistory.from_file(FIXTURES / "crab_1774253211_7.jsonl")
+def test_crabtalk_fixture_renders_every_message(backend: Backend):
+    backend.put(FIXTURES / "crab_1774253211_7.jsonl")
+    history = store(backend).get_session_history("7")
     page = Html(history_html(history))
     assert len(page.messages) == len(history.messages) == 8
     assert "Two cities: call the weather tool twice." in page.details[0]
@@ -274,8 +287,8 @@ def chat(count: int) -> list[BaseMessage]:
     return [HumanMessage(f"message {i}") for i in range(count)]
 
 
-def test_long_session_shows_the_last_50_and_counts_the_rest(tmp_path: Path):
-    history = written(tmp_path, chat(63))
+def test_long_session_shows_the_last_50_and_counts_the_rest(backend: Backend):
+    history = written(backend, chat(63))
     page = Html(history_html(history))
     assert len(page.messages) == 50
     assert "message 13" in page.messages[0]
@@ -286,24 +299,24 @@ def test_long_session_shows_the_last_50_and_counts_the_rest(tmp_path: Path):
     assert lines[2:] == [f"user: message {i}" for i in range(13, 63)]
 
 
-def test_limit_keyword_and_no_note_when_nothing_is_hidden(tmp_path: Path):
-    history = written(tmp_path, chat(5))
+def test_limit_keyword_and_no_note_when_nothing_is_hidden(backend: Backend):
+    history = written(backend, chat(5))
     assert len(Html(history_html(history, limit=2)).messages) == 2
     assert "3 earlier messages hidden" in history_text(history, limit=2)
     assert "hidden" not in history_html(history)
     assert "hidden" not in history_text(history)
 
 
-def test_huge_content_is_clipped_in_html(tmp_path: Path):
-    history = written(tmp_path, [HumanMessage("x" * 25_000)])
+def test_huge_content_is_clipped_in_html(backend: Backend):
+    history = written(backend, [HumanMessage("x" * 25_000)])
     (message,) = Html(history_html(history)).messages
     assert "x" * 10_000 in message
     assert "x" * 10_001 not in message
     assert "15000 more characters" in message
 
 
-def test_long_lines_are_cut_in_the_repr(tmp_path: Path):
-    history = written(tmp_path, [HumanMessage("y" * 1000)])
+def test_long_lines_are_cut_in_the_repr(backend: Backend):
+    history = written(backend, [HumanMessage("y" * 1000)])
     line = history_text(history).splitlines()[1]
     assert line.startswith("user: yyy")
     assert line.endswith("…")
@@ -313,15 +326,17 @@ def test_long_lines_are_cut_in_the_repr(tmp_path: Path):
 # --- never raising ----------------------------------------------------------------
 
 
-def test_repr_of_a_malformed_file_names_the_problem(tmp_path: Path):
-    history = written(tmp_path, [HumanMessage("hi")])
-    path = history.file_path
-    assert path is not None
-    path.write_bytes(path.read_bytes() + b"{not json\n")
+def test_repr_of_a_malformed_file_names_the_problem(backend: Backend):
+    history = written(backend, [HumanMessage("hi")])
+    where = history.location
+    assert where is not None
+    name = store(backend).find("s1")
+    assert name is not None
+    backend.storage().append(name, [b"{not json"])  # as a broken writer would
     text = repr(history)
     assert "\n" not in text
     assert "SessionFormatError" in text
-    assert f"{path}:3" in text
+    assert f"{where}:3" in text
     assert "SessionFormatError" in Html(history._repr_html_()).all_text
 
 
@@ -335,20 +350,20 @@ def test_repr_of_a_deleted_file_names_the_problem(tmp_path: Path):
     assert "FileNotFoundError" in Html(history._repr_html_()).all_text
 
 
-def test_repr_survives_a_plugin_that_raises(tmp_path: Path):
+def test_repr_survives_a_plugin_that_raises(backend: Backend):
     class Broken:
         @hookimpl
         def crab_inject_messages(self) -> list[BaseMessage]:
             raise RuntimeError("recall service down")
 
-    history = store(tmp_path, [Broken()]).get_session_history("s1")
+    history = store(backend, [Broken()]).get_session_history("s1")
     history.add_messages([HumanMessage("hi")])
     assert "RuntimeError: recall service down" in repr(history)
     assert "recall service down" in Html(history._repr_html_()).all_text
 
 
-def test_unwritten_history_renders_empty(tmp_path: Path):
-    history = store(tmp_path).get_session_history("fresh")
+def test_unwritten_history_renders_empty(backend: Backend):
+    history = store(backend).get_session_history("fresh")
     assert repr(history) == "CrabChatMessageHistory(session_id='fresh', not written yet)"
     page = Html(history._repr_html_())
     assert page.messages == []
@@ -358,16 +373,14 @@ def test_unwritten_history_renders_empty(tmp_path: Path):
 # --- the store --------------------------------------------------------------------
 
 
-def fixture_store(tmp_path: Path) -> SessionStore:
-    root = tmp_path / "sessions"
-    root.mkdir()
+def fixture_store(backend: Backend) -> SessionStore:
     for source in sorted(FIXTURES.glob("*.jsonl")):
-        (root / source.name).write_bytes(source.read_bytes())
-    return SessionStore(root, entry_points=False)
+        backend.put(source)
+    return store(backend)
 
 
-def test_store_table_rows_match_list_sessions(tmp_path: Path):
-    sessions = fixture_store(tmp_path)
+def test_store_table_rows_match_list_sessions(backend: Backend):
+    sessions = fixture_store(backend)
     sessions.get_session_history("new", agent="guide").add_messages([HumanMessage("hi")])
     rows = Html(store_html(sessions)).rows
     expected = [
@@ -376,20 +389,32 @@ def test_store_table_rows_match_list_sessions(tmp_path: Path):
     ]
     assert [row[:5] + row[6:] for row in rows] == expected
     assert "Trip planning" in {row[4] for row in rows}
-    sizes = {row[6]: row[5] for row in rows}
+
+
+def test_store_table_shows_each_sessions_size(backend: Backend, request: pytest.FixtureRequest):
+    if backend.is_redis:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="library bug: display.file_size stats SessionInfo.path, None on Redis, "
+                "so every Redis session's size shows as '?'",
+            )
+        )
+    sessions = fixture_store(backend)
+    sizes = {row[6]: row[5] for row in Html(store_html(sessions)).rows}
     assert sizes["research_bot_1777593600_3.jsonl"] == "571 B"
 
 
-def test_store_table_is_truncated_with_a_count(tmp_path: Path):
-    sessions = fixture_store(tmp_path)
+def test_store_table_is_truncated_with_a_count(backend: Backend):
+    sessions = fixture_store(backend)
     page = Html(store_html(sessions, limit=2))
     newest = [info.name for info in sessions.list_sessions()[:2]]
     assert [row[-1] for row in page.rows] == newest
     assert "1 older hidden" in page.all_text
 
 
-def test_store_with_missing_root_is_an_empty_table(tmp_path: Path):
-    sessions = SessionStore(tmp_path / "nowhere", entry_points=False)
+def test_store_with_missing_root_is_an_empty_table(backend: Backend):
+    sessions = store(backend)  # a directory not made yet; a prefix with no keys
     page = Html(sessions._repr_html_())
     assert page.rows == []
     assert "table" in page.tags

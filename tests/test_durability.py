@@ -1,14 +1,19 @@
 """Issue 3: append-only, crash-safe, multi-process session files at a flat per-turn cost.
 
-Everything runs on real files in tmp_path; other writers are real processes
-(``sys.executable``) or real threads. Loops are bounded by count, never by time.
+The behaviour tests run on every backend (``backend``: a directory, Redis, Redis
+Cluster; see ``backends.py``); what is about files alone (locks, torn tails,
+descriptors, fsync, rewrites in place) runs on real files in tmp_path. Other
+writers are real processes (``sys.executable``) or real threads. Loops are
+bounded by count, never by time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gc
+import itertools
 import json
 import os
 import pickle
@@ -17,17 +22,17 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
-from conftest import FIXTURES, run_gated_writers, run_python, run_threads
-from hypothesis import HealthCheck, given, settings
+from backends import OPEN_STORE, Backend
+from conftest import FIXTURES, run_python, run_threads
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import (
     AIMessage,
@@ -50,10 +55,10 @@ from crab_langchain import (
 from crab_langchain import history as history_module
 from crab_langchain.convert import to_crab_message
 from crab_langchain.models import CompactMarker, CrabMessage, SessionMeta, parse_entry
-from crab_langchain.storage import DirectoryStorage
 from crab_langchain.storage import directory as directory_module
 
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
+SESSION = "crab_1774253211_7.jsonl"  # holds HEADER, which names no id: the name says "7"
 COMPACT_FIXTURE = FIXTURES / "crab_1775158803_12.jsonl"
 POSIX_ONLY = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 PROC_FD = Path("/proc/self/fd")
@@ -70,7 +75,7 @@ def user_line(content: str) -> bytes:
     return CrabMessage(role="user", content=content).to_line().encode()
 
 
-def session_file(directory: Path, *body: bytes, name: str = "crab_1774253211_7.jsonl") -> Path:
+def session_file(directory: Path, *body: bytes, name: str = SESSION) -> Path:
     """A session file holding HEADER and the ``body`` lines."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
@@ -82,6 +87,62 @@ def file_lines(path: Path) -> list[bytes]:
     data = path.read_bytes()
     assert data.endswith(b"\n")
     return data[:-1].split(b"\n")
+
+
+def seeded(backend: Backend, *body: bytes, name: str = SESSION) -> str:
+    """Log ``name`` holding HEADER and the ``body`` lines as they are (nothing validates them)."""
+    storage = backend.storage()
+    storage.create(name, HEADER, created=int(name.split("_")[-2]))
+    if body:
+        storage.append(name, list(body))
+    return name
+
+
+def id_of(name: str) -> str:
+    """The session id a crabtalk name ``{agent}_{seconds}_{id}.jsonl`` gives (no header id)."""
+    return name.removesuffix(".jsonl").rsplit("_", 1)[1]
+
+
+def opened(backend: Backend, name: str = SESSION) -> CrabChatMessageHistory:
+    """A history on the existing log ``name``, read once: by path for a file, else by its id."""
+    if not backend.is_redis:
+        return CrabChatMessageHistory.from_file(Path(backend.url) / name)
+    history = backend.store().get_session_history(id_of(name))
+    history.session  # noqa: B018 - read it now, as from_file does
+    return history
+
+
+def appended(backend: Backend, name: str, *lines: bytes) -> None:
+    """Append raw ``lines`` to log ``name``, as another writer would."""
+    backend.storage().append(name, list(lines))
+
+
+def lines_of(history: CrabChatMessageHistory) -> list[bytes]:
+    """The stored lines of ``history``, header first; a file holds exactly these.
+
+    Read through the history's own storage: a new one costs a connection per call.
+    """
+    name = history._current_name()
+    assert name is not None, "the session has no log yet"
+    chunk = history._storage.read(name, None)
+    assert chunk is not None
+    lines = [line for _, line in chunk.lines]
+    if history.file_path is not None:
+        assert file_lines(history.file_path) == lines
+    return lines
+
+
+def only_log(backend: Backend) -> list[bytes]:
+    """The lines of the backend's one and only log (a second one would fail the test)."""
+    storage = backend.storage()
+    [name] = storage.names()
+    chunk = storage.read(name, None)
+    assert chunk is not None
+    lines = [line for _, line in chunk.lines]
+    path = storage.path(name)
+    if path is not None:
+        assert file_lines(path) == lines
+    return lines
 
 
 def assert_valid_file(path: Path) -> None:
@@ -226,15 +287,15 @@ READERS: dict[str, Callable[[CrabChatMessageHistory], list[BaseMessage]]] = {
 @pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("inject", [False, True], ids=["plain", "injected"])
 @pytest.mark.parametrize("mutation", MUTATIONS)
-def test_changing_a_handed_out_list_changes_nothing_stored(tmp_path, mutation, inject, reader):
+def test_changing_a_handed_out_list_changes_nothing_stored(backend, mutation, inject, reader):
     read = READERS[reader]
-    history = make_store(tmp_path, [Injector()] if inject else []).get_session_history("s")
+    history = backend.store([Injector()] if inject else []).get_session_history("s")
     history.add_messages([HumanMessage("c"), AIMessage("a"), HumanMessage("b")])
     expected = read(history)
     for _ in range(3):  # read and drop a few times: the next list is a recycled one
         assert read(history) == expected
     snapshot = list(expected)
-    file_before = history.file_path.read_bytes()
+    lines_before = lines_of(history)
 
     items = read(history)
     assert isinstance(items, list)
@@ -245,13 +306,13 @@ def test_changing_a_handed_out_list_changes_nothing_stored(tmp_path, mutation, i
     del items
     assert read(history) == snapshot  # and after it dropped it
     assert read(history) == snapshot
-    assert history.file_path.read_bytes() == file_before
+    assert lines_of(history) == lines_before
 
     history.add_messages([AIMessage("d")])
     assert contents(history.stored_messages()) == ["c", "a", "b", "d"]
     if reader == "messages":
         assert contents(history.messages) == ["c", "a", "b", "d", *(injected_for(4) * inject)]
-    assert file_lines(history.file_path)[1:] == [
+    assert lines_of(history)[1:] == [
         user_line("c"),
         b'{"role":"assistant","content":"a"}',
         user_line("b"),
@@ -259,8 +320,8 @@ def test_changing_a_handed_out_list_changes_nothing_stored(tmp_path, mutation, i
     ]
 
 
-def test_lists_a_caller_holds_never_change_over_many_turns(tmp_path):
-    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+def test_lists_a_caller_holds_never_change_over_many_turns(backend):
+    history = backend.store([Injector()]).get_session_history("s")
     held: list[tuple[list[BaseMessage], list[BaseMessage]]] = []
     for turn in range(60):
         if turn % 3 == 0:
@@ -288,14 +349,25 @@ OPS = st.lists(
 )
 
 
-@settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(ops=OPS)
-def test_recycled_lists_always_hold_the_current_context(tmp_path, ops):
-    root = Path(tempfile.mkdtemp(dir=tmp_path))
-    history = make_store(root, [Injector()]).get_session_history("s")
-    other = make_store(root).get_session_history("s")
+def test_recycled_lists_always_hold_the_current_context(backend):
+    # Each example on a session of its own; fewer on a server, where each op is a round trip.
+    histories = backend.store([Injector()])
+    others = backend.store()
+    examples = itertools.count()
+
+    @settings(max_examples=30 if backend.is_redis else 80, deadline=None)
+    @given(ops=OPS)
+    def check(ops):
+        session_id = f"s{next(examples)}"
+        history = histories.get_session_history(session_id)
+        other = others.get_session_history(session_id)
+        run_ops(history, other, ops)
+
+    check()
+
+
+def run_ops(history: CrabChatMessageHistory, other: CrabChatMessageHistory, ops) -> None:
+    """Apply ``ops`` to ``history`` (``other`` writes the same session); check every read."""
     model: list[str] = []
     kept: list[tuple[list[BaseMessage], list[BaseMessage]]] = []
     serial = 0
@@ -333,8 +405,8 @@ def test_recycled_lists_always_hold_the_current_context(tmp_path, ops):
             assert all(a is b for a, b in zip(items, snapshot, strict=True))
 
 
-def test_copies_pickles_and_dicts_of_a_handed_out_list(tmp_path):
-    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+def test_copies_pickles_and_dicts_of_a_handed_out_list(backend):
+    history = backend.store([Injector()]).get_session_history("s")
     history.add_messages([HumanMessage("one"), AIMessage("two", id="x")])
     history.messages  # noqa: B018 - dropped, so the next list is recycled
     items = history.messages
@@ -356,8 +428,8 @@ def test_copies_pickles_and_dicts_of_a_handed_out_list(tmp_path):
     assert contents(history.messages) == ["one", "two", "three", *injected_for(3)]
 
 
-def test_injected_messages_stay_last_when_their_count_changes(tmp_path):
-    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+def test_injected_messages_stay_last_when_their_count_changes(backend):
+    history = backend.store([Injector()]).get_session_history("s")
     for turn in range(12):
         history.messages  # noqa: B018 - dropped: recycled on the next read
         items = history.messages
@@ -370,8 +442,8 @@ def test_injected_messages_stay_last_when_their_count_changes(tmp_path):
             history.add_messages([AIMessage(f"u/{turn}/a")])
 
 
-def test_next_read_after_clear_and_compact_gives_the_new_context(tmp_path):
-    history = make_store(tmp_path, [Injector()]).get_session_history("s")
+def test_next_read_after_clear_and_compact_gives_the_new_context(backend):
+    history = backend.store([Injector()]).get_session_history("s")
     history.add_messages([HumanMessage("one"), AIMessage("two")])
     held = history.messages
     history.messages  # noqa: B018 - a dropped list, in the pool
@@ -392,51 +464,102 @@ def test_next_read_after_clear_and_compact_gives_the_new_context(tmp_path):
 # --- 2. several writers ----------------------------------------------------------------
 
 
-def test_four_processes_500_turns_each_on_one_session(tmp_path):
-    root = tmp_path / "sessions"
-    run_gated_writers(tmp_path, root, writers=4, turns=500)
-    [path] = root.glob("*.jsonl")
-    lines = file_lines(path)
+# conftest's GATED_WRITER, on the backend's sessions: url, prefix, gate, writer, turns.
+GATED_WRITER = (
+    OPEN_STORE
+    + """
+import os, sys, time
+from langchain_core.messages import AIMessage, HumanMessage
+url, prefix, gate, writer = sys.argv[1:5]
+turns = int(sys.argv[5])
+history = open_store(url, prefix).get_session_history("s")
+open(os.path.join(gate, "ready-" + writer), "w").close()
+for _ in range(30_000):
+    if os.path.exists(os.path.join(gate, "go")):
+        break
+    time.sleep(0.001)
+else:
+    sys.exit("no go")
+for turn in range(turns):
+    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
+"""
+)
+
+
+def run_gated_backend_writers(tmp_path: Path, backend: Backend, writers: int, turns: int) -> None:
+    """conftest's ``run_gated_writers``, the writers opening ``backend``: all start at once."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GATED_WRITER, *backend.argv, str(gate), str(w), str(turns)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    try:
+        for _ in range(6000):
+            if len(list(gate.glob("ready-*"))) == writers:
+                break
+            assert all(p.poll() is None for p in procs), "a writer died early"
+            time.sleep(0.005)
+        else:
+            raise AssertionError("writers did not start")
+        (gate / "go").touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_four_processes_500_turns_each_on_one_session(tmp_path, backend):
+    run_gated_backend_writers(tmp_path, backend, writers=4, turns=500)
+    lines = only_log(backend)
     SessionMeta.from_line(lines[0])
-    check_writers(lines[1:], ["0", "1", "2", "3"], turns=500)
-    assert not list(root.glob("*.torn"))
-    reader = make_store(root).get_session_history("s")
+    check_writers(lines[1:], ["0", "1", "2", "3"], turns=500)  # exactly 4,000 lines
+    if not backend.is_redis:
+        assert not list(Path(backend.url).glob("*.torn"))
+    reader = backend.store().get_session_history("s")
     assert [to_line(m) for m in reader.messages] == lines[1:]
 
 
-def _check_threads_result(root: Path, histories: list[CrabChatMessageHistory]) -> None:
-    [path] = root.glob("*.jsonl")
-    lines = file_lines(path)
+def _check_threads_result(backend: Backend, histories: list[CrabChatMessageHistory]) -> None:
+    lines = only_log(backend)
     check_writers(lines[1:], [str(w) for w in range(8)], turns=50)
-    expected = make_store(root).get_session_history("s").messages
+    expected = backend.store().get_session_history("s").messages
     assert len(expected) == 800
     for history in histories:  # every writer's own view ends up as the file: no line skipped
         assert history.messages == expected
 
 
-def test_eight_threads_histories_of_one_store(tmp_path, split_writes):
-    store = make_store(tmp_path)
+def test_eight_threads_histories_of_one_store(backend, split_writes):
+    store = backend.store()
     histories = [store.get_session_history("s") for _ in range(8)]
     run_threads(lambda w: [histories[w].add_messages(pair(w, t)) for t in range(50)], 8)
-    _check_threads_result(tmp_path, histories)
+    _check_threads_result(backend, histories)
 
 
-def test_eight_threads_with_a_store_each(tmp_path, split_writes):
-    histories = [make_store(tmp_path).get_session_history("s") for _ in range(8)]
+def test_eight_threads_with_a_store_each(backend, split_writes):
+    histories = [backend.store().get_session_history("s") for _ in range(8)]
     run_threads(lambda w: [histories[w].add_messages(pair(w, t)) for t in range(50)], 8)
-    _check_threads_result(tmp_path, histories)
+    _check_threads_result(backend, histories)
 
 
-def test_threads_on_two_storages_of_one_process(tmp_path, split_writes):
-    """Threads share each storage's cached descriptor; the two storages each have their own."""
-    stores = [make_store(tmp_path), make_store(tmp_path)]
+def test_threads_on_two_storages_of_one_process(backend, split_writes):
+    """Threads share each storage (its cached descriptors, its connections); two storages."""
+    stores = [backend.store(), backend.store()]
     histories = [stores[w % 2].get_session_history("s") for w in range(8)]
     run_threads(lambda w: [histories[w].add_messages(pair(w, t)) for t in range(50)], 8)
-    _check_threads_result(tmp_path, histories)
+    _check_threads_result(backend, histories)
 
 
-def test_threads_appending_blocks_through_two_storage_objects(tmp_path, split_writes):
-    storages = [DirectoryStorage(tmp_path), DirectoryStorage(tmp_path)]
+def test_threads_appending_blocks_through_two_storage_objects(backend, split_writes):
+    storages = [backend.storage(), backend.storage()]
     storages[0].create("s.jsonl", HEADER)
     width = 40  # lines per block: a block interleaved with another shows
 
@@ -446,7 +569,7 @@ def test_threads_appending_blocks_through_two_storage_objects(tmp_path, split_wr
             storage.append("s.jsonl", [user_line(f"{w}/{block}/{i}") for i in range(width)])
 
     run_threads(work, 6)
-    lines = file_lines(tmp_path / "s.jsonl")[1:]
+    lines = only_log(backend)[1:]
     assert len(lines) == 6 * 25 * width
     done = dict.fromkeys(range(6), -1)
     for start in range(0, len(lines), width):
@@ -457,10 +580,10 @@ def test_threads_appending_blocks_through_two_storage_objects(tmp_path, split_wr
         done[w] = b
 
 
-async def test_sync_and_async_callers_on_one_session(tmp_path, split_writes):
-    store = make_store(tmp_path)
+async def test_sync_and_async_callers_on_one_session(backend, split_writes):
+    store = backend.store()
     histories = [store.get_session_history("s") for _ in range(4)]
-    histories += [make_store(tmp_path).get_session_history("s") for _ in range(4)]
+    histories += [backend.store().get_session_history("s") for _ in range(4)]
 
     async def async_writer(w: int) -> None:
         for turn in range(50):
@@ -487,8 +610,112 @@ async def test_sync_and_async_callers_on_one_session(tmp_path, split_writes):
             thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
-    _check_threads_result(tmp_path, histories)
+    _check_threads_result(backend, histories)
     assert await histories[0].aget_messages() == histories[7].messages
+
+
+class ThreadGate:
+    """A directory's storage calls wait at a gate; each must run off the event loop's thread."""
+
+    def __init__(self, storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.loop_thread = threading.get_ident()
+        self.open = threading.Event()
+        self.open.set()
+        self.calls: list[str] = []
+        for method in ("read", "append", "replace"):
+            monkeypatch.setattr(storage, method, self._gated(method, getattr(storage, method)))
+
+    def _gated(self, method: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == self.loop_thread:
+                raise AssertionError(f"{method} ran on the event loop's thread")
+            self.calls.append(method)
+            assert self.open.wait(timeout=30), "never released"
+            return real(*args, **kwargs)
+
+        return gated
+
+    def hold(self) -> None:
+        self.open.clear()
+
+    def release(self) -> None:
+        self.open.set()
+
+
+class ServerPause:
+    """Redis: the sync methods refuse to run; holding pauses the servers' scripts."""
+
+    def __init__(self, storage: Any, monkeypatch: pytest.MonkeyPatch, nodes: list[Any]) -> None:
+        self.nodes = nodes
+        for method in ("read", "append", "replace", "create"):
+            monkeypatch.setattr(storage, method, self._refused(method))
+
+    @staticmethod
+    def _refused(method: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"the sync {method} was called")
+
+        return refused
+
+    def hold(self) -> None:
+        for node in self.nodes:  # WRITE: scripts wait, the commands releasing them do not
+            node.client_pause(20_000, all=False)
+
+    def release(self) -> None:
+        for node in self.nodes:
+            node.client_unpause()
+
+
+async def held_call(gate: ThreadGate | ServerPause, call: Any) -> Any:
+    """Await ``call`` while its storage work is held: meanwhile the loop must run on."""
+    gate.hold()
+    try:
+        task = asyncio.ensure_future(call)
+        for _ in range(50):
+            await asyncio.sleep(0)  # would not come back while a call blocked the loop
+        assert not task.done(), "the call finished while its storage work was held"
+    finally:
+        gate.release()
+    return await task
+
+
+@pytest.fixture
+def redis_nodes(backend, request) -> Iterator[list[Any]]:
+    """A plain client on every server of a Redis backend (none for a directory)."""
+    if not backend.is_redis:
+        yield []
+        return
+    servers = request.getfixturevalue(
+        "redis_server" if backend.kind == "redis" else "redis_cluster"
+    )
+    nodes = [servers.client()] if backend.kind == "redis" else servers.node_clients()
+    yield nodes
+    for node in nodes:
+        node.client_unpause()
+        node.close()
+
+
+async def test_async_calls_keep_the_event_loop_running(backend, monkeypatch, redis_nodes):
+    # Redis: redis.asyncio, and never the sync methods. A directory: the sync ones, in a thread.
+    store = backend.store()
+    history = store.get_session_history("s")
+    history.add_messages([HumanMessage("one")])  # created: what follows only reads and writes
+    backend.store().get_session_history("s").add_messages([AIMessage("two")])
+    if backend.is_redis:
+        assert store.storage.native_async
+        gate: ThreadGate | ServerPause = ServerPause(store.storage, monkeypatch, redis_nodes)
+    else:
+        gate = ThreadGate(store.storage, monkeypatch)
+
+    assert await held_call(gate, history.aget_messages()) == [HumanMessage("one"), AIMessage("two")]
+    await held_call(gate, history.aadd_messages([HumanMessage("three")]))
+    reader = backend.store().get_session_history("s")
+    assert contents(reader.messages) == ["one", "two", "three"]
+    await held_call(gate, history.aclear())
+    assert reader.messages == []
+    assert await history.aget_messages() == []
+    if isinstance(gate, ThreadGate):
+        assert {"read", "append", "replace"} <= set(gate.calls)
 
 
 # --- 3. writers killed mid-append ------------------------------------------------------
@@ -663,37 +890,56 @@ def test_writers_killed_at_random_moments_lose_no_complete_line(tmp_path):
 
 # --- 4. the descriptors kept open for appending ------------------------------------------
 
-CLEAR_SCRIPT = """
+# Run with backend.argv, then the session's id (and, to append, the texts).
+CLEAR_SCRIPT = (
+    OPEN_STORE
+    + """
 import sys
-from crab_langchain import SessionStore
-SessionStore(sys.argv[1], entry_points=False).get_session_history(sys.argv[2]).clear()
+open_store(sys.argv[1], sys.argv[2]).get_session_history(sys.argv[3]).clear()
 """
+)
 
-DELETE_SCRIPT = """
+DELETE_SCRIPT = (
+    OPEN_STORE
+    + """
 import sys
-from crab_langchain import SessionStore
-assert SessionStore(sys.argv[1], entry_points=False).delete_session(sys.argv[2])
+assert open_store(sys.argv[1], sys.argv[2]).delete_session(sys.argv[3])
 """
+)
 
-APPEND_SCRIPT = """
+APPEND_SCRIPT = (
+    OPEN_STORE
+    + """
 import sys
 from langchain_core.messages import HumanMessage
-from crab_langchain import CrabChatMessageHistory
-CrabChatMessageHistory.from_file(sys.argv[1]).add_messages([HumanMessage(t) for t in sys.argv[2:]])
+history = open_store(sys.argv[1], sys.argv[2]).get_session_history(sys.argv[3])
+history.add_messages([HumanMessage(t) for t in sys.argv[4:]])
 """
+)
 
 
-def test_append_after_another_process_cleared_goes_to_the_new_file(tmp_path):
-    history = make_store(tmp_path).get_session_history("s")
-    history.add_messages([HumanMessage("old")])  # the descriptor is now cached
-    path = history.file_path
-    header = path.read_bytes()[: -len(user_line("old")) - 1]
-    with open(path, "rb") as old_file:
-        run_python(CLEAR_SCRIPT, str(tmp_path), "s")
+@contextlib.contextmanager
+def old_file(history: CrabChatMessageHistory) -> Iterator[BinaryIO | None]:
+    """The history's file, held open across what follows (None where there is no file)."""
+    if history.file_path is None:
+        yield None
+        return
+    with open(history.file_path, "rb") as file:
+        yield file
+
+
+def test_append_after_another_process_cleared_goes_to_the_new_file(backend):
+    history = backend.store().get_session_history("s")
+    history.add_messages([HumanMessage("old")])  # the descriptor (if any) is now cached
+    header = lines_of(history)[0]
+    with old_file(history) as old:
+        run_python(CLEAR_SCRIPT, *backend.argv, "s")
         history.add_messages([HumanMessage("new")])  # no read in between
-        assert old_file.read() == header + user_line("old") + b"\n"
-    assert path.read_bytes() == header + user_line("new") + b"\n"
+        if old is not None:
+            assert old.read() == header + b"\n" + user_line("old") + b"\n"
+    assert lines_of(history) == [header, user_line("new")]
     assert history.messages == [HumanMessage("new")]
+    assert backend.store().get_session_history("s").messages == [HumanMessage("new")]
 
 
 def test_append_after_another_process_deleted_a_file_opened_by_path_raises(tmp_path):
@@ -708,16 +954,16 @@ def test_append_after_another_process_deleted_a_file_opened_by_path_raises(tmp_p
     assert not path.exists()
 
 
-def test_append_after_another_process_deleted_a_store_session_starts_afresh(tmp_path):
-    history = make_store(tmp_path).get_session_history("s")
+def test_append_after_another_process_deleted_a_store_session_starts_afresh(backend):
+    history = backend.store().get_session_history("s")
     history.add_messages([HumanMessage("one")])
-    with open(history.file_path, "rb") as old_file:
-        run_python(DELETE_SCRIPT, str(tmp_path), "s")
+    with old_file(history) as old:
+        run_python(DELETE_SCRIPT, *backend.argv, "s")
         history.add_messages([HumanMessage("two")])
-        assert b"two" not in old_file.read()
-    [path] = tmp_path.glob("*.jsonl")
-    assert file_lines(path)[1:] == [user_line("two")]
-    assert make_store(tmp_path).get_session_history("s").messages == [HumanMessage("two")]
+        if old is not None:
+            assert b"two" not in old.read()
+    assert only_log(backend)[1:] == [user_line("two")]
+    assert backend.store().get_session_history("s").messages == [HumanMessage("two")]
 
 
 @pytest.mark.skipif(not PROC_FD.is_dir(), reason="counts descriptors in /proc")
@@ -743,15 +989,18 @@ def test_more_sessions_than_cached_descriptors_round_robin(tmp_path):
         assert contents(make_store(tmp_path).get_session_history(f"s{n}").messages) == expected[n]
 
 
-@pytest.mark.skipif(not PROC_FD.is_dir(), reason="counts descriptors in /proc")
-def test_close_releases_descriptors_and_appending_reopens(tmp_path):
-    store = make_store(tmp_path)
+def test_close_releases_descriptors_and_appending_reopens(backend):
+    counted = not backend.is_redis  # a directory's descriptors; a server's connections are pooled
+    if counted and not PROC_FD.is_dir():
+        pytest.skip("counts descriptors in /proc")
+    store = backend.store()
     histories = [store.get_session_history(f"s{n}") for n in range(5)]
     for history in histories:
         history.add_messages([HumanMessage("one")])
     open_before_close = open_fds()
     store.storage.close()
-    assert open_fds() <= open_before_close - 5
+    if counted:
+        assert open_fds() <= open_before_close - 5
     for history in histories:
         history.add_messages([HumanMessage("two")])
     store.storage.close()
@@ -759,7 +1008,7 @@ def test_close_releases_descriptors_and_appending_reopens(tmp_path):
     for history in histories:
         history.add_messages([HumanMessage("three")])
         assert contents(history.messages) == ["one", "two", "three"]
-        assert file_lines(history.file_path)[1:] == [user_line(t) for t in ("one", "two", "three")]
+        assert lines_of(history)[1:] == [user_line(t) for t in ("one", "two", "three")]
 
 
 @POSIX_ONLY
@@ -793,11 +1042,11 @@ def test_forked_child_and_parent_appending_to_one_session(tmp_path, split_writes
 # --- 5. incremental reads --------------------------------------------------------------
 
 
-def test_another_process_appending_is_read_as_a_tail(tmp_path):
-    path = session_file(tmp_path, *(user_line(f"m{i}") for i in range(50)))
-    history = CrabChatMessageHistory.from_file(path)
+def test_another_process_appending_is_read_as_a_tail(backend):
+    seeded(backend, *(user_line(f"m{i}") for i in range(50)))
+    history = opened(backend)
     before = history.messages
-    run_python(APPEND_SCRIPT, str(path), "new 1", "new 2")
+    run_python(APPEND_SCRIPT, *backend.argv, id_of(SESSION), "new 1", "new 2")
     after = history.messages
     assert len(after) == 52
     assert all(a is b for a, b in zip(before, after[:50], strict=True))  # not parsed again
@@ -808,10 +1057,10 @@ def test_another_process_appending_is_read_as_a_tail(tmp_path):
     assert again[52:] == [AIMessage("mine")]
 
 
-def test_tail_read_parses_only_the_new_lines(tmp_path, monkeypatch):
-    path = session_file(tmp_path, *(user_line(f"m{i}") for i in range(50)))
-    history = CrabChatMessageHistory.from_file(path)
-    run_python(APPEND_SCRIPT, str(path), "new")
+def test_tail_read_parses_only_the_new_lines(backend, monkeypatch):
+    seeded(backend, *(user_line(f"m{i}") for i in range(50)))
+    history = opened(backend)
+    run_python(APPEND_SCRIPT, *backend.argv, id_of(SESSION), "new")
     parsed: list[bytes] = []
 
     def spying(parse):
@@ -886,15 +1135,15 @@ def compacted(summary: str) -> HumanMessage:
     return HumanMessage(summary, additional_kwargs={"crab_compact": True})
 
 
-def test_archive_holds_every_message_and_each_marker_in_place(tmp_path):
-    history = make_store(tmp_path).get_session_history("s")
+def test_archive_holds_every_message_and_each_marker_in_place(backend):
+    history = backend.store().get_session_history("s")
     assert history.archive() == []  # no file yet
     history.add_messages([HumanMessage("one"), AIMessage("two")])
     history.compact("first summary")
     history.add_messages([HumanMessage("three")])
     history.compact('second "summary"\nwith ✓')
     history.add_messages([AIMessage("four")])
-    assert file_lines(history.file_path)[3] == b'{"compact":"first summary"}'
+    assert lines_of(history)[3] == b'{"compact":"first summary"}'
     assert history.messages == [HumanMessage('second "summary"\nwith ✓'), AIMessage("four")]
     expected_archive = [
         HumanMessage("one"),
@@ -905,18 +1154,18 @@ def test_archive_holds_every_message_and_each_marker_in_place(tmp_path):
         AIMessage("four"),
     ]
     assert history.archive() == expected_archive
-    fresh = make_store(tmp_path).get_session_history("s")
+    fresh = backend.store().get_session_history("s")
     assert fresh.messages == history.messages
     assert fresh.archive() == expected_archive
-    by_path = CrabChatMessageHistory.from_file(history.file_path)
-    assert by_path.messages == history.messages
+    if history.file_path is not None:
+        by_path = CrabChatMessageHistory.from_file(history.file_path)
+        assert by_path.messages == history.messages
 
 
-def test_archive_of_crabtalk_compacted_fixture(tmp_path):
-    path = tmp_path / COMPACT_FIXTURE.name
-    path.write_bytes(COMPACT_FIXTURE.read_bytes())
-    history = CrabChatMessageHistory.from_file(path)
-    lines = [line for line in file_lines(path)[1:] if line.strip()]
+def test_archive_of_crabtalk_compacted_fixture(backend):
+    history = opened(backend, backend.put(COMPACT_FIXTURE))
+    lines = [line for line in file_lines(COMPACT_FIXTURE)[1:] if line.strip()]
+    assert lines_of(history)[1:] == lines
     archive = history.archive()
     assert len(archive) == len(lines)
     for line, message in zip(lines, archive, strict=True):
@@ -937,26 +1186,25 @@ def test_archive_of_crabtalk_compacted_fixture(tmp_path):
     [b'{"role":"user","content":', b'{"role":42}', b"not json", b'{"compact":7}'],
     ids=["truncated", "bad-role", "not-json", "bad-marker"],
 )
-def test_malformed_line_before_the_last_marker(tmp_path, bad):
-    path = session_file(
-        tmp_path, user_line("one"), bad, b'{"compact":"summary"}', user_line("after")
-    )
-    history = CrabChatMessageHistory.from_file(path)  # the archive is not parsed
+def test_malformed_line_before_the_last_marker(backend, bad):
+    seeded(backend, user_line("one"), bad, b'{"compact":"summary"}', user_line("after"))
+    history = opened(backend)  # the archive is not parsed
+    where = history.location
     assert history.messages == [HumanMessage("summary"), HumanMessage("after")]
     with pytest.raises(SessionFormatError) as raised:
         history.archive()
-    assert (raised.value.path, raised.value.line) == (str(path), 3)
-    assert str(raised.value).startswith(f"{path}:3: ")
+    assert (raised.value.path, raised.value.line) == (where, 3)
+    assert str(raised.value).startswith(f"{where}:3: ")
     assert history.messages == [HumanMessage("summary"), HumanMessage("after")]
     history.add_messages([AIMessage("more")])
-    assert contents(CrabChatMessageHistory.from_file(path).messages) == ["summary", "after", "more"]
+    assert contents(opened(backend).messages) == ["summary", "after", "more"]
 
 
-def test_malformed_line_after_the_last_marker_still_raises(tmp_path):
-    path = session_file(tmp_path, b'{"compact":"summary"}', user_line("a"), b'{"role":')
+def test_malformed_line_after_the_last_marker_still_raises(backend):
+    name = seeded(backend, b'{"compact":"summary"}', user_line("a"), b'{"role":')
     with pytest.raises(SessionFormatError) as raised:
-        CrabChatMessageHistory.from_file(path)
-    assert (raised.value.path, raised.value.line) == (str(path), 4)
+        opened(backend)
+    assert (raised.value.path, raised.value.line) == (backend.storage().location(name), 4)
 
 
 LOOKALIKES = [
@@ -967,18 +1215,18 @@ LOOKALIKES = [
 ]
 
 
-def test_lines_that_merely_mention_compact_are_messages(tmp_path):
-    history = make_store(tmp_path).get_session_history("s")
+def test_lines_that_merely_mention_compact_are_messages(backend):
+    history = backend.store().get_session_history("s")
     history.add_messages([HumanMessage("before")])
-    tail_reader = make_store(tmp_path).get_session_history("s")
+    tail_reader = backend.store().get_session_history("s")
     assert tail_reader.messages == [HumanMessage("before")]
     history.add_messages(LOOKALIKES)
-    raw = file_lines(history.file_path)
+    raw = lines_of(history)
     assert raw[2] == b'{"role":"user","content":"compact"}'  # holds the bytes "compact"
-    with open(history.file_path, "ab") as file:  # a message with an unknown key "compact"
-        file.write(b'{"role":"user","content":"y","compact":"z"}\n')
+    # A message with an unknown key "compact", as another writer wrote it.
+    appended(backend, history._current_name(), b'{"role":"user","content":"y","compact":"z"}')
     expected = [HumanMessage("before"), *LOOKALIKES]
-    for reader in (history, tail_reader, CrabChatMessageHistory.from_file(history.file_path)):
+    for reader in (history, tail_reader, backend.store().get_session_history("s")):
         messages = reader.messages
         assert messages[: len(expected)] == expected
         assert len(messages) == len(expected) + 1
@@ -1048,29 +1296,45 @@ def gc_restored() -> Iterator[None]:
     gc.enable()
 
 
-def big_file(directory: Path, count: int = 1500, bad_at: int | None = None) -> Path:
+BAD = "crab_1774253212_8.jsonl"  # a second log, beside SESSION
+
+
+def big_log(backend: Backend, count: int = 1500, bad_at: int | None = None, name=SESSION) -> str:
     lines = [user_line(f"m{i}") for i in range(count)]
     if bad_at is not None:
         lines[bad_at - 2] = b'{"role":"user","content":'  # file line bad_at
-    return session_file(directory, *lines)
+    return seeded(backend, *lines, name=name)
 
 
-def test_gc_enabled_after_loading_a_long_session(tmp_path, gc_restored):
+def test_gc_enabled_after_loading_a_long_session(backend, gc_restored):
     assert gc.isenabled()
-    history = CrabChatMessageHistory.from_file(big_file(tmp_path))
+    history = opened(backend, big_log(backend))
     assert gc.isenabled()
     assert len(history.messages) == 1500
-    store_history = make_store(tmp_path / "store").get_session_history("s")
+    store_history = backend.store().get_session_history("s")
     store_history.add_messages([HumanMessage(f"m{i}") for i in range(1500)])
     assert gc.isenabled()
-    assert len(make_store(tmp_path / "store").get_session_history("s").messages) == 1500
+    assert len(backend.store().get_session_history("s").messages) == 1500
     assert gc.isenabled()
 
 
-def test_gc_enabled_after_a_long_tail_and_a_bulk_add(tmp_path, gc_restored):
-    path = session_file(tmp_path, user_line("first"))
-    history = CrabChatMessageHistory.from_file(path)
-    CrabChatMessageHistory.from_file(path).add_messages([AIMessage(f"a{i}") for i in range(1200)])
+async def test_gc_enabled_after_async_reads_and_writes_of_many_lines(backend, gc_restored):
+    # On Redis a long chunk is turned into messages in a worker thread, the pause with it.
+    history = backend.store().get_session_history("s")
+    await history.aadd_messages([HumanMessage(f"m{i}") for i in range(1500)])
+    assert gc.isenabled()
+    fresh = backend.store().get_session_history("s")
+    assert len(await fresh.aget_messages()) == 1500
+    assert gc.isenabled()
+    await history.aadd_messages([AIMessage(f"a{i}") for i in range(1200)])
+    assert len(await fresh.aget_messages()) == 2700  # a tail of 1200 lines
+    assert gc.isenabled()
+
+
+def test_gc_enabled_after_a_long_tail_and_a_bulk_add(backend, gc_restored):
+    seeded(backend, user_line("first"))
+    history = opened(backend)
+    opened(backend).add_messages([AIMessage(f"a{i}") for i in range(1200)])
     assert gc.isenabled()
     assert len(history.messages) == 1201  # a tail of 1200 lines
     assert gc.isenabled()
@@ -1078,49 +1342,48 @@ def test_gc_enabled_after_a_long_tail_and_a_bulk_add(tmp_path, gc_restored):
     assert gc.isenabled()
 
 
-def test_gc_disabled_by_the_caller_stays_disabled(tmp_path, gc_restored):
-    path = big_file(tmp_path)
+def test_gc_disabled_by_the_caller_stays_disabled(backend, gc_restored):
+    big_log(backend)
     gc.disable()
-    history = CrabChatMessageHistory.from_file(path)
+    history = opened(backend)
     assert not gc.isenabled()
     history.add_messages([HumanMessage(f"b{i}") for i in range(1200)])
     assert not gc.isenabled()
-    CrabChatMessageHistory.from_file(path).add_messages([AIMessage(f"c{i}") for i in range(1200)])
+    opened(backend).add_messages([AIMessage(f"c{i}") for i in range(1200)])
     assert len(history.messages) == 3900
     assert not gc.isenabled()
     with pytest.raises(SessionFormatError):
-        CrabChatMessageHistory.from_file(big_file(tmp_path / "bad", bad_at=1500))
+        opened(backend, big_log(backend, bad_at=1500, name=BAD))
     assert not gc.isenabled()
 
 
-def test_gc_enabled_after_loading_fails(tmp_path, gc_restored):
+def test_gc_enabled_after_loading_fails(backend, gc_restored):
     with pytest.raises(SessionFormatError) as raised:
-        CrabChatMessageHistory.from_file(big_file(tmp_path, bad_at=1500))
+        opened(backend, big_log(backend, bad_at=1500))
     assert raised.value.line == 1500
     assert gc.isenabled()
 
 
-def test_gc_enabled_after_a_tail_read_fails(tmp_path, gc_restored):
-    path = session_file(tmp_path, user_line("first"))
-    history = CrabChatMessageHistory.from_file(path)
-    with open(path, "ab") as file:
-        file.write(b"".join(user_line(f"m{i}") + b"\n" for i in range(1500)))
-        file.write(b"not json\n")
+def test_gc_enabled_after_a_tail_read_fails(backend, gc_restored):
+    name = seeded(backend, user_line("first"))
+    history = opened(backend)
+    appended(backend, name, *(user_line(f"m{i}") for i in range(1500)), b"not json")
     with pytest.raises(SessionFormatError) as raised:
         history.messages  # noqa: B018 - the read is the point
     assert raised.value.line == 1503
     assert gc.isenabled()
 
 
-def test_gc_enabled_after_a_bulk_add_fails(tmp_path, gc_restored):
-    history = CrabChatMessageHistory.from_file(session_file(tmp_path, user_line("first")))
-    before = history.file_path.read_bytes()
+def test_gc_enabled_after_a_bulk_add_fails(backend, gc_restored):
+    seeded(backend, user_line("first"))
+    history = opened(backend)
+    before = lines_of(history)
     batch: list[BaseMessage] = [HumanMessage(f"m{i}") for i in range(1500)]
     batch.append(ToolMessage("r", tool_call_id="c", artifact=object()))
     with pytest.raises((TypeError, ValueError)):
         history.add_messages(batch)
     assert gc.isenabled()
-    assert history.file_path.read_bytes() == before
+    assert lines_of(history) == before
 
 
 @pytest.mark.parametrize(
@@ -1135,8 +1398,8 @@ def test_gc_enabled_after_a_bulk_add_fails(tmp_path, gc_restored):
         pytest.param(lambda items: items.__init__([HumanMessage("x")]), id="__init__ again"),
     ],
 )
-def test_changes_that_bypass_the_list_methods_are_not_recycled(tmp_path, change):
-    history = SessionStore(tmp_path, entry_points=False).get_session_history("s")
+def test_changes_that_bypass_the_list_methods_are_not_recycled(backend, change):
+    history = backend.store().get_session_history("s")
     history.add_messages([HumanMessage("a"), HumanMessage("b"), HumanMessage("c")])
     items = history.messages
     change(items)

@@ -1,4 +1,7 @@
-"""Plugins: entry-point discovery, the order hooks are asked in, and how results combine."""
+"""Plugins: entry-point discovery, the order hooks are asked in, and how results combine.
+
+Every test that stores something runs on each backend (see ``backends.py``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from backends import Backend
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from crab_langchain import (
@@ -29,11 +33,21 @@ from crab_langchain import (
 from crab_langchain.hooks import ENTRY_POINT_GROUP
 
 
-def file_lines(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
+def raw_lines(store: SessionStore, session_id: str) -> list[bytes]:
+    """The stored lines of ``session_id``, header first; a file holds exactly these."""
     name = store.find(session_id)
     assert name is not None
-    raw = (store.root / name).read_bytes()
-    return [json.loads(line) for line in raw.split(b"\n")[1:-1]]
+    chunk = store.storage.read(name, None)
+    assert chunk is not None
+    lines = [line for _, line in chunk.lines]
+    path = store.storage.path(name)
+    if path is not None:
+        assert path.read_bytes() == b"".join(line + b"\n" for line in lines)
+    return lines
+
+
+def file_lines(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in raw_lines(store, session_id)[1:]]
 
 
 def contents(store: SessionStore, session_id: str) -> list[str]:
@@ -55,6 +69,7 @@ def crab_filter_message(message):
     return False if "SECRET" in message.content else None
 """
 
+# Opens the backend's sessions as a host would: entry points as the mode says.
 PROBE_SCRIPT = """
 import json, sys
 from langchain_core.messages import HumanMessage
@@ -67,20 +82,20 @@ class KeepAll:
     def crab_filter_message(self, message):
         return True
 
-root, mode = sys.argv[1:3]
+url, prefix, mode = sys.argv[1:4]
+options = {"prefix": prefix} if prefix else {}
 if mode == "default":
-    store = SessionStore(root)
+    store = SessionStore.from_url(url, **options)
 elif mode == "host-keeps-all":
-    store = SessionStore(root, plugins=[KeepAll()])
+    store = SessionStore.from_url(url, plugins=[KeepAll()], **options)
 else:
-    store = SessionStore(root, entry_points=False)
+    store = SessionStore.from_url(url, entry_points=False, **options)
 history = store.get_session_history("ep")
 history.add_messages([HumanMessage("hello"), HumanMessage("the SECRET is 7")])
 print(json.dumps({
     "plugins": [name for name, _ in store.plugin_manager.list_name_plugin()],
     "dists": [dist.project_name for _, dist in store.plugin_manager.list_plugin_distinfo()],
     "messages": [[m.type, m.text, m.additional_kwargs] for m in history.messages],
-    "file": history.file_path.read_text(encoding="utf-8"),
 }))
 """
 
@@ -102,12 +117,13 @@ def installed_plugin(tmp_path: Path) -> Path:
     return site
 
 
-def probe(site: Path, root: Path, mode: str) -> dict[str, Any]:
+def probe(site: Path, backend: Backend, workdir: Path, mode: str) -> dict[str, Any]:
+    """Run PROBE_SCRIPT with ``site`` installed; what it saw, and the session's stored text."""
     env = {**os.environ, "PYTHONPATH": str(site)}
-    workdir = root.parent / f"cwd-{mode}"
+    workdir = workdir / f"cwd-{mode}"
     workdir.mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", PROBE_SCRIPT, str(root), mode],
+        [sys.executable, "-c", PROBE_SCRIPT, *backend.argv, mode],
         capture_output=True,
         text=True,
         env=env,
@@ -116,11 +132,15 @@ def probe(site: Path, root: Path, mode: str) -> dict[str, Any]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen["file"] = "".join(line.decode() + "\n" for line in raw_lines(backend.store(), "ep"))
+    return seen
 
 
-def test_entry_point_plugin_is_loaded_by_default(installed_plugin: Path, tmp_path: Path) -> None:
-    seen = probe(installed_plugin, tmp_path / "sessions", "default")
+def test_entry_point_plugin_is_loaded_by_default(
+    installed_plugin: Path, backend: Backend, tmp_path: Path
+) -> None:
+    seen = probe(installed_plugin, backend, tmp_path, "default")
 
     assert "myplugin" in seen["plugins"]
     assert seen["dists"] == ["myplugin"]
@@ -133,9 +153,9 @@ def test_entry_point_plugin_is_loaded_by_default(installed_plugin: Path, tmp_pat
 
 
 def test_entry_points_false_does_not_load_the_plugin(
-    installed_plugin: Path, tmp_path: Path
+    installed_plugin: Path, backend: Backend, tmp_path: Path
 ) -> None:
-    seen = probe(installed_plugin, tmp_path / "sessions", "no-entry-points")
+    seen = probe(installed_plugin, backend, tmp_path, "no-entry-points")
 
     assert "myplugin" not in seen["plugins"]
     assert seen["dists"] == []
@@ -145,9 +165,9 @@ def test_entry_points_false_does_not_load_the_plugin(
 
 
 def test_host_plugin_is_asked_before_entry_point_plugins(
-    installed_plugin: Path, tmp_path: Path
+    installed_plugin: Path, backend: Backend, tmp_path: Path
 ) -> None:
-    seen = probe(installed_plugin, tmp_path / "sessions", "host-keeps-all")
+    seen = probe(installed_plugin, backend, tmp_path, "host-keeps-all")
 
     assert "myplugin" in seen["plugins"]
     assert [m[1] for m in seen["messages"]] == [
@@ -178,8 +198,8 @@ class LateAudit:
 
 
 @pytest.mark.parametrize("audit", [Audit, LateAudit])
-def test_host_filter_is_asked_before_the_default_plugin(tmp_path: Path, audit: type) -> None:
-    store = SessionStore(tmp_path, plugins=[audit()], entry_points=False)
+def test_host_filter_is_asked_before_the_default_plugin(backend: Backend, audit: type) -> None:
+    store = backend.store([audit()])
     history = store.get_session_history("audit")
 
     history.add_messages([HumanMessage("hi"), mark_auto_injected(SystemMessage("recall: x"))])
@@ -194,8 +214,8 @@ def test_host_filter_is_asked_before_the_default_plugin(tmp_path: Path, audit: t
     assert store.get_session_history("audit").messages == [HumanMessage("hi")]
 
 
-def test_without_host_filter_the_default_plugin_drops_injected(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path, entry_points=False)
+def test_without_host_filter_the_default_plugin_drops_injected(backend: Backend) -> None:
+    store = backend.store()
     history = store.get_session_history("plain")
 
     history.add_messages([HumanMessage("hi"), mark_auto_injected(SystemMessage("recall: x"))])
@@ -216,9 +236,9 @@ def test_default_plugin_wraps_the_filter_so_every_other_plugin_is_asked_first() 
 # --- order: tryfirst, trylast, first non-None result --------------------------------------
 
 
-def keeps(plugins: Sequence[object], tmp_path: Path) -> bool:
+def keeps(plugins: Sequence[object], backend: Backend) -> bool:
     """Whether a plain user message is written with ``plugins`` registered in this order."""
-    store = SessionStore(tmp_path, plugins, entry_points=False)
+    store = backend.store(plugins)
     history = store.get_session_history("s")
     history.add_messages([HumanMessage("first"), HumanMessage("probe")])
     return "probe" in contents(store, "s")
@@ -238,37 +258,37 @@ def probe_filter(verdict: bool | None, log: list[str], label: str, **opts: bool)
     return Filter()
 
 
-def test_last_registered_plugin_is_asked_first(tmp_path: Path) -> None:
+def test_last_registered_plugin_is_asked_first(backend: Backend) -> None:
     log: list[str] = []
     plugins = [probe_filter(False, log, "dropper"), probe_filter(True, log, "keeper")]
 
-    assert keeps(plugins, tmp_path)
+    assert keeps(plugins, backend)
     assert log == ["keeper"]
 
 
-def test_tryfirst_plugin_is_asked_before_later_registered_ones(tmp_path: Path) -> None:
+def test_tryfirst_plugin_is_asked_before_later_registered_ones(backend: Backend) -> None:
     log: list[str] = []
     plugins = [
         probe_filter(False, log, "dropper", tryfirst=True),
         probe_filter(True, log, "keeper"),
     ]
 
-    assert not keeps(plugins, tmp_path)
+    assert not keeps(plugins, backend)
     assert log == ["dropper"]
 
 
-def test_trylast_plugin_is_asked_after_earlier_registered_ones(tmp_path: Path) -> None:
+def test_trylast_plugin_is_asked_after_earlier_registered_ones(backend: Backend) -> None:
     log: list[str] = []
     plugins = [
         probe_filter(True, log, "keeper"),
         probe_filter(False, log, "dropper", trylast=True),
     ]
 
-    assert keeps(plugins, tmp_path)
+    assert keeps(plugins, backend)
     assert log == ["keeper"]
 
 
-def test_none_passes_the_decision_to_the_next_plugin(tmp_path: Path) -> None:
+def test_none_passes_the_decision_to_the_next_plugin(backend: Backend) -> None:
     log: list[str] = []
     plugins = [
         probe_filter(False, log, "dropper"),
@@ -276,11 +296,11 @@ def test_none_passes_the_decision_to_the_next_plugin(tmp_path: Path) -> None:
         probe_filter(None, log, "abstainer2"),
     ]
 
-    assert not keeps(plugins, tmp_path)
+    assert not keeps(plugins, backend)
     assert log == ["abstainer2", "abstainer", "dropper"]
 
 
-def test_first_non_none_result_wins_and_stops_the_call(tmp_path: Path) -> None:
+def test_first_non_none_result_wins_and_stops_the_call(backend: Backend) -> None:
     log: list[str] = []
     plugins = [
         probe_filter(False, log, "never asked"),
@@ -288,7 +308,7 @@ def test_first_non_none_result_wins_and_stops_the_call(tmp_path: Path) -> None:
         probe_filter(None, log, "abstainer"),
     ]
 
-    assert keeps(plugins, tmp_path)
+    assert keeps(plugins, backend)
     assert log == ["abstainer", "keeper"]
 
 
@@ -304,7 +324,7 @@ class Inject:
         return self.result
 
 
-def test_results_of_all_injecting_plugins_are_concatenated(tmp_path: Path) -> None:
+def test_results_of_all_injecting_plugins_are_concatenated(backend: Backend) -> None:
     plugins = [
         Inject(SystemMessage("a1"), SystemMessage("a2")),
         Inject(HumanMessage("b1")),
@@ -312,8 +332,7 @@ def test_results_of_all_injecting_plugins_are_concatenated(tmp_path: Path) -> No
         Inject(),
         Inject(AIMessage("c1"), SystemMessage("c2")),
     ]
-    store = SessionStore(tmp_path, plugins=plugins, entry_points=False)
-    history = store.get_session_history("multi")
+    history = backend.store(plugins).get_session_history("multi")
     history.add_messages([HumanMessage("stored")])
 
     messages = history.messages
@@ -331,9 +350,9 @@ def test_results_of_all_injecting_plugins_are_concatenated(tmp_path: Path) -> No
     assert history.stored_messages() == [HumanMessage("stored")]
 
 
-def test_injected_messages_from_several_plugins_are_not_written(tmp_path: Path) -> None:
+def test_injected_messages_from_several_plugins_are_not_written(backend: Backend) -> None:
     plugins = [Inject(SystemMessage("a")), Inject(HumanMessage("b"))]
-    store = SessionStore(tmp_path, plugins=plugins, entry_points=False)
+    store = backend.store(plugins)
     history = store.get_session_history("multi")
 
     history.add_messages([HumanMessage("q"), *history.messages[-2:], AIMessage("r")])
@@ -344,7 +363,7 @@ def test_injected_messages_from_several_plugins_are_not_written(tmp_path: Path) 
 # --- plugin shapes ------------------------------------------------------------------------
 
 
-def test_module_and_instance_plugins_both_work(tmp_path: Path) -> None:
+def test_module_and_instance_plugins_both_work(backend: Backend) -> None:
     module = types.ModuleType("crab_test_module_plugin")
 
     @hookimpl
@@ -359,9 +378,7 @@ def test_module_and_instance_plugins_both_work(tmp_path: Path) -> None:
     module.crab_inject_messages = crab_inject_messages  # type: ignore[attr-defined]
     module.crab_before_persist = crab_before_persist  # type: ignore[attr-defined]
 
-    store = SessionStore(
-        tmp_path, plugins=[module, Inject(SystemMessage("from an instance"))], entry_points=False
-    )
+    store = backend.store([module, Inject(SystemMessage("from an instance"))])
     history = store.get_session_history("shapes")
     history.add_messages([HumanMessage("my password is hunter2")])
 
@@ -373,7 +390,7 @@ def test_module_and_instance_plugins_both_work(tmp_path: Path) -> None:
     assert contents(store, "shapes") == ["my ******** is hunter2"]
 
 
-def test_plugin_module_from_a_file_is_registered(tmp_path: Path) -> None:
+def test_plugin_module_from_a_file_is_registered(backend: Backend, tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     (source / "crab_file_plugin.py").write_text(textwrap.dedent(PLUGIN_MODULE), encoding="utf-8")
@@ -384,7 +401,7 @@ def test_plugin_module_from_a_file_is_registered(tmp_path: Path) -> None:
         sys.path.remove(str(source))
         sys.modules.pop("crab_file_plugin", None)
 
-    store = SessionStore(tmp_path / "sessions", plugins=[crab_file_plugin], entry_points=False)
+    store = backend.store([crab_file_plugin])
     history = store.get_session_history("file")
     history.add_messages([HumanMessage("keep"), HumanMessage("SECRET drop")])
 
@@ -392,7 +409,7 @@ def test_plugin_module_from_a_file_is_registered(tmp_path: Path) -> None:
     assert history.messages[-1].text == "recall from entry point (1 stored)"
 
 
-def test_hook_implementations_may_take_fewer_arguments(tmp_path: Path) -> None:
+def test_hook_implementations_may_take_fewer_arguments(backend: Backend) -> None:
     calls: list[str] = []
 
     class Minimal:
@@ -414,7 +431,7 @@ def test_hook_implementations_may_take_fewer_arguments(tmp_path: Path) -> None:
         def crab_session_created(self) -> None:
             calls.append("created")
 
-    store = SessionStore(tmp_path, plugins=[Minimal()], entry_points=False)
+    store = backend.store([Minimal()])
     history = store.get_session_history("few")
     history.add_messages([HumanMessage("keep"), HumanMessage("drop")])
 
@@ -443,35 +460,35 @@ def test_unknown_crab_hook_is_reported_by_check_pending() -> None:
         manager.check_pending()
 
 
-def test_unknown_crab_hook_on_a_store_is_reported_by_check_pending(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path, plugins=[UnknownHook()], entry_points=False)
+def test_unknown_crab_hook_on_a_store_is_reported_by_check_pending(backend: Backend) -> None:
+    store = backend.store([UnknownHook()])
 
     with pytest.raises(pluggy.PluginValidationError, match="crab_on_before_run"):
         store.plugin_manager.check_pending()
 
 
-def test_known_hooks_pass_check_pending(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path, plugins=[Audit(), Inject()], entry_points=False)
+def test_known_hooks_pass_check_pending(backend: Backend) -> None:
+    store = backend.store([Audit(), Inject()])
 
     store.plugin_manager.check_pending()
 
 
-def test_hook_with_an_argument_the_spec_lacks_is_rejected_on_register(tmp_path: Path) -> None:
+def test_hook_with_an_argument_the_spec_lacks_is_rejected_on_register(backend: Backend) -> None:
     class Wrong:
         @hookimpl
         def crab_filter_message(self, message: CrabMessage, agent: str) -> bool | None:
             return None
 
     with pytest.raises(pluggy.PluginValidationError, match="agent"):
-        SessionStore(tmp_path, plugins=[Wrong()], entry_points=False)
+        backend.store([Wrong()])
 
 
-def test_unmarked_functions_are_not_hooks(tmp_path: Path) -> None:
+def test_unmarked_functions_are_not_hooks(backend: Backend) -> None:
     class Unmarked:
         def crab_filter_message(self, message: CrabMessage) -> bool:
             return False
 
-    store = SessionStore(tmp_path, plugins=[Unmarked()], entry_points=False)
+    store = backend.store([Unmarked()])
     store.get_session_history("u").add_messages([HumanMessage("kept")])
 
     assert contents(store, "u") == ["kept"]
@@ -502,10 +519,9 @@ class SessionWatcher:
         self._note("after_load", session)
 
 
-def test_hooks_see_session_history_up_to_date(tmp_path):
+def test_hooks_see_session_history_up_to_date(backend: Backend) -> None:
     watcher = SessionWatcher()
-    store = SessionStore(tmp_path, plugins=[watcher], entry_points=False)
-    history = store.get_session_history("s")
+    history = backend.store([watcher]).get_session_history("s")
     history.add_messages([HumanMessage("one"), AIMessage("two")])
     _ = history.messages
     history.add_messages([HumanMessage("three")])
@@ -515,18 +531,18 @@ def test_hooks_see_session_history_up_to_date(tmp_path):
     assert ("inject", ["one", "two"]) in watcher.seen
     assert ("before_persist", ["one", "two"]) in watcher.seen
     assert ("inject", ["summary"]) in watcher.seen
-    reopened = SessionStore(tmp_path, plugins=[watcher], entry_points=False)
+    reopened = backend.store([watcher])
     assert [m.content for m in reopened.get_session_history("s").session.history] == ["summary"]
     assert ("after_load", ["summary"]) in watcher.seen
 
 
-def test_session_history_matches_the_file_without_plugins(tmp_path):
+def test_session_history_matches_the_file_without_plugins(backend: Backend) -> None:
     from crab_langchain.models import parse_entry
 
-    store = SessionStore(tmp_path, entry_points=False)
+    store = backend.store()
     history = store.get_session_history("s")
     history.add_messages([HumanMessage("a"), AIMessage("b", id="x"), HumanMessage("c")])
-    lines = history.file_path.read_bytes().splitlines()[1:]
+    lines = raw_lines(store, "s")[1:]
     assert history.session.history == [parse_entry(line) for line in lines]
     history.add_messages([AIMessage("d")])
     assert [m.content for m in history.session.history] == ["a", "b", "c", "d"]

@@ -460,7 +460,7 @@ def _store_row(info: SessionInfo) -> str:
         info.created_by,
         info.created_at.isoformat(),
         info.title or "",
-        human_size(file_size(info.path)),
+        human_size(info.size),
         info.name,
     )
     return "<tr>" + "".join(f'<td style="{_CELL}">{_e(cell)}</td>' for cell in cells) + "</tr>"

@@ -51,6 +51,8 @@ class SessionInfo(BaseModel):
     path: Path | None
     name: str
     extra: dict[str, Any] = {}
+    size: int | None = None
+    """Bytes of the session's lines, as a file holds them (None if the storage cannot say)."""
 
     @property
     def title(self) -> str | None:
@@ -258,17 +260,22 @@ class SessionStore:
         Reads only each file's header, so it costs the same however long the
         sessions are. Files that are not sessions are skipped with a warning.
         """
-        infos = [
-            self._info(name, meta)
+        found = [
+            (name, meta)
             for name, meta in self._metas(self.storage.names())
             if (agent is None or meta.agent == agent)
             and (created_by is None or meta.created_by == created_by)
         ]
+        sizes = self.storage.sizes([name for name, _ in found])
+        infos = [
+            self._info(name, meta, size) for (name, meta), size in zip(found, sizes, strict=True)
+        ]
         infos.sort(key=lambda info: (info.created_at, info.name), reverse=True)
         return infos
 
-    def _info(self, name: str, meta: SessionMeta) -> SessionInfo:
+    def _info(self, name: str, meta: SessionMeta, size: int | None = None) -> SessionInfo:
         return SessionInfo(
+            size=size,
             session_id=session_id_of(name, meta),
             agent=meta.agent,
             created_by=meta.created_by,
@@ -285,20 +292,21 @@ class SessionStore:
         first, a page of headers at a time, until one matches.
         """
         names = self.storage.names()
-        newest: SessionInfo | None = None
+        newest: tuple[datetime, str, SessionMeta] | None = None
         for start in range(0, len(names), _LATEST_PAGE):
             for name, meta in self._metas(names[start : start + _LATEST_PAGE]):
-                if meta.agent != agent or meta.created_by != created_by:
-                    continue
-                info = self._info(name, meta)
-                if newest is None or (info.created_at, info.name) > (
-                    newest.created_at,
-                    newest.name,
-                ):
-                    newest = info
+                if meta.agent == agent and meta.created_by == created_by:
+                    newest = max(
+                        newest or (meta.created_at, name, meta),
+                        (meta.created_at, name, meta),
+                        key=lambda found: found[:2],
+                    )
             if newest is not None and self.storage.names_newest_first:
                 break
-        return newest
+        if newest is None:
+            return None
+        _, name, meta = newest
+        return self._info(name, meta, self.storage.sizes([name])[0])
 
     def delete_session(self, session_id: str, agent: str = "crab") -> bool:
         """Delete the session's file; False if there was none."""

@@ -391,15 +391,7 @@ def test_store_table_rows_match_list_sessions(backend: Backend):
     assert "Trip planning" in {row[4] for row in rows}
 
 
-def test_store_table_shows_each_sessions_size(backend: Backend, request: pytest.FixtureRequest):
-    if backend.is_redis:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="library bug: display.file_size stats SessionInfo.path, None on Redis, "
-                "so every Redis session's size shows as '?'",
-            )
-        )
+def test_store_table_shows_each_sessions_size(backend: Backend):
     sessions = fixture_store(backend)
     sizes = {row[6]: row[5] for row in Html(store_html(sessions)).rows}
     assert sizes["research_bot_1777593600_3.jsonl"] == "571 B"

@@ -261,3 +261,11 @@ def test_any_lines_appended_in_any_batches_read_back_byte_for_byte(backend, batc
     expected = [HEADER, *(line for batch in batches for line in batch)]
     assert seen == expected
     assert all_lines(storage, name) == expected
+
+
+def test_sizes_are_the_bytes_a_file_of_the_lines_takes(storage, log):
+    storage.append(log, [LINE_A, LINE_B])
+    expected = len(HEADER) + len(LINE_A) + len(LINE_B) + 3
+    assert storage.sizes([log, "crab_1_nope.jsonl"]) == [expected, None]
+    storage.replace(log, [HEADER, LINE_C])
+    assert storage.sizes([log]) == [len(HEADER) + len(LINE_C) + 2]

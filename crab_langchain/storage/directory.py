@@ -161,6 +161,15 @@ class DirectoryStorage(SessionStorage):
 
     # --- reading --------------------------------------------------------------
 
+    def sizes(self, names: Sequence[str]) -> list[int | None]:
+        found: list[int | None] = []
+        for name in names:
+            try:
+                found.append(os.stat(self._file(name)).st_size)
+            except FileNotFoundError:
+                found.append(None)
+        return found
+
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 

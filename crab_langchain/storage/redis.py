@@ -2,16 +2,21 @@
 
 A session's list holds exactly the lines its file would hold, header first,
 so a session moves between a directory and Redis unchanged. Beside it live
-the session's *token* (a random string naming this incarnation of the log: a
-replace or a re-creation gets a new one, so a reader's cursor never continues
-into a different log) and its recent write ids. The three keys share one hash
+the session's *meta* hash (its token, a random string naming this
+incarnation of the log: a replace or a re-creation gets a new one, so a
+reader's cursor never continues into a different log; and the bytes its file
+would have, so listings show sizes without reading lines) and its recent
+write ids. The three keys share one hash
 tag, so they sit in one cluster slot and each operation on a session is one
 Lua script: atomic, one round trip, on a single node and on a cluster alike.
 
-Every write script is idempotent. redis-py retries a command whose connection
-dropped, and a reply lost after the server ran an ``RPUSH`` would otherwise
-append the lines twice: an append carries a write id, and a retried one finds
-its id and returns the first result instead of pushing again.
+Every call is safe to send again, and each is retried (with backoff) when its
+connection drops: a reply lost after the server ran an ``RPUSH`` would
+otherwise mean either an error for a write that happened or, resent, the
+lines twice. So an append carries a write id, kept for a couple of minutes,
+and a resent one finds its id and returns the first result instead of
+pushing again; creation and replacement carry the new token the same way,
+and the creation lock counts "already mine" as taken.
 
 An index (two sorted sets in one slot of their own) lists the sessions: by
 creation time for listings and latest-session look-ups, and by reversed name
@@ -28,10 +33,12 @@ import asyncio
 import contextlib
 import errno
 import os
+import random
+import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -51,21 +58,31 @@ from crab_langchain.storage.base import (
 
 __all__ = ["RedisStorage", "StorageUnavailableError"]
 
+T = TypeVar("T")
+
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 _PUSH_BATCH = 1000  # items per RPUSH inside a script: Lua's unpack() has a stack limit
-_KEPT_WRITE_IDS = 64  # per session: enough for any retry still in flight
+# Write ids are kept this long: far past any resend (ours give up within seconds),
+# and by time, not by count, since many writers can append between a loss and its resend.
+_WRITE_ID_MS = 120_000
+_ATTEMPTS = 10  # per call, while the connection keeps dropping
+_BACKOFF_CAP = 0.5  # seconds
 _CREATION_LOCK_SECONDS = 30.0
+_CREATION_LOCK_POLL = 0.005  # seconds between tries: creating a session takes about 1 ms
 _NO_SESSION = "CRAB_NO_SESSION"
 
-# Shared Lua: push ARGV[first..] onto KEYS[1] in batches; refresh the TTL (ms in ARGV[2]).
+# Shared Lua: push ARGV[first..] onto KEYS[1] in batches, count their bytes as a file's
+# (a newline each) in KEYS[2]; refresh the TTL (ms in ARGV[2]).
 _PUSH = f"""
 local function push(first)
-  local length = 0
+  local length, size = 0, 0
   for i = first, #ARGV, {_PUSH_BATCH} do
     length = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_PUSH_BATCH - 1}, #ARGV)))
   end
+  for i = first, #ARGV do size = size + #ARGV[i] + 1 end
+  redis.call('HINCRBY', KEYS[2], 'bytes', size)
   return length
 end
 local function touch()
@@ -76,56 +93,67 @@ local function touch()
 end
 """
 
-# KEYS: lines, token, writes. ARGV: token, ttl, header. 1 if created (now or by
+# KEYS: lines, meta, writes. ARGV: token, ttl, header. 1 if created (now or by
 # this very call before a retry), 0 if the name is taken.
 _CREATE = (
     _PUSH
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('GET', KEYS[2]) == ARGV[1] and 1 or 0
+  return redis.call('HGET', KEYS[2], 'token') == ARGV[1] and 1 or 0
 end
+redis.call('DEL', KEYS[2], KEYS[3])
 push(3)
-redis.call('SET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'token', ARGV[1])
 touch()
 return 1
 """
 )
 
-# KEYS: lines, token, writes. ARGV: write id, ttl, lines... -> {length, token}.
+# KEYS: lines, meta, writes. ARGV: write id, ttl, lines... -> {length, token}.
+# The meta hash keeps each recent write id's result ('w:<id>' -> length); the
+# writes sorted set, their server times, to forget them after _WRITE_ID_MS.
 _APPEND = (
     _PUSH
     + f"""
-local done = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if done then return {{tonumber(done), redis.call('GET', KEYS[2])}} end
+local id = 'w:' .. ARGV[1]
+local done = redis.call('HGET', KEYS[2], id)
+if done then return {{tonumber(done), redis.call('HGET', KEYS[2], 'token')}} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
 local length = push(3)
-redis.call('ZADD', KEYS[3], length, ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -{_KEPT_WRITE_IDS + 1})
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('HSET', KEYS[2], id, length)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - {_WRITE_ID_MS}, 'LIMIT', 0, 64)
+for _, stale in ipairs(old) do
+  redis.call('HDEL', KEYS[2], 'w:' .. stale)
+  redis.call('ZREM', KEYS[3], stale)
+end
 touch()
-return {{length, redis.call('GET', KEYS[2])}}
+return {{length, redis.call('HGET', KEYS[2], 'token')}}
 """
 )
 
-# KEYS: lines, token, writes. ARGV: new token, ttl, lines...
+# KEYS: lines, meta, writes. ARGV: new token, ttl, lines...
 _REPLACE = (
     _PUSH
     + f"""
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 push(3)
-redis.call('SET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'token', ARGV[1])
 touch()
 return 1
 """
 )
 
-# KEYS: lines, token. ARGV: token, offset. nil if no log; else {token, length}
+# KEYS: lines, meta. ARGV: token, offset. nil if no log; else {token, length}
 # when nothing is new, or {token, length, first, items} (first 0: read it all).
 _READ = """
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return false end
-local token = redis.call('GET', KEYS[2])
+local token = redis.call('HGET', KEYS[2], 'token')
 local first = 0
 if token and token == ARGV[1] then first = tonumber(ARGV[2]) end
 if first > length then first = 0 end
@@ -133,11 +161,24 @@ if first == length then return {token, length} end
 return {token, length, first, redis.call('LRANGE', KEYS[1], first, -1)}
 """
 
-# KEYS: lines, token, writes. 1 if there was a log.
+# KEYS: lines, meta, writes. 1 if there was a log.
 _DELETE = """
 local existed = redis.call('EXISTS', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return existed
+"""
+
+# KEYS: lock. ARGV: token, lease ms. 1 if the lock is ours now (or already was:
+# a resent acquisition whose first reply was lost).
+_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # KEYS: by-time, by-name. ARGV: name, reversed name, created.
@@ -212,7 +253,7 @@ class _Keys:
 
     def session(self, name: str) -> list[str]:
         tagged = f"{self.prefix}:{{{_quote(name)}}}"
-        return [f"{tagged}:lines", f"{tagged}:token", f"{tagged}:writes"]
+        return [f"{tagged}:lines", f"{tagged}:meta", f"{tagged}:writes"]
 
 
 class RedisStorage(SessionStorage):
@@ -311,34 +352,30 @@ class RedisStorage(SessionStorage):
         return None
 
     def names(self, *, suffix: str = "") -> list[str]:
-        with _translated(self._url):
-            if not suffix:
-                newest: list[bytes] = cast(Any, self.client.zrevrange(self._keys.by_time, 0, -1))
-                return [item.decode("utf-8") for item in newest]
-            start = _reversed(suffix)
-            found: list[bytes] = cast(
-                Any,
-                self.client.zrangebylex(self._keys.by_name, b"[" + start, b"(" + start + b"\xff"),
+        if not suffix:
+            newest = self._run(lambda: self.client.zrevrange(self._keys.by_time, 0, -1))
+            return [item.decode("utf-8") for item in cast("list[bytes]", newest)]
+        start = _reversed(suffix)
+        found = self._run(
+            lambda: self.client.zrangebylex(
+                self._keys.by_name, b"[" + start, b"(" + start + b"\xff"
             )
-        return [item.decode("utf-8")[::-1] for item in found]
+        )
+        return [item.decode("utf-8")[::-1] for item in cast("list[bytes]", found)]
 
     def exists(self, name: str) -> bool:
-        with _translated(self._url):
-            return bool(self.client.exists(self._keys.session(check_name(name))[0]))
+        key = self._keys.session(check_name(name))[0]
+        return bool(self._run(lambda: self.client.exists(key)))
 
     def read_header(self, name: str) -> bytes:
         return _header_or_raise(self.read_headers([name])[0])
 
     def read_headers(self, names: Sequence[str]) -> list[bytes | Exception]:
         keys = [self._keys.session(check_name(name))[0] for name in names]
-        with _translated(self._url):
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.lindex(key, 0)
-            found: list[bytes | None] = pipe.execute()
-            gone = [name for name, header in zip(names, found, strict=True) if header is None]
-            if gone:
-                self._prune(gone)
+        found = self._run(lambda: self._each(keys, "lindex", 0))
+        gone = [name for name, header in zip(names, found, strict=True) if header is None]
+        if gone:
+            self._run(lambda: self._prune(gone))
         return [
             header
             if header is not None
@@ -346,34 +383,40 @@ class RedisStorage(SessionStorage):
             for name, header in zip(names, found, strict=True)
         ]
 
+    def sizes(self, names: Sequence[str]) -> list[int | None]:
+        keys = [self._keys.session(check_name(name))[1] for name in names]
+        found = self._run(lambda: self._each(keys, "hget", "bytes"))
+        return [None if size is None else int(size) for size in found]
+
+    def _each(self, keys: Sequence[str], command: str, *args: Any) -> list[Any]:
+        """``command key *args`` for every key, in one round trip (per node of a cluster)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            getattr(pipe, command)(key, *args)
+        return cast("list[Any]", pipe.execute())
+
     def _prune(self, names: list[str]) -> None:
         """Drop index entries whose list is gone, unless re-created meanwhile."""
         scores = self.client.zmscore(self._keys.by_time, names)
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(self._keys.session(name)[0])
-        still_gone = pipe.execute()
+        still_gone = self._each([self._keys.session(name)[0] for name in names], "exists")
         args: list[bytes | str] = []
         for name, score, exists in zip(names, scores, still_gone, strict=True):
             if not exists and score is not None:
                 args += [name, _reversed(name), repr(score)]
         if args:
-            self._scripts["index_remove"](keys=[self._keys.by_time, self._keys.by_name], args=args)
+            self._script("index_remove", [self._keys.by_time, self._keys.by_name], args)
 
     # --- reading --------------------------------------------------------------
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
         keys, args = self._read_call(name, cursor)
-        with _translated(self._url):
-            reply = self._scripts["read"](keys=keys, args=args)
-        return self._chunk(name, reply)
+        return self._chunk(name, self._run(lambda: self._script("read", keys, args)))
 
     async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
         if not self.native_async:
             return await super().aread(name, cursor)
         keys, args = self._read_call(name, cursor)
-        reply = await self._acall("read", keys, args)
-        return self._chunk(name, reply)
+        return self._chunk(name, await self._acall("read", keys, args))
 
     def _read_call(self, name: str, cursor: Cursor | None) -> tuple[list[str], list[Any]]:
         keys = self._keys.session(check_name(name))[:2]
@@ -398,22 +441,20 @@ class RedisStorage(SessionStorage):
     # --- writing --------------------------------------------------------------
 
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
-        keys = self._keys.session(check_name(name))
-        with _translated(self._url):
-            made = self._scripts["create"](keys=keys, args=[_token(), self._ttl_ms, header])
-            if not made:
-                raise FileExistsError(17, "session exists", self.location(name))
-            index_args = [name, _reversed(name), repr(created if created is not None else 0.0)]
-            self._scripts["index_add"](
-                keys=[self._keys.by_time, self._keys.by_name], args=index_args
-            )
+        keys, token = self._keys.session(check_name(name)), _token()
+        # The token is made once, so a resent create knows the session is its own.
+        if not self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header])):
+            raise FileExistsError(17, "session exists", self.location(name))
+        index_args = [name, _reversed(name), repr(created if created is not None else 0.0)]
+        index_keys = [self._keys.by_time, self._keys.by_name]
+        self._run(lambda: self._script("index_add", index_keys, index_args))
 
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
         keys, args = self._append_call(name, lines)
-        with _translated(self._url), _no_session(self.location(name)):
-            reply = self._scripts["append"](keys=keys, args=args)
+        with _no_session(self.location(name)):
+            reply = self._run(lambda: self._script("append", keys, args))
         return _appended(reply, len(lines), after)
 
     async def aappend(
@@ -433,8 +474,8 @@ class RedisStorage(SessionStorage):
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         keys, args = self._replace_call(name, lines)
-        with _translated(self._url), _no_session(self.location(name)):
-            self._scripts["replace"](keys=keys, args=args)
+        with _no_session(self.location(name)):
+            self._run(lambda: self._script("replace", keys, args))
 
     async def areplace(self, name: str, lines: Sequence[bytes]) -> None:
         if not self.native_async:
@@ -451,41 +492,66 @@ class RedisStorage(SessionStorage):
 
     def delete(self, name: str) -> bool:
         keys = self._keys.session(check_name(name))
-        with _translated(self._url):
-            existed = self._scripts["delete"](keys=keys)
-            index_args = [name, _reversed(name), ""]
-            self._scripts["index_remove"](
-                keys=[self._keys.by_time, self._keys.by_name], args=index_args
-            )
+        existed = self._run(lambda: self._script("delete", keys, []))
+        index_keys = [self._keys.by_time, self._keys.by_name]
+        self._run(lambda: self._script("index_remove", index_keys, [name, _reversed(name), ""]))
         return bool(existed)
 
     @contextlib.contextmanager
     def creation_lock(self) -> Iterator[None]:
         # A lease, not a plain lock: a holder that dies frees it when the lease ends.
-        lock = self.client.lock(
-            self._keys.lock,
-            timeout=_CREATION_LOCK_SECONDS,
-            blocking_timeout=_CREATION_LOCK_SECONDS,
-            thread_local=False,
-        )
-        with _translated(self._url):
-            if not lock.acquire():
+        # (Not redis-py's Lock: its acquisition, resent after a lost reply, finds the
+        # lock held by itself and waits out the whole lease.)
+        keys, token = [self._keys.lock], _token()
+        args = [token, int(_CREATION_LOCK_SECONDS * 1000)]
+        deadline = time.monotonic() + _CREATION_LOCK_SECONDS
+        while not self._run(lambda: self._script("lock", keys, args)):
+            if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{self.describe()}: the session-creation lock was not free "
                     f"within {_CREATION_LOCK_SECONDS:.0f} s"
                 )
+            time.sleep(_CREATION_LOCK_POLL)
         try:
             yield
         finally:
-            with contextlib.suppress(redis.exceptions.LockError), _translated(self._url):
-                lock.release()  # a lease that ran out is already released
+            with contextlib.suppress(StorageUnavailableError):  # the lease ends it anyway
+                self._run(lambda: self._script("unlock", keys, [token]))
+
+    # --- resending ------------------------------------------------------------
+
+    def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[script](keys=keys, args=args)
+
+    def _run(self, call: Callable[[], T]) -> T:
+        """``call()``, resent while its connection drops: every call here is safe to resend."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with _translated(self._url):
+                    return call()
+            except StorageUnavailableError:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _arun(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Async :meth:`_run`."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with _translated(self._url):
+                    return await call()
+            except StorageUnavailableError:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- async plumbing -------------------------------------------------------
 
     async def _acall(self, script: str, keys: list[str], args: list[Any]) -> Any:
         _, scripts = self._async_client()
-        with _translated(self._url):
-            return await scripts[script](keys=keys, args=args)
+        return await self._arun(lambda: scripts[script](keys=keys, args=args))
 
     def _async_client(self) -> tuple[AsyncClient, dict[str, AsyncScript]]:
         loop = asyncio.get_running_loop()
@@ -508,8 +574,15 @@ def _register(client: Any) -> dict[str, Any]:
         "delete": _DELETE,
         "index_add": _INDEX_ADD,
         "index_remove": _INDEX_REMOVE,
+        "lock": _LOCK,
+        "unlock": _UNLOCK,
     }
     return {name: client.register_script(source) for name, source in scripts.items()}
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before resend ``attempt + 1``: exponential, capped, with full jitter."""
+    return random.uniform(0, min(_BACKOFF_CAP, 0.01 * 2**attempt))
 
 
 def _appended(reply: Any, count: int, after: Cursor | None) -> Cursor | None:
@@ -572,7 +645,7 @@ def _translated(where: str) -> Iterator[None]:
         raise OSError(errno.ENOSPC, f"the Redis server is out of memory: {error}", where) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         raise StorageUnavailableError(f"{where}: {error}") from error
-    except redis.exceptions.ClusterError as error:
+    except (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException) as error:
         raise StorageUnavailableError(f"{where}: cluster unavailable: {error}") from error
 
 

@@ -250,8 +250,16 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             if name is None:
                 return
             self._refresh()
+            name = self._name  # the refresh may have found the session deleted
+            if name is None:
+                return
             meta = self._meta or self._session.meta()
-            self._storage.replace(name, [meta.to_line().encode("utf-8")])
+            try:
+                self._storage.replace(name, [meta.to_line().encode("utf-8")])
+            except FileNotFoundError:
+                if not self._forget_deleted():
+                    raise
+                return
             self._reset()
 
     async def aclear(self) -> None:
@@ -265,7 +273,13 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             if name is None:
                 return
             header = (self._meta or self._session.meta()).to_line().encode("utf-8")
-        await self._storage.areplace(name, [header])
+        try:
+            await self._storage.areplace(name, [header])
+        except FileNotFoundError:
+            with self._lock:
+                if not self._forget_deleted():
+                    raise
+            return
         with self._lock:
             self._reset()
 
@@ -297,7 +311,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """
         with self._lock:
             name = self._current_name()
-            chunk = None if name is None else self._storage.read(name, None)
+            try:
+                chunk = None if name is None else self._storage.read(name, None)
+            except FileNotFoundError:
+                if not self._forget_deleted():
+                    raise
+                return self.archive()
             if name is None or chunk is None:
                 return []
             return [
@@ -369,6 +388,8 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             except FileNotFoundError:
                 if not self._forget_deleted():
                     raise
+                if self._current_name() is not None:  # re-created meanwhile
+                    self._refresh()
                 return
             if chunk is not None:
                 self._take_chunk(name, chunk)
@@ -385,7 +406,8 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
                 with self._lock:
                     if not self._forget_deleted():
                         raise
-                return
+                name = await self._acurrent_name()  # re-created meanwhile?
+                continue
             if chunk is not None and len(chunk.lines) >= _GC_PAUSE_FROM:
                 # Building thousands of messages would stall the event loop: in a thread.
                 taken = await asyncio.to_thread(self._take_chunk_at, name, cursor, chunk)

@@ -1,16 +1,23 @@
-"""CrabChatMessageHistory on real session files: reading, writing, hooks, other writers."""
+"""CrabChatMessageHistory on every backend: reading, writing, hooks, other writers.
+
+Behaviour tests take ``backend`` and run on a directory, Redis and Redis
+Cluster (see ``backends.py``); tests about files as such (``from_file``, torn
+lines, inodes, a full disk) use a directory alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+import weakref
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from backends import OPEN_STORE, Backend
 from conftest import FIXTURE_FILES, FIXTURES, run_python
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import (
     AIMessage,
@@ -34,8 +41,10 @@ from crab_langchain import (
     is_auto_injected,
     mark_auto_injected,
 )
+from crab_langchain import history as history_module
 from crab_langchain.convert import to_crab_message
 from crab_langchain.models import parse_entry
+from crab_langchain.storage import SessionStorage
 
 PLAIN_FIXTURES = [p for p in FIXTURE_FILES if b'{"compact":' not in p.read_bytes()]
 COMPACT_FIXTURE = FIXTURES / "crab_1775158803_12.jsonl"
@@ -43,6 +52,9 @@ COMPACT_FIXTURE = FIXTURES / "crab_1775158803_12.jsonl"
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}\n'
 USER_A = b'{"role":"user","content":"a"}\n'
 ASSISTANT_B = b'{"role":"assistant","content":"b"}\n'
+
+# A crabtalk name: the store finds it as session "7" of agent "crab".
+CRAB_NAME = "crab_1774253211_7.jsonl"
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -60,35 +72,112 @@ def copy_fixture(source: Path, directory: Path) -> Path:
 
 
 def file_lines(path: Path) -> list[bytes]:
-    data = path.read_bytes()
+    return split_lines(path.read_bytes())
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """The lines of a log's bytes, which end in a newline."""
     assert data.endswith(b"\n")
     return data[:-1].split(b"\n")
+
+
+_LOOKERS: weakref.WeakKeyDictionary[Backend, SessionStorage] = weakref.WeakKeyDictionary()
+
+
+def storage_of(backend: Backend) -> SessionStorage:
+    """The test's one storage for looking at what is stored (a cluster client takes a while)."""
+    storage = _LOOKERS.get(backend)
+    if storage is None:
+        storage = _LOOKERS[backend] = backend.storage()
+    return storage
+
+
+def log_bytes(backend: Backend, what: CrabChatMessageHistory | str) -> bytes:
+    """The exact bytes of a history's log (or of log ``what``): its file, or its Redis list.
+
+    A Redis list holds the lines a file would, blank ones included, so its
+    items each followed by a newline compare byte for byte with a file.
+    """
+    storage = storage_of(backend)
+    location = storage.location(what) if isinstance(what, str) else what.location
+    assert location is not None, "the session has no log yet"
+    if not backend.is_redis:
+        return Path(location).read_bytes()
+    key = location.rsplit(" ", 1)[1]  # a Redis location is "<url> <key>"
+    items = storage.client.lrange(key, 0, -1)  # type: ignore[attr-defined]
+    return b"".join(item + b"\n" for item in items)
+
+
+def log_lines(backend: Backend, what: CrabChatMessageHistory | str) -> list[bytes]:
+    return split_lines(log_bytes(backend, what))
+
+
+def seed_raw(backend: Backend, name: str, data: bytes) -> bytes:
+    """Store ``data`` as log ``name`` unchecked; return the log's bytes as now stored.
+
+    A directory gets exactly ``data`` as the file; Redis gets its lines
+    through the storage, which does not validate them (an unterminated last
+    line becomes a whole item there, as no Redis writer can leave half a line).
+    """
+    if not backend.is_redis:
+        root = Path(backend.url)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+        return data
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    storage = storage_of(backend)
+    storage.create(name, lines[0], created=1774253211.0)
+    if lines[1:]:
+        storage.append(name, lines[1:])
+    return b"".join(line + b"\n" for line in lines)
+
+
+def expected_file_path(backend: Backend, name: str) -> Path | None:
+    """What ``file_path`` says for log ``name``: its file, or None on Redis."""
+    return None if backend.is_redis else Path(backend.url) / name
+
+
+def open_fixture(backend: Backend, fixture: Path, plugins=()) -> CrabChatMessageHistory:
+    """Seed crabtalk's file ``fixture`` on ``backend``; its history from a new store."""
+    name = backend.put(fixture)
+    session_id, agent = FIXTURE_SESSIONS[name][:2]
+    history = backend.store(list(plugins)).get_session_history(session_id, agent=agent)
+    assert history.location == storage_of(backend).location(name)
+    return history
 
 
 def contents(messages: list[BaseMessage]) -> list[str]:
     return [m.content for m in messages]  # type: ignore[misc]
 
 
-APPEND_SCRIPT = """
+APPEND_SCRIPT = (
+    OPEN_STORE
+    + """
 import sys
 from langchain_core.messages import HumanMessage
-from crab_langchain import SessionStore
-store = SessionStore(sys.argv[1], entry_points=False)
-store.get_session_history(sys.argv[2]).add_messages([HumanMessage(t) for t in sys.argv[3:]])
+store = open_store(sys.argv[1], sys.argv[2])
+store.get_session_history(sys.argv[3]).add_messages([HumanMessage(t) for t in sys.argv[4:]])
 """
+)
 
-READ_SCRIPT = """
+READ_SCRIPT = (
+    OPEN_STORE
+    + """
 import json, sys
-from crab_langchain import SessionStore
-store = SessionStore(sys.argv[1], entry_points=False)
-print(json.dumps([m.content for m in store.get_session_history(sys.argv[2]).messages]))
+store = open_store(sys.argv[1], sys.argv[2])
+print(json.dumps([m.content for m in store.get_session_history(sys.argv[3]).messages]))
 """
+)
 
-CLEAR_SCRIPT = """
+CLEAR_SCRIPT = (
+    OPEN_STORE
+    + """
 import sys
-from crab_langchain import SessionStore
-SessionStore(sys.argv[1], entry_points=False).get_session_history(sys.argv[2]).clear()
+open_store(sys.argv[1], sys.argv[2]).get_session_history(sys.argv[3]).clear()
 """
+)
 
 
 def expected_context(path: Path) -> list[bytes]:
@@ -130,57 +219,76 @@ def test_file_path_is_none_until_first_write(tmp_path):
     assert history.file_path.parent == store.root
 
 
-def test_add_and_read_back(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_location_is_none_until_first_write(backend):
+    store = backend.store()
+    history = store.get_session_history("s1")
+    assert history.location is None
+    assert history.messages == []
+    assert store.storage.names() == []
+    history.add_messages([HumanMessage("hi")])
+    [name] = store.storage.names()
+    assert history.location == store.storage.location(name)
+    assert history.file_path == expected_file_path(backend, name)
+    if backend.is_redis:
+        assert backend.prefix in history.location
+    else:
+        assert history.location == str(history.file_path)
+
+
+def test_add_and_read_back(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("hi"), AIMessage("hello")])
     history.add_message(HumanMessage("again"))
     assert history.messages == [HumanMessage("hi"), AIMessage("hello"), HumanMessage("again")]
-    assert file_lines(history.file_path)[1:] == [
+    assert log_lines(backend, history)[1:] == [
         b'{"role":"user","content":"hi"}',
         b'{"role":"assistant","content":"hello"}',
         b'{"role":"user","content":"again"}',
     ]
+    assert backend.lines(history) == log_lines(backend, history)
 
 
-def test_clear_removes_messages_and_keeps_header_bytes(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_clear_removes_messages_and_keeps_header_bytes(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("hi"), AIMessage("hello")])
-    header = file_lines(history.file_path)[0]
+    header = log_lines(backend, history)[0]
     history.clear()
     assert history.messages == []
-    assert history.file_path.read_bytes() == header + b"\n"
+    assert log_bytes(backend, history) == header + b"\n"
     history.add_messages([HumanMessage("after")])
     assert history.messages == [HumanMessage("after")]
-    assert file_lines(history.file_path)[0] == header
+    assert log_lines(backend, history)[0] == header
 
 
-def test_clear_before_any_write_creates_nothing(tmp_path):
-    store = make_store(tmp_path)
+def test_clear_before_any_write_creates_nothing(backend):
+    store = backend.store()
     history = store.get_session_history("s1")
     history.clear()
+    assert history.location is None
     assert history.file_path is None
-    assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
+    assert store.storage.names() == []
+    if not backend.is_redis:
+        assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
 
 
-def test_clear_keeps_fixture_header_byte_identical(tmp_path):
-    path = copy_fixture(COMPACT_FIXTURE, tmp_path)
-    header = file_lines(path)[0]
-    history = CrabChatMessageHistory.from_file(path)
+def test_clear_keeps_fixture_header_byte_identical(backend):
+    history = open_fixture(backend, COMPACT_FIXTURE)
+    header = file_lines(COMPACT_FIXTURE)[0]
     history.clear()
-    assert path.read_bytes() == header + b"\n"
+    assert log_bytes(backend, history) == header + b"\n"
     assert history.messages == []
     assert history.session.extra == {"title": "Trip planning", "uptime_secs": 842}
 
 
-async def test_async_add_get_clear(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+async def test_async_add_get_clear(backend):
+    history = backend.store().get_session_history("s1")
     await history.aadd_messages([HumanMessage("hi"), AIMessage("hello")])
     assert await history.aget_messages() == [HumanMessage("hi"), AIMessage("hello")]
     assert history.messages == await history.aget_messages()
-    header = file_lines(history.file_path)[0]
+    header = log_lines(backend, history)[0]
     await history.aclear()
     assert await history.aget_messages() == []
-    assert history.file_path.read_bytes() == header + b"\n"
+    assert log_bytes(backend, history) == header + b"\n"
 
 
 async def _assert_loop_runs_while_blocked_in(storage, method, operation, monkeypatch):
@@ -214,6 +322,7 @@ async def _assert_loop_runs_while_blocked_in(storage, method, operation, monkeyp
     return result
 
 
+# A directory has no async I/O: these block its sync calls in their worker thread.
 async def test_aadd_messages_does_not_block_event_loop(tmp_path, monkeypatch):
     store = make_store(tmp_path)
     history = store.get_session_history("s1")
@@ -241,9 +350,45 @@ async def test_aclear_does_not_block_event_loop(tmp_path, monkeypatch):
     assert history.messages == []
 
 
-def test_session_fields(tmp_path):
+SYNC_IO = ("names", "exists", "read_header", "read_headers", "create", "read", "append", "replace")
+
+
+def _record_sync_io_on(storage, thread: int, monkeypatch) -> list[str]:
+    """Spy on the blocking storage calls; return the list of those made on ``thread``."""
+    made: list[str] = []
+
+    def spy_on(method: str):
+        real = getattr(storage, method)
+
+        def spy(*args, **kwargs):
+            if threading.get_ident() == thread:
+                made.append(method)
+            return real(*args, **kwargs)
+
+        return spy
+
+    for method in SYNC_IO:
+        monkeypatch.setattr(storage, method, spy_on(method))
+    return made
+
+
+async def test_async_api_does_no_blocking_storage_io_on_the_event_loop(backend, monkeypatch):
+    store = backend.store()
+    history = store.get_session_history("s1")
+    on_loop = _record_sync_io_on(store.storage, threading.get_ident(), monkeypatch)
+    await history.aadd_messages([HumanMessage("hi"), AIMessage("hello")])
+    await history.aadd_messages([HumanMessage("again")])
+    backend.store().get_session_history("s1").add_messages([AIMessage("other")])
+    assert contents(await history.aget_messages()) == ["hi", "hello", "again", "other"]
+    await history.aclear()
+    assert await history.aget_messages() == []
+    assert on_loop == []
+    assert store.storage.native_async == backend.is_redis
+
+
+def test_session_fields(backend):
     before = datetime.now(timezone.utc)
-    history = make_store(tmp_path).get_session_history("s1", agent="bot", created_by="tg:1")
+    history = backend.store().get_session_history("s1", agent="bot", created_by="tg:1")
     history.add_messages([HumanMessage("hi")])
     session = history.session
     assert (session.id, session.agent, session.created_by) == ("s1", "bot", "tg:1")
@@ -251,17 +396,18 @@ def test_session_fields(tmp_path):
     assert session.created_at.tzinfo is not None
     assert before - timedelta(seconds=1) <= session.created_at <= datetime.now(timezone.utc)
     assert session.file_path == history.file_path
+    assert (session.file_path is None) == backend.is_redis
     assert session.history == [CrabMessage(role="user", content="hi")]
-    header = json.loads(file_lines(history.file_path)[0])
+    header = json.loads(log_lines(backend, history)[0])
     assert header["agent"] == "bot"
     assert header["created_by"] == "tg:1"
     assert header["session_id"] == "s1"
 
 
-def test_created_at_header_never_changes(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_created_at_header_never_changes(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("one")])
-    header = file_lines(history.file_path)[0]
+    header = log_lines(backend, history)[0]
     created_at = history.session.created_at
     history.add_messages([AIMessage("two")])
     history.compact("summary")
@@ -269,24 +415,24 @@ def test_created_at_header_never_changes(tmp_path):
     history.clear()
     history.add_messages([HumanMessage("four")])
     history.compact("again")
-    assert file_lines(history.file_path)[0] == header
+    assert log_lines(backend, history)[0] == header
     assert history.session.created_at == created_at
-    again = make_store(tmp_path).get_session_history("s1")
+    again = backend.store().get_session_history("s1")
     assert again.session.created_at == created_at
 
 
-def test_append_only_adds_lines(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_append_only_adds_lines(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("one"), AIMessage("two")])
-    before = history.file_path.read_bytes()
+    before = log_bytes(backend, history)
     history.add_messages([HumanMessage("three")])
-    after = history.file_path.read_bytes()
+    after = log_bytes(backend, history)
     assert after.startswith(before)
     assert after[len(before) :] == b'{"role":"user","content":"three"}\n'
 
 
-def test_messages_returns_a_new_list_each_time(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_messages_returns_a_new_list_each_time(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("one")])
     first = history.messages
     first.append(AIMessage("intruder"))
@@ -301,10 +447,10 @@ def test_messages_returns_a_new_list_each_time(tmp_path):
 # --- other writers --------------------------------------------------------------
 
 
-def test_another_instance_sees_writes(tmp_path):
-    one = make_store(tmp_path).get_session_history("s1")
+def test_another_instance_sees_writes(backend):
+    one = backend.store().get_session_history("s1")
     one.add_messages([HumanMessage("from one")])
-    two = make_store(tmp_path).get_session_history("s1")
+    two = backend.store().get_session_history("s1")
     assert two.messages == [HumanMessage("from one")]
     two.add_messages([AIMessage("from two")])
     assert one.messages == [HumanMessage("from one"), AIMessage("from two")]
@@ -312,23 +458,91 @@ def test_another_instance_sees_writes(tmp_path):
     assert contents(two.messages) == ["from one", "from two", "one again"]
 
 
-def test_session_deleted_by_another_store_starts_afresh(tmp_path):
-    old = make_store(tmp_path).get_session_history("s1")
+def test_session_deleted_by_another_store_starts_afresh(backend):
+    old = backend.store().get_session_history("s1")
     old.add_messages([HumanMessage("before")])
-    assert make_store(tmp_path).delete_session("s1") is True
+    assert backend.store().delete_session("s1") is True
     assert old.messages == []
     old.add_messages([HumanMessage("after")])
-    (path,) = (tmp_path / "sessions").glob("*.jsonl")
-    assert file_lines(path)[1:] == [b'{"role":"user","content":"after"}']
-    assert contents(make_store(tmp_path).get_session_history("s1").messages) == ["after"]
+    (name,) = storage_of(backend).names()
+    assert log_lines(backend, name)[1:] == [b'{"role":"user","content":"after"}']
+    assert contents(backend.store().get_session_history("s1").messages) == ["after"]
 
 
-def test_session_deleted_under_a_writer_is_recreated_with_the_new_lines(tmp_path):
-    old = make_store(tmp_path).get_session_history("s1")
+def test_session_deleted_under_a_writer_is_recreated_with_the_new_lines(backend):
+    old = backend.store().get_session_history("s1")
     old.add_messages([HumanMessage("before")])
-    make_store(tmp_path).delete_session("s1")
+    backend.store().delete_session("s1")
     old.add_messages([HumanMessage("after")])  # no read in between
-    assert contents(make_store(tmp_path).get_session_history("s1").messages) == ["after"]
+    assert contents(backend.store().get_session_history("s1").messages) == ["after"]
+    assert len(storage_of(backend).names()) == 1
+
+
+def freeze_clock(monkeypatch, moment: datetime) -> None:
+    """Make new sessions see ``moment`` as now (their names hold its seconds)."""
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return moment
+
+    monkeypatch.setattr(history_module, "datetime", Frozen)
+
+
+def recreated_under_a_new_name(backend: Backend, monkeypatch) -> CrabChatMessageHistory:
+    """A history of "s1" that another store deleted and, seconds later, created again."""
+    moment = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+    freeze_clock(monkeypatch, moment)
+    old = backend.store().get_session_history("s1")
+    old.add_messages([HumanMessage("before")])
+    old_location = old.location
+    assert backend.store().delete_session("s1") is True
+    freeze_clock(monkeypatch, moment + timedelta(seconds=5))  # a later second: another name
+    backend.store().get_session_history("s1").add_messages([HumanMessage("new")])
+    [name] = storage_of(backend).names()
+    assert storage_of(backend).location(name) != old_location
+    return old
+
+
+def test_session_recreated_under_a_new_name_is_read_at_once(backend, monkeypatch):
+    old = recreated_under_a_new_name(backend, monkeypatch)
+    assert contents(old.messages) == ["new"]
+
+
+async def test_async_read_finds_a_session_recreated_under_a_new_name(backend, monkeypatch):
+    old = recreated_under_a_new_name(backend, monkeypatch)
+    assert contents(await old.aget_messages()) == ["new"]
+
+
+def test_clear_of_a_session_deleted_by_another_store_creates_nothing(backend):
+    history = backend.store().get_session_history("s1")
+    history.add_messages([HumanMessage("before")])
+    assert backend.store().delete_session("s1") is True
+    history.clear()
+    assert history.messages == []
+    assert storage_of(backend).names() == []
+    history.add_messages([HumanMessage("after")])
+    assert contents(backend.store().get_session_history("s1").messages) == ["after"]
+
+
+async def test_aclear_of_a_session_deleted_by_another_store_creates_nothing(backend):
+    history = backend.store().get_session_history("s1")
+    history.add_messages([HumanMessage("before")])
+    assert backend.store().delete_session("s1") is True
+    await history.aclear()
+    assert await history.aget_messages() == []
+    assert storage_of(backend).names() == []
+    await history.aadd_messages([HumanMessage("after")])
+    assert contents(backend.store().get_session_history("s1").messages) == ["after"]
+
+
+def test_archive_of_a_session_deleted_by_another_store_is_empty(backend):
+    history = backend.store().get_session_history("s1")
+    history.add_messages([HumanMessage("before")])
+    history.compact("summary")
+    assert backend.store().delete_session("s1") is True
+    assert history.archive() == []
+    assert history.messages == []
 
 
 def test_file_opened_with_from_file_and_deleted_raises(tmp_path):
@@ -342,25 +556,24 @@ def test_file_opened_with_from_file_and_deleted_raises(tmp_path):
         _ = history.messages
 
 
-def test_instance_created_before_the_file_finds_it(tmp_path):
-    early = make_store(tmp_path).get_session_history("s1")
-    writer = make_store(tmp_path).get_session_history("s1")
+def test_instance_created_before_the_file_finds_it(backend):
+    early = backend.store().get_session_history("s1")
+    writer = backend.store().get_session_history("s1")
     writer.add_messages([HumanMessage("hi")])
     assert early.messages == [HumanMessage("hi")]
     early.add_messages([AIMessage("yo")])
-    assert len(list((tmp_path / "sessions").glob("*.jsonl"))) == 1
+    assert len(storage_of(backend).names()) == 1
     assert contents(writer.messages) == ["hi", "yo"]
 
 
-def test_another_process_sees_writes_both_ways(tmp_path):
-    root = str(tmp_path / "sessions")
-    history = make_store(tmp_path).get_session_history("s1")
+def test_another_process_sees_writes_both_ways(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("parent 1")])
-    assert json.loads(run_python(READ_SCRIPT, root, "s1")) == ["parent 1"]
-    run_python(APPEND_SCRIPT, root, "s1", "child 1", "child 2")
+    assert json.loads(run_python(READ_SCRIPT, *backend.argv, "s1")) == ["parent 1"]
+    run_python(APPEND_SCRIPT, *backend.argv, "s1", "child 1", "child 2")
     assert contents(history.messages) == ["parent 1", "child 1", "child 2"]
     history.add_messages([AIMessage("parent 2")])
-    assert json.loads(run_python(READ_SCRIPT, root, "s1")) == [
+    assert json.loads(run_python(READ_SCRIPT, *backend.argv, "s1")) == [
         "parent 1",
         "child 1",
         "child 2",
@@ -368,16 +581,17 @@ def test_another_process_sees_writes_both_ways(tmp_path):
     ]
 
 
-def test_another_process_creates_the_session(tmp_path):
-    root = str(tmp_path / "sessions")
-    history = make_store(tmp_path).get_session_history("s1")
+def test_another_process_creates_the_session(backend):
+    history = backend.store().get_session_history("s1")
     assert history.messages == []
-    run_python(APPEND_SCRIPT, root, "s1", "child")
+    run_python(APPEND_SCRIPT, *backend.argv, "s1", "child")
     assert history.messages == [HumanMessage("child")]
-    assert history.file_path is not None
+    [name] = storage_of(backend).names()
+    assert history.location == storage_of(backend).location(name)
+    assert history.file_path == expected_file_path(backend, name)
 
 
-def test_read_after_another_process_clear_reloads(tmp_path):
+def test_read_after_another_process_clear_reloads(backend):
     loads: list[list[str]] = []
 
     class AfterLoad:
@@ -385,13 +599,13 @@ def test_read_after_another_process_clear_reloads(tmp_path):
         def crab_after_load(self, session, messages):
             loads.append(contents(list(messages)))
 
-    history = make_store(tmp_path, [AfterLoad()]).get_session_history("s1")
+    history = backend.store([AfterLoad()]).get_session_history("s1")
     history.add_messages([HumanMessage("one"), AIMessage("two")])
     assert contents(history.messages) == ["one", "two"]
     loads.clear()
     assert contents(history.messages) == ["one", "two"]
     assert loads == []
-    run_python(CLEAR_SCRIPT, str(tmp_path / "sessions"), "s1")
+    run_python(CLEAR_SCRIPT, *backend.argv, "s1")
     assert history.messages == []
     assert loads == [[]]
     history.add_messages([HumanMessage("three")])
@@ -399,24 +613,38 @@ def test_read_after_another_process_clear_reloads(tmp_path):
     assert loads == [[]]
 
 
-def test_after_load_called_on_first_load(tmp_path):
-    loads: list[tuple[str, list[str]]] = []
+class AfterLoadRecorder:
+    """Records ``(session id, contents)`` of every load."""
 
-    class AfterLoad:
-        @hookimpl
-        def crab_after_load(self, session, messages):
-            loads.append((session.id, contents(list(messages))))
+    def __init__(self) -> None:
+        self.loads: list[tuple[str, list[str]]] = []
 
-    make_store(tmp_path).get_session_history("s1").add_messages([HumanMessage("x")])
-    history = make_store(tmp_path, [AfterLoad()]).get_session_history("s1")
-    assert loads == []
+    @hookimpl
+    def crab_after_load(self, session, messages):
+        self.loads.append((session.id, contents(list(messages))))
+
+
+def test_after_load_called_on_first_load(backend):
+    recorder = AfterLoadRecorder()
+    backend.store().get_session_history("s1").add_messages([HumanMessage("x")])
+    history = backend.store([recorder]).get_session_history("s1")
+    assert recorder.loads == []
     history.messages  # noqa: B018 - the read is the point
     history.messages  # noqa: B018
-    assert loads == [("s1", ["x"])]
+    assert recorder.loads == [("s1", ["x"])]
+    fixture = open_fixture(backend, FIXTURE_FILES[0], [recorder])
+    assert len(recorder.loads) == 1
+    fixture.messages  # noqa: B018
+    assert recorder.loads[-1][0] == "7"
+    assert len(recorder.loads) == 2
+
+
+def test_after_load_called_when_from_file_opens(tmp_path):
+    recorder = AfterLoadRecorder()
     path = copy_fixture(FIXTURE_FILES[0], tmp_path / "fx")
-    CrabChatMessageHistory.from_file(path, [AfterLoad()])
-    assert loads[-1][0] == "7"
-    assert len(loads) == 2
+    CrabChatMessageHistory.from_file(path, [recorder])
+    assert recorder.loads[-1][0] == "7"
+    assert len(recorder.loads) == 1
 
 
 # --- crabtalk fixtures -------------------------------------------------------------
@@ -430,6 +658,15 @@ def test_from_file_reads_messages_as_crabtalk(tmp_path, fixture):
     assert lines == expected_context(fixture)
     assert [m.to_line().encode() for m in history.session.history] == expected_context(fixture)
     assert path.read_bytes() == fixture.read_bytes()
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.name)
+def test_fixture_in_store_reads_messages_as_crabtalk(backend, fixture):
+    history = open_fixture(backend, fixture)
+    lines = [to_crab_message(m).to_line().encode() for m in history.messages]
+    assert lines == expected_context(fixture)
+    assert [m.to_line().encode() for m in history.session.history] == expected_context(fixture)
+    assert log_bytes(backend, fixture.name) == fixture.read_bytes()
 
 
 def test_from_file_message_types_of_first_fixture(tmp_path):
@@ -513,18 +750,28 @@ def test_from_file_session_fields(tmp_path, name, expected):
     assert history.file_path == path
 
 
+@pytest.mark.parametrize(("name", "expected"), FIXTURE_SESSIONS.items())
+def test_fixture_in_store_session_fields(backend, name, expected):
+    history = open_fixture(backend, FIXTURES / name)
+    session = history.session
+    assert history.session_id == expected[0]
+    assert (session.id, session.agent, session.created_by, session.created_at) == expected
+    assert session.file_path == expected_file_path(backend, name)
+    assert history.file_path == expected_file_path(backend, name)
+
+
 @pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.name)
-def test_appending_to_a_fixture_keeps_every_earlier_byte(tmp_path, fixture):
-    path = copy_fixture(fixture, tmp_path)
-    history = CrabChatMessageHistory.from_file(path)
+def test_appending_to_a_fixture_keeps_every_earlier_byte(backend, fixture):
+    history = open_fixture(backend, fixture)
     before = history.messages
     history.add_messages([HumanMessage("new question"), AIMessage("new answer")])
-    data = path.read_bytes()
+    data = log_bytes(backend, history)
     assert data.startswith(fixture.read_bytes())
     assert data[len(fixture.read_bytes()) :] == (
         b'{"role":"user","content":"new question"}\n{"role":"assistant","content":"new answer"}\n'
     )
-    assert CrabChatMessageHistory.from_file(path).messages == [
+    session_id, agent = FIXTURE_SESSIONS[fixture.name][:2]
+    assert backend.store().get_session_history(session_id, agent=agent).messages == [
         *before,
         HumanMessage("new question"),
         AIMessage("new answer"),
@@ -539,18 +786,17 @@ def test_from_file_missing_raises(tmp_path):
 
 @pytest.mark.parametrize("one_at_a_time", [False, True], ids=["one-batch", "one-at-a-time"])
 @pytest.mark.parametrize("fixture", PLAIN_FIXTURES, ids=lambda p: p.name)
-def test_rewrite_through_langchain_is_byte_exact(tmp_path, fixture, one_at_a_time):
+def test_rewrite_through_langchain_is_byte_exact(backend, tmp_path, fixture, one_at_a_time):
     source = CrabChatMessageHistory.from_file(copy_fixture(fixture, tmp_path / "src"))
-    header_only = tmp_path / "dst" / fixture.name
-    header_only.parent.mkdir()
-    header_only.write_bytes(file_lines(fixture)[0] + b"\n")
-    target = CrabChatMessageHistory.from_file(header_only)
+    storage_of(backend).create(fixture.name, file_lines(fixture)[0])  # the header alone
+    session_id, agent = FIXTURE_SESSIONS[fixture.name][:2]
+    target = backend.store().get_session_history(session_id, agent=agent)
     if one_at_a_time:
         for message in source.messages:
             target.add_message(message)
     else:
         target.add_messages(source.messages)
-    assert header_only.read_bytes() == fixture.read_bytes()
+    assert log_bytes(backend, fixture.name) == fixture.read_bytes()
     assert target.messages == source.messages
 
 
@@ -607,53 +853,70 @@ def test_malformed_file_raises_with_path_and_line(tmp_path, data, line):
     assert sorted(tmp_path.iterdir()) == [path]
 
 
-def test_malformed_session_in_store_raises_on_read(tmp_path):
-    store = make_store(tmp_path)
-    history = store.get_session_history("s1")
+def read_session_seven(backend: Backend) -> list[BaseMessage]:
+    """Session "7" read by a new store (a bad header fails already when it is looked up)."""
+    return backend.store().get_session_history("7").messages
+
+
+@pytest.mark.parametrize(("data", "line"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_session_in_store_raises_with_place_and_line(backend, data, line):
+    stored = seed_raw(backend, CRAB_NAME, data)
+    location = storage_of(backend).location(CRAB_NAME)
+    with pytest.raises(SessionFormatError) as caught:
+        read_session_seven(backend)
+    error = caught.value
+    assert error.line == line
+    assert error.path == location
+    assert str(error).startswith(f"{location}:{line}: ")
+    assert log_bytes(backend, CRAB_NAME) == stored
+    assert storage_of(backend).names() == [CRAB_NAME]
+
+
+def test_malformed_session_in_store_raises_on_read(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("ok")])
-    path = history.file_path
-    with open(path, "ab") as file:
-        file.write(b"\n{not json}\n")
-    data = path.read_bytes()
-    fresh = make_store(tmp_path).get_session_history("s1")
+    [name] = storage_of(backend).names()
+    storage_of(backend).append(name, [b"", b"{not json}"])  # unchecked, as another writer might
+    data = log_bytes(backend, history)
+    fresh = backend.store().get_session_history("s1")
     for _ in range(2):  # a failed read is not remembered as a success
         with pytest.raises(SessionFormatError) as caught:
             fresh.messages  # noqa: B018
         assert caught.value.line == 4
-        assert str(caught.value).startswith(f"{path}:4: ")
-    assert path.read_bytes() == data
+        assert str(caught.value).startswith(f"{history.location}:4: ")
+    assert log_bytes(backend, history) == data
 
 
-def test_bad_line_from_another_writer_reports_absolute_line(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_bad_line_from_another_writer_reports_absolute_line(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("1"), AIMessage("2"), HumanMessage("3")])
     assert len(history.messages) == 3
-    with open(history.file_path, "ab") as file:
-        file.write(b'{"role":"user","content":"4"}\n\n{"role":[]}\n')
+    [name] = storage_of(backend).names()
+    storage_of(backend).append(name, [b'{"role":"user","content":"4"}', b"", b'{"role":[]}'])
     with pytest.raises(SessionFormatError) as caught:
         history.messages  # noqa: B018
     assert caught.value.line == 7
-    assert caught.value.path == str(history.file_path)
+    assert caught.value.path == history.location
 
 
 # --- failed writes -----------------------------------------------------------------
 
 
-def test_add_with_non_json_value_writes_nothing(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_add_with_non_json_value_writes_nothing(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("keep")])
-    before = history.file_path.read_bytes()
+    before = log_bytes(backend, history)
     bad = ToolMessage("result", tool_call_id="c1", artifact=object())
     with pytest.raises((TypeError, ValueError), match="artifact"):
         history.add_messages([HumanMessage("good"), bad, AIMessage("after")])
-    assert history.file_path.read_bytes() == before
+    assert log_bytes(backend, history) == before
     assert history.messages == [HumanMessage("keep")]
     history.add_messages([AIMessage("later")])
     assert history.messages == [HumanMessage("keep"), AIMessage("later")]
-    assert make_store(tmp_path).get_session_history("s1").messages == history.messages
+    assert backend.store().get_session_history("s1").messages == history.messages
 
 
-def test_add_with_raising_before_persist_writes_nothing(tmp_path):
+def test_add_with_raising_before_persist_writes_nothing(backend):
     class Veto:
         armed = True
 
@@ -663,27 +926,30 @@ def test_add_with_raising_before_persist_writes_nothing(tmp_path):
                 raise RuntimeError("vetoed")
 
     veto = Veto()
-    history = make_store(tmp_path, [veto]).get_session_history("s1")
+    history = backend.store([veto]).get_session_history("s1")
     veto.armed = False
     history.add_messages([HumanMessage("keep")])
-    before = history.file_path.read_bytes()
+    before = log_bytes(backend, history)
     veto.armed = True
     with pytest.raises(RuntimeError, match="vetoed"):
         history.add_messages([HumanMessage("a"), AIMessage("b")])
-    assert history.file_path.read_bytes() == before
+    assert log_bytes(backend, history) == before
     assert history.messages == [HumanMessage("keep")]
     veto.armed = False
     history.add_messages([AIMessage("later")])
     assert history.messages == [HumanMessage("keep"), AIMessage("later")]
 
 
-def test_failed_first_write_creates_no_file(tmp_path):
-    store = make_store(tmp_path)
+def test_failed_first_write_creates_no_file(backend):
+    store = backend.store()
     history = store.get_session_history("s1")
     with pytest.raises((TypeError, ValueError)):
         history.add_messages([ToolMessage("r", tool_call_id="c", artifact=object())])
+    assert history.location is None
     assert history.file_path is None
-    assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
+    assert store.storage.names() == []
+    if not backend.is_redis:
+        assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
 
 
 # --- torn tail ---------------------------------------------------------------------
@@ -715,16 +981,16 @@ def test_torn_last_line_is_kept_aside_and_repaired(tmp_path):
 # --- compaction --------------------------------------------------------------------
 
 
-def test_compact_starts_a_new_working_context(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_compact_starts_a_new_working_context(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("one"), AIMessage("two")])
-    before = history.file_path.read_bytes()
+    before = log_bytes(backend, history)
     history.compact("they said one and two")
     history.add_messages([HumanMessage("three")])
     expected = [HumanMessage("they said one and two"), HumanMessage("three")]
     assert history.messages == expected
-    assert make_store(tmp_path).get_session_history("s1").messages == expected
-    data = history.file_path.read_bytes()
+    assert backend.store().get_session_history("s1").messages == expected
+    data = log_bytes(backend, history)
     assert data.startswith(before)
     assert data[len(before) :] == (
         b'{"compact":"they said one and two"}\n{"role":"user","content":"three"}\n'
@@ -732,23 +998,24 @@ def test_compact_starts_a_new_working_context(tmp_path):
     assert [m.content for m in history.session.history] == ["they said one and two", "three"]
 
 
-def test_last_compact_marker_wins(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_last_compact_marker_wins(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("one")])
     history.compact("first")
     history.add_messages([HumanMessage("two")])
     history.compact("second")
     assert history.messages == [HumanMessage("second")]
-    assert make_store(tmp_path).get_session_history("s1").messages == [HumanMessage("second")]
-    assert len(file_lines(history.file_path)) == 5
+    assert backend.store().get_session_history("s1").messages == [HumanMessage("second")]
+    assert len(log_lines(backend, history)) == 5
 
 
-def test_compact_on_fixture_keeps_archive(tmp_path):
-    path = copy_fixture(COMPACT_FIXTURE, tmp_path)
-    history = CrabChatMessageHistory.from_file(path)
+def test_compact_on_fixture_keeps_archive(backend):
+    history = open_fixture(backend, COMPACT_FIXTURE)
     history.compact("newer summary")
     assert history.messages == [HumanMessage("newer summary")]
-    assert path.read_bytes() == COMPACT_FIXTURE.read_bytes() + b'{"compact":"newer summary"}\n'
+    assert log_bytes(backend, history) == (
+        COMPACT_FIXTURE.read_bytes() + b'{"compact":"newer summary"}\n'
+    )
 
 
 # --- hooks -------------------------------------------------------------------------
@@ -764,40 +1031,42 @@ class Audit:
         return True if message.auto_injected else None
 
 
-def test_audit_plugin_writes_injected_but_reading_skips_them(tmp_path):
-    history = make_store(tmp_path, [Audit()]).get_session_history("s1")
+def test_audit_plugin_writes_injected_but_reading_skips_them(backend):
+    history = backend.store([Audit()]).get_session_history("s1")
     injected = mark_auto_injected(SystemMessage("recalled memory"))
     history.add_messages([injected, HumanMessage("question")])
-    lines = file_lines(history.file_path)[1:]
+    lines = log_lines(backend, history)[1:]
     assert len(lines) == 2
     assert b"recalled memory" in lines[0]
     assert history.messages == [HumanMessage("question")]
-    assert make_store(tmp_path).get_session_history("s1").messages == [HumanMessage("question")]
+    assert backend.store().get_session_history("s1").messages == [HumanMessage("question")]
 
 
-def test_filter_plugin_drops_secrets(tmp_path):
-    history = make_store(tmp_path, [Audit()]).get_session_history("s1")
+def test_filter_plugin_drops_secrets(backend):
+    history = backend.store([Audit()]).get_session_history("s1")
     history.add_messages([HumanMessage("my SECRET is 42"), AIMessage("noted"), HumanMessage("ok")])
     assert history.messages == [AIMessage("noted"), HumanMessage("ok")]
-    assert b"SECRET" not in history.file_path.read_bytes()
+    assert b"SECRET" not in log_bytes(backend, history)
 
 
-def test_filter_dropping_everything_creates_no_file(tmp_path):
-    store = make_store(tmp_path, [Audit()])
+def test_filter_dropping_everything_creates_no_file(backend):
+    store = backend.store([Audit()])
     history = store.get_session_history("s1")
     history.add_messages([HumanMessage("SECRET")])
+    assert history.location is None
     assert history.file_path is None
     assert history.messages == []
+    assert store.storage.names() == []
 
 
-def test_default_plugin_never_writes_injected(tmp_path):
-    history = make_store(tmp_path).get_session_history("s1")
+def test_default_plugin_never_writes_injected(backend):
+    history = backend.store().get_session_history("s1")
     history.add_messages([mark_auto_injected(HumanMessage("injected")), HumanMessage("real")])
-    assert b"injected" not in history.file_path.read_bytes()
+    assert b"injected" not in log_bytes(backend, history)
     assert history.messages == [HumanMessage("real")]
 
 
-def test_before_persist_redacts_in_place(tmp_path):
+def test_before_persist_redacts_in_place(backend):
     class Redact:
         @hookimpl
         def crab_before_persist(self, session, messages):
@@ -805,17 +1074,17 @@ def test_before_persist_redacts_in_place(tmp_path):
                 message.content = message.content.replace("hunter2", "*****")
             messages[:] = [m for m in messages if m.content != "drop me"]
 
-    history = make_store(tmp_path, [Redact()]).get_session_history("s1")
+    history = backend.store([Redact()]).get_session_history("s1")
     history.add_messages([HumanMessage("pw is hunter2"), HumanMessage("drop me"), AIMessage("ok")])
-    assert b"hunter2" not in history.file_path.read_bytes()
-    assert file_lines(history.file_path)[1:] == [
+    assert b"hunter2" not in log_bytes(backend, history)
+    assert log_lines(backend, history)[1:] == [
         b'{"role":"user","content":"pw is *****"}',
         b'{"role":"assistant","content":"ok"}',
     ]
     assert history.messages == [HumanMessage("pw is *****"), AIMessage("ok")]
 
 
-def test_session_created_called_once_per_new_file(tmp_path):
+def test_session_created_called_once_per_new_file(backend):
     created: list[str] = []
 
     class Created:
@@ -823,7 +1092,7 @@ def test_session_created_called_once_per_new_file(tmp_path):
         def crab_session_created(self, session):
             created.append(session.id)
 
-    store = make_store(tmp_path, [Created()])
+    store = backend.store([Created()])
     history = store.get_session_history("s1")
     history.messages  # noqa: B018
     assert created == []
@@ -853,9 +1122,9 @@ class SecondInjector:
         return [HumanMessage("second plugin")]
 
 
-def test_injected_messages_are_marked_and_last(tmp_path):
+def test_injected_messages_are_marked_and_last(backend):
     injector = Injector()
-    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history = backend.store([injector]).get_session_history("s1")
     history.add_messages([HumanMessage("q"), AIMessage("a")])
     messages = history.messages
     assert messages[:2] == [HumanMessage("q"), AIMessage("a")]
@@ -866,16 +1135,16 @@ def test_injected_messages_are_marked_and_last(tmp_path):
     assert history.stored_messages() == [HumanMessage("q"), AIMessage("a")]
 
 
-def test_results_of_all_injectors_are_concatenated(tmp_path):
-    history = make_store(tmp_path, [Injector(), SecondInjector()]).get_session_history("s1")
+def test_results_of_all_injectors_are_concatenated(backend):
+    history = backend.store([Injector(), SecondInjector()]).get_session_history("s1")
     injected = history.messages
     assert sorted(contents(injected)) == ["recall #1 of 0", "second plugin"]
     assert all(is_auto_injected(m) for m in injected)
 
 
-def test_injection_is_stable_without_a_write_and_fresh_after(tmp_path):
+def test_injection_is_stable_without_a_write_and_fresh_after(backend):
     injector = Injector()
-    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history = backend.store([injector]).get_session_history("s1")
     history.add_messages([HumanMessage("q")])
     first = history.messages
     second = history.messages
@@ -889,26 +1158,26 @@ def test_injection_is_stable_without_a_write_and_fresh_after(tmp_path):
     assert contents(third[:-1]) == ["q", "a"]
 
 
-async def test_async_reads_get_the_same_injection(tmp_path):
+async def test_async_reads_get_the_same_injection(backend):
     injector = Injector()
-    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history = backend.store([injector]).get_session_history("s1")
     history.add_messages([HumanMessage("q")])
     assert await history.aget_messages() == history.messages
     assert injector.calls == 1
 
 
-def test_injection_after_another_writer_is_fresh(tmp_path):
+def test_injection_after_another_writer_is_fresh(backend):
     injector = Injector()
-    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history = backend.store([injector]).get_session_history("s1")
     history.add_messages([HumanMessage("q")])
     assert history.messages[-1].content == "recall #1 of 1"
-    make_store(tmp_path).get_session_history("s1").add_messages([AIMessage("a")])
+    backend.store().get_session_history("s1").add_messages([AIMessage("a")])
     assert history.messages[-1].content == "recall #2 of 2"
 
 
-def test_injected_messages_do_not_accumulate_across_turns(tmp_path):
+def test_injected_messages_do_not_accumulate_across_turns(backend):
     injector = Injector()
-    history = make_store(tmp_path, [injector]).get_session_history("s1")
+    history = backend.store([injector]).get_session_history("s1")
     for turn in range(3):
         context = history.messages
         assert sum(is_auto_injected(m) for m in context) == 1
@@ -917,14 +1186,14 @@ def test_injected_messages_do_not_accumulate_across_turns(tmp_path):
         history.add_messages([context[-1], HumanMessage(f"q{turn}"), AIMessage(f"a{turn}")])
     stored = history.stored_messages()
     assert contents(stored) == ["q0", "a0", "q1", "a1", "q2", "a2"]
-    assert len(file_lines(history.file_path)) == 7
-    assert b"recall" not in history.file_path.read_bytes()
-    assert b"crab_auto_injected" not in history.file_path.read_bytes()
+    assert len(log_lines(backend, history)) == 7
+    assert b"recall" not in log_bytes(backend, history)
+    assert b"crab_auto_injected" not in log_bytes(backend, history)
 
 
-def test_runnable_with_message_history_writes_no_injected_messages(tmp_path):
+def test_runnable_with_message_history_writes_no_injected_messages(backend):
     injector = Injector()
-    store = make_store(tmp_path, [injector])
+    store = backend.store([injector])
     seen: list[list[BaseMessage]] = []
 
     def model(messages: list[BaseMessage]) -> AIMessage:
@@ -947,20 +1216,20 @@ def test_runnable_with_message_history_writes_no_injected_messages(tmp_path):
         "question 2",
         "answer 3",
     ]
-    assert b"recall" not in history.file_path.read_bytes()
+    assert b"recall" not in log_bytes(backend, history)
 
 
-def test_reader_sees_two_clears_by_another_instance(tmp_path):
-    writer = make_store(tmp_path).get_session_history("s1")
+def test_reader_sees_two_clears_by_another_instance(backend):
+    writer = backend.store().get_session_history("s1")
     writer.add_messages([HumanMessage("first")])
     writer.clear()  # from here on, ext4 tends to alternate two inodes
     writer.add_messages([HumanMessage("old")])
-    reader = make_store(tmp_path).get_session_history("s1")
+    reader = backend.store().get_session_history("s1")
     assert reader.messages == [HumanMessage("old")]
-    reader_inode = writer.file_path.stat().st_ino
+    reader_inode = None if backend.is_redis else writer.file_path.stat().st_ino
     for _ in range(20):  # clear until the file system hands the reader's inode back
         writer.clear()
-        if writer.file_path.stat().st_ino == reader_inode:
+        if reader_inode is None or writer.file_path.stat().st_ino == reader_inode:
             break
     writer.add_messages([HumanMessage("new"), HumanMessage("more")])
     assert reader.messages == [HumanMessage("new"), HumanMessage("more")]
@@ -979,19 +1248,24 @@ def test_reader_notices_crabtalk_rewriting_the_file_in_place(tmp_path):
     assert reader.messages == [HumanMessage("a"), AIMessage("b")]
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(batches=st.lists(st.lists(MESSAGES, min_size=1, max_size=4), min_size=1, max_size=3))
-def test_any_messages_written_read_back_equal_by_a_new_store(tmp_path, batches):
-    root = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
-    writer = SessionStore(root, entry_points=False).get_session_history("prop")
-    for batch in batches:
-        writer.add_messages(batch)
-    written = [message for batch in batches for message in batch]
-    reader = SessionStore(root, entry_points=False).get_session_history("prop")
-    assert reader.messages == written
-    assert writer.messages == written
+def test_any_messages_written_read_back_equal_by_a_new_store(backend):
+    writers, readers = backend.store(), backend.store()
+    runs = iter(range(1_000_000))
+
+    # Inside the test so each backend sets its own budget: a Redis round trip costs more.
+    @settings(max_examples=30 if backend.is_redis else 60, deadline=None)
+    @given(batches=st.lists(st.lists(MESSAGES, min_size=1, max_size=4), min_size=1, max_size=3))
+    def written_and_read_back(batches):
+        session_id = f"prop-{next(runs)}"  # a session neither store has seen
+        writer = writers.get_session_history(session_id)
+        for batch in batches:
+            writer.add_messages(batch)
+        written = [message for batch in batches for message in batch]
+        reader = readers.get_session_history(session_id)
+        assert reader.messages == written
+        assert writer.messages == written
+
+    written_and_read_back()
 
 
 FULL_DISK_SCRIPT = """

@@ -11,6 +11,9 @@ the raw lines with ``backend.lines(...)`` and seeds crabtalk's own files with
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,28 @@ def open_store(url, prefix, **options):
         options["prefix"] = prefix
     return SessionStore.from_url(url, entry_points=False, **options)
 """
+
+
+# Started together: each opens the backend, writes ready-<n>, waits for the "go" file, then
+# appends its turns. argv: url, prefix, gate, writer, turns.
+GATED_WRITER = (
+    OPEN_STORE
+    + """
+import os, sys, time
+from langchain_core.messages import AIMessage, HumanMessage
+url, prefix, gate, writer, turns = sys.argv[1:5] + [int(sys.argv[5])]
+history = open_store(url, prefix).get_session_history("s")
+open(os.path.join(gate, "ready-" + writer), "w").close()
+for _ in range(30_000):
+    if os.path.exists(os.path.join(gate, "go")):
+        break
+    time.sleep(0.001)
+else:
+    sys.exit("no go")
+for turn in range(turns):
+    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
+"""
+)
 
 
 class Backend:
@@ -76,6 +101,49 @@ class Backend:
     def close(self) -> None:
         for storage in self._storages:
             storage.close()
+
+
+def run_gated_writers(backend: Backend, gate: Path, writers: int, turns: int) -> None:
+    """Start ``writers`` processes on session "s" of ``backend``; release them at once; wait."""
+    gate.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GATED_WRITER, *backend.argv, str(gate), str(w), str(turns)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    try:
+        for _ in range(6000):
+            if len(list(gate.glob("ready-*"))) == writers:
+                break
+            assert all(p.poll() is None for p in procs), "a writer died early"
+            time.sleep(0.005)
+        else:
+            raise AssertionError("writers did not start")
+        (gate / "go").touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def stored_lines(store: SessionStore, session_id: str) -> list[bytes]:
+    """The stored lines of ``session_id``, header first; a file holds exactly these."""
+    name = store.find(session_id)
+    assert name is not None, f"no log for session {session_id!r}"
+    chunk = store.storage.read(name, None)
+    assert chunk is not None
+    lines = [line for _, line in chunk.lines]
+    path = store.storage.path(name)
+    if path is not None:
+        assert path.read_bytes() == b"".join(line + b"\n" for line in lines)
+    return lines
 
 
 def _name_of(history: CrabChatMessageHistory) -> str:

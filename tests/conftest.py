@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,55 +65,6 @@ def run_threads(work: Callable[[int], object], count: int = 4) -> None:
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
-
-
-# Started together: each writes ready-<n>, waits for the "go" file, then writes.
-GATED_WRITER = """
-import os, sys, time
-from langchain_core.messages import AIMessage, HumanMessage
-from crab_langchain import SessionStore
-root, gate, writer, turns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-history = SessionStore(root, entry_points=False).get_session_history("s")
-open(os.path.join(gate, "ready-" + writer), "w").close()
-for _ in range(30_000):
-    if os.path.exists(os.path.join(gate, "go")):
-        break
-    time.sleep(0.001)
-else:
-    sys.exit("no go")
-for turn in range(turns):
-    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
-"""
-
-
-def run_gated_writers(tmp_path: Path, root: Path, writers: int, turns: int) -> None:
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", GATED_WRITER, str(root), str(gate), str(w), str(turns)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(writers)
-    ]
-    try:
-        for _ in range(6000):
-            if len(list(gate.glob("ready-*"))) == writers:
-                break
-            assert all(p.poll() is None for p in procs), "a writer died early"
-            time.sleep(0.005)
-        else:
-            raise AssertionError("writers did not start")
-        (gate / "go").touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 # The Redis servers started so far: redis_prefix cleans only those, never starting one itself.

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from typing_extensions import Self
+
 if TYPE_CHECKING:
     import redis
     import redis.cluster
@@ -98,7 +100,25 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class RedisServer:
+class _Servers:
+    """What both kinds of servers share: ``with servers:`` stops them at the end."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Servers):
     """One ``redis-server`` on a free loopback port, in its own directory; a context manager.
 
     ``cluster=True`` starts it as a cluster node that has not joined any cluster yet.
@@ -154,17 +174,6 @@ class RedisServer:
                 proc.wait()
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _start_on_some_port(self) -> None:
         """Start on a free port, choosing again when another process takes it first."""
@@ -261,7 +270,7 @@ class RedisServer:
             self._owns_dir = owns
 
 
-class RedisClusterServers:
+class RedisClusterServers(_Servers):
     """Three cluster-mode nodes holding all 16384 slots, no replicas; a context manager."""
 
     def __init__(self, directory: Path | None = None, nodes: int = 3) -> None:
@@ -305,17 +314,6 @@ class RedisClusterServers:
             node.stop()
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisClusterServers:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _create(self) -> None:
         """Join the nodes and split the slots between them."""

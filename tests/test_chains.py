@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any
 
 import pytest
-from backends import OPEN_STORE, Backend
+from backends import OPEN_STORE, Backend, stored_lines
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,
     FakeMessagesListChatModel,
@@ -137,26 +137,13 @@ async def run_turn(
     return streamed_text(mode, chunks)
 
 
-def raw_lines(store: SessionStore, session_id: str) -> list[bytes]:
-    """The stored lines of ``session_id``, header first; a file holds exactly these."""
-    name = store.find(session_id)
-    assert name is not None, f"no file for session {session_id!r}"
-    chunk = store.storage.read(name, None)
-    assert chunk is not None
-    lines = [line for _, line in chunk.lines]
-    path = store.storage.path(name)
-    if path is not None:
-        assert path.read_bytes() == b"".join(line + b"\n" for line in lines)
-    return lines
-
-
 def stored_text(store: SessionStore, session_id: str) -> str:
     """Everything stored for ``session_id``, as the file's text."""
-    return "".join(line.decode("utf-8") + "\n" for line in raw_lines(store, session_id))
+    return "".join(line.decode("utf-8") + "\n" for line in stored_lines(store, session_id))
 
 
 def message_lines(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in raw_lines(store, session_id)]
+    lines = [json.loads(line) for line in stored_lines(store, session_id)]
     assert "agent" in lines[0]
     assert "role" not in lines[0]
     return lines[1:]
@@ -463,7 +450,7 @@ async def test_new_store_over_same_directory_resumes_with_full_history(
     runnable = build(mode, first_store, scripted_model(), Recorder())
     for question in QUESTIONS[:2]:
         runnable.invoke(user_input(mode, question), config("long"))
-    before = raw_lines(first_store, "long")
+    before = stored_lines(first_store, "long")
     del runnable, first_store
 
     store = backend.store()
@@ -480,7 +467,7 @@ async def test_new_store_over_same_directory_resumes_with_full_history(
         *as_model_view(real_turns(2)),
         ("human", QUESTIONS[2]),
     ]
-    after = raw_lines(store, "long")
+    after = stored_lines(store, "long")
     assert after[: len(before)] == before
     added = after[len(before) :]
     assert [json.loads(line)["role"] for line in added] == ["user", "assistant"]
@@ -524,7 +511,7 @@ def test_session_continues_in_another_process_and_back(backend: Backend) -> None
     runnable = build_tool_chain("messages", store, recorder)
     for messages in tool_turn_inputs()[:2]:
         runnable.invoke(messages, config("shared"))
-    before = raw_lines(store, "shared")
+    before = stored_lines(store, "shared")
     parent_history = store.get_session_history("shared").messages
 
     child = subprocess.run(
@@ -544,7 +531,7 @@ def test_session_continues_in_another_process_and_back(backend: Backend) -> None
         {**WEATHER_CALL, "type": "tool_call"},
         {**TIME_CALL, "type": "tool_call"},
     ]
-    after = raw_lines(store, "shared")
+    after = stored_lines(store, "shared")
     assert after[: len(before)] == before
     added = [json.loads(line) for line in after[len(before) :]]
     assert roles(added) == [("user", "And tomorrow?"), ("assistant", "answer from the child")]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from backends import OPEN_STORE, Backend
+from backends import OPEN_STORE, Backend, run_gated_writers
 from conftest import FIXTURES, run_python, run_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -464,61 +464,8 @@ def test_next_read_after_clear_and_compact_gives_the_new_context(backend):
 # --- 2. several writers ----------------------------------------------------------------
 
 
-# conftest's GATED_WRITER, on the backend's sessions: url, prefix, gate, writer, turns.
-GATED_WRITER = (
-    OPEN_STORE
-    + """
-import os, sys, time
-from langchain_core.messages import AIMessage, HumanMessage
-url, prefix, gate, writer = sys.argv[1:5]
-turns = int(sys.argv[5])
-history = open_store(url, prefix).get_session_history("s")
-open(os.path.join(gate, "ready-" + writer), "w").close()
-for _ in range(30_000):
-    if os.path.exists(os.path.join(gate, "go")):
-        break
-    time.sleep(0.001)
-else:
-    sys.exit("no go")
-for turn in range(turns):
-    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
-"""
-)
-
-
-def run_gated_backend_writers(tmp_path: Path, backend: Backend, writers: int, turns: int) -> None:
-    """conftest's ``run_gated_writers``, the writers opening ``backend``: all start at once."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", GATED_WRITER, *backend.argv, str(gate), str(w), str(turns)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(writers)
-    ]
-    try:
-        for _ in range(6000):
-            if len(list(gate.glob("ready-*"))) == writers:
-                break
-            assert all(p.poll() is None for p in procs), "a writer died early"
-            time.sleep(0.005)
-        else:
-            raise AssertionError("writers did not start")
-        (gate / "go").touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def test_four_processes_500_turns_each_on_one_session(tmp_path, backend):
-    run_gated_backend_writers(tmp_path, backend, writers=4, turns=500)
+    run_gated_writers(backend, tmp_path / "gate", writers=4, turns=500)
     lines = only_log(backend)
     SessionMeta.from_line(lines[0])
     check_writers(lines[1:], ["0", "1", "2", "3"], turns=500)  # exactly 4,000 lines

@@ -17,7 +17,7 @@ from typing import Any
 
 import pluggy
 import pytest
-from backends import Backend
+from backends import Backend, stored_lines
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from crab_langchain import (
@@ -33,21 +33,8 @@ from crab_langchain import (
 from crab_langchain.hooks import ENTRY_POINT_GROUP
 
 
-def raw_lines(store: SessionStore, session_id: str) -> list[bytes]:
-    """The stored lines of ``session_id``, header first; a file holds exactly these."""
-    name = store.find(session_id)
-    assert name is not None
-    chunk = store.storage.read(name, None)
-    assert chunk is not None
-    lines = [line for _, line in chunk.lines]
-    path = store.storage.path(name)
-    if path is not None:
-        assert path.read_bytes() == b"".join(line + b"\n" for line in lines)
-    return lines
-
-
 def file_lines(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in raw_lines(store, session_id)[1:]]
+    return [json.loads(line) for line in stored_lines(store, session_id)[1:]]
 
 
 def contents(store: SessionStore, session_id: str) -> list[str]:
@@ -133,7 +120,7 @@ def probe(site: Path, backend: Backend, workdir: Path, mode: str) -> dict[str, A
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    seen["file"] = "".join(line.decode() + "\n" for line in raw_lines(backend.store(), "ep"))
+    seen["file"] = "".join(line.decode() + "\n" for line in stored_lines(backend.store(), "ep"))
     return seen
 
 
@@ -542,7 +529,7 @@ def test_session_history_matches_the_file_without_plugins(backend: Backend) -> N
     store = backend.store()
     history = store.get_session_history("s")
     history.add_messages([HumanMessage("a"), AIMessage("b", id="x"), HumanMessage("c")])
-    lines = raw_lines(store, "s")[1:]
+    lines = stored_lines(store, "s")[1:]
     assert history.session.history == [parse_entry(line) for line in lines]
     history.add_messages([AIMessage("d")])
     assert [m.content for m in history.session.history] == ["a", "b", "c", "d"]

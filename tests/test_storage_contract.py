@@ -8,7 +8,9 @@ in test_storage.py; Redis-only ones in test_redis_storage.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -170,7 +172,7 @@ def test_read_headers_gives_each_header_or_the_error(storage, log):
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
-def test_names_that_are_not_plain_file_names_are_refused(storage, log, name):
+def test_names_that_are_not_plain_file_names_are_refused(backend, storage, log, name):
     calls = [
         lambda: storage.create(name, HEADER),
         lambda: storage.append(name, [LINE_A]),
@@ -179,12 +181,17 @@ def test_names_that_are_not_plain_file_names_are_refused(storage, log, name):
         lambda: storage.replace(name, [HEADER]),
         lambda: storage.delete(name),
         lambda: storage.location(name),
+        lambda: storage.path(name),
         lambda: storage.exists(name),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="not a plain file name"):
             call()
     assert storage.names() == [log]
+    if backend.kind == "directory":  # nothing was made beside the sessions directory either
+        sessions = Path(backend.url)
+        assert sorted(os.listdir(sessions)) == [log]
+        assert sorted(os.listdir(sessions.parent)) == ["sessions"]
 
 
 def test_a_block_of_thousands_of_lines_lands_whole_and_in_order(storage, log):

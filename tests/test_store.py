@@ -12,13 +12,12 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from backends import OPEN_STORE, Backend
+from backends import OPEN_STORE, Backend, run_gated_writers
 from conftest import FIXTURE_FILES, run_python, run_threads
 from langchain_core.messages import AIMessage, HumanMessage
 from test_history import expected_file_path, log_bytes, log_lines, seed_raw, storage_of
@@ -483,51 +482,6 @@ def test_deleted_session_starts_fresh(backend):
 
 
 # --- many writers ----------------------------------------------------------------
-
-# Started together: each writes ready-<n>, waits for the "go" file, then writes.
-GATED_WRITER = (
-    OPEN_STORE
-    + """
-import os, sys, time
-from langchain_core.messages import AIMessage, HumanMessage
-url, prefix, gate, writer, turns = sys.argv[1:5] + [int(sys.argv[5])]
-history = open_store(url, prefix).get_session_history("s")
-open(os.path.join(gate, "ready-" + writer), "w").close()
-for _ in range(30_000):
-    if os.path.exists(os.path.join(gate, "go")):
-        break
-    time.sleep(0.001)
-else:
-    sys.exit("no go")
-for turn in range(turns):
-    history.add_messages([HumanMessage(f"{writer}/{turn}/q"), AIMessage(f"{writer}/{turn}/a")])
-"""
-)
-
-
-def run_gated_writers(backend: Backend, gate: Path, writers: int, turns: int) -> None:
-    """Start ``writers`` processes on ``backend``; let them write at once; wait for them."""
-    gate.mkdir()
-    argv = [*backend.argv, str(gate)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", GATED_WRITER, *argv, str(w), str(turns)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(writers)
-    ]
-    try:
-        _wait_until_ready(gate, procs)
-        (gate / "go").touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def _wait_until_ready(gate: Path, procs: list[subprocess.Popen[str]]) -> None:

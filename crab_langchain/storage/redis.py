@@ -349,7 +349,7 @@ class RedisStorage(SessionStorage):
         return f"{self._url} {self._keys.session(check_name(name))[0]}"
 
     def path(self, name: str) -> None:
-        return None
+        check_name(name)  # refused as everywhere, though no file will ever hold it
 
     def names(self, *, suffix: str = "") -> list[str]:
         if not suffix:

@@ -7,14 +7,16 @@ from typing import Any
 
 CRAB = "crab_langchain"
 CRAB_FSYNC = "crab_langchain (fsync)"
+CRAB_REDIS = "crab_langchain (Redis)"
 FILE = "FileChatMessageHistory"
 SQLITE = "SQLChatMessageHistory (SQLite)"
+REDIS = "RedisChatMessageHistory"
 MEMORY = "InMemoryChatMessageHistory"
 NAIVE = "naive floor (json.loads + constructors)"
 
 
-def _ms(value: float | None) -> str:
-    return "skipped (over the time budget)" if value is None else f"{value:.3f}"
+def _ms(value: float | None, why: str | None = None) -> str:
+    return (why or "skipped (over the time budget)") if value is None else f"{value:.3f}"
 
 
 def _s(value: float | None, why: str = "skipped") -> str:
@@ -27,16 +29,25 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.1f}x"
 
 
+def _fine_ratio(value: float | None, base: float | None) -> str:
+    """``value / base`` with two significant decimals below 10 (the Redis comparisons)."""
+    ratio = _over(value, base)
+    if ratio is None:
+        return "–"
+    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole RESULTS.md."""
     parts = [
         "# Benchmark results\n",
         "Made by `python benchmarks/run.py`"
         + (" --quick (smoke-test sizes)" if results.get("quick") else "")
-        + f" on {results['date']}. One run, the same messages for every backend; "
-        "timings are medians of wall-clock time, so read the ratios.\n",
+        + f" on {results['date']}{_took(results)}. One run, the same messages for every "
+        "backend; timings are medians of wall-clock time, so read the ratios.\n",
         _machine(results),
         _targets(results),
+        _redis(results),
         _chat_loop(results),
         _cold_load(results),
         _bulk_add(results),
@@ -46,11 +57,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _took(results: dict[str, Any]) -> str:
+    seconds = results.get("run_seconds")
+    return "" if seconds is None else f" (the run took {seconds / 60:.1f} minutes)"
+
+
+def _load(machine: dict[str, Any]) -> str:
+    start, end = machine.get("load_start"), machine.get("load_end")
+    if start is None or end is None:
+        return ""
+    return f"; load average {start:.1f} at the start, {end:.1f} at the end"
+
+
 def _machine(results: dict[str, Any]) -> str:
     machine, versions = results["machine"], results["versions"]
     lines = [
         "## Machine and versions\n",
-        f"- {machine['cpu']}, {machine['cores']} cores; {machine['platform']}",
+        f"- {machine['cpu']}, {machine['cores']} cores; {machine['platform']}{_load(machine)}",
         "- " + ", ".join(f"{name} {version}" for name, version in versions.items()),
         "",
     ]
@@ -132,8 +155,9 @@ def _chat_loop(results: dict[str, Any]) -> str:
         header,
         "| --- |" + " --- |" * len(lengths),
     ]
+    notes = loop.get("notes", {})
     for name, values in per.items():
-        lines.append(f"| {name} | " + " | ".join(_ms(v) for v in values) + " |")
+        lines.append(f"| {name} | " + " | ".join(_ms(v, notes.get(name)) for v in values) + " |")
     lines += [
         "",
         "Each backend's cost as a multiple of crab_langchain's, same length:",
@@ -164,20 +188,25 @@ def _cold_load(results: dict[str, Any]) -> str:
         "The naive floor parses the same crab JSONL file line by line with `json.loads` "
         "and builds each message with its class's constructor."
     )
-    return _seconds_table(title, cold["seconds"], "skipped") + "\n" + note + "\n"
+    table = _seconds_table(title, cold["seconds"], "skipped", cold.get("notes", {}))
+    return table + "\n" + note + "\n"
 
 
 def _bulk_add(results: dict[str, Any]) -> str:
     bulk = results["bulk_add"]
     title = f"Bulk add: one `add_messages` call with {bulk['messages']:,} messages"
     why = "skipped: rewrites the whole file per message (quadratic)"
-    return _seconds_table(title, bulk["seconds"], why)
+    return _seconds_table(title, bulk["seconds"], why, bulk.get("notes", {}))
 
 
-def _seconds_table(title: str, seconds: dict[str, float | None], why: str) -> str:
+def _seconds_table(
+    title: str, seconds: dict[str, float | None], why: str, notes: dict[str, str]
+) -> str:
+    """A table of seconds per backend; a skipped one shows its note, else ``why``."""
     lines = [f"## {title}\n", "| backend | seconds | vs crab_langchain |", "| --- | --- | --- |"]
     for name, value in seconds.items():
-        lines.append(f"| {name} | {_s(value, why)} | {_ratio(value, seconds[CRAB])} |")
+        shown = _s(value, notes.get(name, why))
+        lines.append(f"| {name} | {shown} | {_ratio(value, seconds[CRAB])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,15 +228,86 @@ def _concurrent(results: dict[str, Any]) -> str:
 
 def _memory(results: dict[str, Any]) -> str:
     memory = results["memory"]
+    by_backend = memory.get("by_backend", {CRAB: memory["bytes_per_message"]})
+    notes = memory.get("notes", {})
     lines = [
         "## Memory of a loaded crab_langchain history (tracemalloc)\n",
-        "| messages | bytes per message |",
-        "| --- | --- |",
+        "Bytes per message held after loading, by where the session is stored:\n",
+        "| messages | " + " | ".join(_storage_name(name) for name in by_backend) + " |",
+        "| --- |" + " --- |" * len(by_backend),
     ]
-    for count, per in zip(memory["messages"], memory["bytes_per_message"]):
-        lines.append(f"| {count:,} | {per:,.0f} |")
+    for index, count in enumerate(memory["messages"]):
+        cells = [
+            notes.get(name, "skipped") if values is None else f"{values[index]:,.0f}"
+            for name, values in by_backend.items()
+        ]
+        lines.append(f"| {count:,} | " + " | ".join(cells) + " |")
     lines += ["", "Constant bytes per message: memory grows linearly with the history.", ""]
     return "\n".join(lines)
+
+
+def _storage_name(name: str) -> str:
+    return "Redis" if name == CRAB_REDIS else "directory" if name == CRAB else name
+
+
+def _redis(results: dict[str, Any]) -> str:
+    """Plain measured ratios between the two Redis backends, and against the directory."""
+    server = results.get("redis")
+    if server is None:
+        return ""
+    if not server["available"]:
+        return f"## Redis\n\nThe Redis rows are {server['reason']}.\n"
+    loop = results["chat_loop"]
+    lengths, per = loop["lengths"], loop["ms_per_turn"]
+    header = "| ratio | " + " | ".join(f"{n:,} msgs" for n in lengths) + " |"
+    rows = [
+        (f"{REDIS} / {CRAB_REDIS}", per[REDIS], per[CRAB_REDIS]),
+        (f"{CRAB_REDIS} / {CRAB} (directory)", per[CRAB_REDIS], per[CRAB]),
+    ]
+    lines = [
+        "## Redis\n",
+        f"Both Redis backends use one private `{server['server']}` on loopback, which the run "
+        f"starts with `{server['args']}` (no persistence) and stops at the end; each measurement "
+        f"has its own keys. {CRAB_REDIS} is `SessionStore.from_url(url, prefix=...)`: a turn is "
+        "two round trips, a script returning only the lines past the history's cursor and an "
+        f"append script. {REDIS} is langchain-community's: one `LPUSH` per message, and each "
+        "read fetches the whole list (`LRANGE`) and parses every item.\n",
+        "Chat loop, time per turn as a ratio (above 1: the first is slower):\n",
+        header,
+        "| --- |" + " --- |" * len(lengths),
+        *(
+            f"| {label} | " + " | ".join(_fine_ratio(v, b) for v, b in zip(top, bottom)) + " |"
+            for label, top, bottom in rows
+        ),
+        "",
+        *_redis_bullets(results),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _redis_bullets(results: dict[str, Any]) -> list[str]:
+    """Flatness of crab_langchain (Redis), and the one-shot workloads' ratios."""
+    loop = results["chat_loop"]
+    lengths, crab_redis = loop["lengths"], loop["ms_per_turn"][CRAB_REDIS]
+    cold, bulk, conc = results["cold_load"], results["bulk_add"], results["concurrent"]
+    kept = conc["kept"]
+    return [
+        f"- {CRAB_REDIS}, per-turn cost at {lengths[-1]:,} / at {lengths[0]:,}: "
+        f"{_fine_ratio(crab_redis[-1], crab_redis[0])}",
+        f"- cold load of {cold['messages']:,}: {REDIS} / {CRAB_REDIS} "
+        f"{_fine_ratio(cold['seconds'][REDIS], cold['seconds'][CRAB_REDIS])}; "
+        f"{CRAB_REDIS} / {CRAB} (directory) "
+        f"{_fine_ratio(cold['seconds'][CRAB_REDIS], cold['seconds'][CRAB])}",
+        f"- bulk add of {bulk['messages']:,}: {REDIS} / {CRAB_REDIS} "
+        f"{_fine_ratio(bulk['seconds'][REDIS], bulk['seconds'][CRAB_REDIS])}",
+        f"- {conc['writers']} concurrent writers: {CRAB_REDIS} kept {_count(kept[CRAB_REDIS])}, "
+        f"{REDIS} kept {_count(kept[REDIS])} of {conc['expected']:,} messages",
+    ]
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -218,18 +318,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     loop = results["chat_loop"]
-    fig, axes = plt.subplots(figsize=(7.5, 4.5))
+    fig, axes = plt.subplots(figsize=(9.5, 4.5))
     for name, values in loop["ms_per_turn"].items():
         points = [(n, v) for n, v in zip(loop["lengths"], values) if v is not None]
         if points:
-            axes.plot(*zip(*points), marker="o", label=name)
+            style = "--" if "Redis" in name else "-"  # the two Redis rows, told apart at a glance
+            axes.plot(*zip(*points), marker="o", linestyle=style, label=name)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("messages already in the history")
     axes.set_ylabel("ms per turn (read + add a pair)")
     axes.set_title("Chat loop cost against history length")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # clear of the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

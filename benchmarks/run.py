@@ -11,6 +11,11 @@ One run, the same messages for every backend, on this machine:
   how many messages each backend kept);
 - memory: bytes per loaded message at three sizes (linear growth).
 
+The Redis rows (crab_langchain on Redis, and langchain-community's
+RedisChatMessageHistory) share one private ``redis-server`` that the run
+starts on a free loopback port without persistence and stops at the end; if
+``redis-server`` or redis-py is missing, those rows say so and are skipped.
+
 ``python benchmarks/run.py`` writes ``benchmarks/RESULTS.md``,
 ``benchmarks/results.json`` and ``benchmarks/chat_loop.png``;
 ``--quick`` runs small sizes as a smoke test (CI, the performance notebook)
@@ -25,6 +30,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,26 +38,39 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, messages_to_dict
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    message_to_dict,
+    messages_to_dict,
+)
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*InMemoryChatMessageHistory.*")
 
 CRAB = "crab_langchain"
 CRAB_FSYNC = "crab_langchain (fsync)"
+CRAB_REDIS = "crab_langchain (Redis)"
 FILE = "FileChatMessageHistory"
 SQLITE = "SQLChatMessageHistory (SQLite)"
+REDIS = "RedisChatMessageHistory"
 MEMORY = "InMemoryChatMessageHistory"
 RAW = "raw append"
 NAIVE = "naive floor (json.loads + constructors)"
-CHAT_BACKENDS = (CRAB, CRAB_FSYNC, FILE, SQLITE, MEMORY, RAW)
+CHAT_BACKENDS = (CRAB, CRAB_FSYNC, CRAB_REDIS, FILE, SQLITE, REDIS, MEMORY, RAW)
+REDIS_BACKENDS = (CRAB_REDIS, REDIS)
+# The private server's URL; writer subprocesses inherit it.
+REDIS_URL_ENV = "CRAB_BENCH_REDIS_URL"
+REDIS_ARGS = '--save "" --appendonly no'  # what RedisServer runs it with
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,40 @@ def sqlite_history(root: Path) -> Any:
     return SQLChatMessageHistory("bench", connection=f"sqlite:///{root / 'history.db'}")
 
 
+def _redis_url() -> str:
+    return os.environ[REDIS_URL_ENV]
+
+
+def _redis_prefix(root: Path) -> str:
+    """Key prefix of one measurement: its temporary directory's unique name.
+
+    Writer processes reopen the backend from the same directory, so they find the same keys.
+    """
+    return f"bench-{root.name}"
+
+
+def crab_redis_history(root: Path) -> Any:
+    from crab_langchain import SessionStore
+
+    store = SessionStore.from_url(_redis_url(), prefix=_redis_prefix(root), entry_points=False)
+    return store.get_session_history("bench")
+
+
+def redis_history(root: Path) -> Any:
+    from langchain_community.chat_message_histories import RedisChatMessageHistory
+
+    return RedisChatMessageHistory("bench", url=_redis_url(), key_prefix=f"{_redis_prefix(root)}:")
+
+
+def _redis_prefill(history: Any, count: int) -> None:
+    """Push what ``add_message`` would, pipelined: its add_messages is one round trip a message."""
+    values = [json.dumps(message_to_dict(m)) for m in messages(count)]
+    pipe = history.redis_client.pipeline(transaction=False)
+    for start in range(0, len(values), 10_000):
+        pipe.lpush(history.key, *values[start : start + 10_000])
+    pipe.execute()
+
+
 def memory_history(root: Path) -> Any:
     from langchain_core.chat_history import InMemoryChatMessageHistory
 
@@ -137,6 +190,8 @@ def prefill(name: str, root: Path, count: int) -> Any:
     history = open_backend(name, root)
     if name == FILE:  # its add_messages rewrites the file per message: write it directly
         (root / "history.json").write_text(json.dumps(messages_to_dict(messages(count))))
+    elif name == REDIS:
+        _redis_prefill(history, count)
     elif name != RAW:
         history.add_messages(messages(count))
     return history
@@ -146,11 +201,34 @@ def open_backend(name: str, root: Path) -> Any:
     return {
         CRAB: lambda: crab_history(root),
         CRAB_FSYNC: lambda: crab_history(root, "fsync"),
+        CRAB_REDIS: lambda: crab_redis_history(root),
         FILE: lambda: file_history(root),
         SQLITE: lambda: sqlite_history(root),
+        REDIS: lambda: redis_history(root),
         MEMORY: lambda: memory_history(root),
         RAW: lambda: RawAppend(root),
     }[name]()
+
+
+@contextmanager
+def workspace(name: str) -> Iterator[Path]:
+    """A temporary directory for one measurement; a Redis backend's keys go with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            yield Path(tmp)
+        finally:
+            if name in REDIS_BACKENDS:
+                _drop_keys(_redis_prefix(Path(tmp)))
+
+
+def _drop_keys(prefix: str) -> None:
+    """Delete a measurement's keys, so the server holds one measurement's data at a time."""
+    import redis
+
+    with redis.Redis.from_url(_redis_url()) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
+        for start in range(0, len(keys), 1_000):
+            client.unlink(*keys[start : start + 1_000])
 
 
 # --- measuring --------------------------------------------------------------
@@ -158,8 +236,8 @@ def open_backend(name: str, root: Path) -> Any:
 
 def chat_loop(name: str, length: int, sizes: Sizes) -> float:
     """Median ms per turn (read the history, add a pair) at ``length`` messages."""
-    with tempfile.TemporaryDirectory() as tmp:
-        history = prefill(name, Path(tmp), length)
+    with workspace(name) as root:
+        history = prefill(name, root, length)
         times: list[float] = []
         spent, turn = 0.0, 0
         while turn < 5 or (spent < sizes.turn_time_s and turn < 2_000):
@@ -177,8 +255,7 @@ def chat_loop(name: str, length: int, sizes: Sizes) -> float:
 
 def cold_load(name: str, count: int) -> float:
     """Seconds for a new history object of a ``count``-message session to return its messages."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+    with workspace(name) as root:
         prefill(name, root, count)
         gc.collect()
         start = time.perf_counter()
@@ -205,9 +282,10 @@ def naive_floor(count: int) -> float:
 
 
 def bulk_add(name: str, count: int) -> float:
+    """Seconds for one ``add_messages`` call of ``count`` messages on a new history."""
     batch = messages(count)
-    with tempfile.TemporaryDirectory() as tmp:
-        history = open_backend(name, Path(tmp))
+    with workspace(name) as root:
+        history = open_backend(name, root)
         gc.collect()
         start = time.perf_counter()
         history.add_messages(batch)
@@ -231,12 +309,11 @@ for turn in range({turns}):
 
 def concurrent_writers(name: str, writers: int, turns: int) -> tuple[float, int | None, str]:
     """Wall seconds for ``writers`` processes adding ``turns`` pairs each; messages kept; notes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+    with workspace(name) as root:
         prefill(name, root, 2)  # the session exists before the writers start
         code = [
             _WRITER.format(
-                bench=str(Path(__file__).parent), name=name, root=tmp, turns=turns, writer=w
+                bench=str(Path(__file__).parent), name=name, root=str(root), turns=turns, writer=w
             )
             for w in range(writers)
         ]
@@ -260,62 +337,75 @@ def _raw_lines(root: Path) -> int:
     return (root / "raw.jsonl").read_bytes().count(b"\n")
 
 
-def memory_per_message(count: int) -> float:
-    """Bytes allocated per message by loading a ``count``-message session (tracemalloc)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        history = prefill(CRAB, Path(tmp), count)
+def memory_per_message(name: str, count: int) -> float:
+    """Bytes a loaded ``count``-message crab session holds per message (tracemalloc)."""
+    from crab_langchain import CrabChatMessageHistory, SessionStore
+
+    with workspace(name) as root:
+        history = prefill(name, root, count)
         path = history.file_path
         del history
+        # The connection is not the history's memory: open it before tracing.
+        store = None if name == CRAB else SessionStore.from_url(
+            _redis_url(), prefix=_redis_prefix(root), entry_points=False
+        )  # fmt: skip
         gc.collect()
-        from crab_langchain import CrabChatMessageHistory
-
         tracemalloc.start()
-        loaded = CrabChatMessageHistory.from_file(path)
+        if store is None:
+            loaded = CrabChatMessageHistory.from_file(path)
+        else:
+            loaded = store.get_session_history("bench")
         _ = loaded.messages
         current, _peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        assert len(loaded.messages) == count
         return current / count
 
 
 # --- the run ----------------------------------------------------------------
 
+Skips = dict[str, str]  # backend -> why it is not measured
+
 
 def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    started = time.perf_counter()
     results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results["machine"] = machine()
     results["versions"] = versions()
+    with private_redis(log) as server:
+        results["redis"] = server
+        skip = {} if server["available"] else dict.fromkeys(REDIS_BACKENDS, server["reason"])
+        loop, notes = chat_loops(sizes, log, skip)
+        results["chat_loop"] = {"lengths": list(sizes.lengths), "ms_per_turn": loop, "notes": notes}
+        results["cold_load"] = cold_loads(sizes, log, skip)
+        results["bulk_add"] = bulk_adds(sizes, log, skip)
+        results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes), skip)
+        results["memory"] = memory(sizes, log, skip)
+    results["run_seconds"] = time.perf_counter() - started
+    results["machine"]["load_end"] = _load_average()
+    return results
+
+
+def chat_loops(
+    sizes: Sizes, log: Callable[[str], None], skip: Skips
+) -> tuple[dict[str, list[float | None]], Skips]:
+    """ms per turn of every backend at every length (None where skipped), and why skipped."""
     loop: dict[str, list[float | None]] = {}
+    notes: Skips = {}
     for name in CHAT_BACKENDS:
         loop[name] = []
         for length in sizes.lengths:
-            if _too_slow(loop[name], sizes.lengths, length, sizes):
+            why = skip.get(name) or notes.get(name)
+            if why is None and _too_slow(loop[name], sizes.lengths, length, sizes):
+                why = f"skipped from {length:,} messages: over the {sizes.budget_s:.0f} s budget"
+            if why:
+                notes[name] = why
                 loop[name].append(None)
-                log(f"chat loop  {name:34} {length:>7}: skipped (over {sizes.budget_s:.0f} s)")
+                log(f"chat loop  {name:34} {length:>7}: {why}")
                 continue
             loop[name].append(chat_loop(name, length, sizes))
             log(f"chat loop  {name:34} {length:>7}: {loop[name][-1]:9.3f} ms/turn")
-    results["chat_loop"] = {"lengths": list(sizes.lengths), "ms_per_turn": loop}
-    results["cold_load"] = {
-        "messages": sizes.cold,
-        "seconds": _each(
-            {CRAB: cold_load, FILE: cold_load, SQLITE: cold_load}, sizes.cold, log, "cold load"
-        ),
-    }
-    results["cold_load"]["seconds"][NAIVE] = naive_floor(sizes.cold)
-    log(f"cold load  {NAIVE:34}: {results['cold_load']['seconds'][NAIVE]:.3f} s")
-    bulk = dict.fromkeys((CRAB, CRAB_FSYNC, SQLITE, MEMORY, RAW), bulk_add)
-    results["bulk_add"] = {
-        "messages": sizes.bulk,
-        "seconds": _each(bulk, sizes.bulk, log, "bulk add"),
-    }
-    results["bulk_add"]["seconds"][FILE] = None  # one full rewrite per message: O(n²)
-    results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes))
-    results["memory"] = {
-        "messages": list(sizes.memory),
-        "bytes_per_message": [memory_per_message(count) for count in sizes.memory],
-    }
-    log(f"memory     bytes/message at {sizes.memory}: {results['memory']['bytes_per_message']}")
-    return results
+    return loop, notes
 
 
 def _too_slow(done: list[float | None], lengths: Sequence[int], length: int, sizes: Sizes) -> bool:
@@ -332,17 +422,63 @@ def _too_slow(done: list[float | None], lengths: Sequence[int], length: int, siz
     return per_turn_s * 5 > sizes.budget_s
 
 
+def cold_loads(sizes: Sizes, log: Callable[[str], None], skip: Skips) -> dict[str, Any]:
+    """Seconds of a cold load for each backend that stores, and the naive floor."""
+    names = (CRAB, CRAB_REDIS, FILE, SQLITE, REDIS)
+    seconds, notes = _each(names, cold_load, sizes.cold, log, "cold load", skip=skip)
+    seconds[NAIVE] = naive_floor(sizes.cold)
+    log(f"cold load  {NAIVE:34}: {seconds[NAIVE]:.3f} s")
+    return {"messages": sizes.cold, "seconds": seconds, "notes": notes}
+
+
+def bulk_adds(sizes: Sizes, log: Callable[[str], None], skip: Skips) -> dict[str, Any]:
+    """Seconds of one big ``add_messages`` per backend; one estimated over the budget is skipped."""
+    names = (CRAB, CRAB_FSYNC, CRAB_REDIS, SQLITE, REDIS, MEMORY, RAW)
+    skip = {**skip, **_bulk_over_budget(names, sizes, skip)}
+    seconds, notes = _each(names, bulk_add, sizes.bulk, log, "bulk add", skip=skip)
+    seconds[FILE] = None
+    notes[FILE] = "skipped: rewrites the whole file per message (quadratic)"
+    return {"messages": sizes.bulk, "seconds": seconds, "notes": notes}
+
+
+def _bulk_over_budget(names: Sequence[str], sizes: Sizes, skip: Skips) -> Skips:
+    """Backends whose bulk add, timed at a hundredth of the size, extrapolates past the budget.
+
+    Every backend's bulk add costs about the same per message at any size
+    (RedisChatMessageHistory's is one round trip a message), so linear is fair.
+    """
+    probe = max(sizes.bulk // 100, 2)
+    over: Skips = {}
+    for name in names:
+        if name in skip:
+            continue
+        estimate = bulk_add(name, probe) * sizes.bulk / probe
+        if estimate > sizes.budget_s:
+            over[name] = f"skipped: about {estimate:.0f} s, over the {sizes.budget_s:.0f} s budget"
+    return over
+
+
 def _each(
-    backends: dict[str, Callable[[str, int], float]],
+    names: Sequence[str],
+    measure: Callable[[str, int], float],
     count: int,
     log: Callable[[str], None],
     what: str,
-) -> dict[str, float | None]:
+    *,
+    skip: Skips,
+) -> tuple[dict[str, float | None], Skips]:
+    """``measure`` each backend not in ``skip``: seconds (None if skipped), and why skipped."""
     out: dict[str, float | None] = {}
-    for name, measure in backends.items():
-        out[name] = measure(name, count)
-        log(f"{what:10} {name:34}: {out[name]:.3f} s")
-    return out
+    notes: Skips = {}
+    for name in names:
+        if name in skip:
+            out[name], notes[name] = None, skip[name]
+            log(f"{what:10} {name:34}: {notes[name]}")
+            continue
+        seconds = measure(name, count)
+        out[name] = seconds
+        log(f"{what:10} {name:34}: {seconds:.3f} s")
+    return out, notes
 
 
 def _estimate(file_loop: list[float | None], sizes: Sizes) -> float:
@@ -355,14 +491,19 @@ def _estimate(file_loop: list[float | None], sizes: Sizes) -> float:
     return sizes.writers * sizes.writer_turns * ms / 1000 * (final / 2) / length
 
 
-def concurrency(sizes: Sizes, log: Callable[[str], None], file_estimate: float) -> dict[str, Any]:
+def concurrency(
+    sizes: Sizes, log: Callable[[str], None], file_estimate: float, skip: Skips
+) -> dict[str, Any]:
     seconds: dict[str, float | None] = {}
     kept: dict[str, int | None] = {}
     notes: dict[str, str] = {}
-    for name in (CRAB, CRAB_FSYNC, SQLITE, FILE, RAW):
-        if name == FILE and file_estimate > sizes.budget_s:
+    if file_estimate > sizes.budget_s:
+        why = f"skipped: about {file_estimate:.0f} s (it rewrites the file per message)"
+        skip = {**skip, FILE: why}
+    for name in (CRAB, CRAB_FSYNC, CRAB_REDIS, SQLITE, REDIS, FILE, RAW):
+        if name in skip:
             seconds[name] = kept[name] = None
-            notes[name] = f"skipped: about {file_estimate:.0f} s (it rewrites the file per message)"
+            notes[name] = skip[name]
             log(f"writers    {name:34}: {notes[name]}")
             continue
         seconds[name], kept[name], notes[name] = concurrent_writers(
@@ -379,6 +520,63 @@ def concurrency(sizes: Sizes, log: Callable[[str], None], file_estimate: float) 
     }
 
 
+def memory(sizes: Sizes, log: Callable[[str], None], skip: Skips) -> dict[str, Any]:
+    """Bytes per loaded message of crab_langchain on a directory and on Redis."""
+    by_backend: dict[str, list[float] | None] = {}
+    notes: Skips = {}
+    for name in (CRAB, CRAB_REDIS):
+        if name in skip:
+            by_backend[name], notes[name] = None, skip[name]
+            log(f"memory     {name:34}: {notes[name]}")
+            continue
+        per_size = [memory_per_message(name, count) for count in sizes.memory]
+        by_backend[name] = per_size
+        shown = ", ".join(f"{per:,.0f}" for per in per_size)
+        log(f"memory     {name:34}: {shown} bytes/message at {sizes.memory}")
+    return {
+        "messages": list(sizes.memory),
+        "bytes_per_message": by_backend[CRAB],
+        "by_backend": by_backend,
+        "notes": notes,
+    }
+
+
+@contextmanager
+def private_redis(log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """The Redis rows' own server for the block; what the results say about it."""
+    server, reason = _start_redis()
+    if server is None:
+        log(f"redis      Redis rows skipped: {reason}")
+        yield {"available": False, "reason": f"skipped: {reason}"}
+        return
+    os.environ[REDIS_URL_ENV] = server.url
+    try:
+        with server.client() as client:
+            version = client.info("server")["redis_version"]
+        log(f"redis      redis-server {version} on {server.url}, no persistence")
+        yield {"available": True, "server": f"redis-server {version}", "args": REDIS_ARGS}
+    finally:
+        os.environ.pop(REDIS_URL_ENV, None)
+        server.stop()
+
+
+def _start_redis() -> tuple[Any, str | None]:
+    """A private redis-server (the tests' RedisServer), or None and why there is none."""
+    if shutil.which("redis-server") is None:
+        return None, "redis-server is not on PATH"
+    try:
+        import redis  # noqa: F401
+    except ImportError as error:
+        return None, f"redis-py is not installed ({error})"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from redis_servers import RedisServer, RedisStartError
+
+    try:
+        return RedisServer(), None
+    except (RedisStartError, OSError) as error:
+        return None, f"redis-server did not start ({str(error).splitlines()[0]})"
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -386,7 +584,20 @@ def machine() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_start": _load_average(),
+    }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other work on the machine skews the timings), if known."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 def versions() -> dict[str, str]:
@@ -397,6 +608,8 @@ def versions() -> dict[str, str]:
         "langchain-community",
         "pydantic",
         "SQLAlchemy",
+        "redis",
+        "hiredis",
     ):
         try:
             out[dist] = metadata.version(dist)

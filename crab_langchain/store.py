@@ -125,7 +125,11 @@ class SessionStore:
         ``durability`` for a directory).
         """
         backend = open_storage(url, prefix=prefix, ttl=ttl, **options)
-        return cls(plugins=plugins, strict=strict, entry_points=entry_points, backend=backend)
+        try:
+            return cls(plugins=plugins, strict=strict, entry_points=entry_points, backend=backend)
+        except BaseException:
+            backend.close()  # bad plugins: leave no connection open behind the error
+            raise
 
     def __repr__(self) -> str:
         return f"SessionStore({self.storage.describe()!r})"

@@ -17,8 +17,9 @@ import redis
 import redis.cluster
 from conftest import FIXTURE_FILES
 from langchain_core.messages import AIMessage, HumanMessage
+from pluggy import PluginValidationError
 
-from crab_langchain import SessionStore
+from crab_langchain import SessionStore, hookimpl
 from crab_langchain.storage import open_storage
 from crab_langchain.storage.redis import RedisStorage, StorageUnavailableError
 
@@ -367,3 +368,21 @@ def test_public_urls_hide_passwords_wherever_they_are(url, shown):
     from crab_langchain.storage.redis import _public_url
 
     assert _public_url(url) == shown
+
+
+def test_bad_plugins_leave_no_connection_open(redis_server, redis_prefix, monkeypatch):
+    closed = []
+
+    def close(storage: RedisStorage) -> None:
+        closed.append(storage)
+
+    monkeypatch.setattr(RedisStorage, "close", close)
+    with pytest.raises(PluginValidationError):
+        SessionStore.from_url(redis_server.url, [WrongArguments()], prefix=redis_prefix)
+    assert len(closed) == 1
+
+
+class WrongArguments:
+    @hookimpl
+    def crab_filter_message(self, no_such_argument):
+        return None

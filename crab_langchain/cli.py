@@ -1,12 +1,16 @@
-"""``crab-sessions``: list, show, export, import, verify, repair and copy session files.
+"""``crab-sessions``: list, show, export, import, verify, repair and copy sessions.
 
 The console script (and ``python -m crab_langchain``). It needs the ``cli``
 extra (click); the library itself never imports this module. Commands work on
-a sessions directory: ``--root DIR``, by default the store's
-(``$CRABTALK_HOME/sessions`` or ``~/.crabtalk/sessions``). Errors are one line
-on stderr and a non-zero exit status: 1 for a problem with the files, 2 for a
-wrong command line. ``copy`` also reaches Redis (a URL, never printed with its
-password).
+the sessions at ``--root``: a sessions directory (by default the store's,
+``$CRABTALK_HOME/sessions`` or ``~/.crabtalk/sessions``) or a Redis URL
+(``redis://``, ``rediss://``, ``unix://``; a single server or a cluster),
+whose keys start with ``--prefix`` (default ``crab``). Every command reaches
+the sessions through the same storage seam, whichever they live in;
+``repair`` mends files only. A URL is never printed with its password.
+Errors are one line on stderr and a non-zero exit status: 1 for a problem
+with the sessions, 2 for a wrong command line. ``copy`` names both of its
+places itself.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,9 +42,15 @@ from langchain_core.messages import (
 
 from crab_langchain import display
 from crab_langchain.convert import from_crab_message, is_auto_injected, to_crab_message
-from crab_langchain.history import CrabChatMessageHistory
+from crab_langchain.history import CrabChatMessageHistory, read_meta
 from crab_langchain.hooks import make_plugin_manager
-from crab_langchain.models import CompactMarker, SessionFormatError, SessionMeta, parse_entry
+from crab_langchain.models import (
+    CompactMarker,
+    Session,
+    SessionFormatError,
+    SessionMeta,
+    parse_entry,
+)
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import (
     REDIS_SCHEMES,
@@ -47,6 +58,7 @@ from crab_langchain.storage import (
     Cursor,
     DirectoryStorage,
     SessionStorage,
+    StorageUnavailableError,
     TornTailWarning,
     open_storage,
 )
@@ -118,8 +130,35 @@ def _warnings_to_stderr(*, quiet: bool = False) -> Iterator[None]:
 
 # --- the command line: declarations only; the work is in the run_* functions ---
 
-_ROOT_HELP = "Sessions directory (default: $CRABTALK_HOME/sessions, else ~/.crabtalk/sessions)."
+_ROOT_HELP = (
+    "Sessions directory, or a Redis URL (redis://, rediss://, unix://; a server or a cluster)"
+    " (default: $CRABTALK_HOME/sessions, else ~/.crabtalk/sessions)."
+)
+_PREFIX_HELP = "Redis key prefix, with a Redis --root (default: crab)."
 _COMMAND_ROOT_HELP = _ROOT_HELP + " Also accepted before the command."
+_COMMAND_PREFIX_HELP = _PREFIX_HELP + " Also accepted before the command."
+
+GivenRoot = Path | str | None  # a directory, a Redis URL, or not given
+
+
+@dataclass(frozen=True)
+class _Given:
+    """What the options before the command said: ``--root`` and ``--prefix``."""
+
+    root: GivenRoot = None
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Root:
+    """Where the sessions are: a directory (``path``), or a Redis ``url`` and key ``prefix``."""
+
+    path: Path | None = None
+    url: str | None = None
+    prefix: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.url is None else _hidden(self.url, [self.url])
 
 
 def build_cli() -> click.Group:
@@ -129,17 +168,22 @@ def build_cli() -> click.Group:
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
         epilog="Run 'crab-sessions COMMAND --help' for a command's options.",
     )
-    @click.option("--root", type=_dir_type(), metavar="DIR", help=_ROOT_HELP)
+    @click.option("--root", type=_root_type(), metavar="DIR|URL", help=_ROOT_HELP)
+    @click.option("--prefix", metavar="P", help=_PREFIX_HELP)
     @click.version_option(package_name="crab-langchain", prog_name=PROG)
     @click.pass_context
-    def group(ctx: click.Context, root: Path | None) -> None:
-        """Look at, check and move crabtalk session files (JSONL).
+    def group(ctx: click.Context, root: GivenRoot, prefix: str | None) -> None:
+        """Look at, check and move crabtalk sessions (JSONL lines).
 
-        Works on a sessions directory as SessionStore keeps it. Errors are one
-        line on stderr; the exit status is 1 for a problem with the files and 2
-        for a wrong command line.
+        Works on a sessions directory as SessionStore keeps it, or on sessions
+        in Redis or Redis Cluster: --root redis://HOST:PORT/DB (rediss:// for
+        TLS, unix:// for a socket), with --prefix P for the key prefix
+        (default: crab). list, show, export, import and verify work on either;
+        repair mends torn tails of files, which Redis never has. Errors are
+        one line on stderr; the exit status is 1 for a problem with the
+        sessions and 2 for a wrong command line.
         """
-        ctx.obj = root
+        ctx.obj = _Given(root, prefix)
 
     commands = (
         _add_list,
@@ -160,14 +204,42 @@ def _dir_type() -> click.Path:
     return click.Path(file_okay=False, path_type=Path)
 
 
-def _root_option() -> Callable[[Callable[..., None]], Callable[..., None]]:
-    return click.option(
-        "--root", "own_root", type=_dir_type(), metavar="DIR", help=_COMMAND_ROOT_HELP
+def _root_type() -> click.Path:
+    """``--root``'s type: a Redis URL as it is, anything else a directory as before."""
+
+    class RootType(click.Path):
+        def convert(
+            self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+        ) -> Any:
+            if isinstance(value, str) and _is_redis(value):
+                return value
+            return super().convert(value, param, ctx)
+
+    return RootType(file_okay=False, path_type=Path)
+
+
+def _root_options(command: Callable[..., None]) -> Callable[..., None]:
+    """A command's own ``--root`` and ``--prefix`` (they win over the group's)."""
+    command = click.option("--prefix", "own_prefix", metavar="P", help=_COMMAND_PREFIX_HELP)(
+        command
     )
+    return click.option(
+        "--root", "own_root", type=_root_type(), metavar="DIR|URL", help=_COMMAND_ROOT_HELP
+    )(command)
 
 
-def _root(own_root: Path | None, group_root: Path | None) -> Path:
-    return own_root or group_root or default_root()
+def _root(given: _Given, own_root: GivenRoot, own_prefix: str | None) -> Root:
+    """The sessions' place: the command's own options, else the group's, else the default."""
+    root = own_root if own_root is not None else given.root
+    prefix = own_prefix if own_prefix is not None else given.prefix
+    if prefix == "":
+        raise _usage_error("--prefix must not be empty")
+    if isinstance(root, str):
+        return Root(url=root, prefix=prefix)
+    path = root or default_root()
+    if prefix is not None:
+        raise CliError(f"--prefix is for a Redis --root, and {path} is a directory")
+    return Root(path=path)
 
 
 def _add_list(group: click.Group) -> None:
@@ -175,12 +247,13 @@ def _add_list(group: click.Group) -> None:
     @click.option("--agent", help="Only sessions of this agent.")
     @click.option("--created-by", help="Only sessions created by this origin (e.g. user).")
     @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
-    @_root_option()
+    @_root_options
     @click.pass_obj
     def list_command(
-        group_root: Path | None,
+        given: _Given,
         *,
-        own_root: Path | None,
+        own_root: GivenRoot,
+        own_prefix: str | None,
         agent: str | None,
         created_by: str | None,
         as_json: bool,
@@ -188,11 +261,13 @@ def _add_list(group: click.Group) -> None:
         """List sessions, newest first.
 
         Columns: agent, created_by, created_at, messages, size, id. "messages"
-        is the number of message lines in the file (blank lines and compaction
-        markers not counted; archived messages before a marker are). --json
-        gives the same fields as keys (size in bytes, plus path and title).
+        is the number of message lines in the session (blank lines and
+        compaction markers not counted; archived messages before a marker
+        are). "size" is a file's size, or for Redis the bytes its lines would
+        take in a file. --json gives the same fields as keys (size in bytes,
+        plus title, location, and path: null on Redis).
         """
-        run_list(_root(own_root, group_root), agent, created_by, as_json=as_json)
+        run_list(_root(given, own_root, own_prefix), agent, created_by, as_json=as_json)
 
 
 def _add_show(group: click.Group) -> None:
@@ -206,29 +281,30 @@ def _add_show(group: click.Group) -> None:
         help="Only the last N entries (messages and compaction markers).",
     )
     @click.option("--follow", "-f", is_flag=True, help="Keep printing new messages (Ctrl-C stops).")
-    @click.option("--jsonl", "raw", is_flag=True, help="Print the file's raw lines.")
-    @_root_option()
+    @click.option("--jsonl", "raw", is_flag=True, help="Print the session's raw lines.")
+    @_root_options
     @click.pass_obj
     def show_command(
-        group_root: Path | None,
+        given: _Given,
         *,
-        own_root: Path | None,
+        own_root: GivenRoot,
+        own_prefix: str | None,
         target: str,
         agent: str | None,
         tail: int | None,
         follow: bool,
         raw: bool,
     ) -> None:
-        """Print a session's transcript: every message in the file, one a line.
+        """Print a session's transcript: every message it holds, one a line.
 
         Archived messages before a compaction marker are shown too, then the
         marker. With --jsonl the raw lines (the header first, so with --tail
-        the output is still a session file). --follow watches the file as
+        the output is still a session file). --follow watches the session as
         another process appends to it. ID|PATH is a session file, or a session
-        id looked up in the sessions directory.
+        id looked up in --root.
         """
-        path = locate(_root(own_root, group_root), target, agent)
-        run_show(path, tail=tail, follow=follow, raw=raw)
+        with _located(_root(given, own_root, own_prefix), target, agent) as log:
+            run_show(log, tail=tail, follow=follow, raw=raw)
 
 
 def _add_export(group: click.Group) -> None:
@@ -245,12 +321,13 @@ def _add_export(group: click.Group) -> None:
         "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Default: stdout."
     )
     @click.option("--agent", help="The agent, when several have a session with this id.")
-    @_root_option()
+    @_root_options
     @click.pass_obj
     def export_command(
-        group_root: Path | None,
+        given: _Given,
         *,
-        own_root: Path | None,
+        own_root: GivenRoot,
+        own_prefix: str | None,
         target: str,
         fmt: str,
         output: Path | None,
@@ -261,11 +338,11 @@ def _add_export(group: click.Group) -> None:
         The working context is what a chain reads: after a compaction marker,
         the summary and what follows. Plugins are not asked to inject anything.
         "langchain" is a list that 'crab-sessions import' and
-        FileChatMessageHistory read back. ID|PATH is a session file, or a session
-        id looked up in the sessions directory.
+        FileChatMessageHistory read back. ID|PATH is a session file, or a
+        session id looked up in --root.
         """
-        path = locate(_root(own_root, group_root), target, agent)
-        run_export(path, fmt, output)
+        with _located(_root(given, own_root, own_prefix), target, agent) as log:
+            run_export(log, fmt, output)
 
 
 def _add_import(group: click.Group) -> None:
@@ -274,60 +351,63 @@ def _add_import(group: click.Group) -> None:
     @click.option("--agent", default="crab", show_default=True, help="Agent of the new session.")
     @click.option("--id", "session_id", required=True, help="Id of the new session.")
     @click.option("--created-by", default="user", show_default=True, help="Origin of the session.")
-    @_root_option()
+    @_root_options
     @click.pass_obj
     def import_command(
-        group_root: Path | None,
+        given: _Given,
         *,
-        own_root: Path | None,
+        own_root: GivenRoot,
+        own_prefix: str | None,
         source: Path,
         agent: str,
         session_id: str,
         created_by: str,
     ) -> None:
-        """Import FILE's messages into a new session.
+        """Import FILE's messages into a new session in --root.
 
         FILE is JSON: a FileChatMessageHistory file (a list of
         {"type": ..., "data": ...}, as messages_to_dict writes), or a list of
         message dicts LangChain accepts ({"role": "user", "content": "hi"}).
         An existing session is never touched: its id is an error.
         """
-        run_import(_root(own_root, group_root), source, agent, session_id, created_by)
+        root = _root(given, own_root, own_prefix)
+        run_import(root, source, agent, session_id, created_by)
 
 
 def _add_verify(group: click.Group) -> None:
     @group.command("verify")
     @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-    @_root_option()
+    @_root_options
     @click.pass_obj
     def verify_command(
-        group_root: Path | None, *, own_root: Path | None, paths: tuple[Path, ...]
+        given: _Given, *, own_root: GivenRoot, own_prefix: str | None, paths: tuple[Path, ...]
     ) -> None:
-        """Check session files: the header, every line, the tail.
+        """Check sessions: the header, every line, the tail.
 
         PATHS are files or directories (default: every *.jsonl in the sessions
-        directory). Prints "PATH: ok (N lines)" or one "PATH:LINE: reason" per
-        problem, and exits with status 1 if there is any problem. Never writes.
+        directory, or every session in a Redis --root). Prints "WHERE: ok (N
+        lines)" or one "WHERE:LINE: reason" per problem, and exits with status
+        1 if there is any problem. Never writes.
         """
-        run_verify(session_files(_root(own_root, group_root), paths))
+        run_verify(_root(given, own_root, own_prefix), paths)
 
 
 def _add_repair(group: click.Group) -> None:
     @group.command("repair")
     @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-    @_root_option()
+    @_root_options
     @click.pass_obj
     def repair_command(
-        group_root: Path | None, *, own_root: Path | None, paths: tuple[Path, ...]
+        given: _Given, *, own_root: GivenRoot, own_prefix: str | None, paths: tuple[Path, ...]
     ) -> None:
         """Move torn tails aside: an incomplete last line goes to <file>.torn.
 
         A writer that died mid-append leaves such a line; every complete line
         stays. Waits for a writer that is still writing. Other problems are
         reported, not changed (exit status 1 while any remain). PATHS as for
-        verify.
+        verify. Files only: Redis stores whole lines, so nothing is torn there.
         """
-        run_repair(session_files(_root(own_root, group_root), paths))
+        run_repair(_root(given, own_root, own_prefix), paths)
 
 
 def _add_copy(group: click.Group) -> None:
@@ -349,7 +429,9 @@ def _add_copy(group: click.Group) -> None:
         "--dst-prefix", metavar="P", help="Redis key prefix for DST (default: as --prefix)."
     )
     @click.option("--json", "as_json", is_flag=True, help="A JSON array of results instead.")
+    @click.pass_obj
     def copy_command(
+        given: _Given,
         *,
         source: str,
         target: str,
@@ -370,7 +452,8 @@ def _add_copy(group: click.Group) -> None:
         the start of SRC's gets the new lines appended, and one that differs
         is reported and left as it is. Prints one line per session and a
         summary (on stderr); exits with status 1 if any session failed.
-        --root is not used: SRC and DST say where.
+        --root is not used: SRC and DST say where (--prefix before the command
+        is a default for --prefix).
 
         \b
         Examples:
@@ -385,7 +468,7 @@ def _add_copy(group: click.Group) -> None:
             target,
             session_id=session_id,
             agent=agent or "crab",
-            prefix=prefix,
+            prefix=prefix if prefix is not None else given.prefix,
             dst_prefix=dst_prefix,
             as_json=as_json,
         )
@@ -401,7 +484,7 @@ def _add_demo(group: click.Group) -> None:
         help="Sessions directory (default: a new temp dir).",
     )
     @click.pass_obj
-    def demo_command(group_root: Path | None, *, own_root: Path | None) -> None:
+    def demo_command(given: _Given, *, own_root: Path | None) -> None:
         """Run a short offline chain and show the session it wrote.
 
         A fake chat model (no network, no API key) answers three turns with a
@@ -409,16 +492,62 @@ def _add_demo(group: click.Group) -> None:
         never stored. Prints where the session landed, its transcript and its
         JSONL.
         """
-        run_demo(own_root or group_root)
+        root = own_root if own_root is not None else given.root
+        if isinstance(root, str) or given.prefix is not None:
+            raise CliError("demo writes its session to a directory: give --root DIR, not Redis")
+        run_demo(root)
 
 
 # --- finding sessions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Log:
+    """One session log: its storage, its name there, and where it is, for people."""
+
+    storage: SessionStorage
+    name: str
+    where: str
+
+
+def _file_log(path: Path) -> Log:
+    return Log(DirectoryStorage(path.parent), path.name, str(path))
 
 
 def _existing_root(root: Path) -> Path:
     if not root.is_dir():
         raise CliError(f"no sessions directory at {root} (pass --root DIR)")
     return root
+
+
+@contextmanager
+def _opened(root: Root, *, create: bool = False) -> Iterator[SessionStorage]:
+    """The storage at ``root`` for the block inside; its server's errors as one line.
+
+    A directory must exist unless ``create``. A Redis URL's password never
+    shows in an error.
+    """
+    if root.url is None:
+        assert root.path is not None
+        yield DirectoryStorage((root.path if create else _existing_root(root.path)).expanduser())
+        return
+    try:
+        storage = _open(root.url, root.prefix)
+        try:
+            yield storage
+        finally:
+            storage.close()
+    except _server_errors() as error:
+        raise CliError(_hidden(f"{error}", [root.url])) from None
+
+
+def _server_errors() -> tuple[type[Exception], ...]:
+    """What a Redis server's failure raises: the seam's error, and redis-py's own."""
+    try:
+        from redis.exceptions import RedisError  # noqa: PLC0415 - the 'redis' extra
+    except ImportError:
+        return (StorageUnavailableError,)
+    return (StorageUnavailableError, RedisError)
 
 
 def _listed(
@@ -433,33 +562,43 @@ def _listed(
         return store.list_sessions(agent=agent, created_by=created_by)
 
 
-def locate(root: Path, target: str, agent: str | None) -> Path:
-    """The session file ``target`` names: a path, else a session id in ``root``."""
+@contextmanager
+def _located(root: Root, target: str, agent: str | None) -> Iterator[Log]:
+    """The session ``target`` names: a file, else a session id at ``root``."""
     path = Path(target).expanduser()
     if path.is_file():
-        return path
+        yield _file_log(path)
+        return
     if path.exists():
         raise CliError(f"{path}: not a session file")
-    if not root.is_dir():
-        raise _not_found(target, f"no sessions directory at {root}")
-    store = SessionStore(root, entry_points=False)
+    if root.path is not None and not root.path.is_dir():
+        raise _not_found(target, f"no sessions directory at {root.path}")
+    with _opened(root) as storage:
+        name = _find(storage, target, agent)
+        yield Log(storage, name, storage.location(name))
+
+
+def _find(storage: SessionStorage, target: str, agent: str | None) -> str:
+    """The log holding session id ``target`` (of ``agent``, or of the only agent having it)."""
+    store = SessionStore(backend=storage, entry_points=False)
     if agent is not None:
         try:
             name = store.find(target, agent)
         except ValueError as error:
             raise CliError(str(error)) from None
         if name is None:
-            raise _not_found(target, f"no session of agent {agent!r} with that id in {root}")
-        return root / name
+            detail = f"no session of agent {agent!r} with that id in {storage.describe()}"
+            raise _not_found(target, detail)
+        return name
     found = [info for info in _listed(store, quiet=True) if info.session_id == target]
     if not found:
-        raise _not_found(target, f"no session with that id in {root}")
+        raise _not_found(target, f"no session with that id in {storage.describe()}")
     agents = sorted({info.agent for info in found})
     if len(agents) > 1:
         raise CliError(
             f"session {target!r} exists for several agents ({', '.join(agents)}): pass --agent"
         )
-    return root / found[-1].name  # several files of one agent: the oldest, as find() picks
+    return found[-1].name  # several logs of one agent: the oldest, as find() picks
 
 
 def _not_found(target: str, detail: str) -> CliError:
@@ -468,9 +607,10 @@ def _not_found(target: str, detail: str) -> CliError:
     return CliError(f"{what}: {target!r} ({detail})")
 
 
-def session_files(root: Path, paths: Sequence[Path]) -> list[Path]:
+def session_files(root: Path | None, paths: Sequence[Path]) -> list[Path]:
     """The files ``paths`` name (a directory: its ``*.jsonl``), or all of ``root``'s."""
     if not paths:
+        assert root is not None  # a Redis root: its sessions are not files
         paths = [_existing_root(root)]
     files: list[Path] = []
     for path in paths:
@@ -493,49 +633,55 @@ def _progress(items: Sequence[T], label: str) -> Iterator[T]:
 # --- list -------------------------------------------------------------------------
 
 
-def message_line_count(path: Path) -> int:
-    """Message lines of a session file, without parsing JSON.
+def log_stats(storage: SessionStorage, name: str) -> tuple[int | None, int | None]:
+    """Message lines and size of log ``name``, without parsing JSON; None if unreadable.
 
-    Complete, non-blank lines after the header that are not compaction markers.
+    Messages are the complete, non-blank lines after the header that are not
+    compaction markers. The size is a file's, or for a server the bytes its
+    lines would take in a file.
     """
-    count = 0
-    with open(path, "rb") as file:
-        file.readline()
-        for line in file:
-            if line.endswith(b"\n") and line.strip() and not line.startswith(_COMPACT_PREFIX):
-                count += 1
-    return count
-
-
-def _session_row(info: SessionInfo) -> dict[str, Any]:
-    path = info.path if info.path is not None else Path(info.name)
     try:
-        messages: int | None = message_line_count(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TornTailWarning)  # verify's business, not list's
+            chunk = storage.read(name, None)
+    except StorageUnavailableError:
+        raise
     except OSError:
-        messages = None  # deleted since listed: show it, counts unknown
+        return None, None  # deleted since listed: show it, counts unknown
+    lines = [] if chunk is None else chunk.lines
+    messages = sum(1 for n, line in lines if n > 1 and not line.startswith(_COMPACT_PREFIX))
+    path = storage.path(name)
+    size = display.file_size(path) if path is not None else sum(len(line) + 1 for _, line in lines)
+    return messages, size
+
+
+def _session_row(storage: SessionStorage, info: SessionInfo) -> dict[str, Any]:
+    messages, size = log_stats(storage, info.name)
     return {
         "agent": info.agent,
         "created_by": info.created_by,
         "created_at": info.created_at.isoformat(),
         "messages": messages,
-        "size": display.file_size(path),
+        "size": size,
         "session_id": info.session_id,
         "title": info.title,
-        "path": str(path),
+        "path": None if info.path is None else str(info.path),
+        "location": storage.location(info.name),
     }
 
 
-def run_list(root: Path, agent: str | None, created_by: str | None, *, as_json: bool) -> None:
-    """Print the sessions of ``root`` as a table or a JSON array."""
-    store = SessionStore(_existing_root(root), entry_points=False)
-    infos = _listed(store, agent=agent, created_by=created_by)
-    rows = [_session_row(info) for info in _progress(infos, "reading sessions")]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-    elif not rows:
-        click.echo(f"no sessions in {root}", err=True)
-    else:
-        click.echo(_table(rows))
+def run_list(root: Root, agent: str | None, created_by: str | None, *, as_json: bool) -> None:
+    """Print the sessions at ``root`` as a table or a JSON array."""
+    with _opened(root) as storage:
+        store = SessionStore(backend=storage, entry_points=False)
+        infos = _listed(store, agent=agent, created_by=created_by)
+        rows = [_session_row(storage, info) for info in _progress(infos, "reading sessions")]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        elif not rows:
+            click.echo(f"no sessions in {storage.describe()}", err=True)
+        else:
+            click.echo(_table(rows))
 
 
 _COLUMNS = (
@@ -577,32 +723,33 @@ def _table(rows: list[dict[str, Any]]) -> str:
 # --- show -------------------------------------------------------------------------
 
 
-def _read(storage: DirectoryStorage, name: str, cursor: Cursor | None) -> Chunk | None:
+def _read(log: Log, cursor: Cursor | None) -> Chunk | None:
     """New complete lines; a torn tail is reported once, never returned."""
     with _warnings_to_stderr():
         try:
-            return storage.read(name, cursor)
+            return log.storage.read(log.name, cursor)
         except FileNotFoundError:
-            raise CliError(f"{storage.location(name)}: no such file (deleted?)") from None
+            gone = "no such file" if log.storage.path(log.name) else "no such session"
+            raise CliError(f"{log.storage.location(log.name)}: {gone} (deleted?)") from None
 
 
-def _entry_text(path: Path, number: int, line: bytes) -> str:
+def _entry_text(where: str, number: int, line: bytes) -> str:
     try:
         entry = parse_entry(line)
     except SessionFormatError as error:
-        raise error.at(path, number) from None
+        raise error.at(where, number) from None
     if isinstance(entry, CompactMarker):
         return display.compact_line(entry.compact)
     return display.message_line(from_crab_message(entry))
 
 
-def _header_text(path: Path, line: bytes, messages: int) -> str:
+def _header_text(log: Log, line: bytes, messages: int) -> str:
     try:
         meta = SessionMeta.from_line(line)
     except SessionFormatError as error:
-        raise error.at(path, 1) from None
+        raise error.at(log.where, 1) from None
     facts = [
-        f"session {session_id_of(path.name, meta)!r}",
+        f"session {session_id_of(log.name, meta)!r}",
         f"agent {meta.agent!r}",
         f"created by {meta.created_by!r}",
         meta.created_at_text or meta.created_at.isoformat(),
@@ -611,52 +758,52 @@ def _header_text(path: Path, line: bytes, messages: int) -> str:
     if isinstance(title, str):
         facts.append(f"title {title!r}")
     facts.append(f"{messages} message{'s' if messages != 1 else ''}")
-    return display.one_line(f"# {' · '.join(facts)} · {path}")
+    return display.one_line(f"# {' · '.join(facts)} · {log.where}")
 
 
-def _render(path: Path, lines: list[tuple[int, bytes]], *, raw: bool, tail: int | None) -> None:
+def _render(log: Log, lines: list[tuple[int, bytes]], *, raw: bool, tail: int | None) -> None:
     """Print a chunk read from line 1: the header, then the (last ``tail``) entries."""
     if not lines or lines[0][0] != 1:
-        raise SessionFormatError("no header line", path=path, line=1)
+        raise SessionFormatError("no header line", path=log.where, line=1)
     header, body = lines[0][1], lines[1:]
     hidden = 0 if tail is None else max(len(body) - tail, 0)
     if raw:
         click.echo(header)
     else:
         count = sum(1 for _, line in body if not line.startswith(_COMPACT_PREFIX))
-        click.echo(_header_text(path, header, count))
+        click.echo(_header_text(log, header, count))
         if hidden:
             click.echo(display.hidden_line(hidden))
-    _print_entries(path, body[hidden:], raw=raw)
+    _print_entries(log, body[hidden:], raw=raw)
 
 
-def _print_entries(path: Path, lines: list[tuple[int, bytes]], *, raw: bool) -> None:
+def _print_entries(log: Log, lines: list[tuple[int, bytes]], *, raw: bool) -> None:
     for number, line in lines:
-        click.echo(line if raw else _entry_text(path, number, line))
+        click.echo(line if raw else _entry_text(log.where, number, line))
 
 
-def run_show(path: Path, *, tail: int | None, follow: bool, raw: bool) -> None:
-    """Print the session file ``path``; with ``follow``, keep printing what is appended."""
-    storage = DirectoryStorage(path.parent)
-    chunk = _read(storage, path.name, None)
+def run_show(log: Log, *, tail: int | None, follow: bool, raw: bool) -> None:
+    """Print the session ``log``; with ``follow``, keep printing what is appended."""
+    chunk = _read(log, None)
     assert chunk is not None  # no cursor: always a chunk
-    _render(path, chunk.lines, raw=raw, tail=tail)
+    _render(log, chunk.lines, raw=raw, tail=tail)
     if follow:
-        _follow(storage, path, chunk.cursor, raw=raw)
+        _follow(log, chunk.cursor, raw=raw)
 
 
-def _follow(storage: DirectoryStorage, path: Path, cursor: Cursor, *, raw: bool) -> None:
+def _follow(log: Log, cursor: Cursor, *, raw: bool) -> None:
+    """Poll ``log`` past ``cursor``, printing only what is new, until Ctrl-C."""
     try:
         while True:
             time.sleep(POLL_SECONDS)
-            chunk = _read(storage, path.name, cursor)
+            chunk = _read(log, cursor)
             if chunk is None:
                 continue
             if chunk.reset:
-                _warn(f"{path} was replaced; showing it again from the start")
-                _render(path, chunk.lines, raw=raw, tail=None)
+                _warn(f"{log.where} was replaced; showing it again from the start")
+                _render(log, chunk.lines, raw=raw, tail=None)
             else:
-                _print_entries(path, chunk.lines, raw=raw)
+                _print_entries(log, chunk.lines, raw=raw)
             cursor = chunk.cursor
     except KeyboardInterrupt:
         return  # the way to stop following: not an error
@@ -665,12 +812,27 @@ def _follow(storage: DirectoryStorage, path: Path, cursor: Cursor, *, raw: bool)
 # --- export and import ------------------------------------------------------------
 
 
-def run_export(path: Path, fmt: str, output: Path | None) -> None:
-    """Write the working context of ``path`` as LangChain or OpenAI message JSON."""
-    # No entry-point plugins: a read-only tool should not run third-party hooks.
+def _history(log: Log) -> CrabChatMessageHistory:
+    """A history on ``log``, as ``from_file`` opens a file; no entry-point plugins.
+
+    A read-only tool should not run third-party hooks.
+    """
+    meta = read_meta(log.storage, log.name)
+    session = Session(
+        id=session_id_of(log.name, meta),
+        agent=meta.agent,
+        created_by=meta.created_by,
+        created_at=meta.created_at,
+        file_path=log.storage.path(log.name),
+    )
+    plugins = make_plugin_manager(entry_points=False)
+    return CrabChatMessageHistory(session, storage=log.storage, name=log.name, plugins=plugins)
+
+
+def run_export(log: Log, fmt: str, output: Path | None) -> None:
+    """Write the working context of ``log`` as LangChain or OpenAI message JSON."""
     with _warnings_to_stderr():
-        plugins = make_plugin_manager(entry_points=False)
-        messages = CrabChatMessageHistory.from_file(path, plugins).stored_messages()
+        messages = _history(log).stored_messages()
     data = (
         messages_to_dict(messages) if fmt == "langchain" else convert_to_openai_messages(messages)
     )
@@ -678,10 +840,11 @@ def run_export(path: Path, fmt: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    if output.exists() and output.resolve() == path.resolve():
+    own = log.storage.path(log.name)
+    if own is not None and output.exists() and output.resolve() == own.resolve():
         raise CliError(f"{output}: is the session being exported; not overwriting it")
     _write_atomically(output, text)
-    click.echo(f"exported {len(messages)} messages from {path} to {output}", err=True)
+    click.echo(f"exported {len(messages)} messages from {log.where} to {output}", err=True)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -740,52 +903,123 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number" if isinstance(value, float) else "null")
 
 
-def run_import(root: Path, source: Path, agent: str, session_id: str, created_by: str) -> None:
-    """Create session ``(agent, session_id)`` in ``root`` from the messages of ``source``."""
+def run_import(root: Root, source: Path, agent: str, session_id: str, created_by: str) -> None:
+    """Create session ``(agent, session_id)`` at ``root`` from the messages of ``source``."""
     messages = load_messages(source)
-    store = SessionStore(root, entry_points=False)
     if all(is_auto_injected(message) for message in messages):
         raise CliError(f"{source}: every message is auto-injected; nothing to store")
-    try:
-        history = store.create_session(session_id, agent=agent, created_by=created_by)
-    except ValueError as error:  # an agent name that cannot name a file
-        raise CliError(str(error)) from None
-    except FileExistsError as error:
-        raise CliError(f"{error}; not touching it") from None
-    history.add_messages(messages)
-    path = history.file_path
-    stored = len(history.stored_messages())
+    with _opened(root, create=True) as storage:
+        store = SessionStore(backend=storage, entry_points=False)
+        try:
+            history = store.create_session(session_id, agent=agent, created_by=created_by)
+        except ValueError as error:  # an agent name that cannot name a file
+            raise CliError(str(error)) from None
+        except FileExistsError as error:
+            raise CliError(f"{error}; not touching it") from None
+        history.add_messages(messages)
+        stored = len(history.stored_messages())
+        where = history.location
     dropped = (
         f" ({len(messages) - stored} auto-injected left out)" if stored < len(messages) else ""
     )
-    click.echo(f"imported {stored} messages into {path}{dropped}")
+    click.echo(f"imported {stored} messages into {where}{dropped}")
 
 
 # --- verify and repair ------------------------------------------------------------
 
 
-def _report_lines(report: FileReport) -> list[str]:
+@dataclass
+class LogReport:
+    """What verify found in one session, ``where`` it is: a :class:`FileReport` for any storage."""
+
+    where: str
+    lines: int = 0
+    problems: list[tuple[int | None, str]] = field(default_factory=list)
+    torn_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the session has no problem at all."""
+        return not self.problems
+
+    @classmethod
+    def of_file(cls, path: Path) -> LogReport:
+        """:func:`verify_file`'s report on ``path``."""
+        report: FileReport = verify_file(path)
+        return cls(str(report.path), report.lines, report.problems, report.torn_bytes)
+
+
+def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
+    """Check log ``name``'s header and every line, as :func:`verify_file` checks a file.
+
+    None if the log is gone (it expired or was deleted since it was listed).
+    A server holds whole lines only, so there is no tail to check.
+    """
+    report = LogReport(storage.location(name))
+    try:
+        chunk = storage.read(name, None)
+    except StorageUnavailableError:
+        raise
+    except FileNotFoundError:
+        return None
+    lines = [] if chunk is None else chunk.lines
+    report.lines = 0 if chunk is None else chunk.cursor.lines
+    if not lines or lines[0][0] != 1:
+        report.problems.append((1, "no header line"))
+    for number, line in lines:
+        reason = _line_problem(number, line)
+        if reason is not None:
+            report.problems.append((number, reason))
+    return report
+
+
+def _line_problem(number: int, line: bytes) -> str | None:
+    """Why line ``number`` is not a header (line 1) or an entry crabtalk reads; None if it is."""
+    if b"\n" in line:  # only a server's item can: it would be two lines in a file
+        return "holds a line break"
+    try:
+        if number == 1:
+            SessionMeta.from_line(line)
+        else:
+            parse_entry(line)
+    except SessionFormatError as error:
+        return error.reason
+    return None
+
+
+def _report_lines(report: LogReport) -> list[str]:
     if report.ok:
-        return [f"{report.path}: ok ({report.lines} lines)"]
+        return [f"{report.where}: ok ({report.lines} lines)"]
     return [
         display.one_line(
-            f"{report.path}:{line}: {reason}" if line is not None else f"{report.path}: {reason}"
+            f"{report.where}:{line}: {reason}" if line is not None else f"{report.where}: {reason}"
         )
         for line, reason in report.problems
     ]
 
 
-def run_verify(files: Sequence[Path]) -> None:
-    """Check ``files``; print a line per good file and per problem; exit 1 on any problem."""
-    if not files:
-        click.echo("no session files to verify", err=True)
+def run_verify(root: Root, paths: Sequence[Path]) -> None:
+    """Check the sessions ``paths`` name (default: every one at ``root``); exit 1 on a problem."""
+    if root.url is None or paths:
+        _verify(session_files(root.path, paths), LogReport.of_file, noun="files")
         return
-    reports = [verify_file(path) for path in _progress(files, "verifying")]
+    with _opened(root) as storage:
+        names = sorted(storage.names())
+        _verify(names, lambda name: verify_log(storage, name), noun="sessions")
+
+
+def _verify(items: Sequence[T], check: Callable[[T], LogReport | None], *, noun: str) -> None:
+    """Print ``check``'s report on each of ``items``, and a summary; exit 1 on any problem."""
+    if not items:
+        click.echo(f"no session{' files' if noun == 'files' else 's'} to verify", err=True)
+        return
+    found = [check(item) for item in _progress(items, "verifying")]
+    reports = [report for report in found if report is not None]
     for report in reports:
         for line in _report_lines(report):
             click.echo(line)
     bad = sum(1 for report in reports if not report.ok)
-    click.echo(f"{len(reports)} files checked, {bad} with problems", err=True)
+    click.echo(f"{len(reports)} {noun} checked, {bad} with problems", err=True)
     if any(report.torn_bytes for report in reports):
         click.echo(f"'{PROG} repair' moves torn tails aside, keeping every complete line", err=True)
     if bad:
@@ -803,7 +1037,7 @@ def _repair_one(path: Path) -> tuple[list[str], bool]:
     except OSError as error:
         return [f"{path}: cannot repair: {error.strerror or error}"], False
     lines = [f"{path}: moved {moved} torn bytes to {path.name}.torn"] if moved else []
-    remaining = verify_file(path)
+    remaining = LogReport.of_file(path)
     if remaining.ok:
         return lines or [f"{path}: ok"], True
     count = len(remaining.problems)
@@ -811,8 +1045,14 @@ def _repair_one(path: Path) -> tuple[list[str], bool]:
     return lines + [f"  {line}" for line in _report_lines(remaining)], False
 
 
-def run_repair(files: Sequence[Path]) -> None:
-    """Move torn tails of ``files`` aside; exit 1 if any file still has problems."""
+def run_repair(root: Root, paths: Sequence[Path]) -> None:
+    """Move torn tails of the files ``paths`` name aside; exit 1 if any still has problems."""
+    if root.url is not None and not paths:
+        raise CliError(
+            f"repair mends torn tails of session files; {root} is Redis, which stores whole "
+            f"lines only, so nothing is ever torn there (check it with: {PROG} verify)"
+        )
+    files = session_files(root.path, paths)
     if not files:
         click.echo("no session files to repair", err=True)
         return
@@ -1097,6 +1337,6 @@ def run_demo(root: Path | None) -> None:
         + ("FOUND (they should never be stored)" if leaked else "none (injected, never stored)")
     )
     click.echo("\ntranscript:")
-    run_show(path, tail=None, follow=False, raw=False)
+    run_show(_file_log(path), tail=None, follow=False, raw=False)
     click.echo("\nJSONL:")
     click.echo(data.decode("utf-8"), nl=False)

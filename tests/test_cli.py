@@ -93,6 +93,9 @@ def stored(path: Path) -> list[BaseMessage]:
 def test_help_for_the_program_and_every_command():
     done = crab("--help")
     assert done.returncode == 0
+    assert "--root DIR|URL" in done.stdout
+    assert "--prefix P" in done.stdout
+    assert "--root redis://HOST:PORT/DB" in done.stdout
     commands = ("list", "show", "export", "import", "verify", "repair", "demo")
     assert all(f"  {command} " in done.stdout for command in commands)
     for command in commands:
@@ -143,7 +146,7 @@ def test_list_json_matches_the_store(root: Path):
     assert [item["session_id"] for item in listed] == [info.session_id for info in infos]
     for item, info in zip(listed, infos, strict=True):
         path = root / info.name
-        assert item["path"] == str(path)
+        assert item["path"] == item["location"] == str(path)
         assert item["agent"] == info.agent
         assert item["created_by"] == info.created_by
         assert item["created_at"] == info.created_at.isoformat()

@@ -41,7 +41,7 @@ from crab_langchain.storage import (
 )
 from crab_langchain.store import SessionInfo, SessionStore, default_root
 from crab_langchain.transfer import CopyResult, SessionConflictError, copy_session, copy_sessions
-from crab_langchain.verify import FileReport, verify_file
+from crab_langchain.verify import FileReport, LogReport, verify_file, verify_log
 
 __version__ = "0.1.0"
 
@@ -57,6 +57,7 @@ __all__ = [
     "DirectoryStorage",
     "FileReport",
     "FunctionCall",
+    "LogReport",
     "MessageList",
     "Session",
     "SessionConflictError",
@@ -81,4 +82,5 @@ __all__ = [
     "open_storage",
     "to_crab_message",
     "verify_file",
+    "verify_log",
 ]

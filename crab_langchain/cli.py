@@ -25,7 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,7 +64,7 @@ from crab_langchain.storage import (
 )
 from crab_langchain.store import SessionInfo, SessionStore, default_root
 from crab_langchain.transfer import CopyResult, copy_sessions
-from crab_langchain.verify import FileReport, verify_file
+from crab_langchain.verify import LogReport, verify_file, verify_log
 
 try:
     import click
@@ -928,65 +928,6 @@ def run_import(root: Root, source: Path, agent: str, session_id: str, created_by
 # --- verify and repair ------------------------------------------------------------
 
 
-@dataclass
-class LogReport:
-    """What verify found in one session, ``where`` it is: a :class:`FileReport` for any storage."""
-
-    where: str
-    lines: int = 0
-    problems: list[tuple[int | None, str]] = field(default_factory=list)
-    torn_bytes: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when the session has no problem at all."""
-        return not self.problems
-
-    @classmethod
-    def of_file(cls, path: Path) -> LogReport:
-        """:func:`verify_file`'s report on ``path``."""
-        report: FileReport = verify_file(path)
-        return cls(str(report.path), report.lines, report.problems, report.torn_bytes)
-
-
-def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
-    """Check log ``name``'s header and every line, as :func:`verify_file` checks a file.
-
-    None if the log is gone (it expired or was deleted since it was listed).
-    A server holds whole lines only, so there is no tail to check.
-    """
-    report = LogReport(storage.location(name))
-    try:
-        chunk = storage.read(name, None)
-    except StorageUnavailableError:
-        raise
-    except FileNotFoundError:
-        return None
-    lines = [] if chunk is None else chunk.lines
-    report.lines = 0 if chunk is None else chunk.cursor.lines
-    if not lines or lines[0][0] != 1:
-        report.problems.append((1, "no header line"))
-    for number, line in lines:
-        reason = _line_problem(number, line)
-        if reason is not None:
-            report.problems.append((number, reason))
-    return report
-
-
-def _line_problem(number: int, line: bytes) -> str | None:
-    """Why line ``number`` is not a header (line 1) or an entry crabtalk reads; None if it is."""
-    if b"\n" in line:  # only a server's item can: it would be two lines in a file
-        return "holds a line break"
-    try:
-        if number == 1:
-            SessionMeta.from_line(line)
-        else:
-            parse_entry(line)
-    except SessionFormatError as error:
-        return error.reason
-    return None
-
-
 def _report_lines(report: LogReport) -> list[str]:
     if report.ok:
         return [f"{report.where}: ok ({report.lines} lines)"]
@@ -1001,7 +942,7 @@ def _report_lines(report: LogReport) -> list[str]:
 def run_verify(root: Root, paths: Sequence[Path]) -> None:
     """Check the sessions ``paths`` name (default: every one at ``root``); exit 1 on a problem."""
     if root.url is None or paths:
-        _verify(session_files(root.path, paths), LogReport.of_file, noun="files")
+        _verify(session_files(root.path, paths), verify_file, noun="files")
         return
     with _opened(root) as storage:
         names = sorted(storage.names())
@@ -1037,7 +978,7 @@ def _repair_one(path: Path) -> tuple[list[str], bool]:
     except OSError as error:
         return [f"{path}: cannot repair: {error.strerror or error}"], False
     lines = [f"{path}: moved {moved} torn bytes to {path.name}.torn"] if moved else []
-    remaining = LogReport.of_file(path)
+    remaining = verify_file(path)
     if remaining.ok:
         return lines or [f"{path}: ok"], True
     count = len(remaining.problems)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from crab_langchain.history import parse_meta
-from crab_langchain.models import SessionFormatError, parse_entry
+from crab_langchain.models import SessionFormatError
 from crab_langchain.storage import SessionStorage
+from crab_langchain.verify import line_problem
 
 __all__ = ["CopyResult", "SessionConflictError", "copy_session", "copy_sessions"]
 
@@ -95,12 +96,7 @@ def _checked_lines(storage: SessionStorage, name: str) -> list[bytes]:
     if not numbered or numbered[0][0] != 1:
         raise SessionFormatError("no header line", path=location, line=1)
     for number, line in numbered:
-        if b"\n" in line:  # only a server's item can: it would be two lines in a file
-            raise SessionFormatError("holds a line break", path=location, line=number)
-        if number == 1:
-            continue
-        try:
-            parse_entry(line)
-        except SessionFormatError as error:
-            raise error.at(location, number) from None
+        reason = line_problem(number, line)
+        if reason is not None:
+            raise SessionFormatError(reason, path=location, line=number)
     return [line for _, line in numbered]

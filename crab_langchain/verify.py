@@ -1,8 +1,8 @@
-"""Check session files line by line, reporting every problem with its line number.
+"""Check sessions line by line, reporting every problem with its line number.
 
-Unlike opening a file as a history (which stops at the first malformed line),
-:func:`verify_file` reads the raw bytes and keeps going, so one run lists all
-that is wrong with a file. It never writes.
+Unlike opening a session as a history (which stops at the first malformed
+line), :func:`verify_file` and :func:`verify_log` read the raw lines and keep
+going, so one run lists all that is wrong with a session. They never write.
 """
 
 from __future__ import annotations
@@ -12,34 +12,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crab_langchain.models import SessionFormatError, SessionMeta, parse_entry
+from crab_langchain.storage import SessionStorage
 
-__all__ = ["FileReport", "verify_file"]
+__all__ = ["FileReport", "LogReport", "line_problem", "verify_file", "verify_log"]
 
 
 @dataclass
-class FileReport:
-    """What :func:`verify_file` found in one file.
+class LogReport:
+    """What :func:`verify_log` found in one session, stored ``where`` (a path, a server key).
 
     ``lines`` counts the complete lines (the header included). ``problems``
     holds ``(line number, reason)``; the line is None for a problem of the
-    whole file (it cannot be read). ``torn_bytes`` is the size of an
+    whole session (it cannot be read). ``torn_bytes`` is the size of an
     incomplete last line (a writer died mid-append), also listed as a problem.
     """
 
-    path: Path
+    where: str
     lines: int = 0
     problems: list[tuple[int | None, str]] = field(default_factory=list)
     torn_bytes: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when the file has no problem at all."""
+        """True when the session has no problem at all."""
         return not self.problems
+
+
+class FileReport(LogReport):
+    """What :func:`verify_file` found in one file."""
+
+    @property
+    def path(self) -> Path:
+        """The file checked."""
+        return Path(self.where)
 
 
 def verify_file(path: str | os.PathLike[str]) -> FileReport:
     """Check the header, every line and the tail of the session file ``path``."""
-    report = FileReport(Path(path))
+    report = FileReport(os.fspath(path))
     try:
         with open(report.path, "rb") as file:
             for number, line in enumerate(file, start=1):
@@ -56,17 +66,50 @@ def verify_file(path: str | os.PathLike[str]) -> FileReport:
     return report
 
 
-def _check_line(report: FileReport, number: int, line: bytes) -> None:
+def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
+    """Check log ``name``'s header and every line, as :func:`verify_file` checks a file.
+
+    None if the log is gone (it expired or was deleted since it was listed).
+    A server holds whole lines only, so there is no tail to check there.
+    """
+    report = LogReport(storage.location(name))
+    try:
+        chunk = storage.read(name, None)
+    except FileNotFoundError:
+        return None
+    numbered = [] if chunk is None else chunk.lines
+    report.lines = 0 if chunk is None else chunk.cursor.lines
+    if not numbered or numbered[0][0] != 1:
+        report.problems.append((1, "no header line"))
+    for number, line in numbered:
+        _check_line(report, number, line)
+    return report
+
+
+def line_problem(number: int, line: bytes) -> str | None:
+    """Why line ``number`` is not a header (line 1) or an entry crabtalk reads; None if it is.
+
+    Blank lines are fine: crabtalk's reader skips them, so do we.
+    """
+    if b"\n" in line:  # only a server's item can: it would be two lines in a file
+        return "holds a line break"
     try:
         if number == 1:
             SessionMeta.from_line(line)
-        elif line.strip():  # crabtalk's reader skips blank lines, so do we
+        elif line.strip():
             parse_entry(line)
     except SessionFormatError as error:
-        report.problems.append((number, error.reason))
+        return error.reason
+    return None
 
 
-def _torn(report: FileReport, number: int, size: int) -> None:
+def _check_line(report: LogReport, number: int, line: bytes) -> None:
+    reason = line_problem(number, line)
+    if reason is not None:
+        report.problems.append((number, reason))
+
+
+def _torn(report: LogReport, number: int, size: int) -> None:
     report.torn_bytes = size
     what = "no complete header line" if number == 1 else "incomplete last line"
     report.problems.append((number, f"{what} ({size} bytes, no newline): a writer died mid-append"))

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from importlib.util import find_spec
 from pathlib import Path
-from typing import IO
 
 import pytest
+from cli_helpers import Follower, assert_one_line_error, crab, isolated, lines_until  # noqa: F401
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -33,22 +28,9 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "crabta
 SEVEN = "crab_1774253211_7.jsonl"  # 8 messages, reasoning and tool calls
 TWELVE = "crab_1775158803_12.jsonl"  # a compaction marker, a guest agent, a title
 THREE = "research_bot_1777593600_3.jsonl"  # custom roles, broken tool-call arguments
-WAIT = 20  # seconds a --follow test waits for a line before failing
 
 
 # --- helpers ----------------------------------------------------------------------
-
-
-def crab(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m crab_langchain ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "crab_langchain", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
 
 
 @pytest.fixture
@@ -59,23 +41,6 @@ def root(tmp_path: Path) -> Path:
     for source in sorted(FIXTURES.glob("*.jsonl")):
         (directory / source.name).write_bytes(source.read_bytes())
     return directory
-
-
-@pytest.fixture(autouse=True)
-def _isolated(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    if find_spec("click") is None and "without_click" not in request.node.name:
-        pytest.skip("needs the 'cli' extra (click)")
-    # The default root is $CRABTALK_HOME/sessions: never the user's real one.
-    monkeypatch.setenv("CRABTALK_HOME", str(tmp_path / "home"))
-
-
-def assert_one_line_error(done: subprocess.CompletedProcess[str], *parts: str) -> None:
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    (line,) = done.stderr.splitlines()
-    assert line.startswith("crab-sessions: error: ")
-    for part in parts:
-        assert part in line
 
 
 def message_lines(path: Path) -> int:
@@ -262,38 +227,10 @@ def test_show_malformed_file_names_file_and_line(root: Path):
     assert_one_line_error(crab("show", path), f"{path}:5:")
 
 
-def read_lines(stream: IO[str], sink: queue.Queue[str]) -> None:
-    for line in stream:
-        sink.put(line.rstrip("\n"))
-
-
-def lines_until(sink: queue.Queue[str], wanted: str) -> Iterator[str]:
-    """Lines from ``sink`` up to and including one containing ``wanted``."""
-    while True:
-        try:
-            line = sink.get(timeout=WAIT)
-        except queue.Empty:
-            pytest.fail(f"no line containing {wanted!r} within {WAIT} s")
-        yield line
-        if wanted in line:
-            return
-
-
 def test_follow_prints_appended_messages_once_even_after_a_torn_tail(root: Path):
     path = root / SEVEN
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "crab_langchain", "show", str(path), "--follow"],
-        # As at a terminal: a test run in the background inherits SIGINT ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    out: queue.Queue[str] = queue.Queue()
-    err: queue.Queue[str] = queue.Queue()
-    for stream, sink in ((follower.stdout, out), (follower.stderr, err)):
-        threading.Thread(target=read_lines, args=(stream, sink), daemon=True).start()
+    follower = Follower("show", path, "--follow")
+    out, err = follower.out, follower.err
     try:
         list(lines_until(out, "Livraria Lello"))  # the initial transcript is out
         with open(path, "ab") as file:
@@ -305,8 +242,7 @@ def test_follow_prints_appended_messages_once_even_after_a_torn_tail(root: Path)
         history = CrabChatMessageHistory.from_file(path)
         history.add_messages([AIMessage("appended by another process")])
         seen += list(lines_until(out, "appended by another process"))
-        follower.send_signal(signal.SIGINT)
-        rest, errors = follower.communicate(timeout=WAIT)
+        rest, errors = follower.stop()
     finally:
         follower.kill()
     assert follower.returncode == 0

@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib.util import find_spec
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 import pytest
+from cli_helpers import assert_one_line_error, crab, isolated, sessions  # noqa: F401
 from conftest import FIXTURE_FILES
 from langchain_core.messages import AIMessage, HumanMessage
 from redis_servers import RedisServer, free_port
@@ -57,22 +57,9 @@ class Redis(NamedTuple):
 # --- helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if find_spec("click") is None:
-        pytest.skip("needs the 'cli' extra (click)")
-    monkeypatch.setenv("CRABTALK_HOME", str(tmp_path / "home"))  # never the user's sessions
-
-
 def copy(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m crab_langchain copy ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "crab_langchain", "copy", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return crab("copy", *args)
 
 
 def copied(*args: str | Path) -> list[str]:
@@ -87,16 +74,6 @@ def summary(done: subprocess.CompletedProcess[str]) -> str:
     return done.stderr.splitlines()[-1]
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess[str], *parts: str) -> str:
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    (line,) = done.stderr.splitlines()
-    assert line.startswith("crab-sessions: error: ")
-    for part in parts:
-        assert part in line
-    return line
-
-
 def files(directory: Path) -> dict[str, bytes]:
     """Every ``*.jsonl`` of ``directory``, by name."""
     return {path.name: path.read_bytes() for path in sorted(directory.glob("*.jsonl"))}
@@ -104,16 +81,6 @@ def files(directory: Path) -> dict[str, bytes]:
 
 def line_count(name: str) -> int:
     return len(next(p for p in FIXTURE_FILES if p.name == name).read_bytes().splitlines())
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Path:
-    """A sessions directory holding writable copies of crabtalk's fixtures."""
-    directory = tmp_path / "sessions"
-    directory.mkdir()
-    for source in FIXTURE_FILES:
-        (directory / source.name).write_bytes(source.read_bytes())
-    return directory
 
 
 @pytest.fixture

@@ -8,17 +8,14 @@ in a directory.
 from __future__ import annotations
 
 import json
-import queue
-import signal
 import subprocess
 import sys
-import threading
-from importlib.util import find_spec
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import NamedTuple
 from urllib.parse import quote
 
 import pytest
+from cli_helpers import WAIT, Follower, assert_one_line_error, crab, isolated, lines_until, sessions  # noqa: F401
 from conftest import FIXTURE_FILES
 from langchain_core.messages import AIMessage, HumanMessage, convert_to_openai_messages
 from redis_servers import free_port
@@ -30,7 +27,6 @@ from crab_langchain.transfer import CopyResult, copy_sessions
 SEVEN = "crab_1774253211_7.jsonl"  # 9 lines: reasoning and tool calls
 TWELVE = "crab_1775158803_12.jsonl"  # 10 lines: a compaction marker, a title
 THREE = "research_bot_1777593600_3.jsonl"  # 7 lines: agent research_bot
-WAIT = 20  # seconds a --follow test waits for a line before failing
 
 
 class Redis(NamedTuple):
@@ -51,24 +47,6 @@ class Redis(NamedTuple):
 # --- helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if find_spec("click") is None:
-        pytest.skip("needs the 'cli' extra (click)")
-    monkeypatch.setenv("CRABTALK_HOME", str(tmp_path / "home"))  # never the user's sessions
-
-
-def crab(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m crab_langchain ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "crab_langchain", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def ok(*args: str | Path) -> str:
     """Run a command that must succeed; its stdout."""
     done = crab(*args)
@@ -87,26 +65,6 @@ def raw_stdout(*args: str | Path) -> bytes:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def assert_one_line_error(done: subprocess.CompletedProcess[str], *parts: str) -> str:
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    (line,) = done.stderr.splitlines()
-    assert line.startswith("crab-sessions: error: ")
-    for part in parts:
-        assert part in line
-    return line
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Path:
-    """A sessions directory holding copies of crabtalk's fixtures."""
-    directory = tmp_path / "sessions"
-    directory.mkdir()
-    for source in FIXTURE_FILES:
-        (directory / source.name).write_bytes(source.read_bytes())
-    return directory
 
 
 def seeded(url: str, prefix: str, sessions: Path) -> Redis:
@@ -205,38 +163,9 @@ def test_show_an_unknown_id_names_the_server_and_prefix(redis: Redis) -> None:
     assert_one_line_error(done, "no such session: '404'", f"{redis.url} (prefix '{redis.prefix}')")
 
 
-def read_lines(stream: IO[str], sink: queue.Queue[str]) -> None:
-    for line in stream:
-        sink.put(line.rstrip("\n"))
-
-
-def lines_until(sink: queue.Queue[str], wanted: str) -> list[str]:
-    """Lines from ``sink`` up to and including one containing ``wanted``."""
-    lines = []
-    while True:
-        try:
-            line = sink.get(timeout=WAIT)
-        except queue.Empty:
-            pytest.fail(f"no line containing {wanted!r} within {WAIT} s")
-        lines.append(line)
-        if wanted in line:
-            return lines
-
-
 def test_follow_prints_what_another_process_appends(server: Redis) -> None:
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "crab_langchain", *server.root, "show", "7", "--follow"],
-        # As at a terminal: a test run in the background inherits SIGINT ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    out: queue.Queue[str] = queue.Queue()
-    err: queue.Queue[str] = queue.Queue()
-    for stream, sink in ((follower.stdout, out), (follower.stderr, err)):
-        threading.Thread(target=read_lines, args=(stream, sink), daemon=True).start()
+    follower = Follower(*server.root, "show", "7", "--follow")
+    out, err = follower.out, follower.err
     store = SessionStore.from_url(server.url, prefix=server.prefix, entry_points=False)
     try:
         lines_until(out, "Livraria Lello")  # the initial transcript is out
@@ -248,8 +177,7 @@ def test_follow_prints_what_another_process_appends(server: Redis) -> None:
         seen += lines_until(out, "session '7'")
         history.add_messages([HumanMessage("after the clear")])
         seen += lines_until(out, "after the clear")
-        follower.send_signal(signal.SIGINT)
-        rest, errors = follower.communicate(timeout=WAIT)
+        rest, errors = follower.stop()
     finally:
         follower.kill()
         store.storage.close()

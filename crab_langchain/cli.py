@@ -633,12 +633,11 @@ def _progress(items: Sequence[T], label: str) -> Iterator[T]:
 # --- list -------------------------------------------------------------------------
 
 
-def log_stats(storage: SessionStorage, name: str) -> tuple[int | None, int | None]:
-    """Message lines and size of log ``name``, without parsing JSON; None if unreadable.
+def message_count(storage: SessionStorage, name: str) -> int | None:
+    """Message lines of log ``name``, without parsing JSON; None if unreadable.
 
     Messages are the complete, non-blank lines after the header that are not
-    compaction markers. The size is a file's, or for a server the bytes its
-    lines would take in a file.
+    compaction markers.
     """
     try:
         with warnings.catch_warnings():
@@ -647,22 +646,18 @@ def log_stats(storage: SessionStorage, name: str) -> tuple[int | None, int | Non
     except StorageUnavailableError:
         raise
     except OSError:
-        return None, None  # deleted since listed: show it, counts unknown
+        return None  # deleted since listed: show it, count unknown
     lines = [] if chunk is None else chunk.lines
-    messages = sum(1 for n, line in lines if n > 1 and not line.startswith(_COMPACT_PREFIX))
-    path = storage.path(name)
-    size = display.file_size(path) if path is not None else sum(len(line) + 1 for _, line in lines)
-    return messages, size
+    return sum(1 for n, line in lines if n > 1 and not line.startswith(_COMPACT_PREFIX))
 
 
 def _session_row(storage: SessionStorage, info: SessionInfo) -> dict[str, Any]:
-    messages, size = log_stats(storage, info.name)
     return {
         "agent": info.agent,
         "created_by": info.created_by,
         "created_at": info.created_at.isoformat(),
-        "messages": messages,
-        "size": size,
+        "messages": message_count(storage, info.name),
+        "size": info.size,
         "session_id": info.session_id,
         "title": info.title,
         "path": None if info.path is None else str(info.path),

@@ -423,14 +423,6 @@ def human_size(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-def file_size(path: Path | None) -> int | None:
-    """The size of ``path`` in bytes, None if it cannot be read."""
-    try:
-        return None if path is None else path.stat().st_size
-    except OSError:
-        return None
-
-
 def store_html(store: SessionStore, *, limit: int | None = STORE_LIMIT) -> str:
     """The store's sessions as an HTML table, newest first (the first ``limit``)."""
     head = f"<b>SessionStore</b> <code>{_e(store.storage.describe())}</code>"

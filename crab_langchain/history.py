@@ -246,16 +246,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         cleared one, never a part of either.
         """
         with self._lock:
-            name = self._current_name()
+            self._refresh()  # finds the log, or finds it deleted
+            name = self._name
             if name is None:
                 return
-            self._refresh()
-            name = self._name  # the refresh may have found the session deleted
-            if name is None:
-                return
-            meta = self._meta or self._session.meta()
             try:
-                self._storage.replace(name, [meta.to_line().encode("utf-8")])
+                self._storage.replace(name, [self._header_line()])
             except FileNotFoundError:
                 if not self._forget_deleted():
                     raise
@@ -272,7 +268,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             name = self._name
             if name is None:
                 return
-            header = (self._meta or self._session.meta()).to_line().encode("utf-8")
+            header = self._header_line()
         try:
             await self._storage.areplace(name, [header])
         except FileNotFoundError:
@@ -282,6 +278,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             return
         with self._lock:
             self._reset()
+
+    def _header_line(self) -> bytes:
+        """The header as read (its ``created_at`` kept), or the session's own if none was."""
+        return (self._meta or self._session.meta()).to_line().encode("utf-8")
 
     # --- beyond LangChain's interface ----------------------------------------
 
@@ -423,8 +423,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             if self._cursor != cursor or self._name != name:
                 return False
             if chunk is not None:
-                with _gc_paused(len(chunk.lines)):
-                    self._take_chunk(name, chunk)
+                self._take_chunk(name, chunk)
             return True
 
     def _take_chunk(self, name: str, chunk: Chunk) -> None:

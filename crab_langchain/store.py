@@ -298,13 +298,14 @@ class SessionStore:
         names = self.storage.names()
         newest: tuple[datetime, str, SessionMeta] | None = None
         for start in range(0, len(names), _LATEST_PAGE):
-            for name, meta in self._metas(names[start : start + _LATEST_PAGE]):
-                if meta.agent == agent and meta.created_by == created_by:
-                    newest = max(
-                        newest or (meta.created_at, name, meta),
-                        (meta.created_at, name, meta),
-                        key=lambda found: found[:2],
-                    )
+            matches = [
+                (meta.created_at, name, meta)
+                for name, meta in self._metas(names[start : start + _LATEST_PAGE])
+                if meta.agent == agent and meta.created_by == created_by
+            ]
+            newest = max(
+                [*matches, *([newest] if newest else [])], key=lambda m: m[:2], default=None
+            )
             if newest is not None and self.storage.names_newest_first:
                 break
         if newest is None:

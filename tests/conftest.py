@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import settings
@@ -69,6 +70,7 @@ def run_threads(work: Callable[[int], object], count: int = 4) -> None:
 
 # The Redis servers started so far: redis_prefix cleans only those, never starting one itself.
 _LIVE_REDIS: list[RedisServer | RedisClusterServers] = []
+Servers = TypeVar("Servers", RedisServer, RedisClusterServers)
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +97,7 @@ def redis_server(
     redis_available: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RedisServer]:
     """One standalone redis-server for the session; its log stays in pytest's temp dir."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        _LIVE_REDIS.append(server)
-        yield server
-        _LIVE_REDIS.remove(server)
+    yield from _live(RedisServer(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(scope="session")
@@ -106,10 +105,17 @@ def redis_cluster(
     redis_available: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RedisClusterServers]:
     """A 3-node Redis cluster (all slots, no replicas) for the session."""
-    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
-        _LIVE_REDIS.append(cluster)
-        yield cluster
-        _LIVE_REDIS.remove(cluster)
+    yield from _live(RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")))
+
+
+def _live(servers: Servers) -> Iterator[Servers]:
+    """``servers`` while a fixture lends them: known to redis_prefix's clean-up, then stopped."""
+    with servers:
+        _LIVE_REDIS.append(servers)
+        try:
+            yield servers
+        finally:
+            _LIVE_REDIS.remove(servers)
 
 
 @pytest.fixture

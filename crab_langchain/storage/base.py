@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ __all__ = [
     "StorageUnavailableError",
     "TornTailWarning",
     "check_name",
+    "numbered_lines",
 ]
 
 
@@ -80,6 +81,21 @@ def check_name(name: str) -> str:
     ):
         raise ValueError(f"not a plain file name: {name!r}")
     return name
+
+
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+
+
+def numbered_lines(lines: Iterable[bytes], first: int) -> list[tuple[int, bytes]]:
+    """``(line number, line)`` from ``first`` on, blank lines left out (crabtalk skips them).
+
+    Only a line that starts with whitespace can be blank, so most lines skip the strip().
+    """
+    return [
+        (number, line)
+        for number, line in enumerate(lines, first)
+        if line and (line[0] not in _WHITESPACE or line.strip())
+    ]
 
 
 class SessionStorage(ABC):

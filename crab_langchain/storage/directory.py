@@ -32,6 +32,7 @@ from crab_langchain.storage.base import (
     SessionStorage,
     TornTailWarning,
     check_name,
+    numbered_lines,
 )
 
 try:
@@ -44,7 +45,6 @@ __all__ = ["DirectoryStorage", "Durability"]
 Durability = Literal["flush", "fsync"]
 
 _INDEX_LOCK = ".crab_langchain.lock"
-_WHITESPACE = b" \t\r\n\x0b\x0c"
 _OPEN_LOGS = 32  # descriptors kept open for appending, per storage
 _TAIL_BLOCK = 65536
 _CHECKED_TAIL = 256
@@ -418,13 +418,7 @@ def _chunk(
 ) -> Chunk:
     lines = data.split(b"\n")
     lines.pop()  # what follows the last newline: nothing
-    # Blank lines carry nothing (crabtalk skips them too); only a line that
-    # starts with whitespace can be blank, so most lines skip the strip().
-    numbered = [
-        (number, line)
-        for number, line in enumerate(lines, first + 1)
-        if line and (line[0] not in _WHITESPACE or line.strip())
-    ]
+    numbered = numbered_lines(lines, first + 1)
     cursor = Cursor(start + len(data), first + len(lines), identity, check)
     return Chunk(lines=numbered, cursor=cursor, reset=reset)
 

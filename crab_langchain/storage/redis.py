@@ -54,6 +54,7 @@ from crab_langchain.storage.base import (
     SessionStorage,
     StorageUnavailableError,
     check_name,
+    numbered_lines,
 )
 
 __all__ = ["RedisStorage", "StorageUnavailableError"]
@@ -281,17 +282,20 @@ class RedisStorage(SessionStorage):
             raise ValueError("prefix must be a non-empty string")
         self.client = client
         self.prefix = prefix
-        self.ttl = None if ttl is None else timedelta(milliseconds=_ttl_ms(ttl))
         self._ttl_ms = _ttl_ms(ttl)
+        self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self._keys = _Keys(prefix)
         self._url = _public_url(url) if url else _describe_client(client)
         self._scripts = _register(client)
-        # An asyncio client belongs to the event loop it connected in: one per loop.
-        self._new_async_client = async_client if callable(async_client) else None
+        # An asyncio client belongs to the event loop it connected in: one per loop,
+        # opened here (and closed by aclose) unless the caller gave its own.
+        self._owns_async = callable(async_client)
+        self._open_async: Callable[[], AsyncClient] | None = (
+            async_client if callable(async_client) or async_client is None else lambda: async_client
+        )
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[AsyncClient, dict[str, AsyncScript]]
         ] = weakref.WeakKeyDictionary()
-        self._fixed_async = None if callable(async_client) else async_client
         self.native_async = async_client is not None
 
     names_newest_first = True
@@ -340,7 +344,7 @@ class RedisStorage(SessionStorage):
     async def aclose(self) -> None:
         """Close the async client of the running event loop (a new one connects when needed)."""
         found = self._async.pop(asyncio.get_running_loop(), None)
-        if found is not None and self._new_async_client is not None:
+        if found is not None and self._owns_async:
             await found[0].aclose()
 
     # --- names and places ---------------------------------------------------
@@ -430,12 +434,8 @@ class RedisStorage(SessionStorage):
         token, length = reply[0] or b"", int(reply[1])
         if len(reply) == 2:
             return None
-        first, items = int(reply[2]), reply[3]
-        numbered = [
-            (number, line)
-            for number, line in enumerate(items, first + 1)
-            if line and (line[0] not in b" \t\r\x0b\x0c" or line.strip())
-        ]
+        first = int(reply[2])
+        numbered = numbered_lines(reply[3], first + 1)
         return Chunk(numbered, Cursor(length, length, token), reset=first == 0)
 
     # --- writing --------------------------------------------------------------
@@ -557,10 +557,8 @@ class RedisStorage(SessionStorage):
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            client = self._fixed_async
-            if client is None:
-                assert self._new_async_client is not None  # native_async says one of them is set
-                client = self._new_async_client()
+            assert self._open_async is not None  # callers check native_async first
+            client = self._open_async()
             found = self._async[loop] = (client, _register(client))
         return found
 

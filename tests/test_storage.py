@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from crab_langchain.storage import DirectoryStorage, TornTailWarning
 from crab_langchain.storage import directory as directory_module
+from crab_langchain.storage.directory import lock_file_name
 
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
 LINE_A = b'{"role":"user","content":"a"}'
@@ -41,7 +43,7 @@ def test_create_refuses_existing_name_and_keeps_it(storage, log):
 
 
 def test_create_leaves_no_temporary_files(storage, log):
-    assert sorted(os.listdir(storage.root)) == [log]
+    assert sorted(os.listdir(storage.root)) == [lock_file_name(log), log]
 
 
 def test_fresh_root_is_0700_and_files_0600(tmp_path):
@@ -183,7 +185,7 @@ def test_replace_is_atomic_old_file_object_untouched(storage, log):
     with open(storage.root / log, "rb") as old:
         storage.replace(log, [HEADER])
         assert old.read() == HEADER + b"\n" + LINE_A + b"\n"
-    assert sorted(os.listdir(storage.root)) == [log]
+    assert sorted(os.listdir(storage.root)) == [lock_file_name(log), log]
 
 
 def test_append_after_replace_goes_to_new_file(storage, log):
@@ -250,19 +252,24 @@ def test_torn_tail_is_not_returned_and_warns(storage, log):
     assert chunk.lines == [(1, HEADER), (2, LINE_A)]
 
 
-def test_torn_tail_is_not_warned_while_a_writer_holds_the_lock(storage, log):
+def test_reader_waits_for_a_live_writer_and_sees_its_whole_call(storage, log):
+    """A writer half way through its block holds the lock: readers wait, then see it all."""
+    lock_fd = os.open(storage.root / lock_file_name(log), os.O_RDWR)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     with open(storage.root / log, "ab") as file:
-        file.write(b'{"role":"user","con')
-    fd = os.open(storage.root / log, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", TornTailWarning)
-            chunk = storage.read(log, None)
-    finally:
-        os.close(fd)
-    assert chunk is not None
-    assert chunk.lines == [(1, HEADER)]
+        file.write(LINE_A + b"\n" + b'{"role":"user","con')
+    read: list[object] = []
+    reader = threading.Thread(target=lambda: read.append(storage.read(log, None)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TornTailWarning)
+        reader.start()
+        reader.join(timeout=0.3)
+        assert reader.is_alive() and read == []  # not a line of the unfinished call
+        with open(storage.root / log, "ab") as file:
+            file.write(b'tent":"c"}\n')
+        os.close(lock_fd)  # the writer is done
+        reader.join(timeout=10)
+    assert read[0].lines == [(1, HEADER), (2, LINE_A), (3, LINE_C)]
 
 
 def test_append_moves_torn_tail_aside(storage, log):

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crab_langchain.storage import SessionStorage
+from crab_langchain.storage.directory import lock_file_name
 
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
 LINE_A = b'{"role":"user","content":"a"}'
@@ -190,7 +191,7 @@ def test_names_that_are_not_plain_file_names_are_refused(backend, storage, log, 
     assert storage.names() == [log]
     if backend.kind == "directory":  # nothing was made beside the sessions directory either
         sessions = Path(backend.url)
-        assert sorted(os.listdir(sessions)) == [log]
+        assert sorted(os.listdir(sessions)) == [lock_file_name(log), log]
         assert sorted(os.listdir(sessions.parent)) == ["sessions"]
 
 

@@ -8,6 +8,7 @@ implementation; a shared backend implements the same few operations.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "StorageUnavailableError",
     "TornTailWarning",
     "check_name",
+    "is_json_object",
     "numbered_lines",
 ]
 
@@ -96,6 +98,20 @@ def numbered_lines(lines: Iterable[bytes], first: int) -> list[tuple[int, bytes]
         for number, line in enumerate(lines, first)
         if line and (line[0] not in _WHITESPACE or line.strip())
     ]
+
+
+def is_json_object(data: bytes) -> bool:
+    """Whether ``data`` is one whole JSON object: a last line complete but for its newline.
+
+    A writer cut short never leaves one (a proper prefix of an object is not
+    JSON), so such a line is read as crabtalk reads it, not set aside as torn.
+    """
+    if not data.lstrip().startswith(b"{") or not data.rstrip().endswith(b"}"):
+        return False
+    try:
+        return isinstance(json.loads(data), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 class SessionStorage(ABC):

@@ -1,22 +1,41 @@
 """Session logs as JSONL files in one directory, as crabtalk keeps them.
 
-Writers append under an advisory lock on the session file itself. We use the
-operating system's lock (``fcntl.flock``; ``msvcrt.locking`` on Windows)
-rather than filelock or portalocker: it adds no runtime dependency (the core
-has exactly three), the kernel drops it when a process dies (a SIGKILLed
-writer leaves no stale lock behind), and it needs no lock file beside every
-session in a directory that crabtalk also reads. Advisory locks are not
-reliable over NFS: share sessions between machines through a shared backend.
+Beside each session file ``<name>`` lives a small hidden lock file,
+``.<name>.lock``, that crabtalk never reads. It serves three purposes:
 
-A ``flock`` belongs to an open file description, so threads sharing one
-descriptor would not exclude each other: each cached descriptor also has a
-thread lock, and a process that forked opens its own descriptors.
+- **Locking.** Writers hold an exclusive ``flock`` on it, readers a shared one.
+  So a reader never sees part of a call that a live writer is still
+  writing, and two writers never interleave. We lock a file of our own rather
+  than the session file because a replacement (``clear``) swaps the session
+  file's inode, and a lock must outlive that. We use the operating system's
+  lock rather than filelock or portalocker: no runtime dependency (the core
+  has exactly three), and the kernel drops it when a process dies, so a
+  SIGKILLed writer leaves no stale lock behind.
+- **All or nothing.** Before appending a block (one ``add_messages`` call)
+  the writer records where the block starts and ends; after the block it
+  clears the record. A writer that dies in between leaves the record: readers
+  then stop at the block's start, and the next writer moves what part of the
+  block landed to ``<name>.torn`` and truncates the file back. A record of a
+  few bytes keeps the session file crabtalk's format (no marker lines) and an
+  append O(its own bytes).
+- **Incarnation.** The record also holds a random token that a replacement
+  or re-creation renews. A reader's cursor carries it, so a reader notices a
+  replaced file even when the new file reuses the old inode number and the
+  bytes before the reader's position match; inode numbers repeat, tokens do not.
+
+The record is one fixed-size line, rewritten in place (``pwrite`` of less
+than a page). Advisory locks are not reliable over NFS: share sessions between
+machines through a shared backend. Nothing here follows a symbolic link: a
+session, ``.torn``, lock or temporary file that is one is refused by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import stat
 import tempfile
 import threading
 import warnings
@@ -32,6 +51,7 @@ from crab_langchain.storage.base import (
     SessionStorage,
     TornTailWarning,
     check_name,
+    is_json_object,
     numbered_lines,
 )
 
@@ -40,28 +60,62 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DirectoryStorage", "Durability"]
+__all__ = ["DirectoryStorage", "Durability", "lock_file_name"]
 
 Durability = Literal["flush", "fsync"]
 
 _INDEX_LOCK = ".crab_langchain.lock"
-_OPEN_LOGS = 32  # descriptors kept open for appending, per storage
+_OPEN_LOGS = 32  # sessions whose descriptors are kept open, per storage
 _TAIL_BLOCK = 65536
 _CHECKED_TAIL = 256
+_RECORD_SIZE = 64
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def lock_file_name(name: str) -> str:
+    """The lock (and write-record) file kept beside session file ``name``."""
+    return f".{name}.lock"
+
+
+class _Record(NamedTuple):
+    """What a session's lock file says: its incarnation, and an unfinished append if any."""
+
+    token: str
+    start: int  # where the unfinished block starts; 0 with ``end`` 0: none
+    end: int
+
+    @property
+    def pending(self) -> bool:
+        return self.end > 0
+
+    def encode(self) -> bytes:
+        text = f"{self.token} {self.start} {self.end}"
+        return text.ljust(_RECORD_SIZE - 1).encode("ascii") + b"\n"
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Record:
+        parts = data.split()
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return _NO_RECORD  # an empty (new) lock file, or one we did not write
+        return cls(parts[0].decode("ascii", "replace"), int(parts[1]), int(parts[2]))
+
+
+_NO_RECORD = _Record("", 0, 0)
 
 
 class _Check(NamedTuple):
     """What must still hold for a cursor to continue in the same file.
 
-    The inode alone is not enough: replaced files free their inodes and new
-    files get them back, and crabtalk's ``persist()`` rewrites a file in place.
-    So a reader also checks that the header and the bytes just before its
-    offset are still what it read.
+    The token and inode say which file it is; the header and the bytes before
+    the offset guard against writers that know nothing of our lock file
+    (crabtalk's ``persist()`` rewrites a file in place).
     """
 
     mtime_ns: int
     header: bytes
     tail: bytes
+    unterminated: bool = False  # the last line read had no newline (yet)
 
 
 _STORAGES: weakref.WeakSet[DirectoryStorage] = weakref.WeakSet()
@@ -77,18 +131,32 @@ if hasattr(os, "register_at_fork"):
 
 
 class _OpenLog:
-    """A descriptor kept open for appending to one log, so a turn costs no open/close."""
+    """The descriptors kept open for one session: its lock file, and the log for appending.
 
-    __slots__ = ("fd", "lock")
+    A ``flock`` belongs to an open file description, so threads sharing these
+    descriptors would not exclude each other: ``lock`` serializes them.
+    """
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    __slots__ = ("append_fd", "lock", "lock_fd")
+
+    def __init__(self, lock_fd: int) -> None:
+        self.lock_fd = lock_fd
+        self.append_fd = -1
         self.lock = threading.Lock()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.append_fd, self.lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.append_fd = self.lock_fd = -1
+
+    def close_append(self) -> None:
+        if self.append_fd >= 0:
+            os.close(self.append_fd)
+            self.append_fd = -1
+
+    def record(self) -> _Record:
+        return _Record.decode(os.pread(self.lock_fd, _RECORD_SIZE, 0))
 
 
 class DirectoryStorage(SessionStorage):
@@ -97,7 +165,8 @@ class DirectoryStorage(SessionStorage):
     ``durability="flush"`` hands every append to the operating system before
     returning (it survives the process dying); ``"fsync"`` also waits for the
     disk (it survives the machine losing power). Files are created ``0600``,
-    the directory ``0700``.
+    the directory (and any parent it creates) ``0700``. A directory other
+    users may write to gets a warning.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, durability: Durability = "flush"):
@@ -106,13 +175,14 @@ class DirectoryStorage(SessionStorage):
         self.root = Path(root)
         self.durability = durability
         self._warned: set[tuple[object, int]] = set()
+        self._checked_root = False
         self._paths: dict[str, str] = {}
         self._open: OrderedDict[str, _OpenLog] = OrderedDict()
         self._open_lock = threading.Lock()
         _STORAGES.add(self)
 
     def close(self) -> None:
-        """Close the descriptors kept open for appending (reopened when needed)."""
+        """Close the descriptors kept open (reopened when needed)."""
         with self._open_lock:
             logs, self._open = list(self._open.values()), OrderedDict()
         for log in logs:
@@ -139,6 +209,8 @@ class DirectoryStorage(SessionStorage):
         path = self._paths.get(name)
         if path is not None:
             return path
+        if len(self._paths) > 4096:  # names come from callers: keep the memo bounded
+            self._paths.clear()
         path = self._paths[check_name(name)] = os.path.join(self.root, name)
         return path
 
@@ -153,10 +225,13 @@ class DirectoryStorage(SessionStorage):
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
+        self._check_root()
         return [
             e.name
             for e in entries
-            if e.name.endswith(".jsonl") and e.name.endswith(suffix) and e.is_file()
+            if e.name.endswith(".jsonl")
+            and e.name.endswith(suffix)
+            and e.is_file(follow_symlinks=False)
         ]
 
     # --- reading --------------------------------------------------------------
@@ -165,131 +240,178 @@ class DirectoryStorage(SessionStorage):
         found: list[int | None] = []
         for name in names:
             try:
-                found.append(os.stat(self._file(name)).st_size)
+                found.append(os.stat(self._file(name), follow_symlinks=False).st_size)
             except FileNotFoundError:
                 found.append(None)
         return found
 
     def exists(self, name: str) -> bool:
-        return self._path(name).is_file()
+        try:
+            return stat.S_ISREG(os.stat(self._file(name), follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return False
 
     def read_header(self, name: str) -> bytes:
-        with open(self._path(name), "rb") as file:
+        path = self._file(name)
+        fd = _open_file(path, os.O_RDONLY)
+        with open(fd, "rb") as file:
             line = file.readline()
-        if not line.endswith(b"\n"):
-            raise EOFError(f"{self._path(name)}: no complete header line")
-        return line[:-1]
+        if line.endswith(b"\n"):
+            return line[:-1]
+        if is_json_object(line):
+            return line  # the whole file is one line without its newline
+        raise EOFError(f"{path}: no complete header line")
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
-        if cursor is not None and _unchanged(os.stat(self._file(name)), cursor):
-            return None
-        path = self._path(name)
-        with open(path, "rb") as file:
-            fd = file.fileno()
-            stat = os.fstat(fd)
-            identity = (stat.st_dev, stat.st_ino)
-            # Changed but no longer: rewritten in place, not appended to. Read it all.
-            resume = (
-                cursor is not None
-                and stat.st_size != cursor.offset
-                and _continues(fd, identity, stat.st_size, cursor)
-            )
-            start, first = (cursor.offset, cursor.lines) if cursor and resume else (0, 0)
-            file.seek(start)
-            data = file.read()
-            complete = data.rfind(b"\n") + 1
-            if complete < len(data):
-                self._warn_if_torn(path, fd, identity, start + complete)
-        known = cursor.check if cursor and resume and isinstance(cursor.check, _Check) else None
-        check = _next_check(known, data[:complete], stat.st_mtime_ns)
-        return _chunk(data[:complete], start, first, identity, check, reset=not resume)
+        path = self._file(name)
+        while True:
+            with self._held(name, exclusive=False) as log:
+                record = log.record() if log is not None else _NO_RECORD
+                now = os.stat(path, follow_symlinks=False)
+                if cursor is not None and _unchanged(now, record, cursor):
+                    return None
+                fd = _open_file(path, os.O_RDONLY)
+                try:
+                    chunk = self._read_open(path, fd, record, cursor)
+                finally:
+                    os.close(fd)
+            # Without a lock file (a file crabtalk wrote) no writer of ours was at work,
+            # unless one made it while we read: then read again, under its lock.
+            if log is not None or not os.path.lexists(self._lock_path(name)):
+                return chunk
 
-    def _warn_if_torn(self, path: Path, fd: int, identity: object, offset: int) -> None:
-        """Warn about an incomplete last line, unless a writer is busy writing it."""
-        if (identity, offset) in self._warned or not _still_torn(fd):
+    def _read_open(self, path: str, fd: int, record: _Record, cursor: Cursor | None) -> Chunk:
+        """Read the file open as ``fd`` (no writer at work) on from ``cursor`` if it continues."""
+        held = os.fstat(fd)
+        identity = (held.st_dev, held.st_ino, record.token)
+        size = held.st_size
+        if record.pending and size < record.end:
+            self._warn_torn(path, identity, record.start, "unfinished add_messages call")
+            size = record.start  # a writer died inside its block: none of it counts
+        # Changed but no longer: rewritten in place (crabtalk's persist()), not appended to.
+        resume = (
+            cursor is not None
+            and size != cursor.offset
+            and _continues(fd, identity, size, cursor)
+        )
+        start, first = (cursor.offset, cursor.lines) if cursor and resume else (0, 0)
+        data = os.pread(fd, size - start, start)
+        known = cursor.check if cursor and resume and isinstance(cursor.check, _Check) else None
+        if known is not None and known.unterminated and data.startswith(b"\n"):
+            data, start = data[1:], start + 1  # the newline a writer added to our last line
+        complete = data.rfind(b"\n") + 1
+        unterminated = complete < len(data) and is_json_object(data[complete:])
+        if complete < len(data) and not unterminated:
+            self._warn_torn(path, identity, start + complete, "incomplete last line")
+        taken = len(data) if unterminated else complete
+        check = _next_check(known, data[:taken], held.st_mtime_ns, unterminated)
+        return _chunk(data[:taken], start, first, identity, check, reset=not resume)
+
+    def _warn_torn(self, path: str, identity: object, offset: int, what: str) -> None:
+        if (identity, offset) in self._warned:
             return
         self._warned.add((identity, offset))
         warnings.warn(
-            f"{path}: incomplete last line after byte {offset} (a writer died mid-append); "
-            f"every complete line is kept, the torn bytes move to {path.name}.torn "
-            "on the next write",
+            f"{path}: {what} after byte {offset} (a writer died mid-append); every complete "
+            f"call is kept, the rest moves to {os.path.basename(path)}.torn on the next write",
             TornTailWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     # --- writing --------------------------------------------------------------
 
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
-        path = self._path(name)
+        path = self._file(name)
         self._ensure_root()
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
-        try:
-            _write_all(fd, header + b"\n", path)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.link(tmp, path)  # atomic, and fails if the name is taken
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            os.unlink(tmp)
-        _fsync_dir(self.root)
+        self._write_new(name, header + b"\n", path, replace=False)
 
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
         path = self._file(name)
-        data = b"".join(line + b"\n" for line in lines)
-        log, held = self._acquire(name, path)
-        try:
-            fd = log.fd
-            identity, size = (held.st_dev, held.st_ino), held.st_size
-            # A reader's cursor at the very end vouches for the last byte being a newline.
-            follows = after is not None and _continues(
-                fd, identity, size, after, exact=True, mtime_ns=held.st_mtime_ns
-            )
-            if not follows and size != (size := self._repair_tail(path, fd, size)):
-                follows = after is not None and _continues(fd, identity, size, after, exact=True)
-            try:
-                _write_all(fd, data, path)
-                if self.durability == "fsync":
-                    os.fsync(fd)
-            except BaseException:
-                os.ftruncate(fd, size)  # leave no part of the block behind
-                raise
+        block = b"".join(line + b"\n" for line in lines)
+        with self._held(name, exclusive=True) as log:
+            assert log is not None  # writers always get their lock file
+            fd = self._append_fd(log, path)
+            record, held = log.record(), os.fstat(fd)
+            identity = (held.st_dev, held.st_ino, record.token)
+            size = self._finish_unfinished(path, log, fd, record, held.st_size)
+            size, data = self._mend_tail(path, fd, size, block)
+            follows = after is not None and _continues(fd, identity, size, after, exact=True)
+            self._write_block(path, log, fd, record.token, size, data)
             mtime_ns = os.fstat(fd).st_mtime_ns
-        finally:
-            _release(log)
-        if after is None or not follows or not isinstance(after.check, _Check):
+        if not follows or after is None or not isinstance(after.check, _Check):
             return None
-        check = _next_check(after.check, data, mtime_ns)
+        check = _next_check(after.check, data, mtime_ns, unterminated=False)
         return Cursor(size + len(data), after.lines + len(lines), identity, check)
 
-    def replace(self, name: str, lines: Sequence[bytes]) -> None:
-        path = self._path(name)
-        data = b"".join(line + b"\n" for line in lines)
-        with self._locked(name):
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
-            try:
-                _write_all(fd, data, path)
+    def _write_block(
+        self, path: str, log: _OpenLog, fd: int, token: str, size: int, data: bytes
+    ) -> None:
+        """Write ``data`` at the end (``size``), recorded as unfinished until it is all there."""
+        _set_record(log, _Record(token, size, size + len(data)), fsync=self.durability == "fsync")
+        try:
+            _write_all(fd, data, path)
+            if self.durability == "fsync":
                 os.fsync(fd)
-                os.close(fd)
-                fd = -1
+        except BaseException:
+            os.ftruncate(fd, size)  # leave no part of the block behind
+            raise
+        finally:
+            if os.fstat(fd).st_size in (size, size + len(data)):
+                _set_record(log, _Record(token, 0, 0), fsync=False)
+
+    def replace(self, name: str, lines: Sequence[bytes]) -> None:
+        path = self._file(name)
+        data = b"".join(line + b"\n" for line in lines)
+        with self._held(name, exclusive=True) as log:
+            assert log is not None
+            if not os.path.lexists(path):
+                raise FileNotFoundError(errno.ENOENT, "no such session file", path)
+            self._write_new(name, data, path, replace=True)
+            log.close_append()  # it holds the replaced file
+            _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+
+    def _write_new(self, name: str, data: bytes, path: str, *, replace: bool) -> None:
+        """Write ``data`` to a temporary file, then move it to ``path`` in one step.
+
+        ``replace=False`` creates: it fails with ``FileExistsError`` if ``path`` exists.
+        Temporary files left by a killed earlier rewrite of ``name`` go first.
+        """
+        if replace:
+            _remove_leftovers(self.root, name)  # under the lock: no rewrite is at work
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
+        try:
+            _write_all(fd, data, path)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            if replace:
                 os.replace(tmp, path)
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
+            else:
+                os.link(tmp, path)  # atomic, and fails if the name is taken
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-                raise
-            _fsync_dir(self.root)
+            raise
+        if not replace:
+            os.unlink(tmp)
+            with self._held(name, exclusive=True) as log:
+                assert log is not None
+                _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+        _fsync_dir(self.root)
 
     def delete(self, name: str) -> bool:
         path = self._path(name)
         try:
-            with self._locked(name):
+            with self._held(name, exclusive=True):
                 path.unlink()
                 with contextlib.suppress(FileNotFoundError):
                     path.with_name(path.name + ".torn").unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._lock_path(name))  # waiters notice and reopen (_held)
         except FileNotFoundError:
             return False
         finally:
@@ -298,81 +420,116 @@ class DirectoryStorage(SessionStorage):
         return True
 
     def repair(self, name: str) -> int:
-        """Move a torn last line to ``<name>.torn`` now; return how many bytes moved.
+        """Set an unfinished call or a torn last line aside now; return how many bytes moved.
 
-        Appending repairs the tail too; this is for tools that check files.
-        Waits for a writer that holds the lock (its line is not torn, only
-        unfinished).
+        They go to ``<name>.torn``. Appending does this too; this is for tools
+        that check files. Waits for a writer at work (its block is unfinished,
+        not torn).
         """
         path = self._file(name)
-        with self._locked(name) as (fd, held):
-            return held.st_size - self._repair_tail(path, fd, held.st_size)
+        with self._held(name, exclusive=True) as log:
+            assert log is not None
+            fd = self._append_fd(log, path)
+            before = os.fstat(fd).st_size
+            size = self._finish_unfinished(path, log, fd, log.record(), before)
+            size = self._mend_tail(path, fd, size, b"")[0]
+            return before - size
 
     @contextlib.contextmanager
     def creation_lock(self) -> Iterator[None]:
         self._ensure_root()
-        fd = os.open(self.root / _INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_file(os.path.join(self.root, _INDEX_LOCK), os.O_RDWR | os.O_CREAT)
         try:
-            _lock(fd)
+            _lock(fd, exclusive=True)
             yield
         finally:
             os.close(fd)
 
-    # --- helpers --------------------------------------------------------------
+    # --- locking ---------------------------------------------------------------
 
-    def _ensure_root(self) -> None:
-        if not self.root.is_dir():
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _lock_path(self, name: str) -> str:
+        return os.path.join(self.root, lock_file_name(check_name(name)))
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[tuple[int, os.stat_result]]:
-        """Hold the write lock of log ``name``: the file now at that name, not a replaced one.
+    def _held(self, name: str, *, exclusive: bool) -> Iterator[_OpenLog | None]:
+        """Hold the lock of session ``name``: shared to read, exclusive to write.
 
-        Yields the descriptor (opened for appending) and its ``fstat``.
-        """
-        log, held = self._acquire(name, self._file(name))
-        try:
-            yield log.fd, held
-        finally:
-            _release(log)
-
-    def _acquire(self, name: str, path: str) -> tuple[_OpenLog, os.stat_result]:
-        """Lock log ``name`` (thread lock, then ``flock``); its descriptor and ``fstat``.
-
-        The caller must :func:`_release` it. (No context manager on the
-        append path: a generator costs more than the rest of the locking.)
+        Yields None to a reader where there is no lock file (no writer of ours
+        has been here) or none can be opened (a read-only directory).
         """
         while True:
-            log = self._open_log(name, path)
+            log = self._open_log(name, create=exclusive)
+            if log is None:
+                yield None
+                return
             log.lock.acquire()
-            if log.fd < 0:  # closed by close() or eviction meanwhile
-                log.lock.release()
-                continue
-            _lock(log.fd)
             try:
-                held = _stat_if_current(log.fd, path)
-            except BaseException:
-                _release(log)
-                raise
-            if held is not None:
-                return log, held
-            _release(log)
-            with log.lock:
-                log.close()  # the file was replaced: open the new one
+                if log.lock_fd < 0:  # closed by close() or eviction meanwhile
+                    continue
+                _lock(log.lock_fd, exclusive=exclusive)
+                if _still_at(log.lock_fd, self._lock_path(name)):
+                    try:
+                        yield log
+                        return
+                    finally:
+                        _unlock(log.lock_fd)
+                _unlock(log.lock_fd)
+                log.close()  # the session was deleted while we waited: take the new one
+            finally:
+                log.lock.release()
             self._forget(name)
 
-    def _open_log(self, name: str, path: str) -> _OpenLog:
+    def _open_log(self, name: str, *, create: bool) -> _OpenLog | None:
         with self._open_lock:
             log = self._open.get(name)
             if log is not None:
                 self._open.move_to_end(name)
                 return log
-            log = self._open[name] = _OpenLog(os.open(path, os.O_RDWR | os.O_APPEND))
+        lock_fd = self._open_lock_file(name, create=create)
+        if lock_fd is None:
+            return None
+        with self._open_lock:
+            log = self._open.get(name)
+            if log is not None:  # another thread opened it meanwhile
+                os.close(lock_fd)
+                return log
+            log = self._open[name] = _OpenLog(lock_fd)
             evicted = self._open.popitem(last=False)[1] if len(self._open) > _OPEN_LOGS else None
         if evicted is not None:
             with evicted.lock:
                 evicted.close()
         return log
+
+    def _open_lock_file(self, name: str, *, create: bool) -> int | None:
+        path = self._lock_path(name)
+        if create:
+            self._ensure_root()
+            return _open_file(path, os.O_RDWR | os.O_CREAT)
+        try:
+            return _open_file(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None  # no writer of ours has been here: read as crabtalk does
+        except PermissionError:
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                return _open_file(path, os.O_RDONLY)  # a shared flock needs no write access
+            return None
+        except OSError as error:
+            if error.errno == errno.EROFS:
+                return None
+            raise
+
+    def _append_fd(self, log: _OpenLog, path: str) -> int:
+        """The descriptor appending to the file now at ``path`` (the lock held)."""
+        if log.append_fd >= 0 and not _still_at(log.append_fd, path):
+            log.close_append()  # replaced by a writer that knows no lock (crabtalk)
+        if log.append_fd < 0:
+            try:
+                log.append_fd = _open_file(path, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    errno.ENOENT, "session file was deleted while waiting for its lock", path
+                ) from None
+        return log.append_fd
 
     def _forget(self, name: str) -> None:
         with self._open_lock:
@@ -382,65 +539,177 @@ class DirectoryStorage(SessionStorage):
                 log.close()
 
     def _after_fork(self) -> None:
-        """In a forked child: drop the parent's descriptors, whose locks are the parent's."""
+        """In a forked child: drop the parent's descriptors and locks.
+
+        Not ``log.lock``: a parent thread may have held it at the fork, and
+        would never release it here. The flocks stay the parent's.
+        """
         for log in self._open.values():
-            with contextlib.suppress(OSError):
-                os.close(log.fd)  # not log.lock: a parent thread may have held it at fork
+            for fd in (log.lock_fd, log.append_fd):
+                with contextlib.suppress(OSError):
+                    if fd >= 0:
+                        os.close(fd)
         self._open = OrderedDict()
         self._open_lock = threading.Lock()
 
-    def _repair_tail(self, path: str, fd: int, size: int) -> int:
-        """Move an incomplete last line aside to ``<name>.torn``; return the new size."""
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+    # --- mending ----------------------------------------------------------------
+
+    def _finish_unfinished(
+        self, path: str, log: _OpenLog, fd: int, record: _Record, size: int
+    ) -> int:
+        """Undo the block of a writer that died mid-append (the lock held); the new size."""
+        if not record.pending:
             return size
+        if size < record.end and size > record.start:
+            self._set_aside(path, fd, record.start, size, "of an add_messages call that never finished")
+            size = record.start
+        _set_record(log, _Record(record.token, 0, 0), fsync=False)
+        return size
+
+    def _mend_tail(self, path: str, fd: int, size: int, block: bytes) -> tuple[int, bytes]:
+        """Make the file end in a newline before ``block``: ``(size, what to write)``.
+
+        A last line that is whole but for its newline (a file written with
+        ``"\\n".join``) gets the newline; a torn one moves to ``<name>.torn``.
+        """
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size, block
         keep = _after_last_newline(fd, size)
+        if is_json_object(os.pread(fd, size - keep, keep)):
+            return size, b"\n" + block
         if keep == 0:
             raise EOFError(f"{path}: no complete header line; not appending")
-        torn = os.pread(fd, size - keep, keep)
+        self._set_aside(path, fd, keep, size, "torn")
+        return keep, block
+
+    def _set_aside(self, path: str, fd: int, start: int, end: int, what: str) -> None:
+        """Move bytes ``start..end`` of the file to ``<name>.torn``, then cut them off."""
+        torn = os.pread(fd, end - start, start)
         side = path + ".torn"
-        side_fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        side_fd = _open_file(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            _write_all(side_fd, torn + b"\n", side)
-            os.fsync(side_fd)
+            before = os.fstat(side_fd).st_size
+            try:
+                _write_all(side_fd, torn + b"\n", side)
+                os.fsync(side_fd)
+            except BaseException:
+                os.ftruncate(side_fd, before)  # no partial copy: the bytes stay where they are
+                raise
         finally:
             os.close(side_fd)
-        os.ftruncate(fd, keep)
+        os.ftruncate(fd, start)
         warnings.warn(
-            f"{path}: moved {len(torn)} torn bytes after byte {keep} to {side}",
+            f"{path}: moved {len(torn)} bytes {what} after byte {start} to {side}",
             TornTailWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
-        return keep
+
+    # --- the directory ------------------------------------------------------------
+
+    def _ensure_root(self) -> None:
+        if not self.root.is_dir():
+            _make_private_dirs(self.root)
+        self._check_root()
+
+    def _check_root(self) -> None:
+        """Warn once if users other than the owner may write to the directory."""
+        if self._checked_root or os.name != "posix":
+            return
+        self._checked_root = True
+        with contextlib.suppress(OSError):
+            mode = os.stat(self.root).st_mode
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                warnings.warn(
+                    f"{self.root}: other users can write to this sessions directory, "
+                    f"so they can plant or replace files in it; fix: chmod 700 {self.root}",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+
+def _make_private_dirs(root: Path) -> None:
+    """Create ``root`` and each missing parent ``0700`` (``$CRABTALK_HOME`` included)."""
+    missing = []
+    path = root
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.new")
+
+
+def _remove_leftovers(root: Path, name: str) -> None:
+    """Remove temporary files a killed rewrite of ``name`` left (the caller holds its lock)."""
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as entries:
+        for entry in entries:
+            found = _LEFTOVER.fullmatch(entry.name)
+            if found and found["name"] == name and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+def _open_file(path: str, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link: one there is refused by name."""
+    try:
+        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP or (
+            error.errno in (errno.EEXIST, errno.EACCES) and os.path.islink(path)
+        ):
+            raise OSError(
+                errno.ELOOP, "is a symbolic link; refusing to follow it", path
+            ) from None
+        raise
+
+
+def _still_at(fd: int, path: str) -> bool:
+    """Whether the file open as ``fd`` is the one at ``path`` now (it pins its inode)."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _set_record(log: _OpenLog, record: _Record, *, fsync: bool) -> None:
+    os.pwrite(log.lock_fd, record.encode(), 0)
+    if fsync:
+        os.fsync(log.lock_fd)
+
+
+def _new_token() -> str:
+    return os.urandom(8).hex()
 
 
 def _chunk(
     data: bytes, start: int, first: int, identity: object, check: _Check, *, reset: bool
 ) -> Chunk:
     lines = data.split(b"\n")
-    lines.pop()  # what follows the last newline: nothing
+    if not lines[-1]:
+        lines.pop()  # what follows the last newline: nothing
     numbered = numbered_lines(lines, first + 1)
     cursor = Cursor(start + len(data), first + len(lines), identity, check)
     return Chunk(lines=numbered, cursor=cursor, reset=reset)
 
 
-def _unchanged(stat: os.stat_result, cursor: Cursor) -> bool:
+def _unchanged(now: os.stat_result, record: _Record, cursor: Cursor) -> bool:
     check = cursor.check
     return (
         isinstance(check, _Check)
-        and (stat.st_dev, stat.st_ino) == cursor.identity
-        and stat.st_size == cursor.offset
-        and stat.st_mtime_ns == check.mtime_ns
+        and (now.st_dev, now.st_ino, record.token) == cursor.identity
+        and now.st_size == cursor.offset
+        and now.st_mtime_ns == check.mtime_ns
+        and not record.pending
     )
 
 
 def _continues(
-    fd: int,
-    identity: object,
-    size: int,
-    cursor: Cursor,
-    *,
-    exact: bool = False,
-    mtime_ns: int | None = None,
+    fd: int, identity: object, size: int, cursor: Cursor, *, exact: bool = False
 ) -> bool:
     """Whether the file open as ``fd`` is the one ``cursor`` read, grown or not."""
     check = cursor.check
@@ -448,8 +717,6 @@ def _continues(
         return False
     if size < cursor.offset or (exact and size != cursor.offset):
         return False
-    if mtime_ns == check.mtime_ns and size == cursor.offset:
-        return True  # untouched since the cursor was taken (as `read` trusts too)
     tail_at = cursor.offset - len(check.tail)
     return (
         os.pread(fd, len(check.header), 0) == check.header
@@ -457,11 +724,12 @@ def _continues(
     )
 
 
-def _next_check(known: _Check | None, data: bytes, mtime_ns: int) -> _Check:
+def _next_check(known: _Check | None, data: bytes, mtime_ns: int, unterminated: bool) -> _Check:
     if known is None:
-        end = data.find(b"\n") + 1
-        return _Check(mtime_ns, data[:end], data[-_CHECKED_TAIL:])
-    return _Check(mtime_ns, known.header, (known.tail + data)[-_CHECKED_TAIL:])
+        end = data.find(b"\n") + 1 or len(data)
+        return _Check(mtime_ns, data[:end], data[-_CHECKED_TAIL:], unterminated)
+    tail = (known.tail + data)[-_CHECKED_TAIL:]
+    return _Check(mtime_ns, known.header, tail, unterminated)
 
 
 def _after_last_newline(fd: int, size: int) -> int:
@@ -495,21 +763,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _lock(fd: int) -> None:
+def _lock(fd: int, *, exclusive: bool) -> None:
     if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    else:  # pragma: no cover - Windows
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    else:  # pragma: no cover - Windows: no shared locks there, readers lock alone
         import msvcrt  # noqa: PLC0415 - Windows only
 
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-
-
-def _release(log: _OpenLog) -> None:
-    """Undo :meth:`DirectoryStorage._acquire`: the ``flock``, then the thread lock."""
-    try:
-        _unlock(log.fd)
-    finally:
-        log.lock.release()
 
 
 def _unlock(fd: int) -> None:
@@ -519,34 +779,3 @@ def _unlock(fd: int) -> None:
         import msvcrt  # noqa: PLC0415 - Windows only
 
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-
-def _stat_if_current(fd: int, path: str) -> os.stat_result | None:
-    """``fstat`` of the file open as ``fd``, if it is still the one at ``path``."""
-    held = os.fstat(fd)
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            2, "session file was deleted while waiting for its lock", path
-        ) from None
-    return held if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino) else None
-
-
-def _still_torn(fd: int) -> bool:
-    """Whether the file ends in an incomplete line that no writer is finishing.
-
-    A reader can see a write half done. Under a shared lock no writer is at
-    work, so a last line still incomplete then was left by one that died.
-    """
-    if fcntl is None:  # pragma: no cover - Windows
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False  # a writer holds the lock: its line is unfinished, not torn
-    try:
-        size = os.fstat(fd).st_size
-        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)

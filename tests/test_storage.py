@@ -264,7 +264,8 @@ def test_reader_waits_for_a_live_writer_and_sees_its_whole_call(storage, log):
         warnings.simplefilter("error", TornTailWarning)
         reader.start()
         reader.join(timeout=0.3)
-        assert reader.is_alive() and read == []  # not a line of the unfinished call
+        assert reader.is_alive()
+        assert read == []  # not a line of the unfinished call
         with open(storage.root / log, "ab") as file:
             file.write(b'tent":"c"}\n')
         os.close(lock_fd)  # the writer is done

@@ -338,28 +338,26 @@ class DirectoryStorage(SessionStorage):
             size = self._finish_unfinished(path, log, fd, record, held.st_size)
             size, data = self._mend_tail(path, fd, size, block)
             follows = after is not None and _continues(fd, identity, size, after, exact=True)
-            self._write_block(path, log, fd, record.token, size, data)
+            self._write_block(path, log, fd, _Record(record.token, size, size + len(data)), data)
             mtime_ns = os.fstat(fd).st_mtime_ns
         if not follows or after is None or not isinstance(after.check, _Check):
             return None
         check = _next_check(after.check, data, mtime_ns, unterminated=False)
         return Cursor(size + len(data), after.lines + len(lines), identity, check)
 
-    def _write_block(
-        self, path: str, log: _OpenLog, fd: int, token: str, size: int, data: bytes
-    ) -> None:
-        """Write ``data`` at the end (``size``), recorded as unfinished until it is all there."""
-        _set_record(log, _Record(token, size, size + len(data)), fsync=self.durability == "fsync")
+    def _write_block(self, path: str, log: _OpenLog, fd: int, pending: _Record, data: bytes) -> None:
+        """Write ``data`` at the end, recorded as ``pending`` until all of it is there."""
+        _set_record(log, pending, fsync=self.durability == "fsync")
         try:
             _write_all(fd, data, path)
             if self.durability == "fsync":
                 os.fsync(fd)
         except BaseException:
-            os.ftruncate(fd, size)  # leave no part of the block behind
+            os.ftruncate(fd, pending.start)  # leave no part of the block behind
             raise
         finally:
-            if os.fstat(fd).st_size in (size, size + len(data)):
-                _set_record(log, _Record(token, 0, 0), fsync=False)
+            if os.fstat(fd).st_size in (pending.start, pending.end):
+                _set_record(log, _Record(pending.token, 0, 0), fsync=False)
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         path = self._file(name)
@@ -561,7 +559,7 @@ class DirectoryStorage(SessionStorage):
         if not record.pending:
             return size
         if size < record.end and size > record.start:
-            self._set_aside(path, fd, record.start, size, "of an add_messages call that never finished")
+            self._set_aside(path, fd, record.start, size, "of an unfinished add_messages call")
             size = record.start
         _set_record(log, _Record(record.token, 0, 0), fsync=False)
         return size

@@ -290,9 +290,7 @@ class DirectoryStorage(SessionStorage):
             size = record.start  # a writer died inside its block: none of it counts
         # Changed but no longer: rewritten in place (crabtalk's persist()), not appended to.
         resume = (
-            cursor is not None
-            and size != cursor.offset
-            and _continues(fd, identity, size, cursor)
+            cursor is not None and size != cursor.offset and _continues(fd, identity, size, cursor)
         )
         start, first = (cursor.offset, cursor.lines) if cursor and resume else (0, 0)
         data = os.pread(fd, size - start, start)
@@ -345,7 +343,9 @@ class DirectoryStorage(SessionStorage):
         check = _next_check(after.check, data, mtime_ns, unterminated=False)
         return Cursor(size + len(data), after.lines + len(lines), identity, check)
 
-    def _write_block(self, path: str, log: _OpenLog, fd: int, pending: _Record, data: bytes) -> None:
+    def _write_block(
+        self, path: str, log: _OpenLog, fd: int, pending: _Record, data: bytes
+    ) -> None:
         """Write ``data`` at the end, recorded as ``pending`` until all of it is there."""
         _set_record(log, pending, fsync=self.durability == "fsync")
         try:
@@ -658,9 +658,7 @@ def _open_file(path: str, flags: int) -> int:
         if error.errno == errno.ELOOP or (
             error.errno in (errno.EEXIST, errno.EACCES) and os.path.islink(path)
         ):
-            raise OSError(
-                errno.ELOOP, "is a symbolic link; refusing to follow it", path
-            ) from None
+            raise OSError(errno.ELOOP, "is a symbolic link; refusing to follow it", path) from None
         raise
 
 

@@ -779,41 +779,46 @@ def kill_at_random(zygote: Zygote, path: Path, tag: int, rng: random.Random) -> 
 
 
 def check_killed_file(path: Path, tag: int, shape: tuple[int, int]) -> tuple[int, bool]:
-    """Check the file a writer was killed appending to, repair it; (lines kept, torn?)."""
+    """Check the file a writer was killed appending to, repair it; (lines kept, unfinished?).
+
+    Readers see whole calls only: what a killed call left is not read, and the
+    next writer moves it to ``.torn``.
+    """
     raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    torn = raw[len(complete) :]
-    lines = complete[:-1].split(b"\n")
-    assert lines[:2] == [HEADER, user_line("seed")]
-    written = lines[2:]  # complete lines of the killed writer: all there, in order, no gap
     batches, size = shape
     expected = [expected_line(tag, b, i) for b in range(batches) for i in range(size)]
-    assert written == expected[: len(written)]
-    if torn:  # at most one torn line: a prefix of the line being written
-        assert expected[len(written)].startswith(torn)
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reader = CrabChatMessageHistory.from_file(path)
-        stored = reader.stored_messages()
-    assert any(issubclass(w.category, TornTailWarning) for w in caught) == bool(torn)
-    assert len(stored) == len(lines) - 1 == complete.count(b"\n") - 1
-    assert [to_line(m) for m in stored] == lines[1:]
+        stored = [to_line(m) for m in reader.stored_messages()]
+    assert stored[0] == user_line("seed")
+    kept = stored[1:]
+    assert len(kept) % size == 0, "part of a call was read"
+    assert kept == expected[: len(kept)]
+    whole = b"".join(line + b"\n" for line in [HEADER, *stored])
+    assert raw.startswith(whole)
+    unfinished = raw[len(whole) :]
+    next_call = b"".join(line + b"\n" for line in expected[len(kept) : len(kept) + size])
+    assert next_call.startswith(unfinished)
+    assert unfinished != next_call or not unfinished  # a whole call would have been read
+    assert any(issubclass(w.category, TornTailWarning) for w in caught) == bool(unfinished)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reader.add_messages([AIMessage(f"after {tag}")])
-    assert any(issubclass(w.category, TornTailWarning) for w in caught) == bool(torn)
+    assert any(issubclass(w.category, TornTailWarning) for w in caught) == bool(unfinished)
     side = path.with_name(path.name + ".torn")
-    assert (side.read_bytes() if side.exists() else None) == (torn + b"\n" if torn else None)
+    assert (side.read_bytes() if side.exists() else None) == (
+        unfinished + b"\n" if unfinished else None
+    )
     after = b'{"role":"assistant","content":"after %d"}\n' % tag
-    assert path.read_bytes() == complete + after
+    assert path.read_bytes() == whole + after
     assert_valid_file(path)
-    return len(written), bool(torn)
+    return len(kept), bool(unfinished)
 
 
 @POSIX_ONLY
-def test_writers_killed_at_random_moments_lose_no_complete_line(tmp_path):
+def test_writers_killed_at_random_moments_leave_whole_calls_only(tmp_path):
     rng = random.Random(20260323)
     zygote = Zygote(tmp_path)
     kept = tears = 0
@@ -830,7 +835,7 @@ def test_writers_killed_at_random_moments_lose_no_complete_line(tmp_path):
             tears += torn
     finally:
         zygote.close()
-    assert tears > 0, "no write was ever torn: the test did not test the torn tail"
+    assert tears > 0, "no call was ever cut short: the test did not test recovery"
     # Across all of them: every complete line is still there, read by a new history.
     total = sum(len(CrabChatMessageHistory.from_file(path).messages) - 2 for path in files)
     assert total == kept

@@ -90,7 +90,7 @@ class _Record(NamedTuple):
         return self.end > 0
 
     def encode(self) -> bytes:
-        text = f"{self.token} {self.start} {self.end}"
+        text = f"{self.token or '-'} {self.start} {self.end}"
         return text.ljust(_RECORD_SIZE - 1).encode("ascii") + b"\n"
 
     @classmethod
@@ -98,7 +98,8 @@ class _Record(NamedTuple):
         parts = data.split()
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
             return _NO_RECORD  # an empty (new) lock file, or one we did not write
-        return cls(parts[0].decode("ascii", "replace"), int(parts[1]), int(parts[2]))
+        token = parts[0].decode("ascii", "replace")
+        return cls("" if token == "-" else token, int(parts[1]), int(parts[2]))
 
 
 _NO_RECORD = _Record("", 0, 0)
@@ -591,7 +592,10 @@ class DirectoryStorage(SessionStorage):
                 _write_all(side_fd, torn + b"\n", side)
                 os.fsync(side_fd)
             except BaseException:
-                os.ftruncate(side_fd, before)  # no partial copy: the bytes stay where they are
+                # No partial copy: the bytes stay where they are, and a new side file goes.
+                os.ftruncate(side_fd, before)
+                if before == 0:
+                    os.unlink(side)
                 raise
         finally:
             os.close(side_fd)

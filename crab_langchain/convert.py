@@ -34,15 +34,23 @@ from langchain_core.messages import (
     message_chunk_to_message,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from crab_langchain.models import CrabMessage, FunctionCall, ToolCall, is_text_only, text_line
+from crab_langchain.models import (
+    CrabMessage,
+    FunctionCall,
+    SessionFormatError,
+    ToolCall,
+    is_text_only,
+    text_line,
+)
 
 __all__ = [
     "AUTO_INJECTED_KEY",
     "CRAB_FIELDS_KEY",
     "DEVELOPER_ROLE_KEY",
     "Encoded",
+    "check_json",
     "encode",
     "from_crab_message",
     "is_auto_injected",
@@ -105,7 +113,27 @@ def is_auto_injected(message: BaseMessage | CrabMessage) -> bool:
 
 
 def from_crab_message(message: CrabMessage) -> BaseMessage:
-    """Build the LangChain message that ``message`` stands for."""
+    """Build the LangChain message that ``message`` stands for.
+
+    Raises :class:`~crab_langchain.SessionFormatError` when its ``langchain``
+    extension key does not describe a valid LangChain message.
+    """
+    try:
+        return _from_crab_message(message)
+    except (ValidationError, TypeError, ValueError, AttributeError, KeyError) as error:
+        raise SessionFormatError(f"bad 'langchain' extension key: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """What is wrong, without the offending value (it may be anything the file held)."""
+    if isinstance(error, ValidationError):
+        detail = error.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in detail["loc"]) or "message"
+        return f"{where}: {detail['msg']}"
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def _from_crab_message(message: CrabMessage) -> BaseMessage:
     plain = _plain_message(message)
     if plain is not None:
         return plain
@@ -455,13 +483,27 @@ def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
     if isinstance(message, ToolMessage):
         fields["tool_call_id"] = message.tool_call_id
     unknown: dict[str, Any] = {}
-    leftovers = message.additional_kwargs.get(CRAB_FIELDS_KEY)
-    for key, value in (leftovers if isinstance(leftovers, dict) else {}).items():
+    leftovers = message.additional_kwargs.get(CRAB_FIELDS_KEY, {})
+    if not isinstance(leftovers, dict):
+        raise TypeError(
+            f"additional_kwargs.{CRAB_FIELDS_KEY}: a {type(leftovers).__name__}, "
+            "not a dict of crabtalk fields"
+        )
+    for key, value in leftovers.items():
         if key in _SPEC_KEYS:
-            fields[key] = fields.get(key) or value
+            fields[key] = fields.get(key) or _spec_value(key, value)
         elif key not in CrabMessage.model_fields:
-            unknown[key] = _json_checked(value, f"additional_kwargs.crab.{key}")
+            unknown[key] = check_json(value, f"additional_kwargs.crab.{key}")
     return fields, unknown
+
+
+def _spec_value(key: str, value: Any) -> Any:
+    """A crabtalk field kept in ``additional_kwargs["crab"]``, if it is of the field's type."""
+    try:
+        CrabMessage.model_validate({"role": "user", key: value}, strict=True)
+    except ValidationError as error:
+        raise TypeError(f"additional_kwargs.{CRAB_FIELDS_KEY}.{_reason(error)}") from None
+    return value
 
 
 def _role(message: BaseMessage) -> str:
@@ -541,7 +583,7 @@ def _derived_tool_calls(valid: Sequence[Any], invalid: Sequence[Any]) -> list[To
 
 
 def _compact(args: Any) -> str:
-    _json_checked(args, "tool call args")
+    check_json(args, "tool call args")
     return "" if args == {} else pydantic_core.to_json(args).decode("utf-8")
 
 
@@ -549,6 +591,7 @@ def _raw_tool_calls(raw: Any) -> list[ToolCall] | None:
     """OpenAI-style raw calls from ``additional_kwargs["tool_calls"]``, if well formed."""
     if not isinstance(raw, list):
         return None
+    check_json(raw, "additional_kwargs.tool_calls")  # kept as they are: NaN would be null
     try:
         return [ToolCall.model_validate(call, strict=True) for call in raw]
     except ValueError:
@@ -579,9 +622,9 @@ def _extension(message: BaseMessage, cls: type[BaseMessage], crab: CrabMessage) 
     for field, default in _field_defaults(cls).items():
         value = getattr(message, field)
         if value != decoded.get(field, default):
-            extension[field] = _json_checked(value, field)
+            extension[field] = check_json(value, field)
     for key, value in (message.model_extra or {}).items():
-        extension[key] = _json_checked(value, key)
+        extension[key] = check_json(value, key)
     return extension
 
 
@@ -595,8 +638,11 @@ def _field_defaults(cls: type[BaseMessage]) -> dict[str, Any]:
     }
 
 
-def _json_checked(value: Any, where: str) -> Any:
-    """Return ``value`` if JSON can hold it; raise ``TypeError`` naming ``where`` if not."""
+def check_json(value: Any, where: str) -> Any:
+    """Return ``value`` if JSON can hold it; raise ``TypeError`` naming ``where`` if not.
+
+    (pydantic would write NaN as ``null`` and a tuple as a list without a word.)
+    """
     if value is None or isinstance(value, (str, bool, int)):
         if isinstance(value, str):
             _check_text(value, where)
@@ -607,13 +653,13 @@ def _json_checked(value: Any, where: str) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _json_checked(item, f"{where}[{index}]")
+            check_json(item, f"{where}[{index}]")
         return value
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: key {key!r} is not a string")
-            _json_checked(item, f"{where}.{key}")
+            check_json(item, f"{where}.{key}")
         return value
     raise TypeError(f"{where}: a {type(value).__name__} is not a JSON value")
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -35,7 +37,15 @@ from crab_langchain.convert import (
     to_crab_message,
 )
 from crab_langchain.handouts import Handouts
-from crab_langchain.hooks import filters_by_default, has_impls, make_plugin_manager
+from crab_langchain.hooks import (
+    filter_result_problem,
+    filters_by_default,
+    has_impls,
+    inject_result_problem,
+    make_plugin_manager,
+    persistable,
+    wrong_result,
+)
 from crab_langchain.models import (
     CompactMarker,
     CrabMessage,
@@ -102,8 +112,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._locate = locate
         self._create = create
         self.strict = strict
-        self._hook = _manager(plugins).hook
+        self._plugins = _manager(plugins)
+        self._hook = self._plugins.hook
         self._lock = threading.RLock()
+        _HISTORIES.add(self)
         self._handouts = Handouts()
         self._stored_handouts = Handouts()
         self._generation = 0
@@ -199,14 +211,15 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         written (a value JSON cannot hold, a hook raising) nothing of this
         call is written.
         """
-        with self._lock, _gc_paused(len(messages)):
-            batch = self._prepare(messages)
+        given = _as_messages(messages)
+        with self._lock, _gc_paused(len(given)):
+            batch = self._prepare(given)
             if batch is not None:
                 self._append(*batch)
 
-    def _prepare(self, messages: Sequence[MessageLikeRepresentation]) -> _Batch | None:
-        """The lines to write for ``messages`` (and what reading each back gives, where known)."""
-        given, hook = _as_messages(messages), self._hook
+    def _prepare(self, given: list[BaseMessage]) -> _Batch | None:
+        """The lines to write for ``given`` (and what reading each back gives, where known)."""
+        hook = self._hook
         if filters_by_default(hook.crab_filter_message) and not has_impls(hook.crab_before_persist):
             # No plugin looks at writes: straight to lines, no crab messages between.
             return self._encoded([encode(m, strict=self.strict) for m in given])
@@ -218,24 +231,36 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         return ([e.line for e in kept], [e.read_back for e in kept]) if kept else None
 
     def _through_hooks(self, batch: list[CrabMessage]) -> _Batch | None:
-        """``batch`` after the filter and before-persist hooks had their say."""
+        """``batch`` after the filter and before-persist hooks had their say.
+
+        What the plugins leave is checked before anything is written: a plugin
+        must not be able to write a line that no reader can read.
+        """
         session = self._synced_session()
-        hook = self._hook.crab_filter_message
-        kept = [m for m in batch if hook(session=session, message=m) is not False]
+        kept = [m for m in batch if self._verdict(session, m) is not False]
         if has_impls(self._hook.crab_before_persist):
             self._hook.crab_before_persist(session=session, messages=kept)
+            kept = persistable(kept)
         return ([message.to_line_bytes() for message in kept], None) if kept else None
+
+    def _verdict(self, session: Session, message: CrabMessage) -> bool | None:
+        kwargs = {"session": session, "message": message}
+        verdict = self._hook.crab_filter_message(**kwargs)
+        if verdict is not None and not isinstance(verdict, bool):
+            raise wrong_result(self._plugins, "crab_filter_message", kwargs, filter_result_problem)
+        return verdict
 
     async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Async :meth:`add_messages`, with the storage's async client if it has one.
 
         Otherwise the file is written in a worker thread.
         """
+        given = _as_messages(messages)
         if not self._storage.native_async:
-            await asyncio.to_thread(self.add_messages, list(messages))
+            await asyncio.to_thread(self.add_messages, given)
             return
-        with self._lock, _gc_paused(len(messages)):
-            batch = self._prepare(messages)
+        with self._lock, _gc_paused(len(given)):
+            batch = self._prepare(given)
         if batch is not None:
             await self._aappend(*batch)
 
@@ -246,12 +271,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         cleared one, never a part of either.
         """
         with self._lock:
-            self._refresh()  # finds the log, or finds it deleted
-            name = self._name
+            name = self._current_name()
             if name is None:
                 return
             try:
-                self._storage.replace(name, [self._header_line()])
+                self._storage.replace(name, [self._header_line(name)])
             except FileNotFoundError:
                 if not self._forget_deleted():
                     raise
@@ -263,13 +287,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         if not self._storage.native_async:
             await asyncio.to_thread(self.clear)
             return
-        await self._arefresh()
-        with self._lock:
-            name = self._name
-            if name is None:
-                return
-            header = self._header_line()
+        name = await self._acurrent_name()
+        if name is None:
+            return
         try:
+            header = await asyncio.to_thread(self._header_line, name)
             await self._storage.areplace(name, [header])
         except FileNotFoundError:
             with self._lock:
@@ -279,9 +301,17 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         with self._lock:
             self._reset()
 
-    def _header_line(self) -> bytes:
-        """The header as read (its ``created_at`` kept), or the session's own if none was."""
-        return (self._meta or self._session.meta()).to_line().encode("utf-8")
+    def _header_line(self, name: str) -> bytes:
+        """Log ``name``'s header line byte for byte: a rewrite never re-serialises it.
+
+        (Re-serialising would change what a reader of that header gets: a
+        number such as ``1e400``, key order, escapes.)
+        """
+        try:
+            return self._storage.read_header(name)
+        except EOFError as error:
+            location = self._storage.location(name)
+            raise SessionFormatError(str(error), path=location, line=1) from None
 
     # --- beyond LangChain's interface ----------------------------------------
 
@@ -320,7 +350,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             if name is None or chunk is None:
                 return []
             return [
-                _archived(self._parse(name, number, line))
+                self._parse(name, number, line, _archived)
                 for number, line in _body(self._storage.location(name), chunk.lines)
             ]
 
@@ -481,7 +511,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _take_line(self, name: str, number: int, line: bytes) -> None:
         """Add what line ``number`` says to the working context."""
-        parsed = self._parse(name, number, line, parse_line)
+        self._parse(name, number, line, self._take_parsed)
+
+    def _take_parsed(self, line: bytes) -> None:
+        parsed = parse_line(line)
         if not isinstance(parsed, tuple):
             self._take_entry(parsed, line)
         elif (message := text_message(*parsed)) is not None:  # most lines: no model between
@@ -510,7 +543,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             return []
         version = (self._name, self._cursor)
         if self._injected is None or self._injected[0] != version:
-            results = hook(session=self._synced_session(), history=_ReadOnly(self._context))
+            kwargs = {"session": self._synced_session(), "history": _ReadOnly(self._context)}
+            results = hook(**kwargs)
+            if any(inject_result_problem(result) for result in results):
+                problem = inject_result_problem
+                raise wrong_result(self._plugins, "crab_inject_messages", kwargs, problem)
             fresh = [_marked(message) for result in results for message in result or ()]
             self._injected = (version, fresh)
         return self._injected[1]  # callers copy it into the list they hand out
@@ -596,7 +633,32 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         return self._name
 
 
+_HISTORIES: weakref.WeakSet[CrabChatMessageHistory] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    """In a forked child, each history gets a new lock.
+
+    Another thread of the parent may have held one at the fork; that thread
+    does not exist in the child, so the lock would never be released there.
+    """
+    for history in list(_HISTORIES):
+        history._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMessage]:
+    # A str is a sequence too: "hello" would be five one-letter messages.
+    if isinstance(messages, (str, bytes, BaseMessage, Mapping)) or not isinstance(
+        messages, Sequence
+    ):
+        raise TypeError(
+            f"add_messages takes a sequence of messages, not a {type(messages).__name__}; "
+            "wrap one message in a list"
+        )
     # Chains hand over ("human", "text") tuples and dicts as well as messages;
     # take whatever LangChain itself accepts as a message.
     if all(isinstance(message, BaseMessage) for message in messages):
@@ -635,7 +697,8 @@ def _body(location: str, lines: list[tuple[int, bytes]]) -> list[tuple[int, byte
     return lines[1:]
 
 
-def _archived(entry: Any) -> BaseMessage:
+def _archived(line: bytes) -> BaseMessage:
+    entry = parse_entry(line)
     if isinstance(entry, CompactMarker):
         return HumanMessage(content=entry.compact, additional_kwargs={COMPACT_SUMMARY_KEY: True})
     return from_crab_message(entry)

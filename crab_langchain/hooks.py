@@ -13,16 +13,18 @@ built-in :class:`DefaultPlugin` decides only what no other plugin decided.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 from langchain_core.messages import BaseMessage
+from pydantic import ValidationError
 
-from crab_langchain.convert import is_auto_injected
+from crab_langchain.convert import check_json, is_auto_injected
+from crab_langchain.models import CrabMessage
 
 if TYPE_CHECKING:
-    from crab_langchain.models import CrabMessage, Session
+    from crab_langchain.models import Session
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -161,3 +163,77 @@ def filters_by_default(hook: Any) -> bool:
     """
     impls = hook.get_hookimpls()
     return len(impls) == 1 and isinstance(impls[0].plugin, DefaultPlugin)
+
+
+# --- checking what plugins return -------------------------------------------------------
+
+
+def inject_result_problem(result: object) -> str | None:
+    """What is wrong with one plugin's ``crab_inject_messages`` result; None if nothing."""
+    if result is None:
+        return None
+    if isinstance(result, (str, bytes, BaseMessage, Mapping)) or not isinstance(result, Sequence):
+        return f"a {type(result).__name__}; expected a list of messages or None"
+    for index, item in enumerate(result):
+        if not isinstance(item, BaseMessage):
+            return f"a {type(item).__name__} at index {index}; expected messages only"
+    return None
+
+
+def filter_result_problem(result: object) -> str | None:
+    """What is wrong with a ``crab_filter_message`` verdict; None if nothing."""
+    if result is None or isinstance(result, bool):
+        return None
+    return f"a {type(result).__name__}; expected True, False or None"
+
+
+def wrong_result(
+    manager: pluggy.PluginManager,
+    name: str,
+    kwargs: Mapping[str, Any],
+    problem: Callable[[object], str | None],
+) -> TypeError:
+    """The error for hook ``name`` returning what ``problem`` objects to, naming the plugin.
+
+    A hook's combined results do not say which plugin returned what, so on
+    this error path (and only there) each implementation is asked again, alone.
+    """
+    for impl in getattr(manager.hook, name).get_hookimpls():
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        why = problem(impl.function(*(kwargs[arg] for arg in impl.argnames)))
+        if why:
+            return TypeError(f"{name} of plugin {_plugin_name(impl.plugin)} returned {why}")
+    return TypeError(f"{name} returned an unexpected result")
+
+
+def _plugin_name(plugin: object) -> str:
+    named = getattr(plugin, "__name__", None)  # a module, or a class registered as is
+    return repr(named if isinstance(named, str) else type(plugin).__qualname__)
+
+
+def persistable(batch: list[Any]) -> list[CrabMessage]:
+    """The batch ``crab_before_persist`` left, each message checked as a reader will read it.
+
+    Plugins edit messages in place, past pydantic's validation, so each one
+    is validated again. Raises ``TypeError`` naming the index and the field;
+    the caller then writes nothing.
+    """
+    checked: list[CrabMessage] = []
+    for index, message in enumerate(batch):
+        where = f"crab_before_persist left, at index {index} of the batch,"
+        if not isinstance(message, CrabMessage):
+            raise TypeError(f"{where} a {type(message).__name__}, not a CrabMessage")
+        try:
+            valid = CrabMessage.model_validate(message.model_dump(warnings=False), strict=True)
+            check_json(valid.model_extra or {}, "extra keys")
+            check_json(valid.langchain, "langchain")
+        except ValidationError as error:
+            detail = error.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(part) for part in detail["loc"]) or "the message"
+            reason = f"{field}: {detail['msg']}"
+            raise TypeError(f"{where} a message whose {reason}; nothing was written") from None
+        except TypeError as error:
+            raise TypeError(f"{where} a message that JSON cannot hold ({error})") from None
+        checked.append(valid)
+    return checked

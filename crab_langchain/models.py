@@ -9,7 +9,6 @@ pydantic-core serializes with serde_json too, so its escaping is crabtalk's.
 
 from __future__ import annotations
 
-import json
 import operator
 import re
 from datetime import datetime, timedelta, timezone
@@ -261,24 +260,33 @@ def _compact_marker(data: dict[str, Any]) -> CompactMarker:
 def _json_object(line: str | bytes) -> dict[str, Any]:
     try:
         data = pydantic_core.from_json(line, allow_inf_nan=False)
-    except ValueError:
-        raise SessionFormatError(_why_not_json(line)) from None
+    except ValueError as error:
+        raise SessionFormatError(_why_not_json(line, error)) from None
     if not isinstance(data, dict):
         raise SessionFormatError(f"expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def _why_not_json(line: str | bytes) -> str:
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return f"not UTF-8 (byte {error.start})"
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _why_not_json(line: str | bytes, error: ValueError) -> str:
+    """Why ``line`` is not JSON, as the parser says it (never quoting the line)."""
+    data = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
     try:
-        json.loads(line)
-    except json.JSONDecodeError as error:
-        return f"not JSON: {error.msg} at column {error.colno}"
-    return "not JSON: NaN and Infinity are not JSON numbers"
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 (byte {bad.start})"
+    if _LONE_SURROGATE.search(data):
+        return "not JSON: a lone surrogate escape is not a Unicode character"
+    reason = str(error).replace("line 1 column", "column")
+    column = re.search(r"column (\d+)$", reason)
+    if column and data[int(column[1]) - 1 :].startswith((b"NaN", b"Infinity", b"-Infinity")):
+        return f"not JSON: NaN and Infinity are not JSON numbers (column {column[1]})"
+    return f"not JSON: {reason}"
 
 
 def _first(error: ValidationError) -> str:
@@ -289,8 +297,9 @@ def _first(error: ValidationError) -> str:
 
 # --- time stamps -------------------------------------------------------------
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
+_RFC3339 = re.compile(  # ASCII digits only: \d would take other scripts' digits too
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
 )
 
 
@@ -390,11 +399,12 @@ class SessionMeta(BaseModel):
         data = _json_object(line)
         for key in _HEADER_KEYS:
             if not isinstance(data.get(key), str):
-                raise SessionFormatError(f"header needs a string {key!r}: {_short(data)}")
+                found = "none" if key not in data else f"a {_json_type(data[key])}"
+                raise SessionFormatError(f"header needs a string {key!r}, found {found}")
         try:
             created_at = parse_rfc3339(data["created_at"])
-        except ValueError as error:
-            raise SessionFormatError(f"header: {error}") from None
+        except ValueError:
+            raise SessionFormatError("header: created_at is not an RFC 3339 time stamp") from None
         extra = {k: v for k, v in data.items() if k not in _HEADER_KEYS}
         return cls(
             agent=data["agent"],
@@ -412,9 +422,9 @@ def _same_moment(text: str, moment: datetime) -> bool:
         return False
 
 
-def _short(data: dict[str, Any]) -> str:
-    text = json.dumps(data, ensure_ascii=False)
-    return text if len(text) <= 120 else text[:117] + "..."
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
 
 
 class Session(BaseModel):

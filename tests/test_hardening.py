@@ -19,7 +19,14 @@ import pytest
 from conftest import run_python
 from langchain_core.messages import AIMessage, HumanMessage
 
-from crab_langchain import CrabChatMessageHistory, SessionStore, TornTailWarning
+from crab_langchain import (
+    CrabChatMessageHistory,
+    SessionFormatError,
+    SessionStore,
+    TornTailWarning,
+    hookimpl,
+)
+from crab_langchain.models import Session, SessionMeta
 from crab_langchain.storage import DirectoryStorage
 from crab_langchain.storage.directory import lock_file_name
 
@@ -332,3 +339,299 @@ def test_a_torn_tail_that_cannot_be_set_aside_stays_where_it_is(tmp_path):
     assert "File too large" in out
     assert path.with_name(path.name + ".torn") not in list(path.parent.iterdir())
     assert path.read_bytes() == before  # the torn bytes were not cut off either
+
+
+# --- 2. the header line is never rewritten ------------------------------------------------
+
+ODD_HEADERS = [
+    b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51Z","uptime_secs":1e400}',
+    b'{ "created_at" : "2026-03-23T08:06:51.000+00:00", "agent":"crab" ,"created_by":"user"}',
+    b'{"agent":"cr\\u0061b","created_by":"user","created_at":"2026-03-23T08:06:51Z","n":1.0e3}',
+    b'{"agent":"x","agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51Z"}',
+]
+
+
+@pytest.mark.parametrize("header", ODD_HEADERS)
+def test_clear_keeps_the_header_byte_for_byte(tmp_path, header):
+    path = tmp_path / NAME
+    path.write_bytes(header + b"\n" + line("user", "one") + b"\n")
+    history = CrabChatMessageHistory.from_file(path)
+    assert texts(history) == ["one"]
+    history.clear()
+    assert path.read_bytes() == header + b"\n"
+    assert texts(CrabChatMessageHistory.from_file(path)) == []  # and it still opens
+
+
+async def test_aclear_keeps_the_header_byte_for_byte(tmp_path):
+    path = tmp_path / NAME
+    path.write_bytes(ODD_HEADERS[0] + b"\n" + line("user", "one") + b"\n")
+    await CrabChatMessageHistory.from_file(path).aclear()
+    assert path.read_bytes() == ODD_HEADERS[0] + b"\n"
+
+
+# --- 3. plugins cannot corrupt a session --------------------------------------------------
+
+
+class Vandal:
+    def __init__(self, field: str, value: object) -> None:
+        self.field, self.value = field, value
+
+    @hookimpl
+    def crab_before_persist(self, messages):
+        if len(messages) > 1:
+            setattr(messages[-1], self.field, self.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("content", ["a", "list"]), ("role", ""), ("content", 42), ("tool_calls", "zz")],
+)
+def test_a_batch_a_plugin_broke_is_refused_whole(tmp_path, field, value):
+    store = SessionStore(tmp_path, [Vandal(field, value)], entry_points=False)
+    history = store.get_session_history("s")
+    history.add_messages([HumanMessage("kept")])
+    before = history.file_path.read_bytes()
+    with pytest.raises(TypeError, match=rf"crab_before_persist left.*index 1.*{field}"):
+        history.add_messages([HumanMessage("one"), AIMessage("two")])
+    assert history.file_path.read_bytes() == before
+    assert texts(SessionStore(tmp_path, entry_points=False).get_session_history("s")) == ["kept"]
+
+
+class NotAMessage:
+    @hookimpl
+    def crab_before_persist(self, messages):
+        messages.append({"role": "user", "content": "a dict"})
+
+
+def test_a_plugin_adding_a_non_message_is_refused(tmp_path):
+    history = SessionStore(tmp_path, [NotAMessage()], entry_points=False).get_session_history("s")
+    with pytest.raises(TypeError, match="index 1 of the batch, a dict, not a CrabMessage"):
+        history.add_messages([HumanMessage("one")])
+    assert history.file_path is None or history.file_path.read_bytes().count(b"\n") == 1
+
+
+class NaNExtra:
+    @hookimpl
+    def crab_before_persist(self, messages):
+        messages[0].langchain = {"response_metadata": {"score": float("nan")}}
+
+
+def test_a_plugin_adding_a_value_json_cannot_hold_is_refused(tmp_path):
+    history = SessionStore(tmp_path, [NaNExtra()], entry_points=False).get_session_history("s")
+    with pytest.raises(TypeError, match="JSON cannot hold"):
+        history.add_messages([HumanMessage("one")])
+
+
+class InjectsAString:
+    @hookimpl
+    def crab_inject_messages(self):
+        return "remember Lisbon"
+
+
+class InjectsFine:
+    @hookimpl
+    def crab_inject_messages(self):
+        return [HumanMessage("fine")]
+
+
+class FiltersWithAMessage:
+    @hookimpl
+    def crab_filter_message(self, message):
+        return message
+
+
+def test_an_inject_hook_returning_a_string_is_named(tmp_path):
+    plugins = [InjectsFine(), InjectsAString()]
+    history = SessionStore(tmp_path, plugins, entry_points=False).get_session_history("s")
+    with pytest.raises(TypeError, match=r"crab_inject_messages of plugin 'InjectsAString'.*a str"):
+        _ = history.messages
+
+
+def test_a_filter_hook_returning_a_message_is_named(tmp_path):
+    history = SessionStore(
+        tmp_path, [FiltersWithAMessage()], entry_points=False
+    ).get_session_history("s")
+    with pytest.raises(TypeError, match="crab_filter_message of plugin 'FiltersWithAMessage'"):
+        history.add_messages([HumanMessage("one")])
+    assert history.file_path is None
+
+
+# --- 6. hostile structure gets SessionFormatError -------------------------------------------
+
+HOSTILE_LINES = {
+    "nested 100,000 deep": (
+        b'{"role":"user","content":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "recursion limit",
+    ),
+    "langchain id an object": (
+        b'{"role":"user","content":"hi","langchain":{"id":{}}}',
+        "langchain' extension key: id",
+    ),
+    "langchain status unknown": (
+        b'{"role":"tool","content":"hi","tool_call_id":"c","langchain":{"status":"nope"}}',
+        "langchain' extension key: status",
+    ),
+    "langchain tool_calls a string": (
+        b'{"role":"assistant","content":"hi","langchain":{"tool_calls":"zz"}}',
+        "langchain' extension key",
+    ),
+    "lone surrogate": (b'{"role":"user","content":"\\ud800"}', "lone surrogate"),
+    "NaN": (b'{"role":"user","content":NaN}', "NaN and Infinity"),
+}
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_LINES.values(), ids=HOSTILE_LINES.keys())
+def test_hostile_lines_raise_session_format_error_with_a_true_reason(tmp_path, hostile):
+    bad, reason = hostile
+    path = session_file(tmp_path, line("user", "one"), bad)
+    with pytest.raises(SessionFormatError) as caught:
+        CrabChatMessageHistory.from_file(path)
+    assert caught.value.path == str(path)
+    assert caught.value.line == 3
+    assert reason in caught.value.reason
+    if reason != "NaN and Infinity":
+        assert "NaN" not in caught.value.reason
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_LINES.values(), ids=HOSTILE_LINES.keys())
+def test_archive_of_a_hostile_line_raises_session_format_error(tmp_path, hostile):
+    path = session_file(tmp_path, b'{"compact":"summary"}', line("user", "one"))
+    with open(path, "rb+") as file:
+        data = file.read()
+        file.seek(0)
+        file.write(data.replace(b'{"compact"', hostile[0] + b'\n{"compact"'))
+    history = CrabChatMessageHistory.from_file(path)  # the bad line is archived: it opens
+    assert texts(history) == ["summary", "one"]
+    with pytest.raises(SessionFormatError) as caught:
+        history.archive()
+    assert caught.value.line == 2
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_LINES.values(), ids=HOSTILE_LINES.keys())
+def test_clear_and_compact_work_on_a_file_with_a_hostile_line(tmp_path, hostile):
+    path = session_file(tmp_path, line("user", "one"), hostile[0])
+    meta = SessionMeta.from_line(HEADER)
+    opened = CrabChatMessageHistory(  # bound to the file without reading it first
+        Session(id="7", agent=meta.agent, created_at=meta.created_at),
+        storage=DirectoryStorage(tmp_path),
+        name=NAME,
+    )
+    opened.compact("a fresh start")
+    assert texts(opened) == ["a fresh start"]
+    assert path.read_bytes().endswith(b'{"compact":"a fresh start"}\n')
+    opened.clear()
+    assert path.read_bytes() == HEADER + b"\n"
+
+
+def test_a_hostile_header_raises_session_format_error(tmp_path):
+    path = tmp_path / NAME
+    path.write_bytes(b'{"agent":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    with pytest.raises(SessionFormatError, match="recursion limit") as caught:
+        CrabChatMessageHistory.from_file(path)
+    assert caught.value.line == 1
+
+
+def test_created_at_in_other_scripts_digits_is_rejected(tmp_path):
+    path = tmp_path / NAME
+    path.write_bytes(
+        '{"agent":"crab","created_by":"user","created_at":"\uff12\uff10\uff12\uff16-03-23T08:06:51Z"}\n'.encode()
+    )
+    with pytest.raises(SessionFormatError, match="not an RFC 3339 time stamp"):
+        CrabChatMessageHistory.from_file(path)
+
+
+def test_a_malformed_line_is_named_but_never_quoted(tmp_path):
+    secret = "sk-proj-DO-NOT-PRINT-1234567890"
+    path = session_file(tmp_path, b'{"api_key":"%s","nested":{"x":NaN}}' % secret.encode())
+    with pytest.raises(SessionFormatError) as caught:
+        CrabChatMessageHistory.from_file(path)
+    assert secret not in str(caught.value)
+    header = tmp_path / "h.jsonl"
+    header.write_bytes(b'{"agent":"crab","api_key":"%s","created_by":7}\n' % secret.encode())
+    with pytest.raises(SessionFormatError) as caught:
+        CrabChatMessageHistory.from_file(header)
+    assert secret not in str(caught.value)
+
+
+# --- 8. fork() is safe -------------------------------------------------------------------
+
+FORK_DURING_ADD = """
+import os, sys, threading
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore, hookimpl
+inside, release = threading.Event(), threading.Event()
+class Slow:
+    @hookimpl
+    def crab_before_persist(self, messages):
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            release.wait()
+store = SessionStore(sys.argv[1], [Slow()], entry_points=False)
+history = store.get_session_history("s")
+history.add_messages([HumanMessage("before")])
+writer = threading.Thread(target=history.add_messages, args=([HumanMessage("parent")],))
+writer.start()
+inside.wait()  # the writer holds the history's lock now
+pid = os.fork()
+if pid == 0:
+    history.add_messages([HumanMessage("child")])
+    os._exit(0 if "child" in [m.content for m in history.messages] else 3)
+release.set()
+writer.join()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+print([m.content for m in store.get_session_history("s").messages])
+"""
+
+
+@POSIX_ONLY
+def test_a_child_forked_while_a_thread_holds_a_history_lock_works(tmp_path):
+    out = run_python(FORK_DURING_ADD, str(tmp_path)).splitlines()
+    assert out[0] == "0"
+    assert sorted(eval(out[1])) == sorted(["before", "parent", "child"])
+
+
+# --- 11 and 12. values JSON cannot hold, and what users hit first ------------------------------
+
+
+def test_nan_inside_raw_tool_calls_raises_instead_of_writing_null(tmp_path):
+    history = SessionStore(tmp_path, entry_points=False).get_session_history("s")
+    raw = [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "f", "arguments": "{}"},
+            "score": float("nan"),
+        }
+    ]
+    message = AIMessage(
+        "",
+        tool_calls=[{"name": "f", "args": {}, "id": "c1"}],
+        additional_kwargs={"tool_calls": raw},
+    )
+    with pytest.raises(TypeError, match=r"additional_kwargs.tool_calls\[0\].score"):
+        history.add_messages([message])
+    assert history.file_path is None
+
+
+@pytest.mark.parametrize("crab", ["agent=x", ["agent"], {"agent": 5}])
+def test_crab_fields_of_the_wrong_shape_raise_naming_the_field(tmp_path, crab):
+    history = SessionStore(tmp_path, entry_points=False).get_session_history("s")
+    with pytest.raises(TypeError, match=r"additional_kwargs\.crab"):
+        history.add_messages([HumanMessage("hi", additional_kwargs={"crab": crab})])
+    assert history.file_path is None
+
+
+@pytest.mark.parametrize("given", ["hello", b"hello", HumanMessage("hello"), {"role": "user"}])
+def test_add_messages_of_something_not_a_list_raises(tmp_path, given):
+    history = SessionStore(tmp_path, entry_points=False).get_session_history("s")
+    with pytest.raises(TypeError, match="sequence of messages"):
+        history.add_messages(given)
+    assert history.file_path is None
+
+
+async def test_aadd_messages_of_a_string_raises(tmp_path):
+    history = SessionStore(tmp_path, entry_points=False).get_session_history("s")
+    with pytest.raises(TypeError, match="sequence of messages"):
+        await history.aadd_messages("hello")
+    assert history.file_path is None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pydantic
 from langchain_core.messages import (
@@ -61,7 +60,9 @@ from crab_langchain.storage import (
     StorageUnavailableError,
     TornTailWarning,
     open_storage,
+    public_url,
 )
+from crab_langchain.storage.base import url_scheme, url_secrets
 from crab_langchain.store import SessionInfo, SessionStore, default_root
 from crab_langchain.transfer import CopyResult, copy_sessions
 from crab_langchain.verify import LogReport, verify_file, verify_log
@@ -158,7 +159,7 @@ class Root:
     prefix: str | None = None
 
     def __str__(self) -> str:
-        return str(self.path) if self.url is None else _hidden(self.url, [self.url])
+        return str(self.path) if self.url is None else public_url(self.url)
 
 
 def build_cli() -> click.Group:
@@ -1061,50 +1062,25 @@ def _copy(
     return count["failed"]
 
 
-def _scheme(text: str) -> str:
-    # Not urlsplit: it refuses some malformed URLs outright, and open_storage says why better.
-    return text.split("://", 1)[0].lower() if "://" in text else ""
-
-
 def _is_redis(text: str) -> bool:
-    return _scheme(text) in REDIS_SCHEMES
+    return url_scheme(text) in REDIS_SCHEMES
 
 
 def _local_path(text: str) -> Path | None:
     """The local path ``text`` names (a path or a ``file://`` URL); None for other URLs."""
-    if _scheme(text) == "file":
+    if url_scheme(text) == "file":
         try:
             return Path(unquote(urlsplit(text).path))  # as open_storage reads it
         except ValueError as error:
-            raise CliError(f"{text}: {error}") from None
+            raise CliError(f"{public_url(text)}: {error}") from None
     return None if "://" in text else Path(text).expanduser()
-
-
-def _secrets(url: str) -> set[str]:
-    """The passwords in ``url`` (``user:PASSWORD@``, ``?password=``), as typed and decoded.
-
-    Parsed by hand: a URL urlsplit refuses must still not show its password.
-    """
-    rest = url.partition("://")[2]
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    userinfo, at, _ = netloc.rpartition("@")
-    found = {userinfo.partition(":")[2]} if at and ":" in userinfo else set()
-    query = rest.partition("?")[2].partition("#")[0]
-    for pair in query.split("&"):
-        key, equals, value = pair.partition("=")
-        if equals and unquote_plus(key) == "password":
-            found.add(value)
-    return {
-        form for secret in found for form in (secret, unquote(secret), unquote_plus(secret)) if form
-    }
 
 
 def _hidden(message: str, urls: Sequence[str]) -> str:
     """``message`` with the passwords of ``urls`` shown as ``***`` where a URL holds them."""
     for url in urls:
-        for secret in sorted(_secrets(url), key=len, reverse=True):
-            message = message.replace(f":{secret}@", ":***@")
-            message = message.replace(f"password={secret}", "password=***")
+        for secret in sorted(url_secrets(url), key=len, reverse=True):
+            message = message.replace(secret, "***")
     return message
 
 
@@ -1117,9 +1093,7 @@ def _side_prefixes(
             raise _usage_error(f"{option} must not be empty")
     src_redis, dst_redis = _is_redis(source), _is_redis(target)
     if dst_prefix is not None and not dst_redis:
-        raise CliError(
-            f"--dst-prefix is for a Redis DST, and {_hidden(target, [target])} is not one"
-        )
+        raise CliError(f"--dst-prefix is for a Redis DST, and {public_url(target)} is not one")
     if prefix is not None and not (src_redis or dst_redis):
         raise CliError("--prefix is for Redis, and neither SRC nor DST is a Redis URL")
     return (
@@ -1135,13 +1109,10 @@ def _usage_error(message: str) -> click.UsageError:
 def _open(text: str, prefix: str | None) -> SessionStorage:
     """``open_storage(text)``; a URL it cannot open is a one-line error without its password."""
     path = _local_path(text)
-    if path is None and not _is_redis(text):
-        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-        raise CliError(f"{_hidden(text, [text])}: not a directory or a Redis URL ({schemes})")
     try:
         return open_storage(text if path is None else path, prefix=prefix)
-    except (ValueError, ImportError) as error:  # ValueError: redis-py refused the URL
-        raise CliError(f"{_hidden(text, [text])}: {error}") from None
+    except (ValueError, ImportError) as error:  # the scheme, or a URL redis-py refused
+        raise CliError(_hidden(str(error), [text])) from None
 
 
 def _copy_source(text: str, prefix: str | None) -> tuple[SessionStorage, str | None]:

@@ -367,7 +367,7 @@ def test_a_password_is_never_printed_when_copying(
         (["{url}", "{dir}/other", "--dst-prefix", "p"], 1, "--dst-prefix is for a Redis DST"),
         (["{dir}", "{url}", "--prefix", "{prefix}", "--agent", "crab"], 2, "--agent"),
         (["{dir}/" + SEVEN, "{url}", "--prefix", "{prefix}", "--id", "7"], 2, "--id"),
-        (["{dir}", "http://example.com/x"], 1, "not a directory or a Redis URL"),
+        (["{dir}", "http://example.com/x"], 1, "unsupported URL scheme 'http'"),
         (["{dir}", "redis://:pw@[::1"], 1, "redis://:***@[::1: "),  # urlsplit refuses it
         (["{dir}/missing", "{url}"], 1, "no such sessions directory"),
         (["{dir}/" + SEVEN, "{dir}/" + TWELVE], 1, "not a directory"),

@@ -20,6 +20,8 @@ from crab_langchain.storage.base import (
     StorageUnavailableError,
     TornTailWarning,
     check_name,
+    public_url,
+    url_scheme,
 )
 from crab_langchain.storage.directory import DirectoryStorage, Durability
 
@@ -34,6 +36,7 @@ __all__ = [
     "TornTailWarning",
     "check_name",
     "open_storage",
+    "public_url",
 ]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -55,20 +58,30 @@ def open_storage(
     or to :class:`DirectoryStorage` (``durability``).
     """
     text = os.fspath(url)
-    scheme = urlsplit(text).scheme.lower()
+    scheme = url_scheme(text)
     if scheme in REDIS_SCHEMES:
         try:
             from crab_langchain.storage.redis import RedisStorage  # noqa: PLC0415 - an extra
         except ImportError as error:
             raise ImportError(
-                f"{text.split('@')[-1]}: Redis needs the 'redis' extra: "
+                f"{public_url(text)}: Redis needs the 'redis' extra: "
                 "pip install 'crab-langchain[redis]'"
             ) from error
         return RedisStorage.from_url(text, prefix=prefix or "crab", ttl=ttl, **options)
+    if scheme not in ("", "file"):
+        raise ValueError(f"unsupported URL scheme {scheme!r}: {SUPPORTED}")
+    if "://" in text and not scheme:
+        raise ValueError(f"not a directory path or a URL with a scheme: {SUPPORTED}")
     if prefix is not None or ttl is not None:
-        raise ValueError(f"{text}: prefix and ttl are for Redis; a directory has neither")
+        raise ValueError(
+            f"{public_url(text)}: prefix and ttl are for Redis; a directory has neither"
+        )
     if scheme == "file":
         text = unquote(urlsplit(text).path)
-    elif "://" in text:
-        raise ValueError(f"not a directory or a Redis URL: {text!r}")
     return DirectoryStorage(Path(text).expanduser(), **options)
+
+
+SUPPORTED = (
+    "give a directory path, file://, redis://, rediss:// or unix:// "
+    "(for Redis Sentinel or another client, pass RedisStorage(client) as the backend)"
+)

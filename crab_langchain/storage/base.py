@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, unquote_plus
 
 __all__ = [
     "Chunk",
@@ -25,6 +27,9 @@ __all__ = [
     "check_name",
     "is_json_object",
     "numbered_lines",
+    "public_url",
+    "url_scheme",
+    "url_secrets",
 ]
 
 
@@ -83,6 +88,65 @@ def check_name(name: str) -> str:
     ):
         raise ValueError(f"not a plain file name: {name!r}")
     return name
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_QUERY_PASSWORD = re.compile(r"(?i)(^|[?&;])(password=)[^&;#]*")
+
+
+def url_scheme(text: str) -> str:
+    """The scheme of URL ``text``, lower case (``""`` for a path); it holds no secret."""
+    found = _SCHEME.match(text)
+    return found[1].lower() if found else ""
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str]:
+    """``(scheme://, user info, the rest)``; the user info is all before the *last* ``@``.
+
+    Parsed by hand, not with urlsplit: a password holding ``/``, ``?`` or
+    ``#`` that nobody percent-encoded would be read as path, query or
+    fragment there, and shown.
+    """
+    scheme = url_scheme(url)
+    head = url[: len(scheme) + 3]
+    userinfo, at, rest = url[len(head) :].rpartition("@")
+    return head, userinfo if at else "", rest
+
+
+def public_url(url: str) -> str:
+    """``url`` as it may be shown anywhere: no password, wherever and however it is written.
+
+    The user info loses what follows its first ``:`` (all of it if it has
+    none and no ``password=`` follows: a lone token may be a password), ``password=`` query values
+    become ``***`` and a fragment is dropped. A path is returned as it is.
+    """
+    if not url_scheme(url):
+        return url
+    head, userinfo, rest = _split_userinfo(url)
+    rest = _QUERY_PASSWORD.sub(r"\1\2***", rest.partition("#")[0])
+    if not userinfo:
+        return head + rest
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        return f"{head}{user}:***@{rest}"
+    # A lone name is a user name where the query holds the password, else maybe a token.
+    return f"{head}{userinfo if _QUERY_PASSWORD.search(rest) else '***'}@{rest}"
+
+
+def url_secrets(url: str) -> set[str]:
+    """The passwords ``url`` holds, as typed and percent-decoded, to keep out of messages."""
+    _, userinfo, rest = _split_userinfo(url)
+    user, colon, password = userinfo.partition(":")
+    found = {password if colon else user} if userinfo else set()
+    if userinfo and not colon and _QUERY_PASSWORD.search(rest):
+        found = set()  # a user name: the password is in the query
+    for pair in re.split(r"[&;?]", rest.partition("#")[0]):
+        key, equals, value = pair.partition("=")
+        if equals and unquote_plus(key).lower() == "password":
+            found.add(value)
+    return {
+        form for secret in found for form in (secret, unquote(secret), unquote_plus(secret)) if form
+    }
 
 
 _WHITESPACE = b" \t\r\n\x0b\x0c"

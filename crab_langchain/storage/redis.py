@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -55,6 +55,7 @@ from crab_langchain.storage.base import (
     StorageUnavailableError,
     check_name,
     numbered_lines,
+    public_url,
 )
 
 __all__ = ["RedisStorage", "StorageUnavailableError"]
@@ -227,21 +228,6 @@ def _token() -> bytes:
     return os.urandom(12).hex().encode("ascii")
 
 
-def _public_url(url: str) -> str:
-    """``url`` without its password (in the address or the query), for messages."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        url = urlunsplit(parts._replace(netloc=netloc))
-    address, _, query = url.partition("?")
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(key.lower() == "password" for key, _ in pairs):
-        return url
-    hidden = [(key, "***" if key.lower() == "password" else value) for key, value in pairs]
-    return f"{address}?{urlencode(hidden, safe='*')}"
-
-
 class _Keys:
     """The key names of one storage (one prefix)."""
 
@@ -285,7 +271,7 @@ class RedisStorage(SessionStorage):
         self._ttl_ms = _ttl_ms(ttl)
         self.ttl = timedelta(milliseconds=self._ttl_ms) if self._ttl_ms else None
         self._keys = _Keys(prefix)
-        self._url = _public_url(url) if url else _describe_client(client)
+        self._url = public_url(url) if url else _describe_client(client)
         self._scripts = _register(client)
         # An asyncio client belongs to the event loop it connected in: one per loop,
         # opened here (and closed by aclose) unless the caller gave its own.
@@ -318,7 +304,18 @@ class RedisStorage(SessionStorage):
         Raises :class:`StorageUnavailableError` if the server cannot be reached.
         """
         options = {**client_options, "decode_responses": False}
-        with _translated(_public_url(url)):
+        shown = public_url(url)
+        try:
+            netloc = urlsplit(url).netloc
+        except ValueError as error:  # urlsplit's words name no part of the URL
+            raise ValueError(f"{shown}: {error}") from None
+        if "@" in url and "@" not in netloc:
+            # redis-py would read part of the password as path, query or fragment.
+            raise ValueError(
+                f"{shown}: the user name or password holds a reserved character "
+                "(/ ? #): percent-encode it (e.g. / as %2F)"
+            )
+        with _translated(shown), _url_refused(shown):
             if cluster is None:
                 cluster = _is_cluster(url, options)
             client = _connect(url, options, cluster=cluster)
@@ -645,6 +642,18 @@ def _translated(where: str) -> Iterator[None]:
         raise StorageUnavailableError(f"{where}: {error}") from error
     except (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException) as error:
         raise StorageUnavailableError(f"{where}: cluster unavailable: {error}") from error
+
+
+@contextlib.contextmanager
+def _url_refused(shown: str) -> Iterator[None]:
+    """redis-py's complaint about a URL, without its words: they may quote the password."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(
+            f"{shown}: redis-py cannot use this URL ({type(error).__name__}); "
+            "percent-encode reserved characters (: / ? # @) in the user name and password"
+        ) from None
 
 
 @contextlib.contextmanager

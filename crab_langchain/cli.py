@@ -214,6 +214,11 @@ def _root_type() -> click.Path:
         ) -> Any:
             if isinstance(value, str) and _is_redis(value):
                 return value
+            if isinstance(value, str) and "://" in value:
+                local = _local_path(value)  # a file:// URL; any other scheme is refused, named
+                if local is None:
+                    _open(value, None)  # raises, naming the scheme (never the URL)
+                value = local
             return super().convert(value, param, ctx)
 
     return RootType(file_okay=False, path_type=Path)

@@ -198,9 +198,7 @@ class SessionStore:
         known = self._known.get((agent, session_id))
         if known is not None and self.storage.exists(known):
             return known
-        names = self.storage.names(suffix=id_suffix(session_id))
-        candidates = [n for n in names if names_id(n, agent, session_id)]
-        candidates.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
+        candidates = self._named(session_id, agent)
         found = next(
             (
                 name
@@ -212,6 +210,13 @@ class SessionStore:
         if found is not None:
             self._known[agent, session_id] = found
         return found
+
+    def _named(self, session_id: str, agent: str) -> list[str]:
+        """The names that could hold ``(agent, session_id)``, oldest first (headers unread)."""
+        names = self.storage.names(suffix=id_suffix(session_id))
+        candidates = [n for n in names if names_id(n, agent, session_id)]
+        candidates.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
+        return candidates
 
     def _metas(
         self, names: Sequence[str], *, strict: bool = False
@@ -229,7 +234,9 @@ class SessionStore:
             except (SessionFormatError, OSError) as error:
                 if strict:
                     raise
-                warnings.warn(f"skipping {self.storage.location(name)}: {error}", stacklevel=4)
+                where, reason = self.storage.location(name), str(error)
+                shown = reason if where in reason else f"{where}: {reason}"
+                warnings.warn(f"skipping {shown}", stacklevel=4)
 
     def _create(self, session: Session) -> str:
         """Find or create the file of ``session``; return its name."""
@@ -314,8 +321,14 @@ class SessionStore:
         return self._info(name, meta, self.storage.sizes([name])[0])
 
     def delete_session(self, session_id: str, agent: str = "crab") -> bool:
-        """Delete the session's file; False if there was none."""
-        name = self.find(session_id, agent)
+        """Delete the session's file; False if there was none.
+
+        A session whose header no longer reads is deleted too, found by its name.
+        """
+        try:
+            name = self.find(session_id, agent)
+        except SessionFormatError:
+            name = next(iter(self._named(session_id, agent)), None)
         return name is not None and self.storage.delete(name)
 
 

@@ -232,6 +232,7 @@ class DirectoryStorage(SessionStorage):
             for e in entries
             if e.name.endswith(".jsonl")
             and e.name.endswith(suffix)
+            and "\n" not in e.name  # no session can have it: check_name refuses it
             and e.is_file(follow_symlinks=False)
         ]
 

@@ -48,6 +48,7 @@ import redis.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
+from crab_langchain.models import SessionFormatError
 from crab_langchain.storage.base import (
     Chunk,
     Cursor,
@@ -77,6 +78,10 @@ _NO_SESSION = "CRAB_NO_SESSION"
 
 # Shared Lua: push ARGV[first..] onto KEYS[1] in batches, count their bytes as a file's
 # (a newline each) in KEYS[2]; refresh the TTL (ms in ARGV[2]).
+_WRONG_TYPE = "CRAB_WRONG_TYPE"
+# Each script first checks that the session's keys hold what they should (someone may
+# have SET one): an error then, before any write, leaves the session as it was.
+_SESSION_TYPES = "local bad = wrong_type({'list', 'hash', 'zset'}) if bad then return bad end\n"
 _PUSH = f"""
 local function push(first)
   local length, size = 0, 0
@@ -86,6 +91,14 @@ local function push(first)
   for i = first, #ARGV do size = size + #ARGV[i] + 1 end
   redis.call('HINCRBY', KEYS[2], 'bytes', size)
   return length
+end
+local function wrong_type(wanted)
+  for i, key in ipairs(KEYS) do
+    local found = redis.call('TYPE', key)['ok']
+    if wanted[i] and found ~= 'none' and found ~= wanted[i] then
+      return redis.error_reply('{_WRONG_TYPE} ' .. key .. ' ' .. found .. ' ' .. wanted[i])
+    end
+  end
 end
 local function touch()
   local ttl = tonumber(ARGV[2])
@@ -99,6 +112,7 @@ end
 # this very call before a retry), 0 if the name is taken.
 _CREATE = (
     _PUSH
+    + _SESSION_TYPES
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[2], 'token') == ARGV[1] and 1 or 0
@@ -116,6 +130,7 @@ return 1
 # writes sorted set, their server times, to forget them after _WRITE_ID_MS.
 _APPEND = (
     _PUSH
+    + _SESSION_TYPES
     + f"""
 local id = 'w:' .. ARGV[1]
 local done = redis.call('HGET', KEYS[2], id)
@@ -139,6 +154,7 @@ return {{length, redis.call('HGET', KEYS[2], 'token')}}
 # KEYS: lines, meta, writes. ARGV: new token, ttl, lines...
 _REPLACE = (
     _PUSH
+    + _SESSION_TYPES
     + f"""
 if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
@@ -152,7 +168,10 @@ return 1
 
 # KEYS: lines, meta. ARGV: token, offset. nil if no log; else {token, length}
 # when nothing is new, or {token, length, first, items} (first 0: read it all).
-_READ = """
+_READ = (
+    _PUSH
+    + _SESSION_TYPES
+    + """
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return false end
 local token = redis.call('HGET', KEYS[2], 'token')
@@ -162,6 +181,7 @@ if first > length then first = 0 end
 if first == length then return {token, length} end
 return {token, length, first, redis.call('LRANGE', KEYS[1], first, -1)}
 """
+)
 
 # KEYS: lines, meta, writes. 1 if there was a log.
 _DELETE = """
@@ -378,23 +398,31 @@ class RedisStorage(SessionStorage):
         if gone:
             self._run(lambda: self._prune(gone))
         return [
-            header
-            if header is not None
-            else FileNotFoundError(2, "no such session", self.location(name))
-            for name, header in zip(names, found, strict=True)
+            self._header_or_error(name, header) for name, header in zip(names, found, strict=True)
         ]
+
+    def _header_or_error(self, name: str, header: bytes | Exception | None) -> bytes | Exception:
+        if header is None:
+            return FileNotFoundError(2, "no such session", self.location(name))
+        if isinstance(header, redis.exceptions.ResponseError):
+            return _wrong_type(self.location(name), f"{_WRONG_TYPE} ? value-of-another-type list")
+        return header
 
     def sizes(self, names: Sequence[str]) -> list[int | None]:
         keys = [self._keys.session(check_name(name))[1] for name in names]
         found = self._run(lambda: self._each(keys, "hget", "bytes"))
-        return [None if size is None else int(size) for size in found]
+        return [int(size) if isinstance(size, bytes) else None for size in found]
 
     def _each(self, keys: Sequence[str], command: str, *args: Any) -> list[Any]:
-        """``command key *args`` for every key, in one round trip (per node of a cluster)."""
+        """``command key *args`` for every key, in one round trip (per node of a cluster).
+
+        A key that refuses the command (one of the wrong type) gives its error
+        in its place, so one bad session does not fail the others.
+        """
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             getattr(pipe, command)(key, *args)
-        return cast("list[Any]", pipe.execute())
+        return cast("list[Any]", pipe.execute(raise_on_error=False))
 
     def _prune(self, names: list[str]) -> None:
         """Drop index entries whose list is gone, unless re-created meanwhile."""
@@ -411,13 +439,15 @@ class RedisStorage(SessionStorage):
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
         keys, args = self._read_call(name, cursor)
-        return self._chunk(name, self._run(lambda: self._script("read", keys, args)))
+        with _session_errors(self.location(name)):
+            return self._chunk(name, self._run(lambda: self._script("read", keys, args)))
 
     async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
         if not self.native_async:
             return await super().aread(name, cursor)
         keys, args = self._read_call(name, cursor)
-        return self._chunk(name, await self._acall("read", keys, args))
+        with _session_errors(self.location(name)):
+            return self._chunk(name, await self._acall("read", keys, args))
 
     def _read_call(self, name: str, cursor: Cursor | None) -> tuple[list[str], list[Any]]:
         keys = self._keys.session(check_name(name))[:2]
@@ -440,7 +470,9 @@ class RedisStorage(SessionStorage):
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
         keys, token = self._keys.session(check_name(name)), _token()
         # The token is made once, so a resent create knows the session is its own.
-        if not self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header])):
+        with _session_errors(self.location(name)):
+            created = self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header]))
+        if not created:
             raise FileExistsError(17, "session exists", self.location(name))
         index_args = [name, _reversed(name), repr(created if created is not None else 0.0)]
         index_keys = [self._keys.by_time, self._keys.by_name]
@@ -450,7 +482,7 @@ class RedisStorage(SessionStorage):
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
         keys, args = self._append_call(name, lines)
-        with _no_session(self.location(name)):
+        with _session_errors(self.location(name)):
             reply = self._run(lambda: self._script("append", keys, args))
         return _appended(reply, len(lines), after)
 
@@ -460,7 +492,7 @@ class RedisStorage(SessionStorage):
         if not self.native_async:
             return await super().aappend(name, lines, after)
         keys, args = self._append_call(name, lines)
-        with _no_session(self.location(name)):
+        with _session_errors(self.location(name)):
             reply = await self._acall("append", keys, args)
         return _appended(reply, len(lines), after)
 
@@ -471,7 +503,7 @@ class RedisStorage(SessionStorage):
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         keys, args = self._replace_call(name, lines)
-        with _no_session(self.location(name)):
+        with _session_errors(self.location(name)):
             self._run(lambda: self._script("replace", keys, args))
 
     async def areplace(self, name: str, lines: Sequence[bytes]) -> None:
@@ -479,7 +511,7 @@ class RedisStorage(SessionStorage):
             await super().areplace(name, lines)
             return
         keys, args = self._replace_call(name, lines)
-        with _no_session(self.location(name)):
+        with _session_errors(self.location(name)):
             await self._acall("replace", keys, args)
 
     def _replace_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
@@ -657,10 +689,25 @@ def _url_refused(shown: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _no_session(location: str) -> Iterator[None]:
+def _session_errors(location: str) -> Iterator[None]:
+    """The scripts' refusals as the seam's errors: a missing log, a key of the wrong type."""
     try:
         yield
     except redis.exceptions.ResponseError as error:
-        if _NO_SESSION in str(error):
+        text = str(error)
+        if _NO_SESSION in text:
             raise FileNotFoundError(2, "no such session", location) from None
+        if _WRONG_TYPE in text:
+            raise _wrong_type(location, text) from None
         raise
+
+
+def _wrong_type(location: str, text: str) -> SessionFormatError:
+    words = text[text.index(_WRONG_TYPE) :].split()
+    found, wanted = (words[2], words[3]) if len(words) >= 4 else ("other", "list")
+    found = found.replace("-", " ")
+    return SessionFormatError(
+        f"a session key holds a {found}, not a {wanted} (written by another program); "
+        "this session cannot be read or written until it is deleted",
+        path=location,
+    )

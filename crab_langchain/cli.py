@@ -390,8 +390,8 @@ def _add_verify(group: click.Group) -> None:
     ) -> None:
         """Check sessions: the header, every line, the tail.
 
-        PATHS are files or directories (default: every *.jsonl in the sessions
-        directory, or every session in a Redis --root). Prints "WHERE: ok (N
+        PATHS are files, directories or session ids (default: every *.jsonl in
+        the sessions directory, or every session in a Redis --root). Prints "WHERE: ok (N
         lines)" or one "WHERE:LINE: reason" per problem, and exits with status
         1 if there is any problem. Never writes.
         """
@@ -941,13 +941,28 @@ def _report_lines(report: LogReport) -> list[str]:
 
 
 def run_verify(root: Root, paths: Sequence[Path]) -> None:
-    """Check the sessions ``paths`` name (default: every one at ``root``); exit 1 on a problem."""
-    if root.url is None or paths:
-        _verify(session_files(root.path, paths), verify_file, noun="files")
+    """Check the sessions ``paths`` name (default: every one at ``root``); exit 1 on a problem.
+
+    Each of ``paths`` is a file, a directory, or a session id at ``root``.
+    """
+    ids = [str(path) for path in paths if not path.exists()]
+    if root.url is None or len(ids) < len(paths):
+        _verify(session_files(root.path, _ids_as_files(root, paths)), verify_file, noun="files")
         return
     with _opened(root) as storage:
-        names = sorted(storage.names())
+        names = [_find(storage, id_, None) for id_ in ids] or sorted(storage.names())
         _verify(names, lambda name: verify_log(storage, name), noun="sessions")
+
+
+def _ids_as_files(root: Root, paths: Sequence[Path]) -> list[Path]:
+    """``paths``, each that is no file or directory taken for a session id in ``root``'s."""
+    if root.path is None or all(path.exists() for path in paths):
+        return list(paths)
+    with _opened(root) as storage:
+        return [
+            path if path.exists() else Path(storage.location(_find(storage, str(path), None)))
+            for path in paths
+        ]
 
 
 def _verify(items: Sequence[T], check: Callable[[T], LogReport | None], *, noun: str) -> None:
@@ -994,7 +1009,7 @@ def run_repair(root: Root, paths: Sequence[Path]) -> None:
             f"repair mends torn tails of session files; {root} is Redis, which stores whole "
             f"lines only, so nothing is ever torn there (check it with: {PROG} verify)"
         )
-    files = session_files(root.path, paths)
+    files = session_files(root.path, _ids_as_files(root, paths))
     if not files:
         click.echo("no session files to repair", err=True)
         return
@@ -1234,11 +1249,21 @@ def _plural(count: int, noun: str) -> str:
 # --- demo -------------------------------------------------------------------------
 
 
+def _check_writable(root: Path) -> None:
+    """Fail with one line now if sessions cannot be written to ``root`` (not mid-chain)."""
+    try:
+        with DirectoryStorage(root).creation_lock():  # makes the directory and a file in it
+            pass
+    except OSError as error:
+        raise CliError(f"{root}: cannot write sessions there: {error.strerror or error}") from None
+
+
 def run_demo(root: Path | None) -> None:
     """Run :func:`crab_langchain.demo.run` and show the session it wrote."""
     from crab_langchain import demo  # noqa: PLC0415 - imports langchain's prompt machinery
 
     root = root or Path(tempfile.mkdtemp(prefix="crab-demo-"))
+    _check_writable(root)
     path = demo.run(root)
     sys.stdout.flush()  # demo.run prints with print(): keep the order
     data = path.read_bytes()

@@ -6,6 +6,7 @@ The Redis points live in ``test_redis_hardening.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -635,3 +636,113 @@ async def test_aadd_messages_of_a_string_raises(tmp_path):
     with pytest.raises(TypeError, match="sequence of messages"):
         await history.aadd_messages("hello")
     assert history.file_path is None
+
+
+# --- 7. one bad session never breaks the others (directory) ----------------------------------
+
+HOSTILE_HEADERS = {
+    "crab_1_deep.jsonl": b'{"agent":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+    "crab_2_notjson.jsonl": b"not json at all\n",
+    "crab_3_fullwidth.jsonl": (
+        '{"agent":"crab","created_by":"user","created_at":"\uff12\uff10\uff12\uff16-03-23T08:06:51Z"}\n'
+    ).encode(),
+    "crab_4_empty.jsonl": b"",
+    "crab_5_array.jsonl": b"[1,2,3]\n",
+    "crab_6_binary.jsonl": b"\xff\xfe\x00\x01\n",
+}
+
+
+@pytest.fixture
+def hostile_sessions(tmp_path) -> Path:
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(mode=0o700)
+    store = SessionStore(sessions, entry_points=False)
+    for session_id in ("good-1", "good-2"):
+        store.get_session_history(session_id).add_messages([HumanMessage(session_id)])
+    for name, data in HOSTILE_HEADERS.items():
+        (sessions / name).write_bytes(data)
+    (sessions / "crab_7_link.jsonl").symlink_to(sessions / "crab_1_deep.jsonl")
+    (sessions / "crab_8_dir.jsonl").mkdir()
+    return sessions
+
+
+def test_listing_skips_each_bad_session_with_a_warning_and_lists_the_rest(hostile_sessions):
+    store = SessionStore(hostile_sessions, entry_points=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        listed = store.list_sessions()
+        latest = store.latest_session()
+    assert sorted(info.session_id for info in listed) == ["good-1", "good-2"]
+    assert latest is not None
+    assert latest.session_id in ("good-1", "good-2")
+    skipped = " ".join(str(w.message) for w in caught)
+    for name in HOSTILE_HEADERS:
+        assert name in skipped
+    assert "[[[" not in skipped  # named, never quoted
+
+
+def test_the_command_line_lists_and_verifies_around_bad_sessions(hostile_sessions):
+    from cli_helpers import crab
+
+    listed = crab("list", "--root", hostile_sessions, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(item["session_id"] for item in json.loads(listed.stdout)) == [
+        "good-1",
+        "good-2",
+    ]
+    for name in HOSTILE_HEADERS:
+        assert name in listed.stderr
+    assert "Traceback" not in listed.stderr
+    verified = crab("verify", "--root", hostile_sessions)
+    assert verified.returncode == 1
+    assert "Traceback" not in verified.stderr + verified.stdout
+    for name in HOSTILE_HEADERS:
+        assert name in verified.stdout
+    assert verified.stdout.count(": ok (") == 2
+
+
+# --- 12. what users hit first: the command line -----------------------------------------
+
+
+def test_demo_on_a_root_it_cannot_write_is_one_error_line(tmp_path):
+    from cli_helpers import assert_one_line_error, crab
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = crab("demo", "--root", blocker / "sessions")
+    assert_one_line_error(done, str(blocker / "sessions"), "cannot write")
+    assert "callback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_verify_and_repair_take_a_session_id_as_show_does(tmp_path):
+    from cli_helpers import crab
+
+    sessions = tmp_path / "sessions"
+    store = SessionStore(sessions, entry_points=False)
+    history = store.get_session_history("alice-1")
+    history.add_messages([HumanMessage("one")])
+    with open(history.file_path, "ab") as file:
+        file.write(b'{"role":"user","con')
+    verified = crab("verify", "--root", sessions, "alice-1")
+    assert verified.returncode == 1
+    assert str(history.file_path) in verified.stdout
+    assert "incomplete last line" in verified.stdout
+    repaired = crab("repair", "--root", sessions, "alice-1")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "moved" in repaired.stdout
+    again = crab("verify", "--root", sessions, "alice-1")
+    assert again.returncode == 0
+    assert ": ok (" in again.stdout
+    missing = crab("verify", "--root", sessions, "nobody")
+    assert missing.returncode == 1
+    assert "no such session: 'nobody'" in missing.stderr
+
+
+@pytest.mark.parametrize("root", ["valkey://host/0", "redis+sentinel://host/0", "ftp://x/y"])
+def test_an_unsupported_root_url_names_its_scheme(root):
+    from cli_helpers import assert_one_line_error, crab
+
+    assert_one_line_error(
+        crab("list", "--root", root), f"unsupported URL scheme '{root.split(':')[0]}'"
+    )

@@ -362,6 +362,60 @@ def memory_per_message(name: str, count: int) -> float:
         return current / count
 
 
+def write_record_cost(count: int) -> dict[str, float]:
+    """What the all-or-nothing write record costs a directory session, in µs per call.
+
+    Beside each of the two storage calls a chat turn makes, what that call did
+    before the record (and the readers' shared lock) existed, in the same run:
+
+    - append a pair: ``DirectoryStorage.append`` (exclusive lock on the lock
+      file, record, one write, record cleared) vs. ``flock``, one ``write``,
+      unlock on a cached ``O_APPEND`` descriptor;
+    - read an unchanged session: ``DirectoryStorage.read`` (shared lock,
+      record, ``stat``) vs. the ``stat`` alone.
+    """
+    import fcntl
+
+    from crab_langchain.storage import DirectoryStorage
+
+    lines = [_json_line(m)[:-1] for m in pair(0)]
+    data = b"".join(line + b"\n" for line in lines)
+    header = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51Z"}'
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = DirectoryStorage(tmp)
+        storage.create("s.jsonl", header)
+        fd = os.open(os.path.join(tmp, "before.jsonl"), os.O_RDWR | os.O_APPEND | os.O_CREAT)
+
+        def before_append() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, data)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+        append = _median_us(lambda: storage.append("s.jsonl", lines), count)
+        append_before = _median_us(before_append, count)
+        cursor = storage.read("s.jsonl", None).cursor  # type: ignore[union-attr]
+        read = _median_us(lambda: storage.read("s.jsonl", cursor), count)
+        path = os.path.join(tmp, "s.jsonl")
+        read_before = _median_us(lambda: os.stat(path), count)
+        os.close(fd)
+        storage.close()
+    return {
+        "append_us": append,
+        "append_before_us": append_before,
+        "read_unchanged_us": read,
+        "read_unchanged_before_us": read_before,
+    }
+
+
+def _median_us(call: Callable[[], object], count: int) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
 # --- the run ----------------------------------------------------------------
 
 Skips = dict[str, str]  # backend -> why it is not measured
@@ -381,6 +435,8 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
         results["bulk_add"] = bulk_adds(sizes, log, skip)
         results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes), skip)
         results["memory"] = memory(sizes, log, skip)
+    log("write record cost")
+    results["write_record"] = write_record_cost(200 if sizes is QUICK else 5_000)
     results["run_seconds"] = time.perf_counter() - started
     results["machine"]["load_end"] = _load_average()
     return results

@@ -945,7 +945,7 @@ def run_verify(root: Root, paths: Sequence[Path]) -> None:
 
     Each of ``paths`` is a file, a directory, or a session id at ``root``.
     """
-    ids = [str(path) for path in paths if not path.exists()]
+    ids = [str(path) for path in paths if _is_session_id(path)]
     if root.url is None or len(ids) < len(paths):
         _verify(session_files(root.path, _ids_as_files(root, paths)), verify_file, noun="files")
         return
@@ -956,13 +956,21 @@ def run_verify(root: Root, paths: Sequence[Path]) -> None:
 
 def _ids_as_files(root: Root, paths: Sequence[Path]) -> list[Path]:
     """``paths``, each that is no file or directory taken for a session id in ``root``'s."""
-    if root.path is None or all(path.exists() for path in paths):
+    if root.path is None or not any(_is_session_id(path) for path in paths):
         return list(paths)
     with _opened(root) as storage:
         return [
-            path if path.exists() else Path(storage.location(_find(storage, str(path), None)))
+            Path(storage.location(_find(storage, str(path), None)))
+            if _is_session_id(path)
+            else path
             for path in paths
         ]
+
+
+def _is_session_id(given: Path) -> bool:
+    """Whether a PATHS argument is a session id: no such file, and not written as a path."""
+    text = str(given)
+    return not given.exists() and not text.endswith(".jsonl") and os.sep not in text
 
 
 def _verify(items: Sequence[T], check: Callable[[T], LogReport | None], *, noun: str) -> None:

@@ -471,8 +471,8 @@ class RedisStorage(SessionStorage):
         keys, token = self._keys.session(check_name(name)), _token()
         # The token is made once, so a resent create knows the session is its own.
         with _session_errors(self.location(name)):
-            created = self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header]))
-        if not created:
+            made = self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header]))
+        if not made:
             raise FileExistsError(17, "session exists", self.location(name))
         index_args = [name, _reversed(name), repr(created if created is not None else 0.0)]
         index_keys = [self._keys.by_time, self._keys.by_name]

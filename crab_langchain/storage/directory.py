@@ -266,6 +266,8 @@ class DirectoryStorage(SessionStorage):
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
         path = self._file(name)
+        if cursor is not None and self._unchanged_since(name, path, cursor):
+            return None
         while True:
             with self._held(name, exclusive=False) as log:
                 record = log.record() if log is not None else _NO_RECORD
@@ -281,6 +283,24 @@ class DirectoryStorage(SessionStorage):
             # unless one made it while we read: then read again, under its lock.
             if log is not None or not os.path.lexists(self._lock_path(name)):
                 return chunk
+
+    def _unchanged_since(self, name: str, path: str, cursor: Cursor) -> bool:
+        """Whether nothing changed since ``cursor``: a chat turn's read, without the lock.
+
+        The token is read without the lock. A replacement writes its new
+        token after moving the new file in, so a read racing one can at worst
+        answer "unchanged" for a file that was just replaced, as if it had
+        come a moment earlier; the next read sees the new token.
+        """
+        with self._open_lock:
+            log = self._open.get(name)
+        if log is None or log.lock_fd < 0:
+            return False
+        try:
+            record = log.record()
+        except OSError:  # closed by another thread meanwhile: take the locked path
+            return False
+        return _unchanged(os.stat(path, follow_symlinks=False), record, cursor)
 
     def _read_open(self, path: str, fd: int, record: _Record, cursor: Cursor | None) -> Chunk:
         """Read the file open as ``fd`` (no writer at work) on from ``cursor`` if it continues."""
@@ -330,14 +350,17 @@ class DirectoryStorage(SessionStorage):
     ) -> Cursor | None:
         path = self._file(name)
         block = b"".join(line + b"\n" for line in lines)
-        with self._held(name, exclusive=True) as log:
+        with self._held(name, exclusive=True, verified=False) as log:
             assert log is not None  # writers always get their lock file
-            fd = self._append_fd(log, path)
-            record, held = log.record(), os.fstat(fd)
+            fd, held = self._append_fd(log, path)
+            record = log.record()
             identity = (held.st_dev, held.st_ino, record.token)
             size = self._finish_unfinished(path, log, fd, record, held.st_size)
-            size, data = self._mend_tail(path, fd, size, block)
-            follows = after is not None and _continues(fd, identity, size, after, exact=True)
+            vouched = _at_end_of(held, identity, after) and size == held.st_size
+            if not vouched:  # the file may not end with a newline: look
+                size, block = self._mend_tail(path, fd, size, block)
+            follows = vouched or _continues(fd, identity, size, after, exact=True)
+            data = b"\n" + block if vouched and _unterminated(after) else block
             self._write_block(path, log, fd, _Record(record.token, size, size + len(data)), data)
             mtime_ns = os.fstat(fd).st_mtime_ns
         if not follows or after is None or not isinstance(after.check, _Check):
@@ -356,10 +379,9 @@ class DirectoryStorage(SessionStorage):
                 os.fsync(fd)
         except BaseException:
             os.ftruncate(fd, pending.start)  # leave no part of the block behind
+            _set_record(log, _Record(pending.token, 0, 0), fsync=False)
             raise
-        finally:
-            if os.fstat(fd).st_size in (pending.start, pending.end):
-                _set_record(log, _Record(pending.token, 0, 0), fsync=False)
+        _set_record(log, _Record(pending.token, 0, 0), fsync=False)
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         path = self._file(name)
@@ -429,8 +451,8 @@ class DirectoryStorage(SessionStorage):
         path = self._file(name)
         with self._held(name, exclusive=True) as log:
             assert log is not None
-            fd = self._append_fd(log, path)
-            before = os.fstat(fd).st_size
+            fd, held = self._append_fd(log, path)
+            before = held.st_size
             size = self._finish_unfinished(path, log, fd, log.record(), before)
             size = self._mend_tail(path, fd, size, b"")[0]
             return before - size
@@ -451,11 +473,16 @@ class DirectoryStorage(SessionStorage):
         return os.path.join(self.root, lock_file_name(check_name(name)))
 
     @contextlib.contextmanager
-    def _held(self, name: str, *, exclusive: bool) -> Iterator[_OpenLog | None]:
+    def _held(
+        self, name: str, *, exclusive: bool, verified: bool = True
+    ) -> Iterator[_OpenLog | None]:
         """Hold the lock of session ``name``: shared to read, exclusive to write.
 
         Yields None to a reader where there is no lock file (no writer of ours
-        has been here) or none can be opened (a read-only directory).
+        has been here) or none can be opened (a read-only directory). A lock
+        file deleted with its session while we waited is noticed and the new
+        one taken, unless ``verified`` is False: then the caller checks
+        (see :meth:`_append_fd`).
         """
         while True:
             log = self._open_log(name, create=exclusive)
@@ -467,7 +494,7 @@ class DirectoryStorage(SessionStorage):
                 if log.lock_fd < 0:  # closed by close() or eviction meanwhile
                     continue
                 _lock(log.lock_fd, exclusive=exclusive)
-                if _still_at(log.lock_fd, self._lock_path(name)):
+                if not verified or _linked(log.lock_fd):  # not deleted while we waited
                     try:
                         yield log
                         return
@@ -504,6 +531,8 @@ class DirectoryStorage(SessionStorage):
         path = self._lock_path(name)
         if create:
             self._ensure_root()
+            if not os.path.lexists(self._file(name)):  # no session: leave no stray lock file
+                raise FileNotFoundError(errno.ENOENT, "no such session file", self._file(name))
             return _open_file(path, os.O_RDWR | os.O_CREAT)
         try:
             return _open_file(path, os.O_RDWR)
@@ -518,18 +547,29 @@ class DirectoryStorage(SessionStorage):
                 return None
             raise
 
-    def _append_fd(self, log: _OpenLog, path: str) -> int:
-        """The descriptor appending to the file now at ``path`` (the lock held)."""
-        if log.append_fd >= 0 and not _still_at(log.append_fd, path):
-            log.close_append()  # replaced by a writer that knows no lock (crabtalk)
-        if log.append_fd < 0:
-            try:
-                log.append_fd = _open_file(path, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    errno.ENOENT, "session file was deleted while waiting for its lock", path
-                ) from None
-        return log.append_fd
+    def _append_fd(self, log: _OpenLog, path: str) -> tuple[int, os.stat_result]:
+        """The descriptor appending to the file now at ``path``, and its ``fstat`` (locked).
+
+        A cached descriptor still open on the file at ``path`` pins its inode,
+        so the session was not deleted since, and neither was the lock file
+        held: only when the descriptor must be reopened is the lock checked.
+        """
+        if log.append_fd >= 0:
+            held = os.fstat(log.append_fd)
+            if _is_at(held, path):
+                return log.append_fd, held
+            log.close_append()  # replaced or deleted meanwhile
+        if not _linked(log.lock_fd):
+            raise FileNotFoundError(
+                errno.ENOENT, "session file was deleted while waiting for its lock", path
+            )
+        try:
+            log.append_fd = _open_file(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, "session file was deleted while waiting for its lock", path
+            ) from None
+        return log.append_fd, os.fstat(log.append_fd)
 
     def _forget(self, name: str) -> None:
         with self._open_lock:
@@ -667,14 +707,18 @@ def _open_file(path: str, flags: int) -> int:
         raise
 
 
-def _still_at(fd: int, path: str) -> bool:
-    """Whether the file open as ``fd`` is the one at ``path`` now (it pins its inode)."""
-    held = os.fstat(fd)
+def _is_at(held: os.stat_result, path: str) -> bool:
+    """Whether ``held`` (an open file's ``fstat``: it pins the inode) is the file at ``path``."""
     try:
         now = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
     return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _linked(fd: int) -> bool:
+    """Whether the file open as ``fd`` still has a name (was not deleted)."""
+    return os.fstat(fd).st_nlink > 0
 
 
 def _set_record(log: _OpenLog, record: _Record, *, fsync: bool) -> None:
@@ -709,12 +753,32 @@ def _unchanged(now: os.stat_result, record: _Record, cursor: Cursor) -> bool:
     )
 
 
+def _at_end_of(held: os.stat_result, identity: object, cursor: Cursor | None) -> bool:
+    """Whether ``cursor`` ends where the file ``held`` ends, untouched since it was taken.
+
+    It then vouches for the file's bytes: nothing to re-read or check.
+    """
+    check = cursor.check if cursor is not None else None
+    return (
+        cursor is not None
+        and isinstance(check, _Check)
+        and identity == cursor.identity
+        and held.st_size == cursor.offset
+        and held.st_mtime_ns == check.mtime_ns
+    )
+
+
+def _unterminated(cursor: Cursor | None) -> bool:
+    check = cursor.check if cursor is not None else None
+    return isinstance(check, _Check) and check.unterminated
+
+
 def _continues(
-    fd: int, identity: object, size: int, cursor: Cursor, *, exact: bool = False
+    fd: int, identity: object, size: int, cursor: Cursor | None, *, exact: bool = False
 ) -> bool:
     """Whether the file open as ``fd`` is the one ``cursor`` read, grown or not."""
-    check = cursor.check
-    if not isinstance(check, _Check) or identity != cursor.identity:
+    check = cursor.check if cursor is not None else None
+    if cursor is None or not isinstance(check, _Check) or identity != cursor.identity:
         return False
     if size < cursor.offset or (exact and size != cursor.offset):
         return False

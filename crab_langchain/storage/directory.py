@@ -23,10 +23,11 @@ Beside each session file ``<name>`` lives a small hidden lock file,
   replaced file even when the new file reuses the old inode number and the
   bytes before the reader's position match; inode numbers repeat, tokens do not.
 
-The record is one fixed-size line, rewritten in place (``pwrite`` of less
-than a page). Advisory locks are not reliable over NFS: share sessions between
-machines through a shared backend. Nothing here follows a symbolic link: a
-session, ``.torn``, lock or temporary file that is one is refused by name.
+The record is 32 bytes at the start of the lock file, rewritten in place
+(one ``pwrite``, well within a page). Advisory locks are not reliable over
+NFS: share sessions between machines through a shared backend. Nothing here
+follows a symbolic link: a session, ``.torn``, lock or temporary file that
+is one is refused by name.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import errno
 import os
 import re
 import stat
+import struct
 import tempfile
 import threading
 import warnings
@@ -68,7 +70,6 @@ _INDEX_LOCK = ".crab_langchain.lock"
 _OPEN_LOGS = 32  # sessions whose descriptors are kept open, per storage
 _TAIL_BLOCK = 65536
 _CHECKED_TAIL = 256
-_RECORD_SIZE = 64
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -81,7 +82,7 @@ def lock_file_name(name: str) -> str:
 class _Record(NamedTuple):
     """What a session's lock file says: its incarnation, and an unfinished append if any."""
 
-    token: str
+    token: bytes  # 8 random bytes; empty before a rewrite or creation by us
     start: int  # where the unfinished block starts; 0 with ``end`` 0: none
     end: int
 
@@ -90,19 +91,20 @@ class _Record(NamedTuple):
         return self.end > 0
 
     def encode(self) -> bytes:
-        text = f"{self.token or '-'} {self.start} {self.end}"
-        return text.ljust(_RECORD_SIZE - 1).encode("ascii") + b"\n"
+        return _RECORD.pack(_MAGIC, self.token, self.start, self.end)
 
     @classmethod
     def decode(cls, data: bytes) -> _Record:
-        parts = data.split()
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(data) != _RECORD.size or not data.startswith(_MAGIC):
             return _NO_RECORD  # an empty (new) lock file, or one we did not write
-        token = parts[0].decode("ascii", "replace")
-        return cls("" if token == "-" else token, int(parts[1]), int(parts[2]))
+        _, token, start, end = _RECORD.unpack(data)
+        return cls(token.rstrip(b"\0"), start, end)
 
 
-_NO_RECORD = _Record("", 0, 0)
+# magic, token, start, end: fixed size, so one pwrite replaces it whole.
+_RECORD = struct.Struct("<8s8sQQ")
+_MAGIC = b"crabrec1"
+_NO_RECORD = _Record(b"", 0, 0)
 
 
 class _Check(NamedTuple):
@@ -157,7 +159,7 @@ class _OpenLog:
             self.append_fd = -1
 
     def record(self) -> _Record:
-        return _Record.decode(os.pread(self.lock_fd, _RECORD_SIZE, 0))
+        return _Record.decode(os.pread(self.lock_fd, _RECORD.size, 0))
 
 
 class DirectoryStorage(SessionStorage):
@@ -350,8 +352,9 @@ class DirectoryStorage(SessionStorage):
     ) -> Cursor | None:
         path = self._file(name)
         block = b"".join(line + b"\n" for line in lines)
-        with self._held(name, exclusive=True, verified=False) as log:
-            assert log is not None  # writers always get their lock file
+        log = self._acquire(name, exclusive=True, verified=False)
+        assert log is not None  # writers always get their lock file
+        try:
             fd, held = self._append_fd(log, path)
             record = log.record()
             identity = (held.st_dev, held.st_ino, record.token)
@@ -363,6 +366,8 @@ class DirectoryStorage(SessionStorage):
             data = b"\n" + block if vouched and _unterminated(after) else block
             self._write_block(path, log, fd, _Record(record.token, size, size + len(data)), data)
             mtime_ns = os.fstat(fd).st_mtime_ns
+        finally:
+            _release(log)
         if not follows or after is None or not isinstance(after.check, _Check):
             return None
         check = _next_check(after.check, data, mtime_ns, unterminated=False)
@@ -476,34 +481,42 @@ class DirectoryStorage(SessionStorage):
     def _held(
         self, name: str, *, exclusive: bool, verified: bool = True
     ) -> Iterator[_OpenLog | None]:
-        """Hold the lock of session ``name``: shared to read, exclusive to write.
+        """:meth:`_acquire` for the block inside, then :func:`_release`."""
+        log = self._acquire(name, exclusive=exclusive, verified=verified)
+        try:
+            yield log
+        finally:
+            if log is not None:
+                _release(log)
 
-        Yields None to a reader where there is no lock file (no writer of ours
-        has been here) or none can be opened (a read-only directory). A lock
-        file deleted with its session while we waited is noticed and the new
-        one taken, unless ``verified`` is False: then the caller checks
-        (see :meth:`_append_fd`).
+    def _acquire(self, name: str, *, exclusive: bool, verified: bool = True) -> _OpenLog | None:
+        """Lock session ``name``: shared to read, exclusive to write (undo: :func:`_release`).
+
+        Returns None to a reader where there is no lock file (no writer of
+        ours has been here) or none can be opened (a read-only directory). A
+        lock file deleted with its session while we waited is noticed and the
+        new one taken, unless ``verified`` is False: then the caller checks
+        (see :meth:`_append_fd`). (No context manager here: on a chat turn's
+        append, a generator would cost more than the locking.)
         """
         while True:
             log = self._open_log(name, create=exclusive)
             if log is None:
-                yield None
-                return
+                return None
             log.lock.acquire()
-            try:
-                if log.lock_fd < 0:  # closed by close() or eviction meanwhile
-                    continue
-                _lock(log.lock_fd, exclusive=exclusive)
-                if not verified or _linked(log.lock_fd):  # not deleted while we waited
-                    try:
-                        yield log
-                        return
-                    finally:
-                        _unlock(log.lock_fd)
-                _unlock(log.lock_fd)
-                log.close()  # the session was deleted while we waited: take the new one
-            finally:
+            if log.lock_fd < 0:  # closed by close() or eviction meanwhile
                 log.lock.release()
+                continue
+            try:
+                _lock(log.lock_fd, exclusive=exclusive)
+            except BaseException:
+                log.lock.release()
+                raise
+            if not verified or _linked(log.lock_fd):  # not deleted while we waited
+                return log
+            _release(log)
+            with log.lock:
+                log.close()  # the session was deleted while we waited: take the new one
             self._forget(name)
 
     def _open_log(self, name: str, *, create: bool) -> _OpenLog | None:
@@ -727,8 +740,8 @@ def _set_record(log: _OpenLog, record: _Record, *, fsync: bool) -> None:
         os.fsync(log.lock_fd)
 
 
-def _new_token() -> str:
-    return os.urandom(8).hex()
+def _new_token() -> bytes:
+    return os.urandom(8)
 
 
 def _chunk(
@@ -811,6 +824,8 @@ def _after_last_newline(fd: int, size: int) -> int:
 def _write_all(fd: int, data: bytes, path: str | Path) -> None:
     try:
         written = os.write(fd, data)
+        if written == len(data):
+            return
         view = memoryview(data)[written:]  # a short write (rare): go on with the rest
         while view:
             view = view[os.write(fd, view) :]
@@ -835,6 +850,14 @@ def _lock(fd: int, *, exclusive: bool) -> None:
         import msvcrt  # noqa: PLC0415 - Windows only
 
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+
+
+def _release(log: _OpenLog) -> None:
+    """Undo :meth:`DirectoryStorage._acquire`: the ``flock``, then the thread lock."""
+    try:
+        _unlock(log.lock_fd)
+    finally:
+        log.lock.release()
 
 
 def _unlock(fd: int) -> None:

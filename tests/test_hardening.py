@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 from langchain_core.messages import AIMessage, HumanMessage
+from test_durability import HEADER, session_file
+from test_durability import SESSION as NAME
 
 from crab_langchain import (
     CrabChatMessageHistory,
@@ -30,20 +32,11 @@ from crab_langchain import (
 from crab_langchain.storage import DirectoryStorage
 from crab_langchain.storage.directory import lock_file_name
 
-HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
-NAME = "crab_1774253211_7.jsonl"
 POSIX_ONLY = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
 
 def line(role: str, content: str) -> bytes:
     return b'{"role":"%s","content":"%s"}' % (role.encode(), content.encode())
-
-
-def session_file(directory: Path, *body: bytes, name: str = NAME) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_bytes(b"".join(item + b"\n" for item in (HEADER, *body)))
-    return path
 
 
 def texts(history: CrabChatMessageHistory) -> list[str]:

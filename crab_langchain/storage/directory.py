@@ -716,7 +716,9 @@ def _open_file(path: str, flags: int) -> int:
         if error.errno == errno.ELOOP or (
             error.errno in (errno.EEXIST, errno.EACCES) and os.path.islink(path)
         ):
-            raise OSError(errno.ELOOP, "is a symbolic link; refusing to follow it", path) from None
+            raise OSError(
+                errno.ELOOP, "is a symbolic link; refusing to follow it (use the real path)", path
+            ) from None
         raise
 
 

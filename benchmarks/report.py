@@ -88,7 +88,7 @@ def _write_record(results: dict[str, Any]) -> str:
             f"+{cost['read_unchanged_us'] - cost['read_unchanged_before_us']:.1f} |",
             "",
             f"About {turn:.0f} µs more per chat turn{share}, whatever the session's length: "
-            "the record is two 64-byte writes, so an append stays O(its own bytes).\n",
+            "the record is two 32-byte writes, so an append stays O(its own bytes).\n",
         ]
     )
 

@@ -123,7 +123,6 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _reset(self) -> None:
         self._cursor: Cursor | None = None
-        self._meta: SessionMeta | None = None
         self._new_context()
 
     def _new_context(self, first: tuple[bytes, BaseMessage] | None = None) -> None:
@@ -503,7 +502,6 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             raise error.at(self._storage.location(name), number) from None
 
     def _take_header(self, meta: SessionMeta) -> None:
-        self._meta = meta
         session = self._session
         session.agent, session.created_by = meta.agent, meta.created_by
         session.created_at, session.extra = meta.created_at, dict(meta.extra)

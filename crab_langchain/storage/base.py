@@ -100,53 +100,52 @@ def url_scheme(text: str) -> str:
     return found[1].lower() if found else ""
 
 
-def _split_userinfo(url: str) -> tuple[str, str, str]:
-    """``(scheme://, user info, the rest)``; the user info is all before the *last* ``@``.
+def _split_userinfo(url: str) -> tuple[str, str, str, str]:
+    """``(scheme://, user info to show, the secret in it, the rest)``.
 
-    Parsed by hand, not with urlsplit: a password holding ``/``, ``?`` or
-    ``#`` that nobody percent-encoded would be read as path, query or
-    fragment there, and shown.
+    The user info is all before the *last* ``@``, parsed by hand, not with
+    urlsplit: a password holding ``/``, ``?`` or ``#`` that nobody
+    percent-encoded would be read as path, query or fragment there, and
+    shown. What follows its first ``:`` is the secret; without a ``:`` all
+    of it is, unless the query holds ``password=`` (then it is a user name).
     """
     scheme = url_scheme(url)
     head = url[: len(scheme) + 3]
     userinfo, at, rest = url[len(head) :].rpartition("@")
-    return head, userinfo if at else "", rest
+    if not at:
+        return head, "", "", rest
+    user, colon, password = userinfo.partition(":")
+    if colon:
+        return head, f"{user}:***", password, rest
+    if _QUERY_PASSWORD.search(rest):
+        return head, userinfo, "", rest
+    return head, "***", userinfo, rest
 
 
 def public_url(url: str) -> str:
     """``url`` as it may be shown anywhere: no password, wherever and however it is written.
 
-    The user info loses what follows its first ``:`` (all of it if it has
-    none and no ``password=`` follows: a lone token may be a password), ``password=`` query values
-    become ``***`` and a fragment is dropped. A path is returned as it is.
+    The user info loses its secret (see :func:`_split_userinfo`),
+    ``password=`` query values become ``***`` and a fragment is dropped. A
+    path is returned as it is.
     """
     if not url_scheme(url):
         return url
-    head, userinfo, rest = _split_userinfo(url)
+    head, shown, _, rest = _split_userinfo(url)
     rest = _QUERY_PASSWORD.sub(r"\1\2***", rest.partition("#")[0])
-    if not userinfo:
-        return head + rest
-    user, colon, _ = userinfo.partition(":")
-    if colon:
-        return f"{head}{user}:***@{rest}"
-    # A lone name is a user name where the query holds the password, else maybe a token.
-    return f"{head}{userinfo if _QUERY_PASSWORD.search(rest) else '***'}@{rest}"
+    return f"{head}{shown}@{rest}" if shown else head + rest
 
 
 def url_secrets(url: str) -> set[str]:
     """The passwords ``url`` holds, as typed and percent-decoded, to keep out of messages."""
-    _, userinfo, rest = _split_userinfo(url)
-    user, colon, password = userinfo.partition(":")
-    found = {password if colon else user} if userinfo else set()
-    if userinfo and not colon and _QUERY_PASSWORD.search(rest):
-        found = set()  # a user name: the password is in the query
+    _, _, secret, rest = _split_userinfo(url)
+    found = {secret} if secret else set()
     for pair in re.split(r"[&;?]", rest.partition("#")[0]):
         key, equals, value = pair.partition("=")
         if equals and unquote_plus(key).lower() == "password":
             found.add(value)
-    return {
-        form for secret in found for form in (secret, unquote(secret), unquote_plus(secret)) if form
-    }
+    forms = (form for secret in found for form in (secret, unquote(secret), unquote_plus(secret)))
+    return {form for form in forms if form}
 
 
 _WHITESPACE = b" \t\r\n\x0b\x0c"

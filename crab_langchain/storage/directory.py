@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 import struct
 import tempfile
@@ -345,7 +344,16 @@ class DirectoryStorage(SessionStorage):
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
         path = self._file(name)
         self._ensure_root()
-        self._write_new(name, header + b"\n", path, replace=False)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
+        try:
+            _write_synced(fd, header + b"\n", path)
+            os.link(tmp, path)  # atomic, and fails if the name is taken
+        finally:
+            os.unlink(tmp)
+        with self._held(name, exclusive=True) as log:
+            assert log is not None
+            _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+        _fsync_dir(self.root)
 
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
@@ -395,40 +403,21 @@ class DirectoryStorage(SessionStorage):
             assert log is not None
             if not os.path.lexists(path):
                 raise FileNotFoundError(errno.ENOENT, "no such session file", path)
-            self._write_new(name, data, path, replace=True)
-            log.close_append()  # it holds the replaced file
-            _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
-
-    def _write_new(self, name: str, data: bytes, path: str, *, replace: bool) -> None:
-        """Write ``data`` to a temporary file, then move it to ``path`` in one step.
-
-        ``replace=False`` creates: it fails with ``FileExistsError`` if ``path`` exists.
-        Temporary files left by a killed earlier rewrite of ``name`` go first.
-        """
-        if replace:
-            _remove_leftovers(self.root, name)  # under the lock: no rewrite is at work
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
-        try:
-            _write_all(fd, data, path)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            if replace:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # atomic, and fails if the name is taken
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            # One rewrite at a time holds the lock, so the temporary file can have a
+            # fixed name: one that a killed rewrite left is simply replaced.
+            tmp = os.path.join(self.root, f".{name}.new")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
-        if not replace:
-            os.unlink(tmp)
-            with self._held(name, exclusive=True) as log:
-                assert log is not None
-                _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
-        _fsync_dir(self.root)
+            try:
+                _write_synced(_open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), data, path)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(self.root)
+            log.close_append()  # it holds the replaced file
+            _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
 
     def delete(self, name: str) -> bool:
         path = self._path(name)
@@ -695,19 +684,6 @@ def _make_private_dirs(root: Path) -> None:
             directory.mkdir(mode=0o700)
 
 
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.new")
-
-
-def _remove_leftovers(root: Path, name: str) -> None:
-    """Remove temporary files a killed rewrite of ``name`` left (the caller holds its lock)."""
-    with contextlib.suppress(FileNotFoundError), os.scandir(root) as entries:
-        for entry in entries:
-            found = _LEFTOVER.fullmatch(entry.name)
-            if found and found["name"] == name and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-
-
 def _open_file(path: str, flags: int) -> int:
     """``os.open`` that never follows a symbolic link: one there is refused by name."""
     try:
@@ -833,6 +809,15 @@ def _write_all(fd: int, data: bytes, path: str | Path) -> None:
             view = view[os.write(fd, view) :]
     except OSError as error:
         raise OSError(error.errno, f"cannot write: {error.strerror}", str(path)) from error
+
+
+def _write_synced(fd: int, data: bytes, path: str) -> None:
+    """Write ``data`` to the new file open as ``fd``, fsync it and close it."""
+    try:
+        _write_all(fd, data, path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

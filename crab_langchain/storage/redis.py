@@ -81,7 +81,15 @@ _NO_SESSION = "CRAB_NO_SESSION"
 _WRONG_TYPE = "CRAB_WRONG_TYPE"
 # Each script first checks that the session's keys hold what they should (someone may
 # have SET one): an error then, before any write, leaves the session as it was.
-_SESSION_TYPES = "local bad = wrong_type({'list', 'hash', 'zset'}) if bad then return bad end\n"
+_SESSION_TYPES = f"""
+local wanted = {{'list', 'hash', 'zset'}}
+for i, key in ipairs(KEYS) do
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= wanted[i] then
+    return redis.error_reply('{_WRONG_TYPE} ' .. found .. ' ' .. wanted[i])
+  end
+end
+"""
 _PUSH = f"""
 local function push(first)
   local length, size = 0, 0
@@ -91,14 +99,6 @@ local function push(first)
   for i = first, #ARGV do size = size + #ARGV[i] + 1 end
   redis.call('HINCRBY', KEYS[2], 'bytes', size)
   return length
-end
-local function wrong_type(wanted)
-  for i, key in ipairs(KEYS) do
-    local found = redis.call('TYPE', key)['ok']
-    if wanted[i] and found ~= 'none' and found ~= wanted[i] then
-      return redis.error_reply('{_WRONG_TYPE} ' .. key .. ' ' .. found .. ' ' .. wanted[i])
-    end
-  end
 end
 local function touch()
   local ttl = tonumber(ARGV[2])
@@ -169,8 +169,7 @@ return 1
 # KEYS: lines, meta. ARGV: token, offset. nil if no log; else {token, length}
 # when nothing is new, or {token, length, first, items} (first 0: read it all).
 _READ = (
-    _PUSH
-    + _SESSION_TYPES
+    _SESSION_TYPES
     + """
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return false end
@@ -405,7 +404,7 @@ class RedisStorage(SessionStorage):
         if header is None:
             return FileNotFoundError(2, "no such session", self.location(name))
         if isinstance(header, redis.exceptions.ResponseError):
-            return _wrong_type(self.location(name), f"{_WRONG_TYPE} ? value-of-another-type list")
+            return _wrong_type(self.location(name), "value of another type", "list")
         return header
 
     def sizes(self, names: Sequence[str]) -> list[int | None]:
@@ -698,14 +697,12 @@ def _session_errors(location: str) -> Iterator[None]:
         if _NO_SESSION in text:
             raise FileNotFoundError(2, "no such session", location) from None
         if _WRONG_TYPE in text:
-            raise _wrong_type(location, text) from None
+            found, wanted = text[text.index(_WRONG_TYPE) :].split()[1:3]
+            raise _wrong_type(location, found, wanted) from None
         raise
 
 
-def _wrong_type(location: str, text: str) -> SessionFormatError:
-    words = text[text.index(_WRONG_TYPE) :].split()
-    found, wanted = (words[2], words[3]) if len(words) >= 4 else ("other", "list")
-    found = found.replace("-", " ")
+def _wrong_type(location: str, found: str, wanted: str) -> SessionFormatError:
     return SessionFormatError(
         f"a session key holds a {found}, not a {wanted} (written by another program); "
         "this session cannot be read or written until it is deleted",

@@ -9,13 +9,14 @@ Quick start::
 
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
+    NESTED_LINE_KEY,
     from_crab_message,
     is_auto_injected,
     mark_auto_injected,
     to_crab_message,
 )
 from crab_langchain.handouts import MessageList
-from crab_langchain.history import COMPACT_SUMMARY_KEY, CrabChatMessageHistory
+from crab_langchain.history import COMPACT_MARKER_KEY, COMPACT_SUMMARY_KEY, CrabChatMessageHistory
 from crab_langchain.hooks import (
     CrabHookSpecs,
     DefaultPlugin,
@@ -27,6 +28,8 @@ from crab_langchain.models import (
     CompactMarker,
     CrabMessage,
     FunctionCall,
+    NestedLine,
+    RunEvent,
     Session,
     SessionFormatError,
     SessionMeta,
@@ -47,7 +50,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO_INJECTED_KEY",
+    "COMPACT_MARKER_KEY",
     "COMPACT_SUMMARY_KEY",
+    "NESTED_LINE_KEY",
     "CompactMarker",
     "CopyResult",
     "CrabChatMessageHistory",
@@ -59,6 +64,8 @@ __all__ = [
     "FunctionCall",
     "LogReport",
     "MessageList",
+    "NestedLine",
+    "RunEvent",
     "Session",
     "SessionConflictError",
     "SessionFormatError",

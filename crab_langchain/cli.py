@@ -45,6 +45,7 @@ from crab_langchain.history import CrabChatMessageHistory, read_meta
 from crab_langchain.hooks import make_plugin_manager
 from crab_langchain.models import (
     CompactMarker,
+    RunEvent,
     Session,
     SessionFormatError,
     SessionMeta,
@@ -78,7 +79,7 @@ PROG = "crab-sessions"
 NEEDS_CLI_EXTRA = f"{PROG} needs the 'cli' extra: pip install 'crab-langchain[cli]'"
 POLL_SECONDS = 0.2
 PROGRESS_MIN = 20  # files: below this a progress bar only flickers
-_COMPACT_PREFIX = b'{"compact":'
+_NOT_MESSAGES = (b'{"compact":', b'{"event":')
 
 T = TypeVar("T")
 
@@ -654,7 +655,12 @@ def message_count(storage: SessionStorage, name: str) -> int | None:
     except OSError:
         return None  # deleted since listed: show it, count unknown
     lines = [] if chunk is None else chunk.lines
-    return sum(1 for n, line in lines if n > 1 and not line.startswith(_COMPACT_PREFIX))
+    return sum(1 for n, line in lines if n > 1 and _may_be_message(line))
+
+
+def _may_be_message(line: bytes) -> bool:
+    """Whether a body line may be a message: crabtalk writes a marker's or an event's key first."""
+    return not line.startswith(_NOT_MESSAGES) and bool(line.strip())
 
 
 def _session_row(storage: SessionStorage, info: SessionInfo) -> dict[str, Any]:
@@ -692,6 +698,7 @@ _COLUMNS = (
     ("MESSAGES", "messages"),
     ("SIZE", "size"),
     ("ID", "session_id"),
+    ("TITLE", "title"),
 )
 _NUMERIC = {"messages", "size"}
 
@@ -699,7 +706,7 @@ _NUMERIC = {"messages", "size"}
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row[key]
     if value is None:
-        return "?"
+        return "" if key == "title" else "?"
     if key == "size":
         return display.human_size(value)
     if key == "created_at":  # seconds are enough to tell sessions apart here
@@ -734,13 +741,17 @@ def _read(log: Log, cursor: Cursor | None) -> Chunk | None:
             raise CliError(f"{log.storage.location(log.name)}: {gone} (deleted?)") from None
 
 
-def _entry_text(where: str, number: int, line: bytes) -> str:
+def _entry_text(where: str, number: int, line: bytes, tool_names: dict[str, str]) -> str:
+    """Line ``number`` for people; ``tool_names`` learns the tools each run started."""
     try:
         entry = parse_entry(line)
     except SessionFormatError as error:
         raise error.at(where, number) from None
     if isinstance(entry, CompactMarker):
-        return display.compact_line(entry.compact)
+        return display.compact_line(entry.compact, entry.title)
+    if isinstance(entry, RunEvent):
+        tool_names.update(display.tool_names_started(entry))
+        return display.event_line(entry, tool_names)
     return display.message_line(from_crab_message(entry))
 
 
@@ -756,13 +767,20 @@ def _header_text(log: Log, line: bytes, messages: int) -> str:
         meta.created_at_text or meta.created_at.isoformat(),
     ]
     title = meta.extra.get("title")
-    if isinstance(title, str):
+    if isinstance(title, str) and title:
         facts.append(f"title {title!r}")
     facts.append(f"{messages} message{'s' if messages != 1 else ''}")
     return display.one_line(f"# {' · '.join(facts)} · {log.where}")
 
 
-def _render(log: Log, lines: list[tuple[int, bytes]], *, raw: bool, tail: int | None) -> None:
+def _render(
+    log: Log,
+    lines: list[tuple[int, bytes]],
+    *,
+    raw: bool,
+    tail: int | None,
+    tool_names: dict[str, str],
+) -> None:
     """Print a chunk read from line 1: the header, then the (last ``tail``) entries."""
     if not lines or lines[0][0] != 1:
         raise SessionFormatError("no header line", path=log.where, line=1)
@@ -771,28 +789,32 @@ def _render(log: Log, lines: list[tuple[int, bytes]], *, raw: bool, tail: int | 
     if raw:
         click.echo(header)
     else:
-        count = sum(1 for _, line in body if not line.startswith(_COMPACT_PREFIX))
+        count = sum(1 for _, line in body if _may_be_message(line))
         click.echo(_header_text(log, header, count))
         if hidden:
             click.echo(display.hidden_line(hidden))
-    _print_entries(log, body[hidden:], raw=raw)
+    _print_entries(log, body[hidden:], raw=raw, tool_names=tool_names)
 
 
-def _print_entries(log: Log, lines: list[tuple[int, bytes]], *, raw: bool) -> None:
+def _print_entries(
+    log: Log, lines: list[tuple[int, bytes]], *, raw: bool, tool_names: dict[str, str]
+) -> None:
+    """Print each line; ``tool_names`` carries the tools started so far to later lines."""
     for number, line in lines:
-        click.echo(line if raw else _entry_text(log.where, number, line))
+        click.echo(line if raw else _entry_text(log.where, number, line, tool_names))
 
 
 def run_show(log: Log, *, tail: int | None, follow: bool, raw: bool) -> None:
     """Print the session ``log``; with ``follow``, keep printing what is appended."""
     chunk = _read(log, None)
     assert chunk is not None  # no cursor: always a chunk
-    _render(log, chunk.lines, raw=raw, tail=tail)
+    tool_names: dict[str, str] = {}
+    _render(log, chunk.lines, raw=raw, tail=tail, tool_names=tool_names)
     if follow:
-        _follow(log, chunk.cursor, raw=raw)
+        _follow(log, chunk.cursor, raw=raw, tool_names=tool_names)
 
 
-def _follow(log: Log, cursor: Cursor, *, raw: bool) -> None:
+def _follow(log: Log, cursor: Cursor, *, raw: bool, tool_names: dict[str, str]) -> None:
     """Poll ``log`` past ``cursor``, printing only what is new, until Ctrl-C."""
     try:
         while True:
@@ -802,9 +824,10 @@ def _follow(log: Log, cursor: Cursor, *, raw: bool) -> None:
                 continue
             if chunk.reset:
                 _warn(f"{log.where} was replaced; showing it again from the start")
-                _render(log, chunk.lines, raw=raw, tail=None)
+                tool_names.clear()
+                _render(log, chunk.lines, raw=raw, tail=None, tool_names=tool_names)
             else:
-                _print_entries(log, chunk.lines, raw=raw)
+                _print_entries(log, chunk.lines, raw=raw, tool_names=tool_names)
             cursor = chunk.cursor
     except KeyboardInterrupt:
         return  # the way to stop following: not an error

@@ -9,7 +9,9 @@ the one written. ``strict=True`` writes the spec's keys only.
 
 Where LangChain has no field for a spec key (``agent`` on a user message,
 ``name`` on an assistant message, keys of newer crabtalk versions), the value
-travels in ``additional_kwargs["crab"]`` and is written back as that key.
+travels in ``additional_kwargs["crab"]`` and is written back as that key. A
+message read from a nested line (crabtalk 2026-04-08/09) carries
+``additional_kwargs["crab_nested"]``, so that it is written back nested.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 from crab_langchain.models import (
     CrabMessage,
     FunctionCall,
+    NestedLine,
     SessionFormatError,
     ToolCall,
     is_text_only,
@@ -49,6 +52,7 @@ __all__ = [
     "AUTO_INJECTED_KEY",
     "CRAB_FIELDS_KEY",
     "DEVELOPER_ROLE_KEY",
+    "NESTED_LINE_KEY",
     "Encoded",
     "check_json",
     "encode",
@@ -66,6 +70,10 @@ AUTO_INJECTED_KEY = "crab_auto_injected"
 
 CRAB_FIELDS_KEY = "crab"
 """``additional_kwargs`` key for spec keys that the LangChain class has no field for."""
+
+NESTED_LINE_KEY = "crab_nested"
+"""``additional_kwargs`` key of a message read from a nested line: its
+:class:`~crab_langchain.NestedLine`, as a dict (``{}`` when there is nothing more to say)."""
 
 DEVELOPER_ROLE_KEY = "__openai_role__"
 """langchain-openai's mark of a developer message: a SystemMessage with this set to "developer"."""
@@ -295,6 +303,8 @@ def _decoded_kwargs(message: CrabMessage, cls: type[BaseMessage]) -> dict[str, A
         kwargs["name"] = message.name  # required, even when empty
     elif cls is SystemMessage and message.role == "developer":
         extra[DEVELOPER_ROLE_KEY] = "developer"
+    if message.nested is not None:
+        extra[NESTED_LINE_KEY] = message.nested.model_dump(mode="json", exclude_defaults=True)
     if leftovers:
         extra[CRAB_FIELDS_KEY] = leftovers
     kwargs["additional_kwargs"] = extra
@@ -319,8 +329,8 @@ def _decode_assistant(
     kwargs["invalid_tool_calls"] = invalid
     if _derived_tool_calls(valid, invalid) != message.tool_calls:
         # Argument text that compact JSON would not reproduce (spaces, key
-        # order, broken JSON between good calls): keep it as the OpenAI-style
-        # raw calls that langchain-openai also puts here.
+        # order, broken JSON between good calls, no arguments key at all):
+        # keep it as the OpenAI-style raw calls that langchain-openai also puts here.
         extra["tool_calls"] = [call.model_dump() for call in message.tool_calls]
 
 
@@ -328,7 +338,7 @@ def _parse_tool_calls(calls: Sequence[ToolCall]) -> tuple[list[Any], list[Any]]:
     valid: list[Any] = []
     invalid: list[Any] = []
     for call in calls:
-        text = call.function.arguments
+        text = call.function.arguments or ""
         try:
             args = json.loads(text) if text else {}
         except ValueError as error:
@@ -403,6 +413,7 @@ def reads_back_as_is(message: CrabMessage) -> bool:
         and message.langchain is None
         and not message.model_extra
         and not message.auto_injected
+        and message.nested is None
     )
 
 
@@ -474,6 +485,7 @@ def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
         "role": _role(message),
         "content": _text(message.content),
         "reasoning_content": reasoning_text(message),
+        "nested": _nested_form(message),
     }
     if isinstance(message, AIMessage):
         fields["agent"] = message.name or ""
@@ -495,6 +507,17 @@ def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
         elif key not in CrabMessage.model_fields:
             unknown[key] = check_json(value, f"additional_kwargs.crab.{key}")
     return fields, unknown
+
+
+def _nested_form(message: BaseMessage) -> NestedLine | None:
+    """The nested-line form ``message`` was read in, if it was."""
+    form = message.additional_kwargs.get(NESTED_LINE_KEY)
+    if form is None:
+        return None
+    try:
+        return NestedLine.model_validate(form)
+    except ValidationError as error:
+        raise TypeError(f"additional_kwargs.{NESTED_LINE_KEY}.{_reason(error)}") from None
 
 
 def _spec_value(key: str, value: Any) -> Any:
@@ -575,7 +598,7 @@ def _derived_tool_calls(valid: Sequence[Any], invalid: Sequence[Any]) -> list[To
     calls += [
         ToolCall(
             id=call.get("id") or "",
-            function=FunctionCall(name=call.get("name") or "", arguments=call.get("args") or ""),
+            function=FunctionCall(name=call.get("name") or "", arguments=call.get("args") or "{}"),
         )
         for call in invalid
     ]
@@ -583,8 +606,9 @@ def _derived_tool_calls(valid: Sequence[Any], invalid: Sequence[Any]) -> list[To
 
 
 def _compact(args: Any) -> str:
+    """Arguments as compact JSON text; ``"{}"`` for none, as every crabtalk reader needs a text."""
     check_json(args, "tool call args")
-    return "" if args == {} else pydantic_core.to_json(args).decode("utf-8")
+    return pydantic_core.to_json(args).decode("utf-8")
 
 
 def _raw_tool_calls(raw: Any) -> list[ToolCall] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from langchain_core.messages import (
 )
 
 from crab_langchain.convert import is_auto_injected, reasoning_text
+from crab_langchain.models import RunEvent
 
 if TYPE_CHECKING:
     from crab_langchain.history import CrabChatMessageHistory
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "STORE_LIMIT",
     "compact_line",
+    "event_line",
     "hidden_line",
     "history_html",
     "history_text",
@@ -42,6 +44,7 @@ __all__ = [
     "message_line",
     "one_line",
     "store_html",
+    "tool_names_started",
 ]
 
 DEFAULT_LIMIT = 50
@@ -175,9 +178,81 @@ def _invalid_call_text(call: Any) -> str:
     return f"[invalid tool call {name}({call.get('args') or ''}) id={call_id}: {call.get('error')}]"
 
 
-def compact_line(summary: str) -> str:
+def compact_line(summary: str, title: str = "") -> str:
     """The line for a compaction marker: what follows starts from ``summary``."""
-    return one_line(f"--- compacted; the context continues from: {summary}")
+    titled = f" ({title})" if title else ""
+    return one_line(f"--- compacted{titled}; the context continues from: {summary}")
+
+
+def event_line(event: RunEvent, tool_names: Mapping[str, str]) -> str:
+    """A short note for a run's trace event: a tool that ran and how long, a finished run.
+
+    ``tool_names`` maps call ids to the names their ``tool_start`` gave.
+    Any value may be missing or odd (the line is only known to be an event).
+    """
+    fields = event.model_extra or {}
+    kind = event.event
+    if kind == "tool_start":
+        calls = [c for c in _as_list(fields.get("calls")) if isinstance(c, dict)]
+        started = ", ".join(
+            f"{_text(c.get('name'))}({_text(c.get('arguments', ''))})" for c in calls
+        )
+        note = f"tool call{'s' if len(calls) != 1 else ''} started: {started}"
+    elif kind == "tool_result":
+        call_id = _text(fields.get("call_id"))
+        name = tool_names.get(call_id, "a tool")
+        note = f"{name} returned after {_text(fields.get('duration_ms'))} ms (id={call_id})"
+    elif kind == "user_steered":
+        note = f"user steered the run: {_text(fields.get('content'))}"
+    elif kind == "done":
+        note = _done_note(fields)
+    else:
+        note = f"event {kind!r}"
+    return one_line(f"· {note}")
+
+
+def tool_names_started(event: RunEvent) -> dict[str, str]:
+    """Call id -> tool name for the calls a ``tool_start`` event started (else empty)."""
+    if event.event != "tool_start":
+        return {}
+    calls = _as_list((event.model_extra or {}).get("calls"))
+    return {
+        call["id"]: call["name"]
+        for call in calls
+        if isinstance(call, dict)
+        and isinstance(call.get("id"), str)
+        and isinstance(call.get("name"), str)
+    }
+
+
+def _done_note(fields: Mapping[str, Any]) -> str:
+    iterations = fields.get("iterations")
+    facts = [_text(fields.get("model")), f"{_text(iterations)} iteration{_s(iterations)}"]
+    facts.append(_text(fields.get("stop_reason")))
+    usage = fields.get("usage")
+    if isinstance(usage, dict):
+        tokens = (
+            f"tokens {_text(usage.get('prompt_tokens'))} in, "
+            f"{_text(usage.get('completion_tokens'))} out"
+        )
+        if "prompt_cache_hit_tokens" in usage:
+            tokens += f" ({_text(usage['prompt_cache_hit_tokens'])} in from cache)"
+        facts.append(tokens)
+    return f"run done: {', '.join(facts)}"
+
+
+def _s(count: Any) -> str:
+    return "" if count == 1 else "s"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "?"
+    return value if isinstance(value, str) else _json(value)
 
 
 def hidden_line(count: int) -> str:

@@ -49,6 +49,7 @@ from crab_langchain.hooks import (
 from crab_langchain.models import (
     CompactMarker,
     CrabMessage,
+    RunEvent,
     Session,
     SessionFormatError,
     SessionMeta,
@@ -58,11 +59,21 @@ from crab_langchain.models import (
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Chunk, Cursor, DirectoryStorage, Durability, SessionStorage
 
-__all__ = ["COMPACT_SUMMARY_KEY", "CrabChatMessageHistory", "parse_meta", "read_meta"]
+__all__ = [
+    "COMPACT_MARKER_KEY",
+    "COMPACT_SUMMARY_KEY",
+    "CrabChatMessageHistory",
+    "parse_meta",
+    "read_meta",
+]
 
 COMPACT_SUMMARY_KEY = "crab_compact"
 """``additional_kwargs`` key marking, in :meth:`CrabChatMessageHistory.archive`, the
 summary of a compaction marker (it stands where the marker stands)."""
+
+COMPACT_MARKER_KEY = "crab_marker"
+"""``additional_kwargs`` key holding, beside :data:`COMPACT_SUMMARY_KEY`, what else
+the marker said: crabtalk's ``title`` and ``archived_at`` (2026-04-03 on)."""
 
 Plugins = pluggy.PluginManager | Iterable[object] | None
 
@@ -334,7 +345,9 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """Every message the file holds, compacted ones included, in order.
 
         Each compaction marker stands where it was written, as its summary: a
-        ``HumanMessage`` with ``additional_kwargs["crab_compact"] = True``.
+        ``HumanMessage`` with ``additional_kwargs["crab_compact"] = True`` (and
+        the marker's ``title`` and ``archived_at``, where it has them, under
+        ``"crab_marker"``). Run events are not messages and are left out.
         This parses the whole file; :attr:`messages` parses only what follows
         the last marker.
         """
@@ -348,10 +361,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
                 return self.archive()
             if name is None or chunk is None:
                 return []
-            return [
+            archived = [
                 self._parse(name, number, line, _archived)
                 for number, line in _body(self._storage.location(name), chunk.lines)
             ]
+            return [message for message in archived if message is not None]
 
     @property
     def session(self) -> Session:
@@ -520,7 +534,9 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         else:
             self._take_entry(CrabMessage(role=parsed[0], content=parsed[1]), line)
 
-    def _take_entry(self, entry: CrabMessage | CompactMarker, line: bytes) -> None:
+    def _take_entry(self, entry: CrabMessage | CompactMarker | RunEvent, line: bytes) -> None:
+        if isinstance(entry, RunEvent):
+            return  # a run's trace: not part of the conversation
         if isinstance(entry, CompactMarker):
             summary = CrabMessage(role="user", content=entry.compact)
             self._new_context((summary.to_line_bytes(), HumanMessage(content=entry.compact)))
@@ -695,10 +711,16 @@ def _body(location: str, lines: list[tuple[int, bytes]]) -> list[tuple[int, byte
     return lines[1:]
 
 
-def _archived(line: bytes) -> BaseMessage:
+def _archived(line: bytes) -> BaseMessage | None:
+    """The message line ``line`` stands for in the archive; None for a run event."""
     entry = parse_entry(line)
+    if isinstance(entry, RunEvent):
+        return None
     if isinstance(entry, CompactMarker):
-        return HumanMessage(content=entry.compact, additional_kwargs={COMPACT_SUMMARY_KEY: True})
+        marked: dict[str, Any] = {COMPACT_SUMMARY_KEY: True}
+        if entry.title or entry.archived_at or entry.model_extra:
+            marked[COMPACT_MARKER_KEY] = entry.model_dump(exclude={"compact"})
+        return HumanMessage(content=entry.compact, additional_kwargs=marked)
     return from_crab_message(entry)
 
 

@@ -225,7 +225,9 @@ def persistable(batch: list[Any]) -> list[CrabMessage]:
         if not isinstance(message, CrabMessage):
             raise TypeError(f"{where} a {type(message).__name__}, not a CrabMessage")
         try:
-            valid = CrabMessage.model_validate(message.model_dump(warnings=False), strict=True)
+            fields = message.model_dump(warnings=False)
+            fields["nested"] = message.nested  # not a key of the line: the dump leaves it out
+            valid = CrabMessage.model_validate(fields, strict=True)
             check_json(valid.model_extra or {}, "extra keys")
             check_json(valid.langchain, "langchain")
         except ValidationError as error:

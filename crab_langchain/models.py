@@ -1,10 +1,20 @@
 """The crabtalk session model and its line codec.
 
 One session file is UTF-8 JSONL: a header line (:class:`SessionMeta`), then one
-line per entry, each a :class:`CrabMessage` or a :class:`CompactMarker`.
-Lines are written exactly as crabtalk's serde serializer writes them: compact,
-keys in declaration order, empty fields omitted, non-ASCII as raw UTF-8.
-pydantic-core serializes with serde_json too, so its escaping is crabtalk's.
+line per entry: a :class:`CrabMessage`, a :class:`CompactMarker` or a
+:class:`RunEvent`. Lines are written exactly as crabtalk's serde serializer
+writes them: compact, keys in declaration order, empty fields omitted,
+non-ASCII as raw UTF-8. pydantic-core serializes with serde_json too, so its
+escaping is crabtalk's.
+
+crabtalk wrote JSONL in several shapes from 2026-03-23 to 2026-04-09 (see
+the spec's "crabtalk's JSONL eras"). Every one of them is read: flat message
+lines (``{"role":…}``) and nested ones (``{"agent":…,"message":{…}}``, from
+2026-04-08), markers with a ``title`` and ``archived_at``, and run-trace
+``{"event":…}`` lines, which are not messages. A line is classified as
+crabtalk's last JSONL reader does: a marker, else an event, else a message.
+A message read from a nested line remembers that (:class:`NestedLine`) and is
+written back nested, byte for byte; new messages are written flat.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import operator
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +33,8 @@ __all__ = [
     "CrabMessage",
     "Entry",
     "FunctionCall",
+    "NestedLine",
+    "RunEvent",
     "Session",
     "SessionFormatError",
     "SessionMeta",
@@ -55,13 +67,23 @@ def _empty(value: Any) -> bool:
     return not value
 
 
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class FunctionCall(BaseModel):
-    """The function a tool call invokes. ``arguments`` is JSON *text*, kept verbatim."""
+    """The function a tool call invokes. ``arguments`` is JSON *text*, kept verbatim.
+
+    ``arguments`` is None when the line had no such key: crabtalk's own flat
+    writer left it out for a call without arguments. Calls converted from
+    LangChain always carry it (``"{}"`` for none), because every flat-line
+    crabtalk reader requires it.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(default="", exclude_if=_empty)
-    arguments: str = Field(default="", exclude_if=_empty)
+    arguments: str | None = Field(default=None, exclude_if=_absent)
 
 
 class ToolCall(BaseModel):
@@ -74,6 +96,24 @@ class ToolCall(BaseModel):
     function: FunctionCall = Field(default_factory=FunctionCall)
     # crabtalk keeps a streaming index in memory and never writes it.
     index: int | None = Field(default=None, exclude=True)
+
+
+class NestedLine(BaseModel):
+    """How a nested line (crabtalk 2026-04-08/09) spelled a message beyond its fields.
+
+    ``{"agent":G,"message":{"role":…,"content":…,"tool_calls":[{"index":n,…}],…}}``:
+    the guest agent ``G`` is the message's ``agent``, and what else the line
+    held is kept here, so that the message is written back as the same bytes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    null_content: bool = False
+    """``"content":null`` (crabtalk's tool-call turns without text), rather than a string."""
+    indexes: tuple[int | None, ...] = ()
+    """Each tool call's streaming ``index``, in order (None where it had none)."""
+    outer: dict[str, Any] = Field(default_factory=dict)
+    """Keys beside ``agent`` and ``message`` (crabtalk writes none)."""
 
 
 class CrabMessage(BaseModel):
@@ -98,6 +138,8 @@ class CrabMessage(BaseModel):
     langchain: dict[str, Any] | None = Field(default=None, exclude_if=_empty)
     sender: str = Field(default="", exclude=True)
     auto_injected: bool = Field(default=False, exclude=True)
+    nested: NestedLine | None = Field(default=None, exclude=True)
+    """Set when read from a nested line: the message is then written back nested."""
 
     @field_validator("role")
     @classmethod
@@ -108,18 +150,34 @@ class CrabMessage(BaseModel):
 
     def to_line(self) -> str:
         """The JSON line crabtalk would write for this message, without the newline."""
-        return _dump(self)
+        return self.to_line_bytes().decode("utf-8")
 
     def to_line_bytes(self) -> bytes:
-        """:meth:`to_line` as UTF-8 bytes, straight from the serializer."""
-        return text_line(self.role, self.content) if is_text_only(self) else _dump_bytes(self)
+        """:meth:`to_line` as UTF-8 bytes, straight from the serializer.
+
+        Raises ``ValueError`` for text that is not UTF-8, and for an unknown
+        key that would make crabtalk read the line as something else.
+        """
+        if self.nested is not None:
+            return _nested_line(self, self.nested)
+        if is_text_only(self):
+            return text_line(self.role, self.content)
+        extra = self.__pydantic_extra__
+        if extra and not _OTHER_KINDS.keys().isdisjoint(extra):
+            key = min(_OTHER_KINDS.keys() & extra.keys())
+            raise ValueError(
+                f"cannot write CrabMessage: its unknown key {key!r} would make crabtalk "
+                f"read the line as a {_OTHER_KINDS[key]}, not a message"
+            )
+        return _dump_bytes(self)
 
     @classmethod
     def from_line(cls, line: str | bytes) -> CrabMessage:
         """Parse one message line; raise :class:`SessionFormatError` if it is not one."""
         entry = parse_entry(line)
         if not isinstance(entry, CrabMessage):
-            raise SessionFormatError("a compact marker, not a message")
+            kind = "compact marker" if isinstance(entry, CompactMarker) else "run event"
+            raise SessionFormatError(f"a {kind}, not a message")
         return entry
 
 
@@ -127,11 +185,15 @@ class CompactMarker(BaseModel):
     """``{"compact": "<summary>"}``: everything before it is archived history.
 
     The working context after it starts with the summary as a user message.
+    crabtalk (2026-04-03 on) adds ``title`` (the summary's first sentence) and
+    ``archived_at`` (when it was written); other keys are kept too.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     compact: str
+    title: str = Field(default="", exclude_if=_empty)
+    archived_at: str = Field(default="", exclude_if=_empty)
 
     def to_line(self) -> str:
         """The marker's JSON line, without the newline."""
@@ -142,7 +204,30 @@ class CompactMarker(BaseModel):
         return _dump_bytes(self)
 
 
-Entry = CrabMessage | CompactMarker
+class RunEvent(BaseModel):
+    """``{"event":"done",…}``: one line of a run's trace (crabtalk 2026-04-07 to 04-09).
+
+    Not a message: readers skip it, and it stays in the file as written.
+    crabtalk's names are ``tool_start``, ``tool_result``, ``user_steered`` and
+    ``done``; any other name is read the same way. Its other keys are in
+    ``model_extra``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event: str
+
+    def to_line_bytes(self) -> bytes:
+        """The event's JSON line, without the newline."""
+        return _dump_bytes(self)
+
+
+Entry = CrabMessage | CompactMarker | RunEvent
+_M = TypeVar("_M", bound=BaseModel)
+
+# Keys that make crabtalk read a line as something other than a message
+# (its last reader tries a marker, then an event, then a nested message).
+_OTHER_KINDS = {"compact": "compact marker", "event": "run event", "message": "nested message"}
 
 
 def _dump(model: BaseModel) -> str:
@@ -157,15 +242,18 @@ def _dump_bytes(model: BaseModel) -> bytes:
 
 
 _MEMORY_ONLY = ("sender", "auto_injected")
-# The written fields besides role and text, and their values when empty.
+# The written fields besides role and text (and the line's form), and their values when empty.
 _beyond_text = operator.itemgetter(
-    "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain"
+    "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain", "nested"
 )
-_TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None)
+_TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None, None)
 _TEXT_KEYS = frozenset(("role", "content"))
-# Bytes that send a line down the careful path: keys it drops, and the
-# non-JSON numbers the one-pass parser would accept.
-_CAREFUL_WORDS = re.compile(rb'"sender"|"auto_injected"|"index"|NaN|Infinity')
+# Bytes that send a line down the careful path: keys it drops, keys that make
+# a line something other than a flat message, and the non-JSON numbers the
+# one-pass parser would accept.
+_CAREFUL_WORDS = re.compile(
+    rb'"sender"|"auto_injected"|"index"|"compact"|"event"|"message"|NaN|Infinity'
+)
 
 
 def is_text_only(message: CrabMessage) -> bool:
@@ -231,30 +319,117 @@ def parse_entry(line: str | bytes) -> Entry:
 
 
 def _entry(data: dict[str, Any]) -> Entry:
-    """The message or marker a parsed line's object stands for."""
-    if "role" not in data:
-        if "compact" in data:
-            return _compact_marker(data)
-        raise SessionFormatError("message line has no 'role'")
+    """The message, marker or event a parsed line's object stands for.
+
+    In crabtalk's last reader's order: a string ``compact`` makes a marker, a
+    string ``event`` an event, ``message`` without ``role`` a nested message.
+    """
+    if isinstance(data.get("compact"), str):
+        return _validated(CompactMarker, data, "bad compact marker")
+    if isinstance(data.get("event"), str):
+        return _validated(RunEvent, data, "bad run event")
+    if "role" in data:
+        _drop_indexes(data)
+        return _message(data, None)
+    if "message" in data:
+        return _nested_message(data)
+    if "compact" in data:
+        return _validated(CompactMarker, data, "bad compact marker")  # says what is wrong
+    if "event" in data:
+        raise SessionFormatError("run event line: 'event' is not a string")
+    raise SessionFormatError("message line has no 'role'")
+
+
+def _message(data: dict[str, Any], nested: NestedLine | None) -> CrabMessage:
     # In-memory only: crabtalk never reads them from a file, neither do we.
     for key in _MEMORY_ONLY:
         data.pop(key, None)
+    if nested is not None:
+        data["nested"] = nested
+    return _validated(CrabMessage, data, "not a crabtalk message")
+
+
+def _drop_indexes(data: dict[str, Any]) -> None:
+    """Drop the tool calls' streaming ``index``: crabtalk's flat lines never carry one."""
     calls = data.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
             if isinstance(call, dict):
                 call.pop("index", None)
-    try:
-        return CrabMessage.model_validate(data, strict=True)
-    except ValidationError as error:
-        raise SessionFormatError(f"not a crabtalk message: {_first(error)}") from None
 
 
-def _compact_marker(data: dict[str, Any]) -> CompactMarker:
+_NESTED_OPTIONAL = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+
+
+def _nested_message(data: dict[str, Any]) -> CrabMessage:
+    """``{"agent":G,"message":M}`` as a message that remembers its form."""
+    inner = data["message"]
+    if not isinstance(inner, dict):
+        raise SessionFormatError(f"nested line: 'message' is a {_json_type(inner)}, not an object")
+    if "agent" in inner:
+        raise SessionFormatError("nested line: 'agent' belongs beside 'message', not in it")
+    content = inner.get("content")
+    for key in _NESTED_OPTIONAL:  # crabtalk's Option fields: null is the same as absent
+        if key in inner and inner[key] is None:
+            del inner[key]
+    if content is None:
+        inner.pop("content", None)
+    calls = inner.get("tool_calls")
+    calls = calls if isinstance(calls, list) else []
+    indexes = [call.pop("index", None) if isinstance(call, dict) else None for call in calls]
+    form = {
+        "null_content": content is None,
+        "indexes": tuple(indexes) if any(i is not None for i in indexes) else (),
+        "outer": {key: value for key, value in data.items() if key not in ("agent", "message")},
+    }
+    if data.get("agent") is not None:
+        inner["agent"] = data["agent"]
+    return _message(inner, _validated(NestedLine, form, "bad nested line"))
+
+
+def _validated(model: type[_M], data: dict[str, Any], what: str) -> _M:
     try:
-        return CompactMarker.model_validate(data, strict=True)
+        return model.model_validate(data, strict=True)
     except ValidationError as error:
-        raise SessionFormatError(f"bad compact marker: {_first(error)}") from None
+        raise SessionFormatError(f"{what}: {_first(error)}") from None
+
+
+def _nested_line(message: CrabMessage, form: NestedLine) -> bytes:
+    """The nested line of ``message``, keys in crabtalk's order (2026-04-08/09)."""
+    null = form.null_content and not message.content
+    inner: dict[str, Any] = {"role": message.role, "content": None if null else message.content}
+    calls = message.tool_calls
+    if calls:
+        indexes = (*form.indexes, *[None] * len(calls))[: len(calls)]
+        inner["tool_calls"] = [_nested_call(c, i) for c, i in zip(calls, indexes, strict=True)]
+    for key in ("tool_call_id", "name", "reasoning_content"):
+        if getattr(message, key):
+            inner[key] = getattr(message, key)
+    if message.langchain:
+        inner["langchain"] = message.langchain
+    inner.update(message.__pydantic_extra__ or {})
+    line: dict[str, Any] = {"agent": message.agent} if message.agent else {}
+    line["message"] = inner
+    line.update(form.outer)
+    try:
+        return pydantic_core.to_json(line)
+    except pydantic_core.PydanticSerializationError as error:
+        raise ValueError(f"cannot write CrabMessage as JSON: {error}") from None
+
+
+def _nested_call(call: ToolCall, index: int | None) -> dict[str, Any]:
+    """A tool call as a nested line has it: ``id``, ``name`` and ``arguments`` always."""
+    function = call.function
+    written: dict[str, Any] = {} if index is None else {"index": index}
+    written["id"] = call.id
+    written["type"] = call.type
+    written["function"] = {
+        "name": function.name,
+        "arguments": function.arguments or "",
+        **(function.__pydantic_extra__ or {}),
+    }
+    written.update(call.__pydantic_extra__ or {})
+    return written
 
 
 def _json_object(line: str | bytes) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Session file names: ``{agent}_{unix_seconds}_{id}.jsonl``, made safe.
+"""Session file names: ``{agent}_{unix_seconds}_{id}.jsonl``, made safe; and crabtalk's.
 
 Agent names and ids are percent-encoded (RFC 3986 unreserved characters stay
 as they are), so a name never leaves the directory and crabtalk's own names
@@ -8,6 +8,13 @@ header), and the unix seconds are the digits right after that agent's prefix,
 so ``my_agent_2`` / ``x_1`` and ``my`` / ``agent_2_x_1`` never meet. An id too
 long for a file name is shortened with a hash of it; the header's
 ``session_id`` key holds the id itself.
+
+crabtalk named its files differently from 2026-03-24 on: ``{agent}_{sender}.jsonl``,
+then ``{agent}_{sender}_{seq}.jsonl``, renamed ``{agent}_{sender}_{seq}_{title}.jsonl``
+once titled. No crabtalk writes those files any more (it moved to other
+storage on 2026-04-10), so their names are final: such a file's id is its
+name without the ``{agent}_`` prefix and ``.jsonl`` (``user_1_lisbon-trip``),
+and it is found by that id in one look-up (:func:`crabtalk_names`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import hashlib
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
+from crab_langchain.storage.base import check_name
+
 if TYPE_CHECKING:
     from crab_langchain.models import SessionMeta
 
@@ -23,8 +32,10 @@ __all__ = [
     "SESSION_ID_KEY",
     "SUFFIX",
     "check_agent",
+    "crabtalk_names",
     "file_name",
     "id_suffix",
+    "lookup_suffixes",
     "names_id",
     "parse_file_name",
     "session_id_of",
@@ -36,6 +47,7 @@ SESSION_ID_KEY = "session_id"
 SUFFIX = ".jsonl"
 _MAX_AGENT = 100
 _MAX_ID = 120
+_MAX_NAME_BYTES = 255  # what Linux, macOS and Windows file systems hold
 
 
 def _encode(text: str, what: str) -> str:
@@ -95,9 +107,51 @@ def names_id(name: str, agent: str, session_id: str) -> bool:
 
 
 def session_id_of(name: str, meta: SessionMeta) -> str:
-    """The id of the session in file ``name``: the header's, else the file name's."""
+    """The id of the session in file ``name``: the header's, else the file name's.
+
+    A seed-style name ``{agent}_{unix_seconds}_{id}.jsonl`` gives ``id``; any
+    other name (crabtalk's later ones) gives itself without ``.jsonl`` and
+    without the header's agent and ``_`` in front.
+    """
     claimed = meta.extra.get(SESSION_ID_KEY)
     if isinstance(claimed, str):
         return claimed
-    parsed = parse_file_name(name, meta.agent)
-    return parsed[1] if parsed else name.removesuffix(SUFFIX)
+    try:
+        parsed = parse_file_name(name, meta.agent)
+    except ValueError:  # an agent no name of ours could hold (empty, too long)
+        parsed = None
+    if parsed:
+        return parsed[1]
+    stem, prefix = name.removesuffix(SUFFIX), f"{meta.agent}_"
+    return stem[len(prefix) :] if stem.startswith(prefix) and stem != prefix else stem
+
+
+def crabtalk_names(agent: str, session_id: str) -> list[str]:
+    """The names a file that we did not name has if its id is ``session_id``.
+
+    (See :func:`session_id_of`.) Only names that are plain file names are given.
+    """
+    names = [f"{agent}_{session_id}{SUFFIX}", f"{session_id}{SUFFIX}"]
+    return [name for name in names if _plain(name)]
+
+
+def lookup_suffixes(session_id: str, crabtalks: list[str]) -> list[str]:
+    """The endings that every name of ``session_id`` has one of: ours, and ``crabtalks``'.
+
+    One ending where ours ends with crabtalk's (an id that needs no encoding).
+    """
+    ours = id_suffix(session_id)
+    if not crabtalks:
+        return [ours]
+    theirs = f"{session_id}{SUFFIX}"
+    return [theirs] if ours.endswith(theirs) else [ours, theirs]
+
+
+def _plain(name: str) -> bool:
+    """Whether ``name`` can name a log that file systems hold (hidden names are storage's own)."""
+    try:
+        check_name(name)
+        size = len(name.encode("utf-8"))
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return not name.startswith(".") and size <= _MAX_NAME_BYTES

@@ -18,8 +18,9 @@ from crab_langchain.models import Session, SessionFormatError, SessionMeta
 from crab_langchain.naming import (
     SESSION_ID_KEY,
     check_agent,
+    crabtalk_names,
     file_name,
-    id_suffix,
+    lookup_suffixes,
     names_id,
     parse_file_name,
     session_id_of,
@@ -212,11 +213,20 @@ class SessionStore:
         return found
 
     def _named(self, session_id: str, agent: str) -> list[str]:
-        """The names that could hold ``(agent, session_id)``, oldest first (headers unread)."""
-        names = self.storage.names(suffix=id_suffix(session_id))
-        candidates = [n for n in names if names_id(n, agent, session_id)]
-        candidates.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
-        return candidates
+        """The names that could hold ``(agent, session_id)``, oldest first (headers unread).
+
+        Our names first, then crabtalk's. Storages with a name index answer
+        this without listing every log.
+        """
+        theirs = crabtalk_names(agent, session_id)
+        names = {
+            name
+            for suffix in lookup_suffixes(session_id, theirs)
+            for name in self.storage.names(suffix=suffix)
+        }
+        ours = [n for n in names if names_id(n, agent, session_id)]
+        ours.sort(key=lambda n: (parse_file_name(n, agent) or (0, ""))[0])
+        return ours + [n for n in theirs if n in names and n not in ours]
 
     def _metas(
         self, names: Sequence[str], *, strict: bool = False

@@ -24,8 +24,9 @@ from redis_servers import (
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "crabtalk"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
+ERA_FILES = sorted((SHARED / "fixtures" / "crabtalk-eras").glob("*/*.jsonl"))
 
-if not FIXTURE_FILES:
+if not FIXTURE_FILES or not ERA_FILES:
     raise RuntimeError(f"crabtalk fixtures not found in {FIXTURES}: clone the repo beside shared/")
 
 # CI runs are reproducible; local runs explore new examples each time.

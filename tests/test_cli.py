@@ -92,12 +92,13 @@ def test_list_table_newest_first_with_message_counts(root: Path):
     done = crab("--root", root, "list")
     assert done.returncode == 0, done.stderr
     header, *rows = done.stdout.splitlines()
-    assert header.split() == ["AGENT", "CREATED_BY", "CREATED_AT", "MESSAGES", "SIZE", "ID"]
-    cells = [row.split() for row in rows]
-    assert [(c[0], c[1], c[-1]) for c in cells] == [
-        ("research_bot", "research_bot", "3"),
-        ("crab", "tg:12345", "12"),
-        ("crab", "user", "7"),
+    columns = ["AGENT", "CREATED_BY", "CREATED_AT", "MESSAGES", "SIZE", "ID", "TITLE"]
+    assert header.split() == columns
+    cells = [row.split(maxsplit=len(columns) + 1) for row in rows]  # the time has a space
+    assert [(c[0], c[1], c[7], c[8:]) for c in cells] == [
+        ("research_bot", "research_bot", "3", []),
+        ("crab", "tg:12345", "12", ["Trip planning"]),
+        ("crab", "user", "7", []),
     ]
     assert [int(c[4]) for c in cells] == [6, 8, 8]  # compaction marker not counted
     assert [c[4] for c in cells] == [str(message_lines(root / n)) for n in (THREE, TWELVE, SEVEN)]

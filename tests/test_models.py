@@ -99,7 +99,7 @@ def test_fixture_message_fields_are_read():
     no_args = entries[7]
     assert no_args.content == ""
     assert no_args.tool_calls == [ToolCall(id="call_10", function=FunctionCall(name="now"))]
-    assert no_args.tool_calls[0].function.arguments == ""
+    assert no_args.tool_calls[0].function.arguments is None  # the key is absent
 
 
 # --- key order and omission ---------------------------------------------------------------------

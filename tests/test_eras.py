@@ -536,6 +536,14 @@ def test_a_title_with_letters_we_would_encode_opens_by_its_id(backend, tmp_path:
     assert [m.content for m in history.messages][-1].startswith("Tapas bars")
 
 
+def test_a_file_renamed_without_its_agent_opens_by_its_stem(tmp_path: Path):
+    shutil.copyfile(_era("crab_user_13.jsonl"), tmp_path / "dinner notes.jsonl")
+    store = SessionStore(tmp_path, entry_points=False)
+    assert [info.session_id for info in store.list_sessions()] == ["dinner notes"]
+    assert store.find("dinner notes") == "dinner notes.jsonl"
+    assert store.find("notes") is None  # a suffix of the name is not the id
+
+
 def test_a_new_session_still_gets_the_seeds_naming(crabtalk_home: Path):
     store = SessionStore(crabtalk_home, entry_points=False)
     history = store.get_session_history("fresh")

@@ -12,6 +12,7 @@ FILE = "FileChatMessageHistory"
 SQLITE = "SQLChatMessageHistory (SQLite)"
 REDIS = "RedisChatMessageHistory"
 MEMORY = "InMemoryChatMessageHistory"
+MEMORY_COPY = "InMemoryChatMessageHistory (list copied)"
 NAIVE = "naive floor (json.loads + constructors)"
 
 
@@ -47,6 +48,8 @@ def markdown(results: dict[str, Any]) -> str:
         "backend; timings are medians of wall-clock time, so read the ratios.\n",
         _machine(results),
         _targets(results),
+        _before_after(results),
+        _open_among(results),
         _redis(results),
         _chat_loop(results),
         _cold_load(results),
@@ -56,6 +59,101 @@ def markdown(results: dict[str, Any]) -> str:
         _write_record(results),
     ]
     return "\n".join(parts)
+
+
+def _open_among(results: dict[str, Any]) -> str:
+    """Opening one session in a directory of many (the factory, then a read)."""
+    opened = results.get("open_among")
+    if not opened:
+        return ""
+    before = (results.get("before") or {}).get("open_among")
+    rows = [
+        ("the factory alone (`store.get_session_history`)", "factory_ms"),
+        ("the factory alone, for a session not written yet", "factory_new_ms"),
+        ("the factory, then `messages` of a 100-message session", "existing_ms"),
+        ("the factory, then `messages` of a session not written yet", "new_ms"),
+    ]
+    head = "| ms | now | before |" if before else "| ms | now |"
+    lines = [
+        f"## Opening one session among {opened['sessions']:,} session files\n",
+        "With one store, as `RunnableWithMessageHistory` calls its factory on each run "
+        "(medians of 20 calls, the directory's listing settled):\n",
+        head,
+        "| --- | --- | --- |" if before else "| --- | --- |",
+    ]
+    for label, key in rows:
+        cells = [f"{opened[key]:.3f}"] + ([f"{before[key]:.3f}"] if before else [])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _before_after(results: dict[str, Any]) -> str:
+    """The key figures of this run beside those of the run given as ``--before``."""
+    before = results.get("before")
+    if not before:
+        return ""
+    rows = [(label, _figure(before, get), _figure(results, get)) for label, get in _FIGURES]
+    lines = [
+        "## Before and after\n",
+        f"Before: the same benchmark run on {before['date']} against the code it was given "
+        "(see `--before`); after: this run. Same machine; each run's ratios are within "
+        "that run.\n",
+        "| figure | before | after |",
+        "| --- | --- | --- |",
+        *(f"| {label} | {old} | {new} |" for label, old, new in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(results: dict[str, Any], get: Any) -> str:
+    try:
+        return str(get(results))
+    except (KeyError, TypeError, IndexError, ZeroDivisionError):
+        return "–"
+
+
+def _turn(results: dict[str, Any], name: str, index: int) -> float:
+    return float(results["chat_loop"]["ms_per_turn"][name][index])
+
+
+def _turn_figure(results: dict[str, Any], index: int) -> str:
+    ms = _turn(results, CRAB, index)
+    return f"{ms:.3f} ({ms / _turn(results, MEMORY_COPY, index):.1f}x)"
+
+
+def _cold_figure(results: dict[str, Any]) -> str:
+    seconds = results["cold_load"]["seconds"]
+    return f"{seconds[CRAB]:.2f} ({seconds[CRAB] / seconds[NAIVE]:.2f}x)"
+
+
+def _bulk_figure(results: dict[str, Any]) -> str:
+    seconds = results["bulk_add"]["seconds"]
+    return f"{seconds[CRAB]:.2f} ({seconds[SQLITE] / seconds[CRAB]:.1f}x)"
+
+
+def _redis_figure(results: dict[str, Any]) -> str:
+    ms = _turn(results, CRAB_REDIS, 0)
+    return f"{ms:.3f} ({_turn(results, REDIS, 0) / ms:.0f}x)"
+
+
+_FIGURES: list[tuple[str, Any]] = [
+    *(
+        (
+            f"chat turn at the {which} length, ms (x InMemory with its list copied)",
+            lambda r, i=index: _turn_figure(r, i),
+        )
+        for index, which in enumerate(("shortest", "middle", "longest"))
+    ),
+    ("cold load, s (x the naive floor)", _cold_figure),
+    ("bulk add, s (SQLite / crab)", _bulk_figure),
+    ("Redis chat turn at the shortest length, ms (RedisChatMessageHistory / crab)", _redis_figure),
+    ("the factory among many sessions, ms", lambda r: f"{r['open_among']['factory_ms']:.3f}"),
+    (
+        "the factory for a new session among many, ms",
+        lambda r: f"{r['open_among']['factory_new_ms']:.3f}",
+    ),
+    ("factory + read of a new session, ms", lambda r: f"{r['open_among']['new_ms']:.3f}"),
+]
 
 
 def _write_record(results: dict[str, Any]) -> str:
@@ -124,16 +222,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     low, mid, high = lengths[0], lengths[1], lengths[-1]
     cold, bulk = results["cold_load"], results["bulk_add"]
     checks = [  # (target, ratio or None, format, met when)
-        (f"at {mid:,} messages, per-turn cost <= 10x InMemory's",
-         _over(at[CRAB][mid], at[MEMORY][mid]), ".1f", lambda r: r <= 10),
+        *((f"at {n:,} messages, per-turn cost <= 8x InMemory's with its list copied",
+           _over(at[CRAB][n], at[MEMORY_COPY][n]), ".1f", lambda r: r <= 8) for n in lengths),
         (f"at {mid:,} messages, >= 500x faster than FileChatMessageHistory",
          _over(at[FILE][mid], at[CRAB][mid]), ".0f", lambda r: r >= 500),
         (f"per-turn cost at {high:,} within 1.5x of the cost at {low:,}",
          _over(at[CRAB][high], at[CRAB][low]), ".2f", lambda r: r <= 1.5),
-        (f"cold load of {cold['messages']:,} <= 1.0x the naive floor",
-         _over(cold["seconds"][CRAB], cold["seconds"][NAIVE]), ".2f", lambda r: r <= 1.0),
+        (f"cold load of {cold['messages']:,} <= 0.75x the naive floor (collector on)",
+         _over(cold["seconds"][CRAB], cold["seconds"][NAIVE]), ".2f", lambda r: r <= 0.75),
         (f"bulk add of {bulk['messages']:,} >= 10x faster than SQLite",
          _over(bulk["seconds"][SQLITE], bulk["seconds"][CRAB]), ".1f", lambda r: r >= 10),
+        (f"on Redis at {low:,} messages, >= 50x faster than RedisChatMessageHistory",
+         _over(at[REDIS][low], at[CRAB_REDIS][low]), ".0f", lambda r: r >= 50),
     ]  # fmt: skip
     return [
         (target, "skipped at this size", None) if ratio is None

@@ -64,9 +64,10 @@ FILE = "FileChatMessageHistory"
 SQLITE = "SQLChatMessageHistory (SQLite)"
 REDIS = "RedisChatMessageHistory"
 MEMORY = "InMemoryChatMessageHistory"
+MEMORY_COPY = "InMemoryChatMessageHistory (list copied)"
 RAW = "raw append"
 NAIVE = "naive floor (json.loads + constructors)"
-CHAT_BACKENDS = (CRAB, CRAB_FSYNC, CRAB_REDIS, FILE, SQLITE, REDIS, MEMORY, RAW)
+CHAT_BACKENDS = (CRAB, CRAB_FSYNC, CRAB_REDIS, FILE, SQLITE, REDIS, MEMORY, MEMORY_COPY, RAW)
 REDIS_BACKENDS = (CRAB_REDIS, REDIS)
 # The private server's URL; writer subprocesses inherit it.
 REDIS_URL_ENV = "CRAB_BENCH_REDIS_URL"
@@ -83,10 +84,13 @@ class Sizes:
     memory: tuple[int, ...]
     budget_s: float  # skip a backend at a size if it would take longer than this
     turn_time_s: float  # time spent measuring turns at each length
+    sessions: int  # session files in the directory when opening one among many
 
 
-FULL = Sizes((1_000, 4_000, 20_000), 100_000, 100_000, 4, 500, (25_000, 50_000, 100_000), 120, 3)
-QUICK = Sizes((200, 800, 2_000), 5_000, 5_000, 4, 50, (1_000, 2_000, 4_000), 20, 0.3)
+FULL = Sizes(
+    (1_000, 4_000, 20_000), 100_000, 100_000, 4, 500, (25_000, 50_000, 100_000), 120, 3, 20_000
+)
+QUICK = Sizes((200, 800, 2_000), 5_000, 5_000, 4, 50, (1_000, 2_000, 4_000), 20, 0.3, 500)
 
 
 # --- the messages -----------------------------------------------------------
@@ -166,6 +170,24 @@ def memory_history(root: Path) -> Any:
     return InMemoryChatMessageHistory()
 
 
+class CopiedInMemory:
+    """InMemoryChatMessageHistory handing out a list of the caller's own on each read.
+
+    The floor for a history whose ``messages`` may be changed by the caller
+    without touching what is stored (crab_langchain's contract): a list copy.
+    """
+
+    def __init__(self) -> None:
+        self.inner = memory_history(Path())
+
+    @property
+    def messages(self) -> list[BaseMessage]:
+        return list(self.inner.messages)
+
+    def add_messages(self, batch: Sequence[BaseMessage]) -> None:
+        self.inner.add_messages(batch)
+
+
 class RawAppend:
     """The floor: append the same JSON lines to a file, read nothing."""
 
@@ -206,6 +228,7 @@ def open_backend(name: str, root: Path) -> Any:
         SQLITE: lambda: sqlite_history(root),
         REDIS: lambda: redis_history(root),
         MEMORY: lambda: memory_history(root),
+        MEMORY_COPY: CopiedInMemory,
         RAW: lambda: RawAppend(root),
     }[name]()
 
@@ -279,6 +302,51 @@ def naive_floor(count: int) -> float:
         seconds = time.perf_counter() - start
         assert len(loaded) == count
         return seconds
+
+
+def open_among(sessions: int) -> dict[str, float]:
+    """ms to open and read one session in a directory of ``sessions`` session files.
+
+    The way ``RunnableWithMessageHistory`` does on each run, with one store:
+    call the factory, then read. ``factory_ms`` is the factory alone (what
+    runs on the event loop in ``ainvoke``) for that session, ``factory_new_ms``
+    for a session not written yet; ``existing_ms`` opens and reads a
+    100-message session; ``new_ms`` opens and reads a session not yet
+    written (a new conversation's first read). Medians over 20 calls, after
+    the directory has settled (its listing is kept from then on).
+    """
+    from crab_langchain import SessionStore
+    from crab_langchain.naming import SESSION_ID_KEY, file_name
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = SessionStore(root, entry_points=False)
+        store.get_session_history("target").add_messages(messages(100))
+        for n in range(sessions - 1):
+            header = {"agent": "crab", "created_by": "user", "created_at": "2026-01-01T00:00:00Z"}
+            header[SESSION_ID_KEY] = f"other-{n}"
+            name = file_name("crab", 1_767_225_600 + n, f"other-{n}")
+            (root / name).write_text(json.dumps(header) + "\n")
+        store.find("warm-up")
+        time.sleep(2.1)  # past the listing's settling time (time stamps are coarse)
+        store.find("warm-up")
+        fresh = iter(range(1_000_000))
+        return {
+            "sessions": sessions,
+            "factory_ms": _median_ms(lambda: store.get_session_history("target")),
+            "factory_new_ms": _median_ms(lambda: store.get_session_history(f"new-{next(fresh)}")),
+            "existing_ms": _median_ms(lambda: store.get_session_history("target").messages),
+            "new_ms": _median_ms(lambda: store.get_session_history(f"new-{next(fresh)}").messages),
+        }
+
+
+def _median_ms(call: Callable[[], object], count: int = 20) -> float:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def bulk_add(name: str, count: int) -> float:
@@ -435,6 +503,8 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
         results["bulk_add"] = bulk_adds(sizes, log, skip)
         results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes), skip)
         results["memory"] = memory(sizes, log, skip)
+    log(f"open one session among {sizes.sessions:,}")
+    results["open_among"] = open_among(sizes.sessions)
     log("write record cost")
     results["write_record"] = write_record_cost(200 if sizes is QUICK else 5_000)
     results["run_seconds"] = time.perf_counter() - started
@@ -678,11 +748,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--out", type=Path, help="where to write results (default: see above)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="JSON",
+        help="results.json of an earlier run (another commit): RESULTS.md shows both",
+    )
     args = parser.parse_args(argv)
     out = args.out or (Path(tempfile.mkdtemp()) if args.quick else Path(__file__).parent)
     out.mkdir(parents=True, exist_ok=True)
     results = run(QUICK if args.quick else FULL, lambda line: print(line, flush=True))
     results["quick"] = args.quick
+    if args.before is not None:
+        results["before"] = json.loads(args.before.read_text())
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     sys.path.insert(0, str(Path(__file__).parent))
     import report

@@ -15,7 +15,6 @@ from crab_langchain.convert import (
     mark_auto_injected,
     to_crab_message,
 )
-from crab_langchain.handouts import MessageList
 from crab_langchain.history import COMPACT_MARKER_KEY, COMPACT_SUMMARY_KEY, CrabChatMessageHistory
 from crab_langchain.hooks import (
     CrabHookSpecs,
@@ -63,7 +62,6 @@ __all__ = [
     "FileReport",
     "FunctionCall",
     "LogReport",
-    "MessageList",
     "NestedLine",
     "RunEvent",
     "Session",

@@ -19,8 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pydantic_core
@@ -36,17 +35,22 @@ from langchain_core.messages import (
     message_chunk_to_message,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from crab_langchain.models import (
+    SPEC_FIELDS,
+    TEXT_FIELDS,
+    CompactMarker,
     CrabMessage,
     FunctionCall,
     NestedLine,
+    RunEvent,
     SessionFormatError,
     ToolCall,
     is_text_only,
-    text_line,
+    parse_entry,
 )
+from crab_langchain.textonly import parse_text_line, text_line, text_message, text_only_role
 
 __all__ = [
     "AUTO_INJECTED_KEY",
@@ -55,13 +59,13 @@ __all__ = [
     "NESTED_LINE_KEY",
     "Encoded",
     "check_json",
+    "decode_line",
     "encode",
     "from_crab_message",
     "is_auto_injected",
     "mark_auto_injected",
     "reads_back_as_is",
     "reasoning_text",
-    "text_message",
     "to_crab_message",
 ]
 
@@ -79,7 +83,6 @@ DEVELOPER_ROLE_KEY = "__openai_role__"
 """langchain-openai's mark of a developer message: a SystemMessage with this set to "developer"."""
 
 M = TypeVar("M", bound=BaseMessage)
-B = TypeVar("B", bound=BaseModel)
 
 _CLASS_OF_TYPE: dict[str, type[BaseMessage]] = {
     "human": HumanMessage,
@@ -97,8 +100,6 @@ _CLASS_OF_ROLE: dict[str, type[BaseMessage]] = {
     "developer": SystemMessage,
     "tool": ToolMessage,
 }
-_SPEC_KEYS = ("content", "reasoning_content", "name", "tool_call_id", "tool_calls", "agent")
-_TEXT_KEYS = ("role", "content", "reasoning_content", "name", "tool_call_id", "agent")
 
 
 def mark_auto_injected(message: M) -> M:
@@ -144,129 +145,15 @@ def _reason(error: Exception) -> str:
 def _from_crab_message(message: CrabMessage) -> BaseMessage:
     plain = _plain_message(message)
     if plain is not None:
-        return plain
+        return plain  # the shortcut below
     extension = message.langchain or {}
     cls = _class_of(message, extension)
     kwargs = _decoded_kwargs(message, cls)
-    if extension:
-        kwargs.update((key, value) for key, value in extension.items() if key != "type")
-        result = cls(**kwargs)  # the extension is the file's say: validate it
-    else:
-        result = _built(cls, kwargs)
+    kwargs.update((key, value) for key, value in extension.items() if key != "type")
+    result = cls(**kwargs)
     if message.auto_injected:
         mark_auto_injected(result)
     return result
-
-
-def _built(cls: type[B], kwargs: dict[str, Any]) -> B:
-    """``cls(**kwargs)`` for values the spec's keys gave, without validating them again.
-
-    Loading a long session is mostly building messages, and the constructor's
-    validation is most of that. ``kwargs`` here are already of their fields'
-    types (strings from the validated line), so the message is assembled as
-    pydantic's ``model_construct`` does, minus its per-field overhead. The
-    tests hold it equal to the constructor's result, fields-set included.
-    """
-    plan = _construction_plan(cls)
-    if plan is None or "tool_calls" in kwargs or not plan.required <= kwargs.keys():
-        return cls(**kwargs)  # the constructor reorders tool-call dicts: let it
-    values = plan.defaults.copy()  # every field, in the class's order
-    for name, factory in plan.factories:
-        if name not in kwargs:
-            values[name] = factory()  # a fresh dict or list per message
-    values.update(kwargs)
-    return _assembled(cls, values, set(kwargs))
-
-
-def _assembled(cls: type[B], values: dict[str, Any], fields_set: set[str]) -> B:
-    """A ``cls`` holding ``values`` (every field, in order), as ``model_construct`` makes one."""
-    model = cls.__new__(cls)
-    _set = object.__setattr__
-    _set(model, "__dict__", values)
-    _set(model, "__pydantic_fields_set__", fields_set)
-    _set(model, "__pydantic_extra__", {})
-    _set(model, "__pydantic_private__", None)
-    return model
-
-
-class _Plan(NamedTuple):
-    defaults: dict[str, Any]
-    factories: tuple[tuple[str, Callable[[], Any]], ...]
-    required: frozenset[str]
-
-
-@functools.cache
-def _construction_plan(cls: type[BaseModel]) -> _Plan | None:
-    """How to assemble a ``cls``; None if it needs its constructor."""
-    fields = cls.model_fields.items()
-    if (
-        cls.__pydantic_post_init__
-        or cls.__private_attributes__
-        or any(info.default_factory_takes_validated_data for _, info in fields)
-    ):
-        return None
-    return _Plan(
-        defaults={name: info.default for name, info in fields},
-        factories=tuple(
-            (name, info.default_factory)  # type: ignore[misc]
-            for name, info in fields
-            if info.default_factory is not None
-        ),
-        required=frozenset(name for name, info in fields if info.is_required()),
-    )
-
-
-_PLAIN_CLASSES: dict[str, type[BaseMessage]] = {
-    "user": HumanMessage,
-    "assistant": AIMessage,
-    "system": SystemMessage,
-}
-
-
-def _plain_message(message: CrabMessage) -> BaseMessage | None:
-    """The message of a line holding a role and text only; None for any other.
-
-    The short way to what the rest of :func:`from_crab_message` builds (the
-    tests hold the two equal): most lines of a long session are such.
-    """
-    if message.auto_injected or not is_text_only(message):
-        return None
-    return text_message(message.role, message.content)
-
-
-def text_message(role: str, content: str) -> BaseMessage | None:
-    """The message of a line holding only ``role`` and ``content``; None for other roles.
-
-    What :func:`from_crab_message` gives for ``CrabMessage(role=role,
-    content=content)``, without building that crab message.
-    """
-    cls = _PLAIN_CLASSES.get(role)
-    if cls is None:
-        return None
-    built: BaseMessage = _text_message(cls)(content)
-    return built
-
-
-@functools.cache
-def _text_message(cls: type[M]) -> Callable[[str], M]:
-    """``_built(cls, {"content": text, "additional_kwargs": {}})``, specialized.
-
-    Loading a long session calls it once a line, so it is worth a closure
-    that does only that.
-    """
-    plan = _construction_plan(cls)
-    if plan is None:
-        return lambda text: _built(cls, {"content": text, "additional_kwargs": {}})
-    defaults, factories = plan.defaults, plan.factories
-
-    def build(text: str) -> M:
-        values = defaults.copy()
-        for name, factory in factories:
-            values[name] = factory()
-        values["content"] = text
-        return _assembled(cls, values, {"content", "additional_kwargs"})
-
-    return build
 
 
 def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMessage]:
@@ -307,7 +194,8 @@ def _decoded_kwargs(message: CrabMessage, cls: type[BaseMessage]) -> dict[str, A
         extra[NESTED_LINE_KEY] = message.nested.model_dump(mode="json", exclude_defaults=True)
     if leftovers:
         extra[CRAB_FIELDS_KEY] = leftovers
-    kwargs["additional_kwargs"] = extra
+    if extra:
+        kwargs["additional_kwargs"] = extra
     return kwargs
 
 
@@ -372,33 +260,7 @@ def to_crab_message(message: BaseMessage, *, strict: bool = False) -> CrabMessag
     if isinstance(message, BaseMessageChunk):
         message = message_chunk_to_message(message)
     plain = _plain_crab(message)
-    return plain if plain is not None else _general_crab(message, strict)
-
-
-class Encoded(NamedTuple):
-    """A message ready to store: its line, and what reading that line back gives."""
-
-    line: bytes
-    read_back: BaseMessage | None
-    """Equal to ``from_crab_message(parse_entry(line))``; None when only parsing can tell."""
-    auto_injected: bool
-
-
-def encode(message: BaseMessage, *, strict: bool = False) -> Encoded:
-    """Convert ``message`` straight to its line (see :func:`to_crab_message`).
-
-    A history needs the line to write and the message a reader of that line
-    gets; for text-only messages both come without building a crab message.
-    """
-    if isinstance(message, BaseMessageChunk):
-        message = message_chunk_to_message(message)
-    role = _text_only_role(message)
-    if role is not None:
-        content = str(message.content)
-        return Encoded(text_line(role, content), _text_message(type(message))(content), False)
-    crab = _general_crab(message, strict)
-    read_back = from_crab_message(crab) if reads_back_as_is(crab) else None
-    return Encoded(crab.to_line_bytes(), read_back, crab.auto_injected)
+    return plain if plain is not None else _general_crab(message, strict)  # the shortcut below
 
 
 def reads_back_as_is(message: CrabMessage) -> bool:
@@ -422,7 +284,7 @@ def _general_crab(message: BaseMessage, strict: bool) -> CrabMessage:
     if cls is None:
         raise ValueError(f"a {type(message).__name__} cannot be stored in a chat history")
     fields, unknown = _spec_fields(message)
-    for key in _TEXT_KEYS:
+    for key in TEXT_FIELDS:
         text = fields.get(key, "")
         if not text.isascii():  # O(1): CPython knows; only non-ASCII can hold a lone surrogate
             _check_text(text, key)
@@ -432,52 +294,6 @@ def _general_crab(message: BaseMessage, strict: bool) -> CrabMessage:
     crab = CrabMessage(**fields, **unknown, auto_injected=injected)
     crab.langchain = _extension(message, cls, crab) or None
     return crab
-
-
-_PLAIN_ROLES: dict[type[BaseMessage], str] = {
-    HumanMessage: "user",
-    AIMessage: "assistant",
-    SystemMessage: "system",
-}
-
-
-def _plain_crab(message: BaseMessage) -> CrabMessage | None:
-    """The crab message of a message holding its text and nothing else; None for any other.
-
-    Most messages of a chat are such, and this is what :func:`to_crab_message`
-    gives them the long way (the tests hold the two equal), in a tenth of the
-    time.
-    """
-    role = _text_only_role(message)
-    return None if role is None else CrabMessage(role=role, content=str(message.content))
-
-
-def _text_only_role(message: BaseMessage) -> str | None:
-    """The role of a message holding its text and nothing else; None for any other.
-
-    Every field but the text is compared with its default in one step.
-    """
-    role = _PLAIN_ROLES.get(type(message))
-    content = message.content
-    if role is None or type(content) is not str or message.__pydantic_extra__:
-        return None
-    values, defaults = _beyond_text(type(message))
-    if values(message.__dict__) != defaults:
-        return None
-    if not content.isascii():
-        _check_text(content, "content")
-    return role
-
-
-@functools.cache
-def _beyond_text(cls: type[BaseMessage]) -> tuple[Callable[[dict[str, Any]], Any], tuple[Any, ...]]:
-    """A getter of every field but ``content`` and ``type``, and those fields' defaults."""
-    names = [name for name in _field_defaults(cls) if name != "content"]
-    defaults = tuple(_field_defaults(cls)[name] for name in names)
-    getter = operator.itemgetter(*names)
-    if len(names) == 1:  # itemgetter of one name gives the value, not a tuple
-        return (lambda values: (getter(values),)), defaults
-    return getter, defaults
 
 
 def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -502,7 +318,7 @@ def _spec_fields(message: BaseMessage) -> tuple[dict[str, Any], dict[str, Any]]:
             "not a dict of crabtalk fields"
         )
     for key, value in leftovers.items():
-        if key in _SPEC_KEYS:
+        if key in SPEC_FIELDS:
             fields[key] = fields.get(key) or _spec_value(key, value)
         elif key not in CrabMessage.model_fields:
             unknown[key] = check_json(value, f"additional_kwargs.crab.{key}")
@@ -693,3 +509,69 @@ def _check_text(text: str, where: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise TypeError(f"{where}: lone surrogate at index {error.start} is not UTF-8") from None
+
+
+# --- through the text-only shortcut (crab_langchain.textonly) ----------------------
+
+
+def decode_line(line: bytes) -> BaseMessage | CompactMarker | RunEvent:
+    """What body line ``line`` stands for: a message line's LangChain message, else the entry.
+
+    Equal to ``from_crab_message(parse_entry(line))`` for a message line.
+
+    Raises:
+        SessionFormatError: the line is malformed (without a location; callers add it).
+    """
+    text = parse_text_line(line)
+    message = None if text is None else text_message(*text)
+    if message is not None:
+        return message
+    entry = parse_entry(line)
+    return from_crab_message(entry) if isinstance(entry, CrabMessage) else entry
+
+
+def _plain_message(message: CrabMessage) -> BaseMessage | None:
+    """:func:`text_message` of a crab message holding a role and text only; None for others."""
+    if message.auto_injected or not is_text_only(message):
+        return None
+    return text_message(message.role, message.content)
+
+
+class Encoded(NamedTuple):
+    """A message ready to store: its line, and what reading that line back gives."""
+
+    line: bytes
+    read_back: BaseMessage | None
+    """Equal to ``from_crab_message(parse_entry(line))``; None when only parsing can tell."""
+    auto_injected: bool
+
+
+def encode(message: BaseMessage, *, strict: bool = False) -> Encoded:
+    """Convert ``message`` straight to its line (see :func:`to_crab_message`).
+
+    A history needs the line to write and the message a reader of that line
+    gets; for text-only messages both come without building a crab message.
+    """
+    if isinstance(message, BaseMessageChunk):
+        message = message_chunk_to_message(message)
+    role = _text_only_role(message)
+    if role is not None:
+        content = str(message.content)
+        return Encoded(text_line(role, content), text_message(role, content), False)
+    crab = _general_crab(message, strict)
+    read_back = from_crab_message(crab) if reads_back_as_is(crab) else None
+    return Encoded(crab.to_line_bytes(), read_back, crab.auto_injected)
+
+
+def _plain_crab(message: BaseMessage) -> CrabMessage | None:
+    """The crab message of a message holding its text and nothing else; None for any other."""
+    role = _text_only_role(message)
+    return None if role is None else CrabMessage(role=role, content=str(message.content))
+
+
+def _text_only_role(message: BaseMessage) -> str | None:
+    """:func:`text_only_role`, its text checked to be UTF-8 (``TypeError`` if not)."""
+    role = text_only_role(message)
+    if role is not None and not str(message.content).isascii():
+        _check_text(str(message.content), "content")
+    return role

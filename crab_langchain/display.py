@@ -13,8 +13,9 @@ import html
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from langchain_core.messages import (
     AIMessage,
@@ -29,8 +30,49 @@ from crab_langchain.convert import is_auto_injected, reasoning_text
 from crab_langchain.models import RunEvent
 
 if TYPE_CHECKING:
-    from crab_langchain.history import CrabChatMessageHistory
-    from crab_langchain.store import SessionInfo, SessionStore
+    from crab_langchain.context import WorkingContext
+
+
+class ShownHistory(Protocol):
+    """What a transcript needs of a history (:class:`~crab_langchain.CrabChatMessageHistory`)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def location(self) -> str | None: ...
+    @property
+    def file_path(self) -> Path | None: ...
+    def snapshot(self) -> WorkingContext: ...
+
+
+class ShownSession(Protocol):
+    """What a row of the sessions table needs (:class:`~crab_langchain.SessionInfo`)."""
+
+    @property
+    def agent(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def created_by(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def title(self) -> str | None: ...
+
+
+class ShownStore(Protocol):
+    """What the sessions table needs of a store (:class:`~crab_langchain.SessionStore`)."""
+
+    @property
+    def storage(self) -> Any: ...
+    def list_sessions(
+        self, *, agent: str | None = None, created_by: str | None = None
+    ) -> Sequence[ShownSession]: ...
+
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -260,7 +302,7 @@ def hidden_line(count: int) -> str:
     return f"… {count} earlier message{'s' if count != 1 else ''} hidden"
 
 
-def history_text(history: CrabChatMessageHistory, *, limit: int | None = DEFAULT_LIMIT) -> str:
+def history_text(history: ShownHistory, *, limit: int | None = DEFAULT_LIMIT) -> str:
     """A plain-text transcript: a header line, then one line per message (the last ``limit``).
 
     Never raises: a missing or malformed file gives a header naming the problem.
@@ -313,19 +355,21 @@ class _View:
     error: str = ""
 
 
-def _view(history: CrabChatMessageHistory) -> _View:
+def _view(history: ShownHistory) -> _View:
     view = _View(session_id=str(history.session_id))
     try:
         view.location = history.location
         if view.location is None:
             return view
         view.path = history.file_path
-        view.messages = history.messages
-        session = history.session
-        view.agent, view.created_by = session.agent, session.created_by
-        view.created_at = session.created_at.isoformat()
-        title = session.extra.get("title")
-        view.title = title if isinstance(title, str) else ""
+        context = history.snapshot()  # no plugin hook runs for a repr
+        view.messages = context.messages
+        if context.meta is not None:
+            meta = context.meta
+            view.agent, view.created_by = meta.agent, meta.created_by
+            view.created_at = meta.created_at.isoformat()
+            title = meta.extra.get("title")
+            view.title = title if isinstance(title, str) else ""
     except Exception as error:  # a repr must never raise
         view.error = one_line(f"{type(error).__name__}: {error}")
     return view
@@ -376,7 +420,7 @@ def _badge(text: str, color: str) -> str:
     return f'<span style="{_BADGE.format(c=color)}">{_e(text)}</span>'
 
 
-def history_html(history: CrabChatMessageHistory, *, limit: int | None = DEFAULT_LIMIT) -> str:
+def history_html(history: ShownHistory, *, limit: int | None = DEFAULT_LIMIT) -> str:
     """The transcript as HTML (the last ``limit`` messages), for Jupyter. Never raises."""
     view = _view(history)
     parts = [_html_header(view)]
@@ -498,7 +542,7 @@ def human_size(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-def store_html(store: SessionStore, *, limit: int | None = STORE_LIMIT) -> str:
+def store_html(store: ShownStore, *, limit: int | None = STORE_LIMIT) -> str:
     """The store's sessions as an HTML table, newest first (the first ``limit``)."""
     head = f"<b>SessionStore</b> <code>{_e(store.storage.describe())}</code>"
     try:
@@ -520,7 +564,7 @@ def store_html(store: SessionStore, *, limit: int | None = STORE_LIMIT) -> str:
     return f'<div style="{_BOX}">{head} · {count}{table}</div>'
 
 
-def _store_row(info: SessionInfo) -> str:
+def _store_row(info: ShownSession) -> str:
     cells = (
         info.agent,
         info.session_id,

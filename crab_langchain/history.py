@@ -1,20 +1,27 @@
 """``CrabChatMessageHistory``: a LangChain chat history on one crabtalk session.
 
-Data flows one way: a LangChain message is converted to a crabtalk message,
-the hooks decide whether (and as what) it is written, and storage appends its
-line. Reading goes back the same way, incrementally: the history keeps what it
-has read and asks storage only for lines past its cursor.
+The LangChain adapter on top of the session log (:mod:`crab_langchain.log`)
+and its working context (:mod:`crab_langchain.context`). What it adds is
+LangChain's interface, the hooks, and locking: data flows one way, a LangChain
+message is converted to a line, the hooks decide whether it is written, and
+the log appends it. Reading goes back the same way, incrementally.
+
+Locking: the history's lock guards only its memory (the working context,
+which log it is on, the injected messages) and is never held across I/O. A
+write or read goes to storage unlocked and is taken into the context only if
+nobody moved the context meanwhile; otherwise the history reads on from where
+the others left it. So an async caller never waits, on the event loop, for a
+thread that is inside a slow storage call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -28,16 +35,16 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 
+from crab_langchain.context import WorkingContext
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
     Encoded,
     encode,
     from_crab_message,
-    text_message,
     to_crab_message,
 )
-from crab_langchain.handouts import Handouts
 from crab_langchain.hooks import (
+    default_verdict,
     filter_result_problem,
     filters_by_default,
     has_impls,
@@ -46,15 +53,15 @@ from crab_langchain.hooks import (
     persistable,
     wrong_result,
 )
+from crab_langchain.log import SessionLog
 from crab_langchain.models import (
     CompactMarker,
     CrabMessage,
+    Entry,
     RunEvent,
     Session,
     SessionFormatError,
     SessionMeta,
-    parse_entry,
-    parse_line,
 )
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Chunk, Cursor, DirectoryStorage, Durability, SessionStorage
@@ -63,8 +70,6 @@ __all__ = [
     "COMPACT_MARKER_KEY",
     "COMPACT_SUMMARY_KEY",
     "CrabChatMessageHistory",
-    "parse_meta",
-    "read_meta",
 ]
 
 COMPACT_SUMMARY_KEY = "crab_compact"
@@ -77,7 +82,11 @@ the marker said: crabtalk's ``title`` and ``archived_at`` (2026-04-03 on)."""
 
 Plugins = pluggy.PluginManager | Iterable[object] | None
 
-_GC_PAUSE_FROM = 1000  # messages built at once
+# From this many messages or lines on, async calls convert or parse them in a
+# worker thread: thousands at once would stall the event loop.
+_OFF_LOOP_FROM = 1000
+# A session deleted again and again while one call works on it: give up after this.
+_DELETED_RETRIES = 8
 
 T = TypeVar("T")
 ReadBack = list[BaseMessage | None] | None
@@ -89,8 +98,8 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     Get one from :meth:`SessionStore.get_session_history
     <crab_langchain.SessionStore.get_session_history>` (a directory of
-    sessions) or :meth:`from_file` (one existing file). Reads return the
-    stored working context followed by the messages plugins inject for the
+    sessions, or Redis) or :meth:`from_file` (one existing file). Reads return
+    the stored working context followed by the messages plugins inject for the
     coming run; writes append one line per message, so their cost does not
     grow with the session. Safe to share between threads; other instances and
     processes on the same session see each other's writes on their next read.
@@ -110,50 +119,38 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """Bind a history to ``session``, stored as log ``name`` in ``storage``.
 
         Most code uses :class:`~crab_langchain.SessionStore` or
-        :meth:`from_file` instead. ``name`` may be None for a session not yet
-        written; ``locate`` then finds a log that another writer created, and
-        ``create`` creates it on the first write. ``strict`` writes only the
-        spec's keys (LangChain-only fields are then not kept).
+        :meth:`from_file` instead. Nothing is read or written here.
+
+        Args:
+            session: the session's id, agent and creator (the header, once read,
+                fills in the rest).
+            storage: where the session's log lives.
+            name: the log's name, or None for a session whose log is found by
+                ``locate`` (on the first read or write) or created by ``create``
+                (on the first write).
+            plugins: a plugin manager, or plugins to register on a new one.
+            strict: write only the spec's keys (LangChain-only fields are then
+                not kept).
+            locate: finds the log's name (None while there is none).
+            create: creates the log of a session and returns its name.
+
+        Raises:
+            ValueError: ``name`` and ``create`` are both None.
         """
         if name is None and create is None:
             raise ValueError("a history without a stored log needs `create`")
         self._session = session
         self._storage = storage
-        self._name = name
+        self._log = None if name is None else SessionLog(storage, name)
         self._locate = locate
         self._create = create
         self.strict = strict
         self._plugins = _manager(plugins)
         self._hook = self._plugins.hook
         self._lock = threading.RLock()
-        _HISTORIES.add(self)
-        self._handouts = Handouts()
-        self._stored_handouts = Handouts()
-        self._generation = 0
-        self._reset()
-
-    def _reset(self) -> None:
-        self._cursor: Cursor | None = None
-        self._new_context()
-
-    def _new_context(self, first: tuple[bytes, BaseMessage] | None = None) -> None:
-        """Start the working context afresh (a load, a clear, a compaction marker)."""
-        self._context: list[BaseMessage] = [first[1]] if first else []
-        # The context's lines: the session's crab messages are parsed from them
-        # only when someone looks (see _synced_session), not on every load.
-        self._lines: list[bytes] = [first[0]] if first else []
-        self._session.history = []
+        self._context = WorkingContext()
         self._injected: tuple[object, list[BaseMessage]] | None = None
-        self._generation += 1  # lists handed out before hold an older context
-
-    def _synced_session(self) -> Session:
-        """The session, its ``history`` brought up to the working context."""
-        history = self._session.history
-        if len(history) < len(self._lines):
-            history.extend(CrabMessage.from_line(line) for line in self._lines[len(history) :])
-        return self._session
-
-    # --- opening ----------------------------------------------------------------
+        _HISTORIES.add(self)
 
     @classmethod
     def from_file(
@@ -166,12 +163,22 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     ) -> CrabChatMessageHistory:
         """Open an existing session file, crabtalk's own included.
 
-        Raises ``FileNotFoundError`` if there is no such file and
-        :class:`~crab_langchain.SessionFormatError` if it is malformed.
+        Args:
+            path: the session file.
+            plugins: plugins to register (no entry points are loaded for them).
+            strict: write only the spec's keys.
+            durability: ``"flush"`` or ``"fsync"`` for each append.
+
+        Returns:
+            The history, its working context read.
+
+        Raises:
+            FileNotFoundError: there is no such file.
+            SessionFormatError: the file is malformed (naming the line).
         """
         path = Path(path).expanduser()
-        storage = DirectoryStorage(path.parent, durability=durability)
-        meta = read_meta(storage, path.name)
+        log = SessionLog(DirectoryStorage(path.parent, durability=durability), path.name)
+        meta = log.meta()
         session = Session(
             id=session_id_of(path.name, meta),
             agent=meta.agent,
@@ -179,7 +186,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             created_at=meta.created_at,
             file_path=path,
         )
-        history = cls(session, storage=storage, name=path.name, plugins=plugins, strict=strict)
+        history = cls(session, storage=log.storage, name=log.name, plugins=plugins, strict=strict)
         history._refresh()
         return history
 
@@ -189,56 +196,329 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The working context, then the messages injected for the coming run.
 
-        The list is the caller's: changing it changes nothing stored, and
-        later reads never change it. (Lists that callers dropped unchanged are
-        recycled, so a read costs the same at 100,000 messages as at 10; see
-        :mod:`crab_langchain.handouts`.) The message objects are shared with
-        the history's cache: copy one before changing it in place.
+        A new list on every read: changing it changes nothing stored. The
+        message objects are shared with the history's cache: copy one before
+        changing it in place.
         """
-        with self._lock:
-            self._refresh()
-            injected = self._injected_for_run()
-            return self._handouts.handout(self._context, self._generation, injected)
+        self._refresh()
+        return self._with_injected()
 
     async def aget_messages(self) -> list[BaseMessage]:
-        """Async :attr:`messages`, with the storage's async client if it has one.
-
-        Otherwise the file is read in a worker thread.
-        """
-        if not self._storage.native_async:
-            return await asyncio.to_thread(lambda: self.messages)
+        """Async :attr:`messages`; storage I/O never blocks the event loop."""
         await self._arefresh()
-        with self._lock:
-            injected = self._injected_for_run()
-            return self._handouts.handout(self._context, self._generation, injected)
+        return self._with_injected()
 
     def add_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Append ``messages`` in one write, after the hooks' say.
 
         Message-like values LangChain accepts (``("human", "hi")`` tuples,
         dicts, strings) are converted to messages first. Auto-injected
-        messages are dropped by the default plugin. If a message cannot be
-        written (a value JSON cannot hold, a hook raising) nothing of this
-        call is written.
+        messages are dropped by the default plugin.
+
+        Args:
+            messages: the messages, in order.
+
+        Raises:
+            TypeError: a message holds a value JSON cannot hold, or a plugin
+                returned something it must not; nothing of this call is written.
+            ValueError: a message has no place in a history (such as
+                ``RemoveMessage``); nothing of this call is written.
         """
+        batch = self._prepare(_as_messages(messages))
+        if batch is not None:
+            self._append(*batch)
+
+    async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
+        """Async :meth:`add_messages`; storage I/O never blocks the event loop."""
         given = _as_messages(messages)
-        with self._lock, _gc_paused(len(given)):
+        if len(given) >= _OFF_LOOP_FROM:
+            batch = await asyncio.to_thread(self._prepare, given)
+        else:
             batch = self._prepare(given)
-            if batch is not None:
-                self._append(*batch)
+        if batch is not None:
+            await self._aappend(*batch)
+
+    def clear(self) -> None:
+        """Remove every message; the header (and its ``created_at``) stays, byte for byte.
+
+        The log is replaced atomically: a reader sees the old one or the
+        cleared one, never a part of either.
+        """
+        self._on_log(SessionLog.clear)
+        self._reset()
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`; storage I/O never blocks the event loop."""
+        await self._aon_log(SessionLog.aclear)
+        self._reset()
+
+    # --- beyond LangChain's interface ----------------------------------------
+
+    def compact(self, summary: str) -> None:
+        """Start a new working context from ``summary``, as newer crabtalk does.
+
+        Appends a ``{"compact": summary}`` line; what came before stays in
+        the file as archived history. The working context becomes the summary
+        as a user message, followed by what is added after it.
+
+        Args:
+            summary: the summary of the conversation so far.
+        """
+        self._append([CompactMarker(compact=summary).to_line_bytes()], None)
+
+    def stored_messages(self) -> list[BaseMessage]:
+        """The stored working context alone, without asking plugins to inject (a new list)."""
+        self._refresh()
+        with self._lock:
+            return list(self._context.messages)
+
+    def archive(self) -> list[BaseMessage]:
+        """Every message the file holds, compacted ones included, in order.
+
+        Each compaction marker stands where it was written, as its summary: a
+        ``HumanMessage`` with ``additional_kwargs["crab_compact"] = True`` (and
+        the marker's ``title`` and ``archived_at``, where it has them, under
+        ``"crab_marker"``). Run events are not messages and are left out.
+        This parses the whole file; :attr:`messages` parses only what follows
+        the last marker.
+
+        Raises:
+            SessionFormatError: a line is malformed (naming it).
+        """
+        return self._on_log(_archive) or []
+
+    def snapshot(self) -> WorkingContext:
+        """The stored working context and header as the log holds them now, read afresh.
+
+        Runs no plugin hook and changes nothing in this history (its
+        ``repr`` shows this). It reads what follows the last marker, so it
+        costs a load.
+
+        Raises:
+            SessionFormatError: a line is malformed (naming it).
+        """
+        context = WorkingContext()
+
+        def load(log: SessionLog) -> None:
+            chunk = log.read(None)
+            if chunk is not None:
+                context.take(log, chunk)
+
+        self._on_log(load, forget=False)
+        return context
+
+    @property
+    def session(self) -> Session:
+        """The session: id, agent, created_by, created_at, file_path, history.
+
+        ``history`` is the working context in crabtalk's form.
+        """
+        self._refresh()
+        with self._lock:
+            return self._synced_session()
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self._session.id
+
+    @property
+    def file_path(self) -> Path | None:
+        """The session file, once it exists (None before the first write, or on a server)."""
+        log = self._current_log(create=False)
+        return None if log is None else log.path
+
+    @property
+    def location(self) -> str | None:
+        """Where the session is stored, for people: its file's path, or its server and key.
+
+        None before the first write.
+        """
+        log = self._current_log(create=False)
+        return None if log is None else log.location
+
+    def __repr__(self) -> str:
+        """A plain-text transcript (truncated), headed by the session's id and file.
+
+        It runs no plugin hook (see :meth:`snapshot`).
+        """
+        from crab_langchain.display import history_text  # noqa: PLC0415 - display is optional
+
+        return history_text(self)
+
+    def _repr_html_(self) -> str:
+        """The transcript as HTML, for Jupyter; it runs no plugin hook."""
+        from crab_langchain.display import history_html  # noqa: PLC0415 - display is optional
+
+        return history_html(self)
+
+    # --- the session's log: finding it, losing it -------------------------------
+
+    def _current_log(self, *, create: bool) -> SessionLog | None:
+        """The session's log: known, found, or (if ``create``) created. May do I/O."""
+        if self._log is not None:
+            return self._log
+        name = self._locate() if self._locate is not None else None
+        if name is None and create:
+            assert self._create is not None  # the constructor ensures it
+            self._session.created_at = datetime.now(timezone.utc)
+            name = self._create(self._session)
+        if name is not None:
+            with self._lock:
+                if self._log is None:
+                    self._log = SessionLog(self._storage, name)
+        return self._log
+
+    async def _acurrent_log(self, *, create: bool) -> SessionLog | None:
+        if self._log is not None:
+            return self._log
+        return await asyncio.to_thread(lambda: self._current_log(create=create))
+
+    def _forgot(self, log: SessionLog) -> bool:
+        """``log`` was deleted (by anyone): start afresh, if the session can be created again.
+
+        Returns False if it cannot (a history of one file): the caller raises.
+        """
+        if self._create is None:
+            return False
+        with self._lock:
+            if self._log == log:
+                self._log = None
+                self._reset_locked()
+        return True
+
+    def _on_log(
+        self, work: Callable[[SessionLog], T], *, create: bool = False, forget: bool = True
+    ) -> T | None:
+        """``work(log)`` on the session's log; None if there is none and not ``create``.
+
+        The one place that copes with a session deleted under us: the history
+        then starts afresh (``forget``), finds the log another writer created
+        meanwhile or creates one (``create``), and does the work again there.
+        """
+        for attempt in range(_DELETED_RETRIES):
+            log = self._current_log(create=create)
+            if log is None:
+                return None
+            try:
+                return work(log)
+            except FileNotFoundError:
+                if not forget or attempt == _DELETED_RETRIES - 1 or not self._forgot(log):
+                    raise
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _aon_log(
+        self, work: Callable[[SessionLog], Awaitable[T]], *, create: bool = False
+    ) -> T | None:
+        """Async :meth:`_on_log`."""
+        for attempt in range(_DELETED_RETRIES):
+            log = await self._acurrent_log(create=create)
+            if log is None:
+                return None
+            try:
+                return await work(log)
+            except FileNotFoundError:
+                if attempt == _DELETED_RETRIES - 1 or not self._forgot(log):
+                    raise
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _reset(self) -> None:
+        with self._lock:
+            self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        self._context.reset()
+        self._injected = None
+
+    # --- reading ------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Bring the working context up to the log: read only what follows its cursor."""
+        self._on_log(self._read_on)
+
+    async def _arefresh(self) -> None:
+        await self._aon_log(self._aread_on)
+
+    def _read_on(self, log: SessionLog) -> None:
+        while True:  # until no other caller moved the context while we read
+            cursor = self._cursor()
+            if self._take(log, cursor, log.read(cursor)):
+                return
+
+    async def _aread_on(self, log: SessionLog) -> None:
+        while True:  # until no other caller moved the context while we read
+            cursor = self._cursor()
+            chunk = await log.aread(cursor)
+            if chunk is not None and len(chunk.lines) >= _OFF_LOOP_FROM:
+                taken = await asyncio.to_thread(self._take, log, cursor, chunk)
+            else:
+                taken = self._take(log, cursor, chunk)
+            if taken:
+                return
+
+    def _cursor(self) -> Cursor | None:
+        with self._lock:
+            return self._context.cursor
+
+    def _take(self, log: SessionLog, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """Take ``chunk``, read past ``cursor``; False if the context moved on since."""
+        with self._lock:
+            if self._log != log or self._context.cursor != cursor:
+                return False
+            if chunk is not None:
+                self._context.take(log, chunk)
+                if chunk.reset:
+                    self._loaded(log)
+            return True
+
+    def _loaded(self, log: SessionLog) -> None:
+        """The log was read from its first line: take its header, tell the plugins."""
+        meta = self._context.meta
+        if meta is not None:
+            _take_header(self._session, meta, log)
+        if has_impls(self._hook.crab_after_load):
+            session = self._synced_session()
+            self._hook.crab_after_load(session=session, messages=_ReadOnly(self._context.messages))
+
+    def _synced_session(self) -> Session:
+        """The session, its ``history`` brought up to the working context."""
+        self._session.history = self._context.crab_messages()
+        return self._session
+
+    def _with_injected(self) -> list[BaseMessage]:
+        with self._lock:
+            return [*self._context.messages, *self._injected_for_run()]
+
+    def _injected_for_run(self) -> list[BaseMessage]:
+        hook = self._hook.crab_inject_messages
+        if not has_impls(hook):
+            return []
+        version = (self._log, self._context.version, self._context.cursor)
+        if self._injected is None or self._injected[0] != version:
+            kwargs = {
+                "session": self._synced_session(),
+                "history": _ReadOnly(self._context.messages),
+            }
+            results = hook(**kwargs)
+            if any(inject_result_problem(result) for result in results):
+                problem = inject_result_problem
+                raise wrong_result(self._plugins, "crab_inject_messages", kwargs, problem)
+            fresh = [_marked(message) for result in results for message in result or ()]
+            self._injected = (version, fresh)
+        return self._injected[1]
+
+    # --- writing ------------------------------------------------------------
 
     def _prepare(self, given: list[BaseMessage]) -> _Batch | None:
         """The lines to write for ``given`` (and what reading each back gives, where known)."""
-        hook = self._hook
-        if filters_by_default(hook.crab_filter_message) and not has_impls(hook.crab_before_persist):
-            # No plugin looks at writes: straight to lines, no crab messages between.
-            return self._encoded([encode(m, strict=self.strict) for m in given])
-        return self._through_hooks([to_crab_message(m, strict=self.strict) for m in given])
-
-    def _encoded(self, batch: list[Encoded]) -> _Batch | None:
-        """``batch`` as the default plugin would have it: auto-injected ones dropped."""
-        kept = [encoded for encoded in batch if not encoded.auto_injected]
-        return ([e.line for e in kept], [e.read_back for e in kept]) if kept else None
+        with self._lock:
+            hook = self._hook
+            if filters_by_default(hook.crab_filter_message) and not has_impls(
+                hook.crab_before_persist
+            ):
+                # No plugin looks at writes: straight to lines, no crab messages between.
+                return _kept([encode(m, strict=self.strict) for m in given])
+            return self._through_hooks([to_crab_message(m, strict=self.strict) for m in given])
 
     def _through_hooks(self, batch: list[CrabMessage]) -> _Batch | None:
         """``batch`` after the filter and before-persist hooks had their say.
@@ -260,391 +540,60 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             raise wrong_result(self._plugins, "crab_filter_message", kwargs, filter_result_problem)
         return verdict
 
-    async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
-        """Async :meth:`add_messages`, with the storage's async client if it has one.
-
-        Otherwise the file is written in a worker thread.
-        """
-        given = _as_messages(messages)
-        if not self._storage.native_async:
-            await asyncio.to_thread(self.add_messages, given)
-            return
-        with self._lock, _gc_paused(len(given)):
-            batch = self._prepare(given)
-        if batch is not None:
-            await self._aappend(*batch)
-
-    def clear(self) -> None:
-        """Remove every message; the header (and its ``created_at``) stays.
-
-        The file is replaced atomically: a reader sees the old file or the
-        cleared one, never a part of either.
-        """
-        with self._lock:
-            name = self._current_name()
-            if name is None:
-                return
-            try:
-                self._storage.replace(name, [self._header_line(name)])
-            except FileNotFoundError:
-                if not self._forget_deleted():
-                    raise
-                return
-            self._reset()
-
-    async def aclear(self) -> None:
-        """Async :meth:`clear`, with the storage's async client if it has one."""
-        if not self._storage.native_async:
-            await asyncio.to_thread(self.clear)
-            return
-        name = await self._acurrent_name()
-        if name is None:
-            return
-        try:
-            header = await asyncio.to_thread(self._header_line, name)
-            await self._storage.areplace(name, [header])
-        except FileNotFoundError:
-            with self._lock:
-                if not self._forget_deleted():
-                    raise
-            return
-        with self._lock:
-            self._reset()
-
-    def _header_line(self, name: str) -> bytes:
-        """Log ``name``'s header line byte for byte: a rewrite never re-serialises it.
-
-        (Re-serialising would change what a reader of that header gets: a
-        number such as ``1e400``, key order, escapes.)
-        """
-        try:
-            return self._storage.read_header(name)
-        except EOFError as error:
-            location = self._storage.location(name)
-            raise SessionFormatError(str(error), path=location, line=1) from None
-
-    # --- beyond LangChain's interface ----------------------------------------
-
-    def compact(self, summary: str) -> None:
-        """Start a new working context from ``summary``, as newer crabtalk does.
-
-        Appends a ``{"compact": summary}`` line; what came before stays in
-        the file as archived history. The working context becomes the summary
-        as a user message, followed by what is added after it.
-        """
-        with self._lock:
-            self._append([CompactMarker(compact=summary).to_line_bytes()], None)
-
-    def stored_messages(self) -> list[BaseMessage]:
-        """The stored working context alone, without asking plugins to inject."""
-        with self._lock:
-            self._refresh()
-            return self._stored_handouts.handout(self._context, self._generation, ())
-
-    def archive(self) -> list[BaseMessage]:
-        """Every message the file holds, compacted ones included, in order.
-
-        Each compaction marker stands where it was written, as its summary: a
-        ``HumanMessage`` with ``additional_kwargs["crab_compact"] = True`` (and
-        the marker's ``title`` and ``archived_at``, where it has them, under
-        ``"crab_marker"``). Run events are not messages and are left out.
-        This parses the whole file; :attr:`messages` parses only what follows
-        the last marker.
-        """
-        with self._lock:
-            name = self._current_name()
-            try:
-                chunk = None if name is None else self._storage.read(name, None)
-            except FileNotFoundError:
-                if not self._forget_deleted():
-                    raise
-                return self.archive()
-            if name is None or chunk is None:
-                return []
-            archived = [
-                self._parse(name, number, line, _archived)
-                for number, line in _body(self._storage.location(name), chunk.lines)
-            ]
-            return [message for message in archived if message is not None]
-
-    @property
-    def session(self) -> Session:
-        """The session: id, agent, created_by, created_at, file_path, history."""
-        with self._lock:
-            self._refresh()
-            return self._synced_session()
-
-    @property
-    def session_id(self) -> str:
-        """The session's id."""
-        return self._session.id
-
-    @property
-    def file_path(self) -> Path | None:
-        """The session file, once it exists (None before the first write)."""
-        with self._lock:
-            name = self._current_name()
-        return None if name is None else self._storage.path(name)
-
-    @property
-    def location(self) -> str | None:
-        """Where the session is stored, for people: its file's path, or its server and key.
-
-        None before the first write.
-        """
-        with self._lock:
-            name = self._current_name()
-        return None if name is None else self._storage.location(name)
-
-    def __repr__(self) -> str:
-        """A plain-text transcript (truncated), headed by the session's id and file."""
-        from crab_langchain.display import history_text  # noqa: PLC0415 - display is optional
-
-        return history_text(self)
-
-    def _repr_html_(self) -> str:
-        """The transcript as HTML, for Jupyter."""
-        from crab_langchain.display import history_html  # noqa: PLC0415 - display is optional
-
-        return history_html(self)
-
-    # --- reading ------------------------------------------------------------
-
-    def _current_name(self) -> str | None:
-        if self._name is None and self._locate is not None:
-            self._name = self._locate()
-        return self._name
-
-    async def _acurrent_name(self) -> str | None:
-        if self._name is None and self._locate is not None:
-            return await asyncio.to_thread(self._locked(self._current_name))  # a look-up: I/O
-        return self._name
-
-    def _refresh(self) -> None:
-        name = self._current_name()
-        if name is None:
-            return
-        # A first read may be a long session: pause the collector from the start.
-        with _gc_paused(_GC_PAUSE_FROM if self._cursor is None else 0):
-            try:
-                chunk = self._storage.read(name, self._cursor)
-            except FileNotFoundError:
-                if not self._forget_deleted():
-                    raise
-                if self._current_name() is not None:  # re-created meanwhile
-                    self._refresh()
-                return
-            if chunk is not None:
-                self._take_chunk(name, chunk)
-
-    async def _arefresh(self) -> None:
-        """:meth:`_refresh` with the storage's async client; the lock is never held across I/O."""
-        name = await self._acurrent_name()
-        while name is not None:
-            with self._lock:
-                cursor = self._cursor
-            try:
-                chunk = await self._storage.aread(name, cursor)
-            except FileNotFoundError:
-                with self._lock:
-                    if not self._forget_deleted():
-                        raise
-                name = await self._acurrent_name()  # re-created meanwhile?
-                continue
-            if chunk is not None and len(chunk.lines) >= _GC_PAUSE_FROM:
-                # Building thousands of messages would stall the event loop: in a thread.
-                taken = await asyncio.to_thread(self._take_chunk_at, name, cursor, chunk)
-            else:
-                taken = self._take_chunk_at(name, cursor, chunk)
-            if taken:
-                return
-            # Another caller read or wrote meanwhile: read on from where it left us.
-
-    def _take_chunk_at(self, name: str, cursor: Cursor | None, chunk: Chunk | None) -> bool:
-        """Take ``chunk``, read from ``cursor``, unless the history moved past ``cursor`` since."""
-        with self._lock:
-            if self._cursor != cursor or self._name != name:
-                return False
-            if chunk is not None:
-                self._take_chunk(name, chunk)
-            return True
-
-    def _take_chunk(self, name: str, chunk: Chunk) -> None:
-        """Add the lines of ``chunk`` (all of the log, or what follows our cursor)."""
-        if chunk.reset:
-            self._load(name, chunk.lines)
-        else:
-            with _gc_paused(len(chunk.lines)):
-                for number, line in chunk.lines:
-                    self._take_line(name, number, line)
-        self._cursor = chunk.cursor
-        if chunk.reset and has_impls(self._hook.crab_after_load):
-            self._hook.crab_after_load(
-                session=self._synced_session(), messages=_ReadOnly(self._context)
-            )
-
-    def _load(self, name: str, lines: list[tuple[int, bytes]]) -> None:
-        """Read a whole log: its header, then only what follows its last compaction marker."""
-        self._reset()
-        location = self._storage.location(name)
-        body = _body(location, lines)
-        self._take_header(self._parse(name, 1, lines[0][1], SessionMeta.from_line))
-        with _gc_paused(len(body)):
-            for number, line in body[self._context_start(name, body) :]:
-                self._take_line(name, number, line)
-
-    def _context_start(self, name: str, body: list[tuple[int, bytes]]) -> int:
-        """Index in ``body`` of the last compaction marker (0 if none).
-
-        crabtalk writes the marker's key as ``"compact"``, which inside a
-        string would be escaped, so only lines holding those bytes are parsed.
-        """
-        for index in range(len(body) - 1, -1, -1):
-            number, line = body[index]
-            if b'"compact"' in line and isinstance(self._parse(name, number, line), CompactMarker):
-                return index
-        return 0
-
-    def _parse(
-        self, name: str, number: int, line: bytes, parse: Callable[[bytes], Any] = parse_entry
-    ) -> Any:
-        """``parse(line)``; a malformed line raises naming the file and ``number``."""
-        try:
-            return parse(line)
-        except SessionFormatError as error:
-            self._reset()
-            raise error.at(self._storage.location(name), number) from None
-
-    def _take_header(self, meta: SessionMeta) -> None:
-        session = self._session
-        session.agent, session.created_by = meta.agent, meta.created_by
-        session.created_at, session.extra = meta.created_at, dict(meta.extra)
-        session.file_path = self._storage.path(self._name) if self._name else None
-
-    def _take_line(self, name: str, number: int, line: bytes) -> None:
-        """Add what line ``number`` says to the working context."""
-        self._parse(name, number, line, self._take_parsed)
-
-    def _take_parsed(self, line: bytes) -> None:
-        parsed = parse_line(line)
-        if not isinstance(parsed, tuple):
-            self._take_entry(parsed, line)
-        elif (message := text_message(*parsed)) is not None:  # most lines: no model between
-            self._keep(message, line)
-        else:
-            self._take_entry(CrabMessage(role=parsed[0], content=parsed[1]), line)
-
-    def _take_entry(self, entry: CrabMessage | CompactMarker | RunEvent, line: bytes) -> None:
-        if isinstance(entry, RunEvent):
-            return  # a run's trace: not part of the conversation
-        if isinstance(entry, CompactMarker):
-            summary = CrabMessage(role="user", content=entry.compact)
-            self._new_context((summary.to_line_bytes(), HumanMessage(content=entry.compact)))
-            return
-        message = from_crab_message(entry)
-        if message.additional_kwargs.get(AUTO_INJECTED_KEY) is True:
-            return  # kept by an audit plugin: stale for any later run
-        self._keep(message, line)
-
-    def _keep(self, message: BaseMessage, line: bytes) -> None:
-        """Add ``message``, read from ``line``, to the working context."""
-        self._context.append(message)
-        self._lines.append(line)
-
-    def _injected_for_run(self) -> list[BaseMessage]:
-        hook = self._hook.crab_inject_messages
-        if not has_impls(hook):
-            return []
-        version = (self._name, self._cursor)
-        if self._injected is None or self._injected[0] != version:
-            kwargs = {"session": self._synced_session(), "history": _ReadOnly(self._context)}
-            results = hook(**kwargs)
-            if any(inject_result_problem(result) for result in results):
-                problem = inject_result_problem
-                raise wrong_result(self._plugins, "crab_inject_messages", kwargs, problem)
-            fresh = [_marked(message) for result in results for message in result or ()]
-            self._injected = (version, fresh)
-        return self._injected[1]  # callers copy it into the list they hand out
-
-    # --- writing ------------------------------------------------------------
-
-    def _forget_deleted(self) -> bool:
-        """After the session was deleted by anyone: start afresh, if we can create it again."""
-        if self._create is None:
-            return False
-        self._name = None
-        self._reset()
-        return True
-
     def _append(self, lines: list[bytes], read_back: ReadBack) -> None:
         """Append ``lines``; ``read_back`` holds what reading each back gives, where known."""
-        name = self._current_name()
-        if name is None:
-            name = self._create_and_read()
-        try:
-            cursor = self._storage.append(name, lines, after=self._cursor)
-        except FileNotFoundError:
-            if not self._forget_deleted():
-                raise
-            name = self._create_log()
-            cursor = self._storage.append(name, lines)
-        if cursor is None:
-            self._refresh()  # others wrote too (or first read): read it all in order
-            return
-        self._take_appended(name, lines, read_back, cursor)
+
+        def append(log: SessionLog) -> bool:
+            self._read_first(log)
+            after = self._cursor()
+            return self._took_appended(log, after, lines, read_back, log.append(lines, after))
+
+        if not self._on_log(append, create=True):
+            self._refresh()  # others wrote too (or nothing read yet): read it all in order
 
     async def _aappend(self, lines: list[bytes], read_back: ReadBack) -> None:
-        """:meth:`_append` with the storage's async client; the lock is never held across I/O."""
-        name = await self._acurrent_name()
-        if name is None:
-            name = await asyncio.to_thread(self._locked(self._create_and_read))
+        async def append(log: SessionLog) -> bool:
+            await self._aread_first(log)
+            after = self._cursor()
+            cursor = await log.aappend(lines, after)
+            return self._took_appended(log, after, lines, read_back, cursor)
+
+        if not await self._aon_log(append, create=True):
+            await self._arefresh()  # others wrote too (or nothing read yet): read it all in order
+
+    def _read_first(self, log: SessionLog) -> None:
+        """Before a first write, read the log: then our lines follow our cursor, unread.
+
+        A malformed line does not stop the write: the log is read again after
+        it, and a compaction marker written now makes that line archived history.
+        """
+        if self._cursor() is None:
+            with contextlib.suppress(SessionFormatError):
+                self._read_on(log)
+
+    async def _aread_first(self, log: SessionLog) -> None:
+        if self._cursor() is None:
+            with contextlib.suppress(SessionFormatError):
+                await self._aread_on(log)
+
+    def _took_appended(
+        self,
+        log: SessionLog,
+        after: Cursor | None,
+        lines: list[bytes],
+        read_back: ReadBack,
+        cursor: Cursor | None,
+    ) -> bool:
+        """Take our own ``lines``, appended right after ``after``, without reading them back.
+
+        False when that cannot be done: others wrote between (``cursor`` is
+        None) or the context moved meanwhile.
+        """
         with self._lock:
-            after = self._cursor
-        try:
-            cursor = await self._storage.aappend(name, lines, after=after)
-        except FileNotFoundError:
-            with self._lock:
-                if not self._forget_deleted():
-                    raise
-            name = await asyncio.to_thread(self._locked(self._create_log))
-            cursor = await self._storage.aappend(name, lines)
-        with self._lock:
-            if cursor is not None and self._cursor == after and self._name == name:
-                self._take_appended(name, lines, read_back, cursor)
-                return
-        await self._arefresh()  # others wrote too (or first read): read it all in order
-
-    def _take_appended(
-        self, name: str, lines: list[bytes], read_back: ReadBack, cursor: Cursor
-    ) -> None:
-        """Add our own appended ``lines``, which end at ``cursor``, without reading them back."""
-        first = cursor.lines - len(lines) + 1
-        for index, line in enumerate(lines):
-            message = read_back[index] if read_back else None
-            if message is not None:
-                self._keep(message, line)
-            else:
-                self._take_line(name, first + index, line)
-        self._cursor = cursor
-
-    def _create_and_read(self) -> str:
-        """Create the log; read its header, so the first append continues our cursor."""
-        name = self._create_log()
-        self._refresh()
-        return name
-
-    def _locked(self, work: Callable[[], T]) -> Callable[[], T]:
-        def locked() -> T:
-            with self._lock:
-                return work()
-
-        return locked
-
-    def _create_log(self) -> str:
-        assert self._create is not None  # the constructor ensures it
-        self._session.created_at = datetime.now(timezone.utc)
-        self._name = self._create(self._session)
-        return self._name
+            if cursor is None or self._log != log or self._context.cursor != after:
+                return False
+            self._context.take_appended(log, lines, read_back, cursor)
+            return True
 
 
 _HISTORIES: weakref.WeakSet[CrabChatMessageHistory] = weakref.WeakSet()
@@ -680,40 +629,33 @@ def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMess
     return convert_to_messages(messages)
 
 
-def _gc_paused(count: int) -> contextlib.AbstractContextManager[None]:
-    """Pause the cyclic garbage collector while ``count`` (many) messages are built.
-
-    Building 100,000 messages allocates a million objects, none of them in
-    cycles; the collector would scan the growing heap again and again and
-    take half the load time. Reference counting still frees everything. A
-    few messages (a chat turn) pass straight through, at no cost.
-    """
-    if count < _GC_PAUSE_FROM or not gc.isenabled():
-        return _NO_PAUSE
-    return _GcPause()
+def _kept(batch: list[Encoded]) -> _Batch | None:
+    """``batch`` as the default plugin decides it (no other plugin filters)."""
+    kept = [encoded for encoded in batch if default_verdict(encoded.auto_injected) is not False]
+    return ([e.line for e in kept], [e.read_back for e in kept]) if kept else None
 
 
-class _GcPause:
-    def __enter__(self) -> None:
-        gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        gc.enable()
+def _take_header(session: Session, meta: SessionMeta, log: SessionLog) -> None:
+    session.agent, session.created_by = meta.agent, meta.created_by
+    session.created_at, session.extra = meta.created_at, dict(meta.extra)
+    session.file_path = log.path
 
 
-_NO_PAUSE = contextlib.nullcontext()
+def _archive(log: SessionLog) -> list[BaseMessage]:
+    """Every message and marker summary of ``log``, in order (see ``archive``)."""
+    archived: list[BaseMessage] = []
+    for number, entry in log.entries():
+        try:
+            message = _archived(entry)
+        except SessionFormatError as error:
+            raise log.error(error, number) from None
+        if message is not None:
+            archived.append(message)
+    return archived
 
 
-def _body(location: str, lines: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """The lines after the header; :class:`SessionFormatError` if there is no header."""
-    if not lines or lines[0][0] != 1:
-        raise SessionFormatError("no header line", path=location, line=1)
-    return lines[1:]
-
-
-def _archived(line: bytes) -> BaseMessage | None:
-    """The message line ``line`` stands for in the archive; None for a run event."""
-    entry = parse_entry(line)
+def _archived(entry: Entry) -> BaseMessage | None:
+    """The message an entry stands for in the archive; None for a run event."""
     if isinstance(entry, RunEvent):
         return None
     if isinstance(entry, CompactMarker):
@@ -728,31 +670,6 @@ def _manager(plugins: Plugins) -> pluggy.PluginManager:
     if isinstance(plugins, pluggy.PluginManager):
         return plugins
     return make_plugin_manager(plugins)
-
-
-def read_meta(storage: SessionStorage, name: str) -> SessionMeta:
-    """The header of log ``name``; :class:`SessionFormatError` naming it if malformed."""
-    line: bytes | Exception
-    try:
-        line = storage.read_header(name)
-    except EOFError as error:
-        line = error
-    return parse_meta(storage, name, line)
-
-
-def parse_meta(storage: SessionStorage, name: str, header: bytes | Exception) -> SessionMeta:
-    """The header line ``header`` of log ``name`` (or the error reading it) as its meta.
-
-    An incomplete header raises :class:`SessionFormatError`, other errors as they are.
-    """
-    if isinstance(header, EOFError):
-        raise SessionFormatError(str(header), path=storage.location(name), line=1) from None
-    if isinstance(header, Exception):
-        raise header
-    try:
-        return SessionMeta.from_line(header)
-    except SessionFormatError as error:
-        raise error.at(storage.location(name), 1) from None
 
 
 def _marked(message: BaseMessage) -> BaseMessage:

@@ -20,7 +20,7 @@ import pluggy
 from langchain_core.messages import BaseMessage
 from pydantic import ValidationError
 
-from crab_langchain.convert import check_json, is_auto_injected
+from crab_langchain.convert import check_json
 from crab_langchain.models import CrabMessage
 
 if TYPE_CHECKING:
@@ -127,9 +127,15 @@ class DefaultPlugin:
     ) -> Generator[None, bool | None, bool | None]:
         """Drop auto-injected messages no other plugin decided on."""
         verdict = yield
-        if verdict is None and is_auto_injected(message):
-            return False
-        return verdict
+        return default_verdict(message.auto_injected) if verdict is None else verdict
+
+
+def default_verdict(auto_injected: bool) -> bool | None:
+    """The spec's rule, for a message no plugin decided on: an auto-injected one is dropped.
+
+    Returns False (drop) for an auto-injected message, else None (keep).
+    """
+    return False if auto_injected else None
 
 
 def make_plugin_manager(
@@ -158,8 +164,8 @@ def has_impls(hook: Any) -> bool:
 def filters_by_default(hook: Any) -> bool:
     """Whether only :class:`DefaultPlugin` implements ``crab_filter_message``.
 
-    The history then applies the default verdict (drop auto-injected messages)
-    itself, sparing a hook call per message written.
+    Then :func:`default_verdict` decides every message, and a writer may ask
+    it directly instead of making a hook call per message.
     """
     impls = hook.get_hookimpls()
     return len(impls) == 1 and isinstance(impls[0].plugin, DefaultPlugin)

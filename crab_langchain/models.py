@@ -29,6 +29,8 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "SPEC_FIELDS",
+    "TEXT_FIELDS",
     "CompactMarker",
     "CrabMessage",
     "Entry",
@@ -160,9 +162,7 @@ class CrabMessage(BaseModel):
         """
         if self.nested is not None:
             return _nested_line(self, self.nested)
-        if is_text_only(self):
-            return text_line(self.role, self.content)
-        extra = self.__pydantic_extra__
+        extra = self.model_extra
         if extra and not _OTHER_KINDS.keys().isdisjoint(extra):
             key = min(_OTHER_KINDS.keys() & extra.keys())
             raise ValueError(
@@ -236,23 +236,32 @@ def _dump(model: BaseModel) -> str:
 
 def _dump_bytes(model: BaseModel) -> bytes:
     try:
-        return model.__pydantic_serializer__.to_json(model)
+        return model.model_dump_json().encode("utf-8")
     except pydantic_core.PydanticSerializationError as error:
         raise ValueError(f"cannot write {type(model).__name__} as JSON: {error}") from None
 
 
-_MEMORY_ONLY = ("sender", "auto_injected")
-# The written fields besides role and text (and the line's form), and their values when empty.
-_beyond_text = operator.itemgetter(
-    "reasoning_content", "name", "tool_call_id", "tool_calls", "agent", "langchain", "nested"
-)
-_TEXT_ONLY: tuple[object, ...] = ("", "", "", [], "", None, None)
-_TEXT_KEYS = frozenset(("role", "content"))
+# What a line holds, derived from CrabMessage's fields (so a new field is never
+# missed): the keys a line can have, those with text, and the rest.
+_FIELDS = CrabMessage.model_fields
+_WRITTEN = tuple(name for name, info in _FIELDS.items() if not info.exclude)
+_MEMORY_ONLY = tuple(name for name, info in _FIELDS.items() if info.exclude and name != "nested")
+SPEC_FIELDS = tuple(name for name in _WRITTEN if name not in ("role", "langchain"))
+"""The spec's keys of a message line besides ``role`` (what crabtalk reads)."""
+TEXT_FIELDS = tuple(name for name in _WRITTEN if _FIELDS[name].annotation is str)
+"""The message fields that hold text."""
+# A message is text-only when every field that shapes its line, but role and
+# content, is at its default ("nested" is not a key, but makes the line nested).
+_BEYOND_TEXT = tuple(name for name in (*_WRITTEN, "nested") if name not in ("role", "content"))
+_beyond_text = operator.attrgetter(*_BEYOND_TEXT)
+_TEXT_ONLY = tuple(_FIELDS[name].get_default(call_default_factory=True) for name in _BEYOND_TEXT)
 # Bytes that send a line down the careful path: keys it drops, keys that make
 # a line something other than a flat message, and the non-JSON numbers the
 # one-pass parser would accept.
 _CAREFUL_WORDS = re.compile(
-    rb'"sender"|"auto_injected"|"index"|"compact"|"event"|"message"|NaN|Infinity'
+    "|".join(
+        [*(f'"{key}"' for key in (*_MEMORY_ONLY, "index", *_OTHER_KINDS)), "NaN", "Infinity"]
+    ).encode()
 )
 
 
@@ -261,45 +270,7 @@ def is_text_only(message: CrabMessage) -> bool:
 
     Its written fields besides those two are read and compared in one step.
     """
-    return not message.__pydantic_extra__ and _beyond_text(message.__dict__) == _TEXT_ONLY
-
-
-def text_line(role: str, content: str) -> bytes:
-    """The line of a message holding only ``role`` and ``content`` (most lines).
-
-    The same bytes as ``CrabMessage(role=role, content=content).to_line_bytes()``
-    (the tests hold them equal), from a two-key dict: no model, and none of the
-    per-field "leave out when empty" callbacks. Raises ``ValueError`` for text
-    that is not UTF-8 (a lone surrogate).
-    """
-    try:
-        return pydantic_core.to_json(
-            {"role": role, "content": content} if content else {"role": role}
-        )
-    except pydantic_core.PydanticSerializationError as error:
-        raise ValueError(f"cannot write CrabMessage as JSON: {error}") from None
-
-
-def parse_line(line: bytes) -> tuple[str, str] | Entry:
-    """Parse one non-header line once: ``(role, content)`` if that is all it holds.
-
-    Most lines hold a role and a text only, and a reader wants those two
-    strings, not a model; any other line comes back as :func:`parse_entry`
-    gives it. Raises :class:`SessionFormatError` as :func:`parse_entry` does.
-    """
-    if _CAREFUL_WORDS.search(line):
-        return parse_entry(line)
-    try:
-        data = pydantic_core.from_json(line, allow_inf_nan=False)
-    except ValueError:
-        return parse_entry(line)  # which says what is wrong with it
-    if type(data) is not dict:
-        return parse_entry(line)
-    if data.keys() <= _TEXT_KEYS:
-        role, content = data.get("role"), data.get("content", "")
-        if type(role) is str and role and type(content) is str:
-            return role, content
-    return _entry(data)
+    return not message.model_extra and _beyond_text(message) == _TEXT_ONLY
 
 
 def parse_entry(line: str | bytes) -> Entry:
@@ -407,7 +378,7 @@ def _nested_line(message: CrabMessage, form: NestedLine) -> bytes:
             inner[key] = getattr(message, key)
     if message.langchain:
         inner["langchain"] = message.langchain
-    inner.update(message.__pydantic_extra__ or {})
+    inner.update(message.model_extra or {})
     line: dict[str, Any] = {"agent": message.agent} if message.agent else {}
     line["message"] = inner
     line.update(form.outer)
@@ -426,9 +397,9 @@ def _nested_call(call: ToolCall, index: int | None) -> dict[str, Any]:
     written["function"] = {
         "name": function.name,
         "arguments": function.arguments or "",
-        **(function.__pydantic_extra__ or {}),
+        **(function.model_extra or {}),
     }
-    written.update(call.__pydantic_extra__ or {})
+    written.update(call.model_extra or {})
     return written
 
 

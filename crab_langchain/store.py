@@ -12,8 +12,9 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from crab_langchain.history import CrabChatMessageHistory, parse_meta
+from crab_langchain.history import CrabChatMessageHistory
 from crab_langchain.hooks import make_plugin_manager
+from crab_langchain.log import meta_of
 from crab_langchain.models import Session, SessionFormatError, SessionMeta
 from crab_langchain.naming import (
     SESSION_ID_KEY,
@@ -99,9 +100,6 @@ class SessionStore:
             plugins, entry_points=entry_points
         )
         self.strict = strict
-        # (agent, id) -> file name: spares a directory scan on every call of
-        # the factory, which RunnableWithMessageHistory makes on every run.
-        self._known: dict[tuple[str, str], str] = {}
 
     @classmethod
     def from_url(
@@ -148,8 +146,23 @@ class SessionStore:
     ) -> CrabChatMessageHistory:
         """The history of ``(agent, session_id)``, created on its first write.
 
-        Any string works as an id. An existing session keeps the
-        ``created_by`` of its header.
+        A ready factory for ``RunnableWithMessageHistory``, which calls it on
+        every run (also inside ``ainvoke``): it does no I/O. The session is
+        found on the history's first read or write (off the event loop in
+        async calls).
+
+        Args:
+            session_id: any string (crabtalk's integer ids work too).
+            agent: the agent the session belongs to.
+            created_by: who starts the session, for a new one; an existing
+                session keeps the ``created_by`` of its header.
+
+        Returns:
+            The session's history.
+
+        Raises:
+            TypeError: ``session_id`` is not a string.
+            ValueError: ``agent`` cannot be part of a file name.
         """
         session_id = _as_id(session_id)
         check_agent(agent)
@@ -162,7 +175,6 @@ class SessionStore:
         return CrabChatMessageHistory(
             session,
             storage=self.storage,
-            name=self.find(session_id, agent),
             plugins=self.plugin_manager,
             strict=self.strict,
             locate=lambda: self.find(session_id, agent),
@@ -196,11 +208,8 @@ class SessionStore:
         the oldest wins, always the same one.
         """
         session_id = _as_id(session_id)
-        known = self._known.get((agent, session_id))
-        if known is not None and self.storage.exists(known):
-            return known
         candidates = self._named(session_id, agent)
-        found = next(
+        return next(
             (
                 name
                 for name, meta in self._metas(candidates, strict=True)
@@ -208,9 +217,6 @@ class SessionStore:
             ),
             None,
         )
-        if found is not None:
-            self._known[agent, session_id] = found
-        return found
 
     def _named(self, session_id: str, agent: str) -> list[str]:
         """The names that could hold ``(agent, session_id)``, oldest first (headers unread).
@@ -240,7 +246,7 @@ class SessionStore:
             if isinstance(header, FileNotFoundError):
                 continue  # deleted (or expired) since it was listed
             try:
-                yield name, parse_meta(self.storage, name, header)
+                yield name, meta_of(self.storage, name, header)
             except (SessionFormatError, OSError) as error:
                 if strict:
                     raise

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from crab_langchain.history import parse_meta
+from crab_langchain.log import meta_of, split_header
 from crab_langchain.models import SessionFormatError
 from crab_langchain.storage import SessionStorage
 from crab_langchain.verify import line_problem
@@ -49,7 +49,7 @@ def copy_session(source: SessionStorage, target: SessionStorage, name: str) -> C
     other lines under that name. In each case ``target`` is unchanged.
     """
     lines = _checked_lines(source, name)
-    meta = parse_meta(source, name, lines[0])
+    meta = meta_of(source, name, lines[0])
     if not target.exists(name):
         target.create(name, lines[0], created=meta.created_at.timestamp())
         if len(lines) > 1:
@@ -93,8 +93,7 @@ def _checked_lines(storage: SessionStorage, name: str) -> list[bytes]:
     chunk = storage.read(name, None)
     numbered = [] if chunk is None else chunk.lines
     location = storage.location(name)
-    if not numbered or numbered[0][0] != 1:
-        raise SessionFormatError("no header line", path=location, line=1)
+    split_header(location, numbered)
     for number, line in numbered:
         reason = line_problem(number, line)
         if reason is not None:

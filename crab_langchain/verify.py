@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crab_langchain.log import split_header
 from crab_langchain.models import SessionFormatError, SessionMeta, parse_entry
 from crab_langchain.storage import SessionStorage
 
@@ -79,8 +80,10 @@ def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
         return None
     numbered = [] if chunk is None else chunk.lines
     report.lines = 0 if chunk is None else chunk.cursor.lines
-    if not numbered or numbered[0][0] != 1:
-        report.problems.append((1, "no header line"))
+    try:
+        split_header(report.where, numbered)
+    except SessionFormatError as error:
+        report.problems.append((1, error.reason))
     for number, line in numbered:
         _check_line(report, number, line)
     return report

@@ -89,7 +89,7 @@ class Backend:
 
     def lines(self, what: CrabChatMessageHistory | str) -> list[bytes]:
         """The raw lines of a history's log (or of log ``what`` by name), header first."""
-        name = what if isinstance(what, str) else _name_of(what)
+        name = what if isinstance(what, str) else log_name(what)
         chunk = self.storage().read(name, None)
         return [] if chunk is None else [line for _, line in chunk.lines]
 
@@ -146,10 +146,10 @@ def stored_lines(store: SessionStore, session_id: str) -> list[bytes]:
     return lines
 
 
-def _name_of(history: CrabChatMessageHistory) -> str:
-    name = history._current_name()
-    assert name is not None, "the session has no log yet"
-    return name
+def log_name(history: CrabChatMessageHistory) -> str:
+    log = history._current_log(create=False)
+    assert log is not None, "the session has no log yet"
+    return log.name
 
 
 @pytest.fixture(params=BACKENDS)

@@ -20,6 +20,26 @@ from redis_servers import (
     redis_py_missing,
 )
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full-stress",
+        action="store_true",
+        default=False,
+        help="run the long stress loops at full length (CRAB_FULL_STRESS=1 does too; CI does)",
+    )
+
+
+@pytest.fixture(scope="session")
+def stress(pytestconfig: pytest.Config) -> Callable[[int], int]:
+    """A stress loop's length: as given with --full-stress, else a third of it.
+
+    The short loops still run every path (several writers interleaving, every
+    kind of line); the full ones make a rare interleaving likelier.
+    """
+    full = pytestconfig.getoption("full_stress") or os.environ.get("CRAB_FULL_STRESS") == "1"
+    return lambda length: length if full else max(length // 3, 1)
+
+
 # The repo is cloned beside shared/, on developer machines and in CI alike.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "crabtalk"

@@ -33,7 +33,7 @@ from crab_langchain.convert import (
     mark_auto_injected,
     to_crab_message,
 )
-from crab_langchain.models import CrabMessage, FunctionCall, ToolCall
+from crab_langchain.models import CrabMessage, FunctionCall, ToolCall, is_text_only
 
 SPEC_KEYS = {
     "role",
@@ -805,7 +805,7 @@ def test_fixture_messages_equal_constructor_results():
                 _assert_same_as_constructed(from_crab_message(entry), entry)
 
 
-def test_assembled_messages_do_not_share_mutable_defaults():
+def test_messages_read_do_not_share_mutable_defaults():
     first = from_crab_message(CrabMessage(role="user", content="a"))
     second = from_crab_message(CrabMessage(role="user", content="b"))
     first.additional_kwargs["x"] = 1
@@ -874,13 +874,13 @@ def test_short_path_still_refuses_lone_surrogates():
 @settings(max_examples=300, deadline=None)
 @given(MESSAGES)
 def test_short_read_path_gives_what_the_long_path_gives(message: BaseMessage):
-    from crab_langchain.convert import _CLASS_OF_ROLE, _built, _decoded_kwargs, _plain_message
+    from crab_langchain.convert import _CLASS_OF_ROLE, _decoded_kwargs, _plain_message
 
     crab = to_crab_message(message, strict=True)
     short = _plain_message(crab)
     if short is not None:
         cls = _CLASS_OF_ROLE[crab.role]
-        long = _built(cls, _decoded_kwargs(crab, cls))
+        long = cls(**_decoded_kwargs(crab, cls))
         assert short == long
         assert type(short) is type(long)
         assert short.model_fields_set == long.model_fields_set
@@ -910,13 +910,19 @@ def test_encode_gives_the_line_and_read_back_of_the_long_way(message: BaseMessag
 @settings(max_examples=300, deadline=None)
 @given(MESSAGES)
 def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
-    from crab_langchain.convert import text_message
-    from crab_langchain.models import parse_entry, parse_line
+    from crab_langchain.convert import decode_line
+    from crab_langchain.models import parse_entry
+    from crab_langchain.textonly import parse_text_line, text_message
 
     line = to_crab_message(message).to_line_bytes()
-    parsed = parse_line(line)
-    if not isinstance(parsed, tuple):
-        assert parsed == parse_entry(line)
+    entry = parse_entry(line)
+    decoded = decode_line(line)
+    if isinstance(entry, CrabMessage):
+        assert decoded == from_crab_message(entry)
+        assert type(decoded) is type(from_crab_message(entry))
+    parsed = parse_text_line(line)
+    if parsed is None:
+        assert not is_text_only(entry) or entry.role not in ("user", "assistant", "system")
         return
     role, content = parsed
     assert parse_entry(line) == CrabMessage(role=role, content=content)
@@ -943,15 +949,19 @@ def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
     ],
 )
 def test_text_line_look_leaves_every_other_line_to_the_full_parser(line: bytes):
-    from crab_langchain.models import SessionFormatError, parse_entry, parse_line
+    from crab_langchain.convert import decode_line
+    from crab_langchain.models import SessionFormatError, parse_entry
+    from crab_langchain.textonly import parse_text_line
 
+    assert parse_text_line(line) is None
     try:
         expected = parse_entry(line)
     except SessionFormatError as error:
         reason = re.escape(str(error))
         with pytest.raises(SessionFormatError, match=f"^{reason}$"):
-            parse_line(line)
+            decode_line(line)
         return
-    parsed = parse_line(line)
-    assert not isinstance(parsed, tuple)
-    assert parsed == expected
+    decoded = decode_line(line)
+    assert decoded == (
+        from_crab_message(expected) if isinstance(expected, CrabMessage) else expected
+    )

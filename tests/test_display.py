@@ -7,6 +7,7 @@ the header names the server and key where a directory names the file.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,8 +21,15 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from crab_langchain import CrabChatMessageHistory, Session, SessionStore, hookimpl
-from crab_langchain.display import history_html, history_text, store_html
+from crab_langchain import (
+    CrabChatMessageHistory,
+    DirectoryStorage,
+    Session,
+    SessionStore,
+    hookimpl,
+    mark_auto_injected,
+)
+from crab_langchain.display import history_html, history_text, message_line, store_html
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "crabtalk"
 SCRIPT = '<script>alert("x")</script>'
@@ -154,26 +162,57 @@ def test_script_in_store_table_is_escaped(backend: Backend):
     assert page.rows[0][:2] == [SCRIPT, SCRIPT]
 
 
-def test_injected_script_is_escaped(backend: Backend):
+def test_injected_script_is_neither_run_nor_shown(backend: Backend):
     history = store(backend, [Inject(SCRIPT)]).get_session_history("s1")
     history.add_messages([HumanMessage("hi")])
     page = Html(history_html(history))
     assert "script" not in page.tags
-    assert SCRIPT in page.all_text
+    assert SCRIPT not in page.all_text  # a transcript asks no plugin to inject
 
 
 # --- what a transcript shows ------------------------------------------------------
 
 
-def test_injected_mark_only_on_injected_messages(backend: Backend):
-    history = store(backend, [Inject()]).get_session_history("s1")
-    history.add_messages([HumanMessage("hello"), AIMessage("hi there")])
-    page = Html(history_html(history))
-    marked = ["injected, not stored" in text for text in page.messages]
-    assert marked == [False, False, True]
-    assert "Recall: the user likes trains." in page.messages[2]
-    lines = history_text(history).splitlines()[1:]
+def test_injected_mark_only_on_injected_messages():
+    injected = mark_auto_injected(HumanMessage("Recall: the user likes trains."))
+    lines = [message_line(m) for m in (HumanMessage("hello"), AIMessage("hi"), injected)]
     assert ["injected, not stored" in line for line in lines] == [False, False, True]
+
+
+class Recorded:
+    """Records every hook call it gets."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def crab_inject_messages(self) -> list[BaseMessage]:
+        self.calls.append("crab_inject_messages")
+        return [HumanMessage("Recall: the user likes trains.")]
+
+    @hookimpl
+    def crab_after_load(self) -> None:
+        self.calls.append("crab_after_load")
+
+
+def test_repr_runs_no_plugin_hook_and_leaves_the_history_as_it_was(backend: Backend):
+    plugin = Recorded()
+    sessions = store(backend, [plugin])
+    sessions.get_session_history("s1").add_messages([HumanMessage("hello"), AIMessage("hi")])
+    history = sessions.get_session_history("s1")
+    plugin.calls.clear()
+    text, page = repr(history), Html(history._repr_html_())
+    assert plugin.calls == []
+    assert len(text.splitlines()) == 3  # the header and the two stored messages
+    assert "2 messages" in text
+    assert len(page.messages) == 2
+    assert "Recall" not in text + page.all_text
+    assert [m.content for m in history.messages] == [  # the first read still loads, and asks
+        "hello",
+        "hi",
+        "Recall: the user likes trains.",
+    ]
+    assert plugin.calls == ["crab_after_load", "crab_inject_messages"]
 
 
 def test_tool_call_shows_name_id_and_pretty_args(backend: Backend):
@@ -350,16 +389,19 @@ def test_repr_of_a_deleted_file_names_the_problem(tmp_path: Path):
     assert "FileNotFoundError" in Html(history._repr_html_()).all_text
 
 
-def test_repr_survives_a_plugin_that_raises(backend: Backend):
-    class Broken:
-        @hookimpl
-        def crab_inject_messages(self) -> list[BaseMessage]:
-            raise RuntimeError("recall service down")
-
-    history = store(backend, [Broken()]).get_session_history("s1")
-    history.add_messages([HumanMessage("hi")])
-    assert "RuntimeError: recall service down" in repr(history)
-    assert "recall service down" in Html(history._repr_html_()).all_text
+def test_repr_survives_a_malformed_file(tmp_path: Path):
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(
+        b'{"agent":"crab","created_by":"user","created_at":"2026-01-01T00:00:00Z"}\nnot json\n'
+    )
+    history = CrabChatMessageHistory(
+        Session(id="broken", agent="crab", created_at=datetime.now(timezone.utc)),
+        storage=DirectoryStorage(tmp_path),
+        name=path.name,
+    )
+    assert "SessionFormatError" in repr(history)
+    assert f"{path}:2" in repr(history)
+    assert "SessionFormatError" in Html(history._repr_html_()).all_text
 
 
 def test_unwritten_history_renders_empty(backend: Backend):

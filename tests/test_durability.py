@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from backends import OPEN_STORE, Backend, run_gated_writers
+from backends import OPEN_STORE, Backend, log_name, run_gated_writers
 from conftest import FIXTURES, run_python, run_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,7 +52,7 @@ from crab_langchain import (
     hookimpl,
     is_auto_injected,
 )
-from crab_langchain import history as history_module
+from crab_langchain import context as context_module
 from crab_langchain.convert import to_crab_message
 from crab_langchain.models import CompactMarker, CrabMessage, SessionMeta, parse_entry
 from crab_langchain.storage import directory as directory_module
@@ -123,7 +123,7 @@ def lines_of(history: CrabChatMessageHistory) -> list[bytes]:
 
     Read through the history's own storage: a new one costs a connection per call.
     """
-    name = history._current_name()
+    name = log_name(history)
     assert name is not None, "the session has no log yet"
     chunk = history._storage.read(name, None)
     assert chunk is not None
@@ -465,11 +465,12 @@ def test_next_read_after_clear_and_compact_gives_the_new_context(backend):
 # --- 2. several writers ----------------------------------------------------------------
 
 
-def test_four_processes_500_turns_each_on_one_session(tmp_path, backend):
-    run_gated_writers(backend, tmp_path / "gate", writers=4, turns=500)
+def test_four_processes_500_turns_each_on_one_session(tmp_path, backend, stress):
+    turns = stress(500)
+    run_gated_writers(backend, tmp_path / "gate", writers=4, turns=turns)
     lines = only_log(backend)
     SessionMeta.from_line(lines[0])
-    check_writers(lines[1:], ["0", "1", "2", "3"], turns=500)  # exactly 4,000 lines
+    check_writers(lines[1:], ["0", "1", "2", "3"], turns=turns)  # exactly 8 x turns lines
     if not backend.is_redis:
         assert not list(Path(backend.url).glob("*.torn"))
     reader = backend.store().get_session_history("s")
@@ -1023,9 +1024,8 @@ def test_tail_read_parses_only_the_new_lines(backend, monkeypatch):
 
         return spy
 
-    # Lines are parsed by one of two parsers: a role-and-text look, or the full one.
-    monkeypatch.setattr(history_module, "parse_entry", spying(history_module.parse_entry))
-    monkeypatch.setattr(history_module, "parse_line", spying(history_module.parse_line))
+    # The working context parses every line it takes through decode_line.
+    monkeypatch.setattr(context_module, "decode_line", spying(context_module.decode_line))
     assert len(history.messages) == 51
     assert parsed == [user_line("new")]
 
@@ -1188,7 +1188,7 @@ def test_a_line_with_a_role_and_a_compact_key_is_a_marker_as_crabtalk_reads_it(b
     tail_reader = backend.store().get_session_history("s")
     assert tail_reader.messages == [HumanMessage("before")]
     # Another writer's line: crabtalk's reader tries a marker first, and it is one.
-    appended(backend, history._current_name(), b'{"role":"user","content":"y","compact":"z"}')
+    appended(backend, log_name(history), b'{"role":"user","content":"y","compact":"z"}')
     for reader in (history, tail_reader, backend.store().get_session_history("s")):
         assert reader.messages == [HumanMessage("z")]
         assert [m.content for m in reader.archive()] == ["before", "z"]

@@ -36,6 +36,7 @@ from crab_langchain import (
     hookimpl,
     to_crab_message,
 )
+from crab_langchain.convert import decode_line
 from crab_langchain.models import parse_entry
 
 ERA_IDS = [f"{path.parent.name}/{path.name}" for path in ERA_FILES]
@@ -382,6 +383,19 @@ events = st.builds(
 @given(flat_lines() | nested_lines())
 def test_generated_message_lines_round_trip_byte_exact(line: bytes):
     assert round_trip(line) == line
+
+
+@given(flat_lines() | nested_lines() | markers | events)
+def test_the_text_only_shortcut_reads_every_line_as_the_long_way(line: bytes):
+    entry = parse_entry(line)
+    decoded = decode_line(line)
+    if isinstance(entry, CrabMessage):
+        long = from_crab_message(entry)
+        assert decoded == long
+        assert type(decoded) is type(long)
+        assert decoded.model_fields_set == long.model_fields_set  # type: ignore[union-attr]
+    else:
+        assert decoded == entry
 
 
 @given(markers | events)

@@ -16,10 +16,12 @@ from crab_langchain.models import (
     CompactMarker,
     CrabMessage,
     FunctionCall,
+    NestedLine,
     SessionFormatError,
     SessionMeta,
     ToolCall,
     format_rfc3339,
+    is_text_only,
     parse_entry,
     parse_rfc3339,
 )
@@ -594,3 +596,27 @@ def test_lines_with_more_than_text_take_the_serializer(message: CrabMessage):
     from crab_langchain.models import _dump_bytes
 
     assert message.to_line_bytes() == _dump_bytes(message) == message.to_line().encode()
+
+
+# --- field lists are derived from the model -----------------------------------------
+
+_SET = {
+    "reasoning_content": "thinking",
+    "name": "n",
+    "tool_call_id": "call_1",
+    "tool_calls": [ToolCall(id="c", function=FunctionCall(name="f", arguments="{}"))],
+    "agent": "guest",
+    "langchain": {"id": "x"},
+    "nested": NestedLine(),
+}
+
+
+@pytest.mark.parametrize(
+    "field",
+    [f for f in CrabMessage.model_fields if f not in ("role", "content", "sender", "auto_injected")],
+)
+def test_every_field_beyond_the_text_takes_a_message_off_the_text_only_path(field: str):
+    """A new field must be listed here, and is then known to every shortcut."""
+    message = CrabMessage(role="user", content="c", **{field: _SET[field]})
+    assert not is_text_only(message)
+    assert parse_entry(message.to_line_bytes()) == message

@@ -393,16 +393,18 @@ def _message_of(line: bytes) -> BaseMessage:
 # --- many writers, one session -----------------------------------------------------------
 
 
-def test_processes_with_own_stores_append_to_one_session(tmp_path, target, writers):
-    outcome = writers.run(tmp_path / "gate", target, SYNC)
+def test_processes_with_own_stores_append_to_one_session(tmp_path, target, writers, stress):
+    turns = stress(TURNS)
+    outcome = writers.run(tmp_path / "gate", target, SYNC, turns=turns)
     assert outcome.failed == [[]] * WRITERS
-    assert check_session(target, outcome, TURNS) == 1 + 2 * WRITERS * TURNS
+    assert check_session(target, outcome, turns) == 1 + 2 * WRITERS * turns
 
 
-def test_sync_and_async_writers_mix_on_one_session(tmp_path, target, writers):
-    outcome = writers.run(tmp_path / "gate", target, MIXED)
+def test_sync_and_async_writers_mix_on_one_session(tmp_path, target, writers, stress):
+    turns = stress(TURNS)
+    outcome = writers.run(tmp_path / "gate", target, MIXED, turns=turns)
     assert outcome.failed == [[]] * WRITERS
-    assert check_session(target, outcome, TURNS) == 1 + 2 * WRITERS * TURNS
+    assert check_session(target, outcome, turns) == 1 + 2 * WRITERS * turns
 
 
 # --- connections killed while they write --------------------------------------------------

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 import redis.cluster
+from backends import log_name
 from conftest import FIXTURE_FILES
 from langchain_core.messages import AIMessage, HumanMessage
 from pluggy import PluginValidationError
@@ -249,7 +250,7 @@ def test_the_index_follows_creation_and_deletion(storage):
     history = store.create_session("new")
     keys, client = storage._keys, storage.client
     assert client.zcard(keys.by_time) == client.zcard(keys.by_name) == 4
-    assert storage.names()[0] == history._current_name()  # newest first
+    assert storage.names()[0] == log_name(history)  # newest first
     assert store.delete_session("new")
     assert client.zcard(keys.by_time) == client.zcard(keys.by_name) == 3
 
@@ -351,7 +352,7 @@ def test_a_server_out_of_memory_refuses_a_write_whole_and_keeps_what_was_stored(
 
 
 def backend_lines(store: SessionStore, history) -> list[bytes]:
-    chunk = store.storage.read(history._current_name(), None)
+    chunk = store.storage.read(log_name(history), None)
     return [line for _, line in chunk.lines]
 
 

@@ -1,0 +1,124 @@
+"""The working-context layer: what a session says now, kept incrementally.
+
+A session's working context is what follows its last compaction marker: the
+marker's summary as a user message, then every message after it. Run events
+are a run's trace, not conversation, and messages marked auto-injected (kept
+by an audit plugin) were for one earlier run only; neither is part of it.
+
+:class:`WorkingContext` holds that context as LangChain messages, the one
+representation kept. It is fed the chunks a :class:`~crab_langchain.log.SessionLog`
+reads past its cursor, so a read costs what was appended since the last one;
+crabtalk's form of the same messages (``Session.history``) is derived from it
+when someone asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from crab_langchain.convert import decode_line, is_auto_injected, to_crab_message
+from crab_langchain.log import NumberedLines, SessionLog, last_marker
+from crab_langchain.models import CompactMarker, CrabMessage, SessionFormatError, SessionMeta
+from crab_langchain.storage import Chunk, Cursor
+
+__all__ = ["WorkingContext"]
+
+
+class WorkingContext:
+    """The messages after the last compaction marker of one log, and how far it was read.
+
+    Not thread-safe: its owner serializes access. ``version`` changes whenever
+    the messages are replaced rather than added to (a load, a clear, a marker).
+    """
+
+    def __init__(self) -> None:
+        """An empty context: nothing read yet."""
+        self.messages: list[BaseMessage] = []
+        self.cursor: Cursor | None = None
+        self.meta: SessionMeta | None = None
+        self.version = 0
+        self._crab: list[CrabMessage] = []
+
+    def reset(self) -> None:
+        """Forget everything read: the next chunk must start at line 1."""
+        self.cursor = None
+        self.meta = None
+        self._restart([])
+
+    def _restart(self, messages: list[BaseMessage]) -> None:
+        self.messages = messages
+        self._crab = []
+        self.version += 1
+
+    def crab_messages(self) -> list[CrabMessage]:
+        """The context as crabtalk messages, converted once each, as they are first asked for."""
+        if len(self._crab) < len(self.messages):
+            self._crab.extend(to_crab_message(m) for m in self.messages[len(self._crab) :])
+        return self._crab
+
+    # --- taking what was read -----------------------------------------------
+
+    def take(self, log: SessionLog, chunk: Chunk) -> None:
+        """Add ``chunk`` of ``log``: all of it (``chunk.reset``) or what follows the cursor.
+
+        Raises:
+            SessionFormatError: a line is malformed (naming it); the context
+                is then reset, so the next read starts again from line 1.
+        """
+        try:
+            if chunk.reset:
+                self._load(log, chunk.lines)
+            else:
+                self._take_lines(log, chunk.lines)
+        except BaseException:
+            self.reset()
+            raise
+        self.cursor = chunk.cursor
+
+    def take_appended(
+        self,
+        log: SessionLog,
+        lines: Sequence[bytes],
+        read_back: Sequence[BaseMessage | None] | None,
+        cursor: Cursor,
+    ) -> None:
+        """Add ``lines`` just appended (ending at ``cursor``) without reading them back.
+
+        ``read_back`` holds what reading each line gives, where the writer knows it.
+        """
+        first = cursor.lines - len(lines) + 1
+        try:
+            for index, line in enumerate(lines):
+                known = read_back[index] if read_back else None
+                if known is not None:
+                    self.messages.append(known)
+                else:
+                    self._take_line(log, first + index, line)
+        except BaseException:
+            self.reset()
+            raise
+        self.cursor = cursor
+
+    def _load(self, log: SessionLog, lines: NumberedLines) -> None:
+        """A whole log: its header, then only what follows its last compaction marker."""
+        meta, body = log.split(lines)
+        self.meta = meta
+        self._restart([])
+        self._take_lines(log, body[last_marker(log, body) :])
+
+    def _take_lines(self, log: SessionLog, lines: NumberedLines) -> None:
+        for number, line in lines:
+            self._take_line(log, number, line)
+
+    def _take_line(self, log: SessionLog, number: int, line: bytes) -> None:
+        try:
+            entry = decode_line(line)
+        except SessionFormatError as error:
+            raise log.error(error, number) from None
+        if isinstance(entry, CompactMarker):
+            self._restart([HumanMessage(content=entry.compact)])
+        elif isinstance(entry, BaseMessage) and not is_auto_injected(entry):
+            self.messages.append(entry)
+        # A run event, or a message an audit plugin kept: neither is for a later run.

@@ -1,0 +1,133 @@
+"""The package's shape: layers one way down, no import cycle, no reaching around a layer.
+
+Read from the source with ``ast`` (imports inside functions count too), so a
+change that bends a layer fails here, whatever it imports at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import crab_langchain
+
+PACKAGE = Path(crab_langchain.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The package's modules that ``path`` imports, anywhere in it."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in MODULES else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("crab_langchain")}
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (a package stands for its __init__)."""
+    return {name: imports_of(path) & MODULES.keys() - {name} for name, path in MODULES.items()}
+
+
+def test_there_is_no_import_cycle():
+    edges = graph()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = [*path[path.index(name) :], name]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for target in sorted(edges[name]):
+            # A package imports its own modules; they import each other, never it.
+            if not target.startswith(name + "."):
+                visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(edges):
+        visit(name, [])
+
+
+def reaches(name: str) -> set[str]:
+    """Every package module ``name`` imports, directly or through others."""
+    edges, seen, todo = graph(), set(), [name]
+    while todo:
+        for target in edges[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("crab_langchain.models", "crab_langchain.convert"),
+        ("crab_langchain.models", "crab_langchain.storage"),
+        ("crab_langchain.convert", "crab_langchain.log"),
+        ("crab_langchain.log", "crab_langchain.context"),
+        ("crab_langchain.log", "crab_langchain.hooks"),
+        ("crab_langchain.context", "crab_langchain.history"),
+        ("crab_langchain.context", "crab_langchain.hooks"),
+        ("crab_langchain.history", "crab_langchain.store"),
+        ("crab_langchain.storage", "crab_langchain.log"),
+    ],
+)
+def test_a_lower_layer_never_imports_a_higher_one(lower: str, upper: str):
+    assert upper not in reaches(lower)
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        "crab_langchain.transfer",
+        "crab_langchain.verify",
+        "crab_langchain.display",
+        *[
+            name
+            for name in MODULES
+            if name.startswith("crab_langchain.cli") and name != "crab_langchain.cli.demo"
+        ],
+    ],
+)
+def test_tools_use_the_log_layer_never_the_history_class(tool: str):
+    """They may use the store (listing, finding), never the LangChain adapter itself."""
+    direct = imports_of(MODULES[tool])
+    assert "crab_langchain.history" not in direct
+    assert "crab_langchain" not in direct  # the package would bring the history along
+    source = MODULES[tool].read_text(encoding="utf-8")
+    assert "CrabChatMessageHistory(session" not in source
+
+
+def test_the_history_opens_a_directory_only_in_its_convenience_constructor():
+    source = (PACKAGE / "history.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    users = {
+        function.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Name) and node.id == "DirectoryStorage"
+    }
+    assert users == {"from_file"}
+
+
+def test_the_library_never_switches_the_garbage_collector_or_reads_reference_counts():
+    for name, path in MODULES.items():
+        source = path.read_text(encoding="utf-8")
+        for trick in ("gc.disable", "gc.enable", "getrefcount", "__pydantic_", "__dict__"):
+            assert trick not in source, f"{name} uses {trick}"

@@ -7,7 +7,8 @@ message is converted to a line, the hooks decide whether it is written, and
 the log appends it. Reading goes back the same way, incrementally.
 
 Locking: the history's lock guards only its memory (the working context,
-which log it is on, the injected messages) and is never held across I/O. A
+which log it is on, the injected messages) and is never held across I/O or
+a plugin's hook. A
 write or read goes to storage unlocked and is taken into the context only if
 nobody moved the context meanwhile; otherwise the history reads on from where
 the others left it. So an async caller never waits, on the event loop, for a
@@ -462,23 +463,21 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _take(self, log: SessionLog, cursor: Cursor | None, chunk: Chunk | None) -> bool:
         """Take ``chunk``, read past ``cursor``; False if the context moved on since."""
+        observed = has_impls(self._hook.crab_after_load)
         with self._lock:
             if self._log != log or self._context.cursor != cursor:
                 return False
-            if chunk is not None:
-                self._context.take(log, chunk)
-                if chunk.reset:
-                    self._loaded(log)
-            return True
-
-    def _loaded(self, log: SessionLog) -> None:
-        """The log was read from its first line: take its header, tell the plugins."""
-        meta = self._context.meta
-        if meta is not None:
-            _take_header(self._session, meta, log)
-        if has_impls(self._hook.crab_after_load):
-            session = self._synced_session()
-            self._hook.crab_after_load(session=session, messages=_ReadOnly(self._context.messages))
+            if chunk is None:
+                return True
+            self._context.take(log, chunk)
+            if not chunk.reset:
+                return True
+            if self._context.meta is not None:  # read from line 1: the header too
+                _take_header(self._session, self._context.meta, log)
+            loaded = (self._synced_session(), list(self._context.messages)) if observed else None
+        if loaded is not None:  # the plugins are told outside the lock
+            self._hook.crab_after_load(session=loaded[0], messages=_ReadOnly(loaded[1]))
+        return True
 
     def _synced_session(self) -> Session:
         """The session, its ``history`` brought up to the working context."""
@@ -486,47 +485,52 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         return self._session
 
     def _with_injected(self) -> list[BaseMessage]:
-        with self._lock:
-            return [*self._context.messages, *self._injected_for_run()]
+        """The stored context (a new list), then what the plugins inject for the coming run.
 
-    def _injected_for_run(self) -> list[BaseMessage]:
-        hook = self._hook.crab_inject_messages
-        if not has_impls(hook):
-            return []
-        version = (self._log, self._context.version, self._context.cursor)
-        if self._injected is None or self._injected[0] != version:
-            kwargs = {
-                "session": self._synced_session(),
-                "history": _ReadOnly(self._context.messages),
-            }
-            results = hook(**kwargs)
-            if any(inject_result_problem(result) for result in results):
-                problem = inject_result_problem
-                raise wrong_result(self._plugins, "crab_inject_messages", kwargs, problem)
-            fresh = [_marked(message) for result in results for message in result or ()]
+        The plugins are asked once per state of the context, outside the lock.
+        """
+        asked = has_impls(self._hook.crab_inject_messages)
+        with self._lock:
+            stored = list(self._context.messages)
+            version = (self._log, self._context.version, self._context.cursor)
+            cached = self._injected
+            session = self._synced_session() if asked else None
+        if session is None:
+            return stored
+        if cached is not None and cached[0] == version:
+            return [*stored, *cached[1]]
+        fresh = self._injected_for(session, stored)
+        with self._lock:
             self._injected = (version, fresh)
-        return self._injected[1]
+        return [*stored, *fresh]
+
+    def _injected_for(self, session: Session, stored: list[BaseMessage]) -> list[BaseMessage]:
+        kwargs = {"session": session, "history": _ReadOnly(stored)}
+        results = self._hook.crab_inject_messages(**kwargs)
+        if any(inject_result_problem(result) for result in results):
+            problem = inject_result_problem
+            raise wrong_result(self._plugins, "crab_inject_messages", kwargs, problem)
+        return [_marked(message) for result in results for message in result or ()]
 
     # --- writing ------------------------------------------------------------
 
     def _prepare(self, given: list[BaseMessage]) -> _Batch | None:
         """The lines to write for ``given`` (and what reading each back gives, where known)."""
+        hook = self._hook
+        if filters_by_default(hook.crab_filter_message) and not has_impls(hook.crab_before_persist):
+            # No plugin looks at writes: straight to lines, no crab messages between.
+            return _kept([encode(m, strict=self.strict) for m in given])
+        batch = [to_crab_message(m, strict=self.strict) for m in given]
         with self._lock:
-            hook = self._hook
-            if filters_by_default(hook.crab_filter_message) and not has_impls(
-                hook.crab_before_persist
-            ):
-                # No plugin looks at writes: straight to lines, no crab messages between.
-                return _kept([encode(m, strict=self.strict) for m in given])
-            return self._through_hooks([to_crab_message(m, strict=self.strict) for m in given])
+            session = self._synced_session()
+        return self._through_hooks(session, batch)
 
-    def _through_hooks(self, batch: list[CrabMessage]) -> _Batch | None:
-        """``batch`` after the filter and before-persist hooks had their say.
+    def _through_hooks(self, session: Session, batch: list[CrabMessage]) -> _Batch | None:
+        """``batch`` after the filter and before-persist hooks had their say (unlocked).
 
         What the plugins leave is checked before anything is written: a plugin
         must not be able to write a line that no reader can read.
         """
-        session = self._synced_session()
         kept = [m for m in batch if self._verdict(session, m) is not False]
         if has_impls(self._hook.crab_before_persist):
             self._hook.crab_before_persist(session=session, messages=kept)

@@ -255,14 +255,6 @@ TEXT_FIELDS = tuple(name for name in _WRITTEN if _FIELDS[name].annotation is str
 _BEYOND_TEXT = tuple(name for name in (*_WRITTEN, "nested") if name not in ("role", "content"))
 _beyond_text = operator.attrgetter(*_BEYOND_TEXT)
 _TEXT_ONLY = tuple(_FIELDS[name].get_default(call_default_factory=True) for name in _BEYOND_TEXT)
-# Bytes that send a line down the careful path: keys it drops, keys that make
-# a line something other than a flat message, and the non-JSON numbers the
-# one-pass parser would accept.
-_CAREFUL_WORDS = re.compile(
-    "|".join(
-        [*(f'"{key}"' for key in (*_MEMORY_ONLY, "index", *_OTHER_KINDS)), "NaN", "Infinity"]
-    ).encode()
-)
 
 
 def is_text_only(message: CrabMessage) -> bool:
@@ -274,18 +266,10 @@ def is_text_only(message: CrabMessage) -> bool:
 
 
 def parse_entry(line: str | bytes) -> Entry:
-    """Parse one non-header line into a message or a compact marker.
+    """Parse one non-header line into a message, a compact marker or a run event.
 
     Raises :class:`SessionFormatError` (without a location; callers add it).
     """
-    if isinstance(line, bytes) and not _CAREFUL_WORDS.search(line):
-        # One pass from bytes to a validated message: the common case, and
-        # what makes a long session load fast. Anything else (a marker, a
-        # key to drop, a bad line to explain) takes the careful path below.
-        try:
-            return CrabMessage.model_validate_json(line, strict=True)
-        except ValidationError:
-            pass
     return _entry(_json_object(line))
 
 

@@ -20,6 +20,7 @@ from redis_servers import (
     redis_py_missing,
 )
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--full-stress",

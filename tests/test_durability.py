@@ -1030,6 +1030,24 @@ def test_tail_read_parses_only_the_new_lines(backend, monkeypatch):
     assert parsed == [user_line("new")]
 
 
+def test_a_first_write_reads_none_of_its_own_lines_back(backend, monkeypatch):
+    parsed: list[bytes] = []
+    real = context_module.decode_line
+    monkeypatch.setattr(
+        context_module, "decode_line", lambda line: parsed.append(line) or real(line)
+    )
+    history = backend.store().get_session_history("fresh")
+    history.add_messages([HumanMessage("one"), AIMessage("two")])  # creates the session
+    assert contents(history.messages) == ["one", "two"]
+    again = backend.store().get_session_history("fresh")  # a first write, not read before
+    again.add_messages([HumanMessage("three")])
+    assert contents(again.messages) == ["one", "two", "three"]
+    assert parsed == [
+        user_line("one"),
+        b'{"role":"assistant","content":"two"}',
+    ]  # read once, by again
+
+
 def rewrite_in_place(path: Path, data: bytes) -> None:
     """As crabtalk's ``persist()`` does: same file, truncated and written again."""
     with open(path, "r+b") as file:

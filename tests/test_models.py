@@ -613,7 +613,11 @@ _SET = {
 
 @pytest.mark.parametrize(
     "field",
-    [f for f in CrabMessage.model_fields if f not in ("role", "content", "sender", "auto_injected")],
+    [
+        f
+        for f in CrabMessage.model_fields
+        if f not in ("role", "content", "sender", "auto_injected")
+    ],
 )
 def test_every_field_beyond_the_text_takes_a_message_off_the_text_only_path(field: str):
     """A new field must be listed here, and is then known to every shortcut."""

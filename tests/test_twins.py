@@ -8,17 +8,18 @@ finish while it is still inside that call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from crab_langchain import DirectoryStorage, SessionStore
+from crab_langchain import DirectoryStorage, SessionStore, hookimpl
 from crab_langchain.storage import Cursor
 
 TICK = 0.005
@@ -49,10 +50,23 @@ class SlowAppends(DirectoryStorage):
         return super().append(name, lines, after)
 
 
-async def ticking(ticks: list[float], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        ticks.append(time.monotonic())
-        await asyncio.sleep(TICK)
+@contextlib.asynccontextmanager
+async def watched_loop() -> AsyncIterator[list[float]]:
+    """The times at which a timer on the loop ticked, every TICK seconds, while inside."""
+    ticks: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticking() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(TICK)
+
+    ticker = asyncio.create_task(ticking())
+    try:
+        yield ticks
+    finally:
+        stop.set()
+        await ticker
 
 
 def longest_gap(ticks: list[float]) -> float:
@@ -68,19 +82,15 @@ async def test_async_calls_go_on_while_a_sync_writer_is_inside_a_slow_append(tmp
     writer = threading.Thread(target=history.add_messages, args=([HumanMessage("sync")],))
     writer.start()
     assert storage.inside.wait(10), "the sync writer never reached storage"
-    ticks: list[float] = []
-    stop = asyncio.Event()
-    ticker = asyncio.create_task(ticking(ticks, stop))
     try:
-        await asyncio.wait_for(history.aadd_messages([AIMessage("async")]), 5)
-        read = await asyncio.wait_for(history.aget_messages(), 5)
-        await asyncio.wait_for(history.aclear(), 5)
-        await asyncio.wait_for(history.aadd_messages([AIMessage("after clear")]), 5)
-        assert writer.is_alive(), "the sync writer must still be inside its slow append"
-        await asyncio.sleep(10 * TICK)
+        async with watched_loop() as ticks:
+            await asyncio.wait_for(history.aadd_messages([AIMessage("async")]), 5)
+            read = await asyncio.wait_for(history.aget_messages(), 5)
+            await asyncio.wait_for(history.aclear(), 5)
+            await asyncio.wait_for(history.aadd_messages([AIMessage("after clear")]), 5)
+            assert writer.is_alive(), "the sync writer must still be inside its slow append"
+            await asyncio.sleep(10 * TICK)
     finally:
-        stop.set()
-        await ticker
         storage.release.set()
         writer.join(10)
     assert [m.content for m in read] == ["first", "async"]
@@ -112,3 +122,37 @@ def body(root: Path) -> list[bytes]:
     """The lines after the header of the one session file in ``root``."""
     (path,) = root.glob("*.jsonl")
     return path.read_bytes().splitlines()[1:]
+
+
+class SlowRecall:
+    """An inject plugin whose recall, in the worker thread only, waits until let go."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    @hookimpl
+    def crab_inject_messages(self) -> list[BaseMessage]:
+        if threading.current_thread() is not threading.main_thread():
+            self.inside.set()
+            self.release.wait(10)
+        return [HumanMessage("recalled")]
+
+
+async def test_async_calls_go_on_while_a_sync_reader_waits_on_a_slow_plugin(tmp_path: Path):
+    plugin = SlowRecall()
+    history = SessionStore(tmp_path, [plugin], entry_points=False).get_session_history("s")
+    history.add_messages([HumanMessage("first")])
+    reader = threading.Thread(target=lambda: history.messages)
+    reader.start()
+    assert plugin.inside.wait(10), "the sync reader never asked the plugin"
+    try:
+        async with watched_loop() as ticks:
+            await asyncio.wait_for(history.aadd_messages([AIMessage("async")]), 5)
+            read = await asyncio.wait_for(history.aget_messages(), 5)
+            assert reader.is_alive(), "the sync reader must still be waiting on the plugin"
+    finally:
+        plugin.release.set()
+        reader.join(10)
+    assert [m.content for m in read] == ["first", "async", "recalled"]
+    assert longest_gap(ticks) < 0.5, "the event loop stalled"

@@ -441,13 +441,15 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         await self._aon_log(self._aread_on)
 
     def _read_on(self, log: SessionLog) -> None:
-        while True:  # until no other caller moved the context while we read
+        # Until no other caller moved the context while we read, or the history
+        # left this log (another caller found it deleted).
+        while self._log == log:
             cursor = self._cursor()
             if self._take(log, cursor, log.read(cursor)):
                 return
 
     async def _aread_on(self, log: SessionLog) -> None:
-        while True:  # until no other caller moved the context while we read
+        while self._log == log:  # as _read_on
             cursor = self._cursor()
             chunk = await log.aread(cursor)
             if chunk is not None and len(chunk.lines) >= _OFF_LOOP_FROM:

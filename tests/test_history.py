@@ -478,6 +478,38 @@ def test_session_deleted_under_a_writer_is_recreated_with_the_new_lines(backend)
     assert len(storage_of(backend).names()) == 1
 
 
+async def test_async_write_to_a_session_deleted_under_it_recreates_it(backend):
+    old = backend.store().get_session_history("s1")
+    await old.aadd_messages([HumanMessage("before")])
+    backend.store().delete_session("s1")
+    await old.aadd_messages([HumanMessage("after")])  # no read in between
+    assert contents(await old.aget_messages()) == ["after"]
+    assert contents(backend.store().get_session_history("s1").messages) == ["after"]
+    assert len(storage_of(backend).names()) == 1
+
+
+async def test_async_read_of_a_session_deleted_under_it_is_empty_and_creates_nothing(backend):
+    old = backend.store().get_session_history("s1")
+    await old.aadd_messages([HumanMessage("before")])
+    backend.store().delete_session("s1")
+    assert await old.aget_messages() == []
+    assert storage_of(backend).names() == []
+
+
+def test_a_reader_whose_log_another_caller_left_stops_reading_it(backend):
+    """One thread reads on while another found the session deleted: the first must not spin."""
+    history = backend.store().get_session_history("s1")
+    history.add_messages([HumanMessage("before")])
+    log = history._current_log(create=False)
+    assert log is not None
+    assert history._forgot(log)  # what a caller that met the deletion does
+    reader = threading.Thread(target=history._read_on, args=(log,), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert contents(history.messages) == ["before"]  # the log still exists: found again
+
+
 def freeze_clock(monkeypatch, moment: datetime) -> None:
     """Make new sessions see ``moment`` as now (their names hold its seconds)."""
 

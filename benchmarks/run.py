@@ -340,13 +340,8 @@ def open_among(sessions: int) -> dict[str, float]:
         }
 
 
-def _median_ms(call: Callable[[], object], count: int = 20) -> float:
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+def _median_ms(call: Callable[[], object]) -> float:
+    return _median_us(call, 20) / 1000
 
 
 def bulk_add(name: str, count: int) -> float:

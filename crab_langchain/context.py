@@ -23,7 +23,7 @@ from crab_langchain.log import NumberedLines, SessionLog, last_marker
 from crab_langchain.models import CompactMarker, CrabMessage, SessionFormatError, SessionMeta
 from crab_langchain.storage import Chunk, Cursor
 
-__all__ = ["WorkingContext"]
+__all__ = ["WorkingContext", "read_context"]
 
 
 class WorkingContext:
@@ -122,3 +122,19 @@ class WorkingContext:
         elif isinstance(entry, BaseMessage) and not is_auto_injected(entry):
             self.messages.append(entry)
         # A run event, or a message an audit plugin kept: neither is for a later run.
+
+
+def read_context(log: SessionLog) -> WorkingContext:
+    """The working context of ``log`` read afresh from its first line, on its own.
+
+    For readers that keep no context (a transcript, an export).
+
+    Raises:
+        FileNotFoundError: the log does not exist.
+        SessionFormatError: a line is malformed (naming it).
+    """
+    context = WorkingContext()
+    chunk = log.read(None)
+    if chunk is not None:
+        context.take(log, chunk)
+    return context

@@ -165,7 +165,6 @@ def _class_of(message: CrabMessage, extension: Mapping[str, Any]) -> type[BaseMe
 
 def _decoded_kwargs(message: CrabMessage, cls: type[BaseMessage]) -> dict[str, Any]:
     """Constructor arguments from the spec's keys alone (what any reader would get)."""
-    # Runs once per message loaded: plain `if`s, no helper calls, on purpose.
     kwargs: dict[str, Any] = {"content": message.content}
     extra: dict[str, Any] = {}
     leftovers: dict[str, Any] = dict(message.model_extra) if message.model_extra else {}

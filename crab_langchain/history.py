@@ -36,7 +36,7 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 
-from crab_langchain.context import WorkingContext
+from crab_langchain.context import WorkingContext, read_context
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
     Encoded,
@@ -298,15 +298,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         Raises:
             SessionFormatError: a line is malformed (naming it).
         """
-        context = WorkingContext()
-
-        def load(log: SessionLog) -> None:
-            chunk = log.read(None)
-            if chunk is not None:
-                context.take(log, chunk)
-
-        self._on_log(load, forget=False)
-        return context
+        return self._on_log(read_context, forget=False) or WorkingContext()
 
     @property
     def session(self) -> Session:
@@ -465,7 +457,6 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     def _take(self, log: SessionLog, cursor: Cursor | None, chunk: Chunk | None) -> bool:
         """Take ``chunk``, read past ``cursor``; False if the context moved on since."""
-        observed = has_impls(self._hook.crab_after_load)
         with self._lock:
             if self._log != log or self._context.cursor != cursor:
                 return False
@@ -476,6 +467,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
                 return True
             if self._context.meta is not None:  # read from line 1: the header too
                 _take_header(self._session, self._context.meta, log)
+            observed = has_impls(self._hook.crab_after_load)
             loaded = (self._synced_session(), list(self._context.messages)) if observed else None
         if loaded is not None:  # the plugins are told outside the lock
             self._hook.crab_after_load(session=loaded[0], messages=_ReadOnly(loaded[1]))
@@ -494,13 +486,12 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         asked = has_impls(self._hook.crab_inject_messages)
         with self._lock:
             stored = list(self._context.messages)
+            if not asked:
+                return stored
             version = (self._log, self._context.version, self._context.cursor)
-            cached = self._injected
-            session = self._synced_session() if asked else None
-        if session is None:
-            return stored
-        if cached is not None and cached[0] == version:
-            return [*stored, *cached[1]]
+            if self._injected is not None and self._injected[0] == version:
+                return [*stored, *self._injected[1]]
+            session = self._synced_session()
         fresh = self._injected_for(session, stored)
         with self._lock:
             self._injected = (version, fresh)

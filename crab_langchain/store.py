@@ -164,22 +164,7 @@ class SessionStore:
             TypeError: ``session_id`` is not a string.
             ValueError: ``agent`` cannot be part of a file name.
         """
-        session_id = _as_id(session_id)
-        check_agent(agent)
-        session = Session(
-            id=session_id,
-            agent=agent,
-            created_by=created_by,
-            created_at=datetime.now(timezone.utc),
-        )
-        return CrabChatMessageHistory(
-            session,
-            storage=self.storage,
-            plugins=self.plugin_manager,
-            strict=self.strict,
-            locate=lambda: self.find(session_id, agent),
-            create=self._create,
-        )
+        return self._history(_new_session(session_id, agent, created_by))
 
     def create_session(
         self, session_id: str, agent: str = "crab", created_by: str = "user"
@@ -190,16 +175,28 @@ class SessionStore:
         session that another process created meanwhile, this never adds to
         an existing one.
         """
-        history = self.get_session_history(session_id, agent, created_by)
+        session = _new_session(session_id, agent, created_by)
         with self.storage.creation_lock():
-            existing = self.find(session_id, agent)
+            existing = self.find(session.id, agent)
             if existing is not None:
                 raise FileExistsError(
-                    f"session {session_id!r} of agent {agent!r} already exists: "
+                    f"session {session.id!r} of agent {agent!r} already exists: "
                     f"{self.storage.location(existing)}"
                 )
-            self._create_locked(history.session)
-        return history
+            name = self._create_locked(session)
+        return self._history(session, name)
+
+    def _history(self, session: Session, name: str | None = None) -> CrabChatMessageHistory:
+        """A history of ``session``, on log ``name`` or, without it, found when first used."""
+        return CrabChatMessageHistory(
+            session,
+            storage=self.storage,
+            name=name,
+            plugins=self.plugin_manager,
+            strict=self.strict,
+            locate=lambda: self.find(session.id, session.agent),
+            create=self._create,
+        )
 
     def find(self, session_id: str, agent: str = "crab") -> str | None:
         """The file name holding ``(agent, session_id)``, or None.
@@ -346,6 +343,18 @@ class SessionStore:
         except SessionFormatError:
             name = next(iter(self._named(session_id, agent)), None)
         return name is not None and self.storage.delete(name)
+
+
+def _new_session(session_id: Any, agent: str, created_by: str) -> Session:
+    """A session not read from storage yet; ``TypeError``/``ValueError`` for a bad id or agent."""
+    session_id = _as_id(session_id)
+    check_agent(agent)
+    return Session(
+        id=session_id,
+        agent=agent,
+        created_by=created_by,
+        created_at=datetime.now(timezone.utc),
+    )
 
 
 def _as_id(session_id: Any) -> str:

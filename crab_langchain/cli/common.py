@@ -16,6 +16,7 @@ import click
 
 from crab_langchain import display
 from crab_langchain.cli import PROG
+from crab_langchain.log import SessionLog
 from crab_langchain.storage import (
     REDIS_SCHEMES,
     DirectoryStorage,
@@ -147,13 +148,15 @@ def resolve_root(given: Given, own_root: GivenRoot, own_prefix: str | None) -> R
     return Root(path=path)
 
 
-@dataclass(frozen=True)
-class Log:
-    """One session log: its storage, its name there, and where it is, for people."""
+class Log(SessionLog):
+    """A session log as the command line was given it: ``where`` is how to name it to people.
 
-    storage: SessionStorage
-    name: str
-    where: str
+    For a file, the path as typed; for an id, the storage's location of its log.
+    """
+
+    def __init__(self, storage: SessionStorage, name: str, where: str) -> None:
+        super().__init__(storage, name)
+        self.where = where
 
 
 def file_log(path: Path) -> Log:

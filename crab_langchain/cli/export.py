@@ -30,9 +30,8 @@ from crab_langchain.cli.common import (
     root_options,
     warnings_to_stderr,
 )
-from crab_langchain.context import WorkingContext
+from crab_langchain.context import read_context
 from crab_langchain.convert import is_auto_injected, to_crab_message
-from crab_langchain.log import SessionLog
 from crab_langchain.store import SessionStore
 
 
@@ -103,20 +102,10 @@ def add_import(group: click.Group) -> None:
         run_import(root, source, agent, session_id, created_by)
 
 
-def _working_context(log: Log) -> list[BaseMessage]:
-    """The stored working context of ``log``, read through the log layer: no plugin runs."""
-    session_log = SessionLog(log.storage, log.name)
-    context = WorkingContext()
-    chunk = session_log.read(None)
-    if chunk is not None:
-        context.take(session_log, chunk)
-    return context.messages
-
-
 def run_export(log: Log, fmt: str, output: Path | None) -> None:
     """Write the working context of ``log`` as LangChain or OpenAI message JSON."""
     with warnings_to_stderr():
-        messages = _working_context(log)
+        messages = read_context(log).messages  # read through the log layer: no plugin runs
     data = (
         messages_to_dict(messages) if fmt == "langchain" else convert_to_openai_messages(messages)
     )
@@ -124,7 +113,7 @@ def run_export(log: Log, fmt: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    own = log.storage.path(log.name)
+    own = log.path
     if own is not None and output.exists() and output.resolve() == own.resolve():
         raise CliError(f"{output}: is the session being exported; not overwriting it")
     _write_atomically(output, text)

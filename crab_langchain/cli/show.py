@@ -19,7 +19,7 @@ from crab_langchain.cli.common import (
     warnings_to_stderr,
 )
 from crab_langchain.convert import from_crab_message
-from crab_langchain.log import is_message_line
+from crab_langchain.log import is_message_line, split_header
 from crab_langchain.models import (
     CompactMarker,
     RunEvent,
@@ -77,10 +77,10 @@ def _read(log: Log, cursor: Cursor | None) -> Chunk | None:
     """New complete lines; a torn tail is reported once, never returned."""
     with warnings_to_stderr():
         try:
-            return log.storage.read(log.name, cursor)
+            return log.read(cursor)
         except FileNotFoundError:
-            gone = "no such file" if log.storage.path(log.name) else "no such session"
-            raise CliError(f"{log.storage.location(log.name)}: {gone} (deleted?)") from None
+            gone = "no such file" if log.path else "no such session"
+            raise CliError(f"{log.location}: {gone} (deleted?)") from None
 
 
 def _entry_text(where: str, number: int, line: bytes, tool_names: dict[str, str]) -> str:
@@ -124,9 +124,7 @@ def _render(
     tool_names: dict[str, str],
 ) -> None:
     """Print a chunk read from line 1: the header, then the (last ``tail``) entries."""
-    if not lines or lines[0][0] != 1:
-        raise SessionFormatError("no header line", path=log.where, line=1)
-    header, body = lines[0][1], lines[1:]
+    header, body = split_header(log.where, lines)
     hidden = 0 if tail is None else max(len(body) - tail, 0)
     if raw:
         click.echo(header)

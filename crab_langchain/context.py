@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage
 
-from crab_langchain.convert import decode_line, is_auto_injected, to_crab_message
+from crab_langchain.convert import decode_line, is_auto_injected, marker_message, to_crab_message
 from crab_langchain.log import NumberedLines, SessionLog, last_marker
 from crab_langchain.models import CompactMarker, CrabMessage, SessionFormatError, SessionMeta
 from crab_langchain.storage import Chunk, Cursor
 
-__all__ = ["WorkingContext", "read_context"]
+__all__ = ["WorkingContext", "context_of", "read_context"]
 
 
 class WorkingContext:
@@ -118,7 +118,10 @@ class WorkingContext:
         except SessionFormatError as error:
             raise log.error(error, number) from None
         if isinstance(entry, CompactMarker):
-            self._restart([HumanMessage(content=entry.compact)])
+            try:
+                self._restart([marker_message(entry)])
+            except SessionFormatError as error:
+                raise log.error(error, number) from None
         elif isinstance(entry, BaseMessage) and not is_auto_injected(entry):
             self.messages.append(entry)
         # A run event, or a message an audit plugin kept: neither is for a later run.
@@ -138,3 +141,17 @@ def read_context(log: SessionLog) -> WorkingContext:
     if chunk is not None:
         context.take(log, chunk)
     return context
+
+
+def context_of(log: SessionLog, body: NumberedLines) -> list[BaseMessage]:
+    """The working context that the body lines ``body`` of ``log`` give (a new list).
+
+    For a context as it stood at an earlier line: pass the lines up to it.
+    Only what follows the last compaction marker in ``body`` is decoded.
+
+    Raises:
+        SessionFormatError: a line is malformed (naming it).
+    """
+    context = WorkingContext()
+    context._take_lines(log, body[last_marker(log, body) :])
+    return context.messages

@@ -574,3 +574,55 @@ def _text_only_role(message: BaseMessage) -> str | None:
     if role is not None and not str(message.content).isascii():
         _check_text(str(message.content), "content")
     return role
+
+
+# --- compaction markers -------------------------------------------------------------
+
+_MARKER_TITLE_BYTES = 60
+
+
+def marker_message(marker: CompactMarker) -> BaseMessage:
+    """The message a compaction marker stands for: its summary, as a user message.
+
+    A marker this package wrote for a LangChain message (:func:`marker_line`)
+    carries the rest of that message under ``langchain`` (crabtalk ignores
+    the key), so the message comes back whole: its id, its kwargs.
+
+    Raises:
+        SessionFormatError: the ``langchain`` key does not describe a message.
+    """
+    extension = (marker.model_extra or {}).get("langchain")
+    if not extension:
+        return HumanMessage(content=marker.compact)
+    if not isinstance(extension, dict):
+        raise SessionFormatError("bad 'langchain' key on a compaction marker: not an object")
+    return from_crab_message(CrabMessage(role="user", content=marker.compact, langchain=extension))
+
+
+def marker_line(summary: BaseMessage, archived_at: str) -> bytes:
+    """The compaction marker for ``summary``, as newer crabtalk writes one, and what else it holds.
+
+    Its ``compact`` is the summary's text, its ``title`` the first sentence of
+    that (as crabtalk cuts it), ``archived_at`` the time given.
+
+    Raises:
+        TypeError: the message cannot be written as JSON.
+    """
+    crab = to_crab_message(summary)
+    if crab.role != "user":
+        crab.langchain = {"type": summary.type, **(crab.langchain or {})}
+    extension = {"langchain": crab.langchain} if crab.langchain else {}
+    marker = CompactMarker(
+        compact=crab.content,
+        title=_marker_title(crab.content),
+        archived_at=archived_at,
+        **extension,
+    )
+    return marker.to_line_bytes()
+
+
+def _marker_title(summary: str) -> str:
+    """crabtalk's marker title: the summary cut after its first ``.``, ``!`` or ``?``; 60 bytes."""
+    cut = min((summary.find(end) + 1 for end in ".!?" if end in summary), default=len(summary))
+    title = summary[:cut].encode("utf-8")[:_MARKER_TITLE_BYTES].decode("utf-8", errors="ignore")
+    return title.strip()

@@ -37,27 +37,19 @@ from langchain_core.messages import (
 )
 
 from crab_langchain.context import WorkingContext, read_context
-from crab_langchain.convert import (
-    AUTO_INJECTED_KEY,
-    Encoded,
-    encode,
-    from_crab_message,
-    to_crab_message,
-)
+from crab_langchain.convert import AUTO_INJECTED_KEY, from_crab_message
 from crab_langchain.hooks import (
-    default_verdict,
-    filter_result_problem,
-    filters_by_default,
+    Batch,
+    ReadBack,
     has_impls,
     inject_result_problem,
     make_plugin_manager,
-    persistable,
+    prepare_writes,
     wrong_result,
 )
 from crab_langchain.log import SessionLog
 from crab_langchain.models import (
     CompactMarker,
-    CrabMessage,
     Entry,
     RunEvent,
     Session,
@@ -90,8 +82,6 @@ _OFF_LOOP_FROM = 1000
 _DELETED_RETRIES = 8
 
 T = TypeVar("T")
-ReadBack = list[BaseMessage | None] | None
-_Batch = tuple[list[bytes], ReadBack]
 
 
 class CrabChatMessageHistory(BaseChatMessageHistory):
@@ -507,35 +497,14 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     # --- writing ------------------------------------------------------------
 
-    def _prepare(self, given: list[BaseMessage]) -> _Batch | None:
+    def _prepare(self, given: list[BaseMessage]) -> Batch | None:
         """The lines to write for ``given`` (and what reading each back gives, where known)."""
-        hook = self._hook
-        if filters_by_default(hook.crab_filter_message) and not has_impls(hook.crab_before_persist):
-            # No plugin looks at writes: straight to lines, no crab messages between.
-            return _kept([encode(m, strict=self.strict) for m in given])
-        batch = [to_crab_message(m, strict=self.strict) for m in given]
-        with self._lock:
-            session = self._synced_session()
-        return self._through_hooks(session, batch)
 
-    def _through_hooks(self, session: Session, batch: list[CrabMessage]) -> _Batch | None:
-        """``batch`` after the filter and before-persist hooks had their say (unlocked).
+        def session() -> Session:
+            with self._lock:
+                return self._synced_session()
 
-        What the plugins leave is checked before anything is written: a plugin
-        must not be able to write a line that no reader can read.
-        """
-        kept = [m for m in batch if self._verdict(session, m) is not False]
-        if has_impls(self._hook.crab_before_persist):
-            self._hook.crab_before_persist(session=session, messages=kept)
-            kept = persistable(kept)
-        return ([message.to_line_bytes() for message in kept], None) if kept else None
-
-    def _verdict(self, session: Session, message: CrabMessage) -> bool | None:
-        kwargs = {"session": session, "message": message}
-        verdict = self._hook.crab_filter_message(**kwargs)
-        if verdict is not None and not isinstance(verdict, bool):
-            raise wrong_result(self._plugins, "crab_filter_message", kwargs, filter_result_problem)
-        return verdict
+        return prepare_writes(self._plugins, given, session, strict=self.strict)
 
     def _append(self, lines: list[bytes], read_back: ReadBack) -> None:
         """Append ``lines``; ``read_back`` holds what reading each back gives, where known."""
@@ -624,12 +593,6 @@ def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMess
     if all(isinstance(message, BaseMessage) for message in messages):
         return list(messages)  # type: ignore[arg-type]
     return convert_to_messages(messages)
-
-
-def _kept(batch: list[Encoded]) -> _Batch | None:
-    """``batch`` as the default plugin decides it (no other plugin filters)."""
-    kept = [encoded for encoded in batch if default_verdict(encoded.auto_injected) is not False]
-    return ([e.line for e in kept], [e.read_back for e in kept]) if kept else None
 
 
 def _take_header(session: Session, meta: SessionMeta, log: SessionLog) -> None:

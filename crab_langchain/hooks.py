@@ -20,7 +20,7 @@ import pluggy
 from langchain_core.messages import BaseMessage
 from pydantic import ValidationError
 
-from crab_langchain.convert import check_json
+from crab_langchain.convert import Encoded, check_json, encode, to_crab_message
 from crab_langchain.models import CrabMessage
 
 if TYPE_CHECKING:
@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROJECT_NAME",
+    "Batch",
     "CrabHookSpecs",
     "DefaultPlugin",
+    "ReadBack",
     "hookimpl",
     "hookspec",
     "make_plugin_manager",
+    "prepare_writes",
+    "verdict_of",
 ]
 
 PROJECT_NAME = "crab_langchain"
@@ -245,3 +249,66 @@ def persistable(batch: list[Any]) -> list[CrabMessage]:
             raise TypeError(f"{where} a message that JSON cannot hold ({error})") from None
         checked.append(valid)
     return checked
+
+
+# --- what a writer writes -----------------------------------------------------------
+
+ReadBack = list[BaseMessage | None] | None
+"""What reading each written line back gives, where the writer knows it."""
+
+Batch = tuple[list[bytes], ReadBack]
+"""The lines to write, and :data:`ReadBack` for them."""
+
+
+def prepare_writes(
+    manager: pluggy.PluginManager,
+    given: Sequence[BaseMessage],
+    session: Callable[[], Session],
+    *,
+    strict: bool = False,
+) -> Batch | None:
+    """The lines to write for ``given``, as the plugins decide; None if none is kept.
+
+    Every writer of a session (the chat history, the checkpointer) writes
+    through here, so the plugins have the same say whichever door a message
+    comes through. ``session`` gives the session the hooks are told about;
+    it is called only if some plugin looks at writes. What the plugins leave
+    is checked before anything is written: a plugin must not be able to
+    write a line that no reader can read.
+
+    Raises:
+        TypeError: a plugin returned something unusable (naming it), or a
+            message cannot be written as JSON.
+    """
+    hook = manager.hook
+    if filters_by_default(hook.crab_filter_message) and not has_impls(hook.crab_before_persist):
+        # No plugin looks at writes: straight to lines, no crab messages between.
+        return _kept([encode(m, strict=strict) for m in given])
+    batch = [to_crab_message(m, strict=strict) for m in given]
+    told = session()
+    kept = [m for m in batch if verdict_of(manager, told, m) is not False]
+    if has_impls(hook.crab_before_persist):
+        hook.crab_before_persist(session=told, messages=kept)
+        kept = persistable(kept)
+    return ([message.to_line_bytes() for message in kept], None) if kept else None
+
+
+def verdict_of(
+    manager: pluggy.PluginManager, session: Session, message: CrabMessage
+) -> bool | None:
+    """What ``crab_filter_message`` says of ``message`` (False: drop it).
+
+    Raises:
+        TypeError: a plugin returned something other than a bool or None (naming it).
+    """
+    kwargs = {"session": session, "message": message}
+    verdict = manager.hook.crab_filter_message(**kwargs)
+    if verdict is not None and not isinstance(verdict, bool):
+        raise wrong_result(manager, "crab_filter_message", kwargs, filter_result_problem)
+    return verdict
+
+
+def _kept(batch: list[Encoded]) -> Batch | None:
+    """``batch`` as the default plugin decides it (no other plugin filters)."""
+    kept = [encoded for encoded in batch if default_verdict(encoded.auto_injected) is not False]
+    return ([e.line for e in kept], [e.read_back for e in kept]) if kept else None

@@ -152,6 +152,22 @@ class SessionLog:
         """Async :meth:`append`."""
         return await self.storage.aappend(self.name, lines, after)
 
+    def create(self, header: bytes, *, created: float | None = None) -> None:
+        """Create the log holding just ``header``; ``FileExistsError`` if it exists."""
+        self.storage.create(self.name, header, created=created)
+
+    def replace(self, lines: Sequence[bytes]) -> None:
+        """Replace the whole log by ``lines`` (its header first), atomically."""
+        self.storage.replace(self.name, lines)
+
+    async def areplace(self, lines: Sequence[bytes]) -> None:
+        """Async :meth:`replace`."""
+        await self.storage.areplace(self.name, lines)
+
+    def delete(self) -> bool:
+        """Remove the log; False if there was none."""
+        return self.storage.delete(self.name)
+
     def clear(self) -> None:
         """Keep the header line alone, atomically: readers see the old log or the cleared one."""
         self.storage.replace(self.name, [self.header_line()])

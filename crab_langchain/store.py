@@ -26,7 +26,14 @@ from crab_langchain.naming import (
     parse_file_name,
     session_id_of,
 )
-from crab_langchain.storage import DirectoryStorage, Durability, SessionStorage, open_storage
+from crab_langchain.storage import (
+    COMPANION_KINDS,
+    DirectoryStorage,
+    Durability,
+    SessionStorage,
+    companion_name,
+    open_storage,
+)
 
 __all__ = ["SessionInfo", "SessionStore", "default_root"]
 
@@ -186,6 +193,27 @@ class SessionStore:
             name = self._create_locked(session)
         return self._history(session, name)
 
+    def session_name(
+        self,
+        session_id: str,
+        agent: str = "crab",
+        created_by: str = "user",
+        *,
+        create: bool = False,
+    ) -> str | None:
+        """The name of the log holding ``(agent, session_id)``; None if there is none.
+
+        With ``create``, a session not there yet is created (its header
+        written, ``crab_session_created`` told) and its name returned.
+
+        Raises:
+            TypeError: ``session_id`` is not a string.
+            ValueError: ``agent`` cannot be part of a file name.
+        """
+        session = _new_session(session_id, agent, created_by)
+        found = self.find(session.id, agent)
+        return found if found is not None or not create else self._create(session)
+
     def _history(self, session: Session, name: str | None = None) -> CrabChatMessageHistory:
         """A history of ``session``, on log ``name`` or, without it, found when first used."""
         return CrabChatMessageHistory(
@@ -334,15 +362,21 @@ class SessionStore:
         return self._info(name, meta, self.storage.sizes([name])[0])
 
     def delete_session(self, session_id: str, agent: str = "crab") -> bool:
-        """Delete the session's file; False if there was none.
+        """Delete the session's file, and the logs kept beside it; False if there was none.
 
-        A session whose header no longer reads is deleted too, found by its name.
+        A session whose header no longer reads is deleted too, found by its
+        name. A checkpointer's side log goes first, so no side log is left
+        without its session.
         """
         try:
             name = self.find(session_id, agent)
         except SessionFormatError:
             name = next(iter(self._named(session_id, agent)), None)
-        return name is not None and self.storage.delete(name)
+        if name is None:
+            return False
+        for kind in COMPANION_KINDS:
+            self.storage.delete(companion_name(name, kind))
+        return self.storage.delete(name)
 
 
 def _new_session(session_id: Any, agent: str, created_by: str) -> Session:

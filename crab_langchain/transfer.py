@@ -18,7 +18,8 @@ from typing import Literal
 
 from crab_langchain.log import meta_of, split_header
 from crab_langchain.models import SessionFormatError
-from crab_langchain.storage import SessionStorage
+from crab_langchain.storage import COMPANION_KINDS, SessionStorage, companion_name
+from crab_langchain.storage.base import is_json_object
 from crab_langchain.verify import line_problem
 
 __all__ = ["CopyResult", "SessionConflictError", "copy_session", "copy_sessions"]
@@ -43,15 +44,32 @@ class CopyResult:
 def copy_session(source: SessionStorage, target: SessionStorage, name: str) -> CopyResult:
     """Copy session log ``name`` from ``source`` to ``target``, line for line.
 
+    The logs kept beside it (a checkpointer's side log) go along, after it.
+
     Raises ``FileNotFoundError`` if ``source`` has no such log,
     :class:`~crab_langchain.SessionFormatError` (naming the line) if a line
     of it is malformed, and :class:`SessionConflictError` if ``target`` holds
     other lines under that name. In each case ``target`` is unchanged.
     """
     lines = _checked_lines(source, name)
-    meta = meta_of(source, name, lines[0])
+    companions = [
+        (companion, _companion_lines(source, companion))
+        for companion in (companion_name(name, kind) for kind in COMPANION_KINDS)
+        if source.exists(companion)
+    ]
+    created = meta_of(source, name, lines[0]).created_at.timestamp()
+    result = _copy_lines(target, name, lines, created)
+    for companion, companion_lines in companions:
+        _copy_lines(target, companion, companion_lines, created)
+    return result
+
+
+def _copy_lines(
+    target: SessionStorage, name: str, lines: list[bytes], created: float
+) -> CopyResult:
+    """Make log ``name`` of ``target`` hold ``lines``: create it, add what it lacks, or refuse."""
     if not target.exists(name):
-        target.create(name, lines[0], created=meta.created_at.timestamp())
+        target.create(name, lines[0], created=created)
         if len(lines) > 1:
             target.append(name, lines[1:])
         return CopyResult(name, "copied", len(lines), len(lines))
@@ -86,6 +104,16 @@ def copy_sessions(
 def _lines_of(storage: SessionStorage, name: str) -> list[bytes]:
     chunk = storage.read(name, None)
     return [] if chunk is None else [line for _, line in chunk.lines]
+
+
+def _companion_lines(storage: SessionStorage, name: str) -> list[bytes]:
+    """A companion log's lines, each checked to be one JSON object."""
+    chunk = storage.read(name, None)
+    numbered = [] if chunk is None else chunk.lines
+    for number, line in numbered:
+        if not is_json_object(line):
+            raise SessionFormatError("not a JSON object", path=storage.location(name), line=number)
+    return [line for _, line in numbered]
 
 
 def _checked_lines(storage: SessionStorage, name: str) -> list[bytes]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from crab_langchain.log import split_header
 from crab_langchain.models import SessionFormatError, SessionMeta, parse_entry
-from crab_langchain.storage import SessionStorage
+from crab_langchain.storage import COMPANION_KINDS, SessionStorage, companion_name
+from crab_langchain.storage.base import is_json_object
 
 __all__ = ["FileReport", "LogReport", "line_problem", "verify_file", "verify_log"]
 
@@ -64,6 +65,10 @@ def verify_file(path: str | os.PathLike[str]) -> FileReport:
         return report
     if report.lines == 0 and not report.torn_bytes:
         report.problems.append((1, "empty file: no header line"))
+    for kind in COMPANION_KINDS:
+        companion = report.path.with_name(companion_name(report.path.name, kind))
+        if companion.exists():
+            _check_companion(report, companion.name, _file_lines(companion))
     return report
 
 
@@ -86,7 +91,30 @@ def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
         report.problems.append((1, error.reason))
     for number, line in numbered:
         _check_line(report, number, line)
+    for kind in COMPANION_KINDS:
+        companion = companion_name(name, kind)
+        try:
+            chunk = storage.read(companion, None)
+        except FileNotFoundError:
+            continue
+        _check_companion(report, companion, [] if chunk is None else chunk.lines)
     return report
+
+
+def _file_lines(path: Path) -> list[tuple[int, bytes]]:
+    """The lines of file ``path``, numbered (an incomplete last one too)."""
+    *complete, tail = path.read_bytes().split(b"\n")
+    return list(enumerate([*complete, tail] if tail else complete, start=1))
+
+
+def _check_companion(report: LogReport, name: str, lines: list[tuple[int, bytes]]) -> None:
+    """Problems of a log kept beside the session (a checkpointer's side log): JSON objects only.
+
+    Its problems are the session's, each naming the companion and its line.
+    """
+    for number, line in lines:
+        if not is_json_object(line):
+            report.problems.append((None, f"{name}:{number}: not a JSON object"))
 
 
 def line_problem(number: int, line: bytes) -> str | None:

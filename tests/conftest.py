@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,6 +20,22 @@ from redis_servers import (
     redis_binaries_missing,
     redis_py_missing,
 )
+
+
+def _missing(*modules: str) -> bool:
+    try:
+        return any(importlib.util.find_spec(module) is None for module in modules)
+    except ModuleNotFoundError:  # a parent package is missing
+        return True
+
+
+# The checkpointer's tests need the langgraph extra; those with real agents and graphs also
+# need langgraph and langchain (the dev extra; langchain needs Python 3.11).
+collect_ignore: list[str] = []
+if _missing("langgraph.checkpoint.base", "langgraph.checkpoint.conformance"):
+    collect_ignore += ["test_checkpoint.py", "test_checkpoint_conformance.py"]
+if _missing("langgraph.checkpoint.base", "langgraph.graph", "langchain.agents"):
+    collect_ignore += ["test_checkpoint_agents.py", "test_checkpoint_durability.py"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -14,18 +14,22 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from crab_langchain.storage.base import (
+    COMPANION_KINDS,
     Chunk,
     Cursor,
     SessionStorage,
     StorageUnavailableError,
     TornTailWarning,
     check_name,
+    companion_name,
+    owner_of,
     public_url,
     url_scheme,
 )
 from crab_langchain.storage.directory import DirectoryStorage, Durability
 
 __all__ = [
+    "COMPANION_KINDS",
     "REDIS_SCHEMES",
     "Chunk",
     "Cursor",
@@ -35,7 +39,9 @@ __all__ = [
     "StorageUnavailableError",
     "TornTailWarning",
     "check_name",
+    "companion_name",
     "open_storage",
+    "owner_of",
     "public_url",
 ]
 

@@ -8,25 +8,29 @@ implementation; a shared backend implements the same few operations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
 __all__ = [
+    "COMPANION_KINDS",
     "Chunk",
     "Cursor",
     "SessionStorage",
     "StorageUnavailableError",
     "TornTailWarning",
     "check_name",
+    "companion_name",
     "is_json_object",
     "numbered_lines",
+    "owner_of",
     "public_url",
     "url_scheme",
     "url_secrets",
@@ -88,6 +92,33 @@ def check_name(name: str) -> str:
     ):
         raise ValueError(f"not a plain file name: {name!r}")
     return name
+
+
+_SESSION_END = ".jsonl"
+
+COMPANION_KINDS = ("checkpoints",)
+"""The companion logs a session may have (:func:`companion_name`): a checkpointer's side log."""
+
+
+def companion_name(session: str, kind: str) -> str:
+    """The name of log ``kind`` kept beside session log ``session`` (a ``*.jsonl`` name).
+
+    A companion log (a checkpointer's side log) belongs to its session: it is
+    not a session of its own, so it does not end in ``.jsonl`` (crabtalk and
+    listings pass it by), and a storage keeps it where it keeps the session
+    (the same hash tag on Redis).
+    """
+    if not session.endswith(_SESSION_END) or not kind.isidentifier():
+        raise ValueError(f"no companion {kind!r} for log {session!r}")
+    return check_name(f"{session}.{kind}")
+
+
+def owner_of(name: str) -> tuple[str, str] | None:
+    """``(session, kind)`` if ``name`` is a companion log (:func:`companion_name`), else None."""
+    session, dot, kind = name.rpartition(_SESSION_END + ".")
+    if not dot or not session or not kind.isidentifier():
+        return None
+    return session + _SESSION_END, kind
 
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -278,6 +309,25 @@ class SessionStorage(ABC):
     @abstractmethod
     def creation_lock(self) -> AbstractContextManager[None]:
         """Serialize finding-or-creating logs across threads and processes."""
+
+    def hold(self, name: str) -> AbstractContextManager[None]:
+        """Hold log ``name`` alone for a change spanning several calls (read, then write).
+
+        Excludes other holders of ``name`` in every thread and process; plain
+        reads and writes are not held back. By default the storage-wide
+        :meth:`creation_lock`; storages hold one name at a time.
+        """
+        return self.creation_lock()
+
+    @contextlib.asynccontextmanager
+    async def ahold(self, name: str) -> AsyncIterator[None]:
+        """Async :meth:`hold`: waiting for it never blocks the event loop."""
+        held = self.hold(name)
+        await asyncio.to_thread(held.__enter__)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(held.__exit__, None, None, None)
 
     def close(self) -> None:  # noqa: B027 - most storages hold nothing to release
         """Release what the storage holds open (it reopens what it needs later)."""

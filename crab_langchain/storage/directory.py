@@ -64,7 +64,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DirectoryStorage", "Durability", "lock_file_name"]
+__all__ = ["DirectoryStorage", "Durability", "hold_file_name", "lock_file_name"]
 
 Durability = Literal["flush", "fsync"]
 
@@ -74,11 +74,17 @@ _TAIL_BLOCK = 65536
 _CHECKED_TAIL = 256
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_HOLD_FLAGS = os.O_RDWR | os.O_CREAT
 
 
 def lock_file_name(name: str) -> str:
     """The lock (and write-record) file kept beside session file ``name``."""
     return f".{name}.lock"
+
+
+def hold_file_name(name: str) -> str:
+    """The file locked by :meth:`DirectoryStorage.hold` of log ``name``."""
+    return f".{name}.hold"
 
 
 class _Record(NamedTuple):
@@ -516,8 +522,9 @@ class DirectoryStorage(SessionStorage):
         try:
             with self._held(name, exclusive=True):
                 path.unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    path.with_name(path.name + ".torn").unlink()
+                for leftover in (path.name + ".torn", hold_file_name(name)):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.with_name(leftover).unlink()
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._lock_path(name))  # waiters notice and reopen (_held)
         except FileNotFoundError:
@@ -547,6 +554,19 @@ class DirectoryStorage(SessionStorage):
     def creation_lock(self) -> Iterator[None]:
         self._ensure_root()
         fd = _open_file(os.path.join(self.root, _INDEX_LOCK), os.O_RDWR | os.O_CREAT)
+        try:
+            _lock(fd, exclusive=True)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        # A file of its own: the log's lock file is locked by each append and
+        # replace, which the holder makes (flock excludes other descriptors
+        # of this process too, so threads wait as processes do).
+        self._ensure_root()
+        fd = _open_file(os.path.join(self.root, hold_file_name(check_name(name))), _HOLD_FLAGS)
         try:
             _lock(fd, exclusive=True)
             yield

@@ -36,7 +36,7 @@ import os
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -56,6 +56,7 @@ from crab_langchain.storage.base import (
     StorageUnavailableError,
     check_name,
     numbered_lines,
+    owner_of,
     public_url,
 )
 
@@ -73,6 +74,7 @@ _WRITE_ID_MS = 120_000
 _ATTEMPTS = 10  # per call, while the connection keeps dropping
 _BACKOFF_CAP = 0.5  # seconds
 _CREATION_LOCK_SECONDS = 30.0
+_HOLD_LEASE_SECONDS = 10.0  # a put holds its thread for milliseconds
 _CREATION_LOCK_POLL = 0.005  # seconds between tries: creating a session takes about 1 ms
 _NO_SESSION = "CRAB_NO_SESSION"
 
@@ -258,8 +260,21 @@ class _Keys:
         self.lock = f"{index}:creation-lock"
 
     def session(self, name: str) -> list[str]:
-        tagged = f"{self.prefix}:{{{_quote(name)}}}"
+        """The lines, meta and write-id keys of log ``name``.
+
+        A companion log shares its session's hash tag, so a checkpointer's
+        session and side log sit in one slot of a cluster.
+        """
+        owner = owner_of(name)
+        if owner is None:
+            tagged = f"{self.prefix}:{{{_quote(name)}}}"
+        else:
+            tagged = f"{self.prefix}:{{{_quote(owner[0])}}}:{owner[1]}"
         return [f"{tagged}:lines", f"{tagged}:meta", f"{tagged}:writes"]
+
+    def hold(self, name: str) -> str:
+        """The lease key of :meth:`RedisStorage.hold` of log ``name``."""
+        return self.session(name)[0].removesuffix(":lines") + ":hold"
 
 
 class RedisStorage(SessionStorage):
@@ -272,6 +287,8 @@ class RedisStorage(SessionStorage):
     one, async calls run the sync client in a worker thread. ``prefix`` starts
     every key, so several stores share a server. ``ttl`` (seconds or a
     ``timedelta``) expires a session that long after its last write.
+    ``hold_lease`` (seconds) bounds a :meth:`hold`: a holder killed while
+    holding a session keeps others waiting at most that long.
     """
 
     def __init__(
@@ -282,9 +299,13 @@ class RedisStorage(SessionStorage):
         prefix: str = "crab",
         ttl: float | timedelta | None = None,
         url: str | None = None,
+        hold_lease: float = _HOLD_LEASE_SECONDS,
     ) -> None:
         if not prefix:
             raise ValueError("prefix must be a non-empty string")
+        if not hold_lease > 0:
+            raise ValueError(f"hold_lease must be positive, not {hold_lease!r}")
+        self.hold_lease = hold_lease
         self.client = client
         self.prefix = prefix
         self._ttl_ms = _ttl_ms(ttl)
@@ -313,6 +334,7 @@ class RedisStorage(SessionStorage):
         prefix: str = "crab",
         ttl: float | timedelta | None = None,
         cluster: bool | None = None,
+        hold_lease: float = _HOLD_LEASE_SECONDS,
         **client_options: Any,
     ) -> RedisStorage:
         """Connect to ``url`` (``redis://``, ``rediss://`` or ``unix://``).
@@ -344,6 +366,7 @@ class RedisStorage(SessionStorage):
             prefix=prefix,
             ttl=ttl,
             url=url,
+            hold_lease=hold_lease,
         )
 
     def __repr__(self) -> str:
@@ -473,6 +496,8 @@ class RedisStorage(SessionStorage):
             made = self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header]))
         if not made:
             raise FileExistsError(17, "session exists", self.location(name))
+        if owner_of(name) is not None:
+            return  # a companion log is listed with its session, not on its own
         index_args = [name, _reversed(name), repr(created if created is not None else 0.0)]
         index_keys = [self._keys.by_time, self._keys.by_name]
         self._run(lambda: self._script("index_add", index_keys, index_args))
@@ -527,24 +552,55 @@ class RedisStorage(SessionStorage):
 
     @contextlib.contextmanager
     def creation_lock(self) -> Iterator[None]:
+        lease = _CREATION_LOCK_SECONDS
+        with self._leased(self._keys.lock, "the session-creation lock", lease, lease):
+            yield
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        key = self._keys.hold(check_name(name))
+        with self._leased(key, f"the hold on {name!r}", self.hold_lease, 3 * self.hold_lease):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def ahold(self, name: str) -> AsyncIterator[None]:
+        if not self.native_async:
+            async with super().ahold(name):
+                yield
+            return
+        keys, token = [self._keys.hold(check_name(name))], _token()
+        args = [token, int(self.hold_lease * 1000)]
+        deadline = time.monotonic() + 3 * self.hold_lease
+        while not await self._acall("lock", keys, args):
+            if time.monotonic() > deadline:
+                raise TimeoutError(self._not_free(f"the hold on {name!r}", 3 * self.hold_lease))
+            await asyncio.sleep(_CREATION_LOCK_POLL)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(StorageUnavailableError):  # the lease ends it anyway
+                await self._acall("unlock", keys, [token])
+
+    @contextlib.contextmanager
+    def _leased(self, key: str, what: str, lease: float, patience: float) -> Iterator[None]:
         # A lease, not a plain lock: a holder that dies frees it when the lease ends.
         # (Not redis-py's Lock: its acquisition, resent after a lost reply, finds the
         # lock held by itself and waits out the whole lease.)
-        keys, token = [self._keys.lock], _token()
-        args = [token, int(_CREATION_LOCK_SECONDS * 1000)]
-        deadline = time.monotonic() + _CREATION_LOCK_SECONDS
+        keys, token = [key], _token()
+        args = [token, int(lease * 1000)]
+        deadline = time.monotonic() + patience
         while not self._run(lambda: self._script("lock", keys, args)):
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.describe()}: the session-creation lock was not free "
-                    f"within {_CREATION_LOCK_SECONDS:.0f} s"
-                )
+                raise TimeoutError(self._not_free(what, patience))
             time.sleep(_CREATION_LOCK_POLL)
         try:
             yield
         finally:
             with contextlib.suppress(StorageUnavailableError):  # the lease ends it anyway
                 self._run(lambda: self._script("unlock", keys, [token]))
+
+    def _not_free(self, what: str, seconds: float) -> str:
+        return f"{self.describe()}: {what} was not free within {seconds:.0f} s"
 
     # --- resending ------------------------------------------------------------
 

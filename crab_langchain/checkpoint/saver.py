@@ -1,0 +1,897 @@
+"""``CrabSaver``: a LangGraph checkpointer whose conversation is a crabtalk session.
+
+A thread is the session whose id is its ``thread_id``. The root namespace's
+``messages`` channel of the thread's newest checkpoint is the session's
+working context, written as the message lines a chat history writes; the
+rest of every checkpoint goes to the side log beside it
+(:mod:`crab_langchain.checkpoint.sidelog`). A checkpoint keeps its messages
+as a place in the session (the working context as it stood at one line), so
+while a conversation grows a checkpoint costs its new messages and a record
+of a few hundred bytes.
+
+How a new message list reaches the session:
+
+- it continues the working context: its new messages are appended;
+- it starts with a summary (``SummarizationMiddleware``'s rewrite): a
+  compaction marker holding the summary, then the kept messages, appended;
+- anything else (a message removed or replaced, a fork from an older
+  checkpoint): the session's lines go to the side log as an archived epoch,
+  then the session is replaced by the new context, atomically.
+
+Writers of one thread hold it (:meth:`~crab_langchain.storage.SessionStorage.hold`)
+for a ``put``; readers take what was appended since they last read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from crab_langchain.checkpoint.sidelog import (
+    SIDE_KIND,
+    SideIndex,
+    archive_record,
+    blobs_record,
+    checkpoint_record,
+    decode_value,
+    encode_value,
+    side_header,
+    writes_record,
+)
+from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
+from crab_langchain.context import WorkingContext, context_of
+from crab_langchain.convert import is_auto_injected, marker_line, to_crab_message
+from crab_langchain.hooks import (
+    Batch,
+    ReadBack,
+    filters_by_default,
+    has_impls,
+    prepare_writes,
+    verdict_of,
+)
+from crab_langchain.log import NumberedLines, SessionLog, split_header
+from crab_langchain.models import Session, SessionFormatError
+from crab_langchain.naming import check_agent
+from crab_langchain.storage import Chunk, Cursor, companion_name
+from crab_langchain.store import SessionStore
+
+__all__ = ["CrabSaver"]
+
+Messages = list[BaseMessage]
+Lines = list[bytes]
+Listed = list[tuple["_Thread", str, dict[str, Any], dict[str, NumberedLines]]]
+
+MESSAGES = "messages"
+"""The channel that is the conversation (``create_agent``'s and ``MessagesState``'s)."""
+
+_SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary so
+_KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
+
+
+class _Thread:
+    """What one saver knows of one thread: its two logs, and how far it read each."""
+
+    def __init__(self, thread_id: str, session: SessionLog) -> None:
+        self.thread_id = thread_id
+        self.session = session
+        self.side = SessionLog(session.storage, companion_name(session.name, SIDE_KIND))
+        self.lock = threading.Lock()  # guards what follows; never held across I/O
+        self.index = SideIndex(self.side)
+        self.side_cursor: Cursor | None = None
+        self.context = WorkingContext()
+        self.last_put: tuple[Cursor | None, list[BaseMessage]] | None = None
+        """The message list of this saver's last ``put`` and the session's cursor after it."""
+
+    def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile."""
+        with self.lock:
+            if self.side_cursor != cursor:
+                return False
+            if chunk is None:
+                return True
+            try:
+                if chunk.reset:
+                    self.index = SideIndex(self.side)
+                    self.index.take(split_header(self.side.location, chunk.lines)[1])
+                else:
+                    self.index.take(chunk.lines)
+            except BaseException:
+                self.forget_side()
+                raise
+            self.side_cursor = chunk.cursor
+            return True
+
+    def forget_side(self) -> None:
+        self.index, self.side_cursor = SideIndex(self.side), None
+
+    def take_session(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """As :meth:`take_side`, for the session."""
+        with self.lock:
+            if self.context.cursor != cursor:
+                return False
+            if chunk is not None:
+                self.context.take(self.session, chunk)
+            return True
+
+    def hook_session(self) -> Session:
+        """The session as plugins are told of it: header fields and working context."""
+        with self.lock:
+            meta = self.context.meta
+            history = list(self.context.crab_messages())
+        if meta is None:
+            raise SessionFormatError("the session was not read", path=self.session.location)
+        return Session(
+            id=self.thread_id,
+            agent=meta.agent,
+            created_by=meta.created_by,
+            created_at=meta.created_at,
+            extra=dict(meta.extra),
+            file_path=self.session.path,
+            history=history,
+        )
+
+
+class CrabSaver(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer whose conversation is a crabtalk session.
+
+    ``create_agent(model, tools, checkpointer=CrabSaver(store))``: each thread is
+    the session of ``store`` whose id is the ``thread_id``, under ``agent``.
+    Its file is the one ``store.get_session_history(thread_id, agent=agent)``
+    reads and continues; what else a checkpoint holds lives beside it, in
+    the side log. Plugins of the store are asked as the chat history asks
+    them: a message a plugin drops (auto-injected ones by default) is written
+    nowhere, neither in the session nor in the side log, and is absent when
+    the thread is resumed.
+
+    Args:
+        store: the sessions (a directory, or Redis through
+            :meth:`SessionStore.from_url`); ``SessionStore()`` by default.
+        agent: the agent the threads' sessions belong to.
+        created_by: who starts a new thread's session.
+        serde: the serializer for values JSON cannot hold (LangGraph's default).
+    """
+
+    def __init__(
+        self,
+        store: SessionStore | None = None,
+        *,
+        agent: str = "crab",
+        created_by: str = "user",
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(serde=serde)
+        check_agent(agent)
+        self.store = store if store is not None else SessionStore()
+        self.agent = agent
+        self.created_by = created_by
+        self._threads: OrderedDict[str, _Thread] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CrabSaver({self.store!r}, agent={self.agent!r})"
+
+    # --- the interface --------------------------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (its ``checkpoint_id``, else the newest).
+
+        Args:
+            config: ``configurable`` holds ``thread_id``, and may hold
+                ``checkpoint_ns`` and ``checkpoint_id``.
+
+        Returns:
+            The checkpoint tuple, its pending writes in LangGraph's order; None
+            if there is no such checkpoint.
+
+        Raises:
+            SessionFormatError: the session or side log holds a malformed line (naming it).
+        """
+        return run(self._get(config))
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """Async :meth:`get_tuple`."""
+        return await arun(self._get(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """The checkpoints of a thread (or of every thread), newest first.
+
+        Args:
+            config: ``thread_id`` (and ``checkpoint_ns``, ``checkpoint_id``) to
+                list; None lists every thread of the saver's agent.
+            filter: metadata that each listed checkpoint has (equal values).
+            before: list only checkpoints older than this one.
+            limit: list at most this many.
+
+        Returns:
+            The checkpoint tuples; each rebuilds its exact message list.
+        """
+        for thread_id in run(self._thread_ids(config)):
+            for found in run(self._listed(thread_id, config, filter, before)):
+                if limit is not None and limit <= 0:
+                    return
+                limit = None if limit is None else limit - 1
+                yield run(self._tuple(*found))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Async :meth:`list`."""
+        for thread_id in await arun(self._thread_ids(config)):
+            for found in await arun(self._listed(thread_id, config, filter, before)):
+                if limit is not None and limit <= 0:
+                    return
+                limit = None if limit is None else limit - 1
+                yield await arun(self._tuple(*found))
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store ``checkpoint``: new messages to the session, the rest to the side log.
+
+        Args:
+            config: the thread (``thread_id``, ``checkpoint_ns``) and the
+                parent checkpoint's ``checkpoint_id``, if any.
+            checkpoint: the checkpoint to store.
+            metadata: its metadata (with the config's, as LangGraph's savers add).
+            new_versions: the channels whose values changed: only those are stored.
+
+        Returns:
+            The config of the stored checkpoint.
+
+        Raises:
+            TypeError: a message cannot be written, or a plugin returned
+                something unusable; nothing of the checkpoint is stored.
+        """
+        thread = run(self._writable(config))
+        with self.store.storage.hold(thread.session.name):
+            return run(self._put(thread, config, checkpoint, metadata, new_versions))
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Async :meth:`put`."""
+        thread = await arun(self._writable(config))
+        async with self.store.storage.ahold(thread.session.name):
+            return await arun(self._put(thread, config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store the pending writes of task ``task_id`` for the checkpoint ``config`` names.
+
+        Args:
+            config: the thread, namespace and ``checkpoint_id``.
+            writes: ``(channel, value)`` pairs; a task's write to a channel is
+                kept once (the first), except the special channels' (errors,
+                interrupts), which the last one replaces.
+            task_id: the task that wrote them.
+            task_path: the task's path, which orders writes within a step.
+        """
+        thread = run(self._writable(config))
+        with self.store.storage.hold(thread.session.name):
+            run(self._put_writes(thread, config, writes, task_id, task_path))
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Async :meth:`put_writes`."""
+        thread = await arun(self._writable(config))
+        async with self.store.storage.ahold(thread.session.name):
+            await arun(self._put_writes(thread, config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread: its session and side log.
+
+        Args:
+            thread_id: the thread (a session id under the saver's agent).
+        """
+        self._forget(thread_id)
+        self.store.delete_session(thread_id, self.agent)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Async :meth:`delete_thread`."""
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy a thread, every checkpoint and write of it, to a new thread.
+
+        Args:
+            source_thread_id: the thread to copy (nothing happens if it does not exist).
+            target_thread_id: the new thread; it must not have checkpoints yet.
+
+        Raises:
+            FileExistsError: the target thread has checkpoints.
+        """
+        run(self._copy(source_thread_id, target_thread_id))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Async :meth:`copy_thread`."""
+        await arun(self._copy(source_thread_id, target_thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) that runs ``run_ids`` made, in every thread.
+
+        The conversation stays in the session; values that other checkpoints
+        still use are kept.
+        """
+        for thread_id in run(self._thread_ids(None)) if run_ids else []:
+            self._rewrite_side(thread_id, lambda t: _without_runs(t, self.serde, set(run_ids)))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Async :meth:`delete_for_runs`."""
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Prune the checkpoints of ``thread_ids``.
+
+        Args:
+            thread_ids: the threads to prune.
+            strategy: ``"keep_latest"`` keeps the newest checkpoint of each
+                namespace (with its writes and every value it uses);
+                ``"delete"`` removes every checkpoint (the side log), leaving
+                the conversation in the session.
+
+        Raises:
+            ValueError: an unknown strategy.
+        """
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r}")
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self._rewrite_side(thread_id, lambda t: None)
+            else:
+                self._rewrite_side(thread_id, _latest)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Async :meth:`prune`."""
+        await asyncio.to_thread(lambda: self.prune(thread_ids, strategy=strategy))
+
+    def get_next_version(self, current: str | int | float | None, channel: None) -> str:
+        """A version after ``current``, unique to this write: ``0000000007.3fa9c1``.
+
+        A fork from an older checkpoint counts on from there, so plain counters
+        would give its values the versions of the branch it leaves; the random
+        part keeps them apart (as ``InMemorySaver``'s versions do). Zero-padded,
+        versions sort as they count.
+        """
+        number = 0 if current is None else int(str(current).split(".")[0])
+        return f"{number + 1:010}.{secrets.token_hex(3)}"
+
+    # --- threads ----------------------------------------------------------------
+
+    def _thread(self, config: RunnableConfig, *, create: bool) -> Steps[_Thread | None]:
+        thread_id = _thread_id(config)
+        with self._lock:
+            known = self._threads.get(thread_id)
+            if known is not None:
+                self._threads.move_to_end(thread_id)
+                return known
+        name = yield Blocking(
+            lambda: self.store.session_name(thread_id, self.agent, self.created_by, create=create)
+        )
+        if name is None:
+            return None
+        thread = _Thread(thread_id, SessionLog(self.store.storage, name))
+        with self._lock:
+            found = self._threads.setdefault(thread_id, thread)
+            while len(self._threads) > _KNOWN_THREADS:
+                self._threads.popitem(last=False)
+        return found
+
+    def _writable(self, config: RunnableConfig) -> Steps[_Thread]:
+        """The thread ``config`` names, its session created if it has none yet."""
+        thread = yield from self._thread(config, create=True)
+        assert thread is not None  # created
+        return thread
+
+    def _forget(self, thread_id: str) -> None:
+        with self._lock:
+            self._threads.pop(thread_id, None)
+
+    def _thread_ids(self, config: RunnableConfig | None) -> Steps[Sequence[str]]:
+        if config is not None:
+            return [_thread_id(config)]
+        infos = yield Blocking(lambda: self.store.list_sessions(agent=self.agent))
+        storage = self.store.storage
+        with_side = yield Blocking(
+            lambda: [
+                info.session_id
+                for info in infos
+                if storage.exists(companion_name(info.name, SIDE_KIND))
+            ]
+        )
+        return list(with_side)
+
+    # --- reading ------------------------------------------------------------------
+
+    def _refresh(self, thread: _Thread) -> Steps[None]:
+        """Bring ``thread`` up to its logs.
+
+        The session is read between two reads of the side log: a rewrite
+        archives the session's lines in the side log before it replaces
+        them, so if no archive appeared meanwhile, the session read belongs
+        to the epoch the side log says.
+        """
+        while True:
+            yield from self._read_side(thread)
+            epoch = thread.index.epoch
+            yield from self._read_session(thread)
+            yield from self._read_side(thread)
+            if thread.index.epoch == epoch:
+                return
+            with thread.lock:
+                thread.context.reset()
+
+    def _read_side(self, thread: _Thread) -> Steps[None]:
+        while True:
+            cursor = thread.side_cursor
+            try:
+                chunk = yield Read(thread.side, cursor)
+            except FileNotFoundError:
+                with thread.lock:
+                    thread.forget_side()  # none yet, or pruned away
+                return
+            if thread.take_side(cursor, chunk):
+                return
+
+    def _read_session(self, thread: _Thread) -> Steps[None]:
+        while True:
+            cursor = thread.context.cursor
+            chunk = yield Read(thread.session, cursor)
+            if thread.take_session(cursor, chunk):
+                break
+        if chunk is not None and chunk.reset and has_impls(self._hook.crab_after_load):
+            session = thread.hook_session()
+            self._hook.crab_after_load(session=session, messages=list(thread.context.messages))
+
+    @property
+    def _hook(self) -> Any:
+        return self.store.plugin_manager.hook
+
+    def _get(self, config: RunnableConfig) -> Steps[CheckpointTuple | None]:
+        thread = yield from self._thread(config, create=False)
+        if thread is None:
+            return None
+        try:
+            yield from self._refresh(thread)
+        except FileNotFoundError:  # deleted meanwhile
+            self._forget(thread.thread_id)
+            return None
+        ns = _ns(config)
+        checkpoint_id = get_checkpoint_id(config) or thread.index.newest(ns)
+        record = thread.index.checkpoint(ns, checkpoint_id) if checkpoint_id else None
+        if record is None:
+            return None
+        return (yield from self._tuple(thread, ns, record, {}))
+
+    def _listed(
+        self,
+        thread_id: str,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+    ) -> Steps[Listed]:
+        """The checkpoints of one thread that match, newest first, ready for :meth:`_tuple`."""
+        found = yield from self._get_thread(thread_id)
+        if found is None:
+            return []
+        thread, wanted_ns = found, _ns(config) if config is not None else None
+        wanted_id = get_checkpoint_id(config) if config is not None else None
+        before_id = get_checkpoint_id(before) if before is not None else None
+        bodies: dict[str, NumberedLines] = {}  # one read of the session serves them all
+        listed: Listed = []
+        for ns, records in list(thread.index.checkpoints.items()):
+            if wanted_ns is not None and ns != wanted_ns:
+                continue
+            for checkpoint_id in sorted(records, reverse=True):
+                if (wanted_id and checkpoint_id != wanted_id) or (
+                    before_id and checkpoint_id >= before_id
+                ):
+                    continue
+                record = records[checkpoint_id].body(thread.index.log)
+                if filter and not _matches(decode_value(self.serde, record["metadata"]), filter):
+                    continue
+                listed.append((thread, ns, record, bodies))
+        return listed
+
+    def _get_thread(self, thread_id: str) -> Steps[_Thread | None]:
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        thread = yield from self._thread(config, create=False)
+        if thread is None:
+            return None
+        try:
+            yield from self._refresh(thread)
+        except FileNotFoundError:
+            self._forget(thread_id)
+            return None
+        return thread
+
+    def _tuple(
+        self,
+        thread: _Thread,
+        ns: str,
+        record: dict[str, Any],
+        bodies: dict[str, NumberedLines],
+    ) -> Steps[CheckpointTuple]:
+        index = thread.index
+        state = decode_value(self.serde, record["state"])
+        values: dict[str, Any] = {}
+        for channel, version in state["channel_versions"].items():
+            found = index.blob((ns, channel, version))
+            if found is None:
+                continue
+            encoded = found[0]
+            if "session" in encoded:
+                epoch, line = encoded["session"]
+                values[channel] = yield from self._messages_at(thread, epoch, line, bodies)
+            else:
+                values[channel] = decode_value(self.serde, encoded)
+        checkpoint_id, parent = record["id"], record["parent"]
+        writes = [
+            (w.task_id, w.channel, decode_value(self.serde, w.value))
+            for w in index.ordered_writes(ns, checkpoint_id)
+        ]
+        return CheckpointTuple(
+            config=_config(thread.thread_id, ns, checkpoint_id),
+            checkpoint=cast("Checkpoint", {**state, "channel_values": values}),
+            metadata=decode_value(self.serde, record["metadata"]),
+            parent_config=_config(thread.thread_id, ns, parent) if parent else None,
+            pending_writes=writes,
+        )
+
+    def _messages_at(
+        self, thread: _Thread, epoch: int, line: int, bodies: dict[str, NumberedLines]
+    ) -> Steps[Messages]:
+        """The working context as it stood at ``line`` of the session's ``epoch``."""
+        with thread.lock:
+            current = thread.index.epoch
+            cursor = thread.context.cursor
+            if epoch == current and cursor is not None and cursor.lines == line:
+                return list(thread.context.messages)  # the head: nothing to read
+        if epoch in thread.index.archives:
+            log, body = thread.side, thread.index.archives[epoch]
+        elif epoch == current:
+            if "session" not in bodies:
+                chunk = yield Read(thread.session, None)
+                bodies["session"] = split_header(thread.session.location, chunk.lines)[1]
+            log, body = thread.session, bodies["session"]
+        else:
+            raise SessionFormatError(
+                f"a checkpoint refers to epoch {epoch} of the session, which no record keeps",
+                path=thread.side.location,
+            )
+        upto = bisect.bisect_right(body, line, key=lambda item: item[0])
+        return context_of(log, body[:upto])
+
+    # --- writing ------------------------------------------------------------------
+
+    def _put(
+        self,
+        thread: _Thread,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Steps[RunnableConfig]:
+        yield from self._refresh(thread)
+        ns = _ns(config)
+        given = checkpoint["channel_values"]
+        values: list[list[Any]] = []
+        for channel, version in new_versions.items():
+            if channel not in given:
+                continue  # LangGraph's "empty" channel: nothing to keep
+            value = given[channel]
+            if ns == "" and channel == MESSAGES and isinstance(value, list):
+                place = yield from self._store_messages(thread, value)
+                if place is not None:
+                    values.append([channel, version, {"session": place}])
+                    continue
+            kept = self._without_dropped(thread, value)
+            values.append([channel, version, encode_value(self.serde, kept)])
+        state = {key: value for key, value in checkpoint.items() if key != "channel_values"}
+        record = checkpoint_record(
+            ns,
+            checkpoint["id"],
+            config["configurable"].get("checkpoint_id"),
+            encode_value(self.serde, get_checkpoint_metadata(config, metadata)),
+            encode_value(self.serde, state),
+            values,
+        )
+        yield from self._append_side(thread, [record])
+        return _config(thread.thread_id, ns, checkpoint["id"])
+
+    def _put_writes(
+        self,
+        thread: _Thread,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> Steps[None]:
+        yield from self._refresh(thread)
+        items = [
+            [idx, channel, encode_value(self.serde, self._without_dropped(thread, value))]
+            for idx, (channel, value) in enumerate(writes)
+        ]
+        checkpoint_id = config["configurable"]["checkpoint_id"]
+        record = writes_record(_ns(config), checkpoint_id, task_id, task_path, items)
+        yield from self._append_side(thread, [record])
+
+    def _append_side(self, thread: _Thread, lines: Sequence[bytes]) -> Steps[None]:
+        if thread.side_cursor is None:
+            yield Blocking(lambda: _create_side(thread))
+            yield from self._read_side(thread)
+        cursor = thread.side_cursor
+        after = yield Append(thread.side, lines, cursor)
+        if after is not None and cursor is not None:
+            chunk = Chunk(list(enumerate(lines, cursor.lines + 1)), after)
+            if thread.take_side(cursor, chunk):
+                return
+        yield from self._read_side(thread)
+
+    def _store_messages(self, thread: _Thread, messages: Messages) -> Steps[tuple[int, int] | None]:
+        """Make the session's working context ``messages``; the place that holds them.
+
+        None (and nothing written) if ``messages`` holds something else than messages.
+        """
+        with thread.lock:
+            cursor = thread.context.cursor
+            bases = [list(thread.context.messages)]
+            if thread.last_put is not None and thread.last_put[0] == cursor:
+                bases.insert(0, thread.last_put[1])  # what plugins dropped is not asked again
+        # List equality compares identical items by identity first: pointer work only.
+        base = next((b for b in bases if messages[: len(b)] == b), None)
+        fresh = messages if base is None else messages[len(base) :]
+        if not all(isinstance(item, BaseMessage) for item in fresh):
+            return None
+        if base is not None:
+            yield from self._append_messages(thread, [], fresh)
+        elif messages and _is_summary(messages[0]):
+            marker = marker_line(messages[0], _now())
+            yield from self._append_messages(thread, [marker], messages[1:])
+        else:
+            yield from self._rewrite(thread, messages)
+        with thread.lock:
+            thread.last_put = (thread.context.cursor, list(messages))
+            assert thread.context.cursor is not None
+            return (thread.index.epoch, thread.context.cursor.lines)
+
+    def _append_messages(
+        self, thread: _Thread, first: Lines, messages: Sequence[BaseMessage]
+    ) -> Steps[None]:
+        lines, read_back = self._lines_of(thread, messages)
+        if first:
+            lines, read_back = [*first, *lines], None
+        if not lines:
+            return
+        cursor = thread.context.cursor
+        after = yield Append(thread.session, lines, cursor)
+        if after is not None and self._took_appended(thread, cursor, lines, read_back, after):
+            return
+        yield from self._read_session(thread)
+
+    def _took_appended(
+        self,
+        thread: _Thread,
+        cursor: Cursor | None,
+        lines: Lines,
+        read_back: ReadBack,
+        after: Cursor,
+    ) -> bool:
+        with thread.lock:
+            if thread.context.cursor != cursor:
+                return False
+            thread.context.take_appended(thread.session, lines, read_back, after)
+            return True
+
+    def _lines_of(self, thread: _Thread, messages: Sequence[BaseMessage]) -> Batch:
+        plugins, strict = self.store.plugin_manager, self.store.strict
+        batch = prepare_writes(plugins, messages, thread.hook_session, strict=strict)
+        return batch if batch is not None else ([], None)
+
+    def _rewrite(self, thread: _Thread, messages: Messages) -> Steps[None]:
+        """Archive the session's lines in the side log, then replace them by ``messages``."""
+        chunk = yield Read(thread.session, None)
+        header, body = split_header(thread.session.location, chunk.lines)
+        with thread.lock:
+            epoch = thread.index.epoch
+        first = [marker_line(messages[0], _now())] if messages and _is_summary(messages[0]) else []
+        lines, _ = self._lines_of(thread, messages[1:] if first else messages)
+        yield from self._append_side(thread, [archive_record(epoch, body)])
+        yield Replace(thread.session, [header, *first, *lines])
+        with thread.lock:
+            thread.context.reset()
+        yield from self._read_session(thread)
+
+    def _without_dropped(self, thread: _Thread, value: Any) -> Any:
+        """``value`` without the messages plugins drop (lists and dicts looked into)."""
+        if type(value) is list:
+            return [
+                self._without_dropped(thread, item)
+                for item in value
+                if not (isinstance(item, BaseMessage) and self._dropped(thread, item))
+            ]
+        if type(value) is dict:
+            return {key: self._without_dropped(thread, item) for key, item in value.items()}
+        return value
+
+    def _dropped(self, thread: _Thread, message: BaseMessage) -> bool:
+        plugins = self.store.plugin_manager
+        if filters_by_default(plugins.hook.crab_filter_message):
+            return is_auto_injected(message)
+        crab = to_crab_message(message, strict=self.store.strict)
+        return verdict_of(plugins, thread.hook_session(), crab) is False
+
+    # --- copying and deleting ---------------------------------------------------------
+
+    def _copy(self, source_id: str, target_id: str) -> Steps[None]:
+        source = yield from self._get_thread(source_id)
+        if source is None:
+            return
+        session = yield Read(source.session, None)
+        side = yield Read(source.side, None)
+        target = yield from self._writable(_config(target_id, "", None))
+        assert session is not None
+        assert side is not None
+        present = yield Read(target.session, None)
+        if present is not None and len(present.lines) > 1:
+            raise FileExistsError(f"thread {target_id!r} has a conversation already")
+        yield Blocking(lambda: _create_side(target, exist_ok=False))
+        body = split_header(source.session.location, session.lines)[1]
+        if body:
+            yield Append(target.session, [line for _, line in body], None)
+        records = split_header(source.side.location, side.lines)[1]
+        if records:
+            yield Append(target.side, [line for _, line in records], None)
+
+    def _rewrite_side(self, thread_id: str, keep: Any) -> None:
+        """Replace the side log of ``thread_id`` by the records ``keep(thread)`` chooses.
+
+        ``keep`` returns the ``(ns, checkpoint id)`` pairs to keep, or None to
+        delete the side log. Values the kept checkpoints use are kept.
+        """
+        thread = run(self._get_thread(thread_id))
+        if thread is None:
+            return
+        with self.store.storage.hold(thread.session.name):
+            run(self._refresh(thread))
+            kept = keep(thread)
+            if kept is None:
+                thread.side.storage.delete(thread.side.name)
+            else:
+                thread.side.replace(_kept_records(thread, self.serde, kept))
+            with thread.lock:
+                thread.forget_side()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _thread_id(config: RunnableConfig) -> str:
+    thread_id = config["configurable"]["thread_id"]
+    if isinstance(thread_id, int) and not isinstance(thread_id, bool):
+        return str(thread_id)
+    if not isinstance(thread_id, str):
+        raise TypeError(f"thread_id must be a str, not {type(thread_id).__name__}")
+    return thread_id
+
+
+def _ns(config: RunnableConfig) -> str:
+    return str(config["configurable"].get("checkpoint_ns") or "")
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str | None) -> RunnableConfig:
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ns}
+    if checkpoint_id is not None:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+def _is_summary(message: BaseMessage) -> bool:
+    return message.additional_kwargs.get("lc_source") == _SUMMARY_SOURCE
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(metadata.get(key) == value for key, value in wanted.items())
+
+
+def _create_side(thread: _Thread, *, exist_ok: bool = True) -> None:
+    try:
+        thread.side.create(side_header(thread.session.name))
+    except FileExistsError:
+        if not exist_ok:
+            raise
+
+
+def _latest(thread: _Thread) -> set[tuple[str, str]]:
+    return {(ns, newest) for ns, newest in thread.index.newest_ids.items()}
+
+
+def _without_runs(
+    thread: _Thread, serde: SerializerProtocol, run_ids: set[str]
+) -> set[tuple[str, str]]:
+    return {
+        (ns, checkpoint_id)
+        for ns, records in thread.index.checkpoints.items()
+        for checkpoint_id, record in records.items()
+        if decode_value(serde, record.body(thread.index.log)["metadata"]).get("run_id")
+        not in run_ids
+    }
+
+
+def _kept_records(
+    thread: _Thread, serde: SerializerProtocol, kept: set[tuple[str, str]]
+) -> list[bytes]:
+    """The side log's lines keeping checkpoints ``kept``, their writes and values, and archives."""
+    index = thread.index
+    needed = []
+    for ns, checkpoint_id in sorted(kept):
+        kept_record = index.checkpoint(ns, checkpoint_id)
+        assert kept_record is not None
+        state = decode_value(serde, kept_record["state"])
+        for channel, version in state["channel_versions"].items():
+            found = index.blob((ns, channel, version))
+            if found is not None and found[1] is not None and found[1] not in kept:
+                needed.append(((ns, channel, version), found[0]))
+    lines = [side_header(thread.session.name)]
+    if needed:
+        lines.append(blobs_record(needed))
+    for record in index.records:
+        body = record.body(index.log)
+        if record.kind == "checkpoint" and (body["ns"], body["id"]) not in kept:
+            continue
+        if record.kind == "writes" and (body["ns"], body["checkpoint"]) not in kept:
+            continue
+        lines.append(record.line)
+    return lines

@@ -1,0 +1,383 @@
+"""The side log: everything of a thread's checkpoints but its conversation.
+
+It lives beside the thread's session, as a companion log
+(``<session file>.checkpoints``; the same hash tag on Redis), and is
+append-only JSONL. Its first line says whose it is; every other line is one
+record, a JSON object with one key:
+
+- ``{"checkpoint": {"ns", "id", "parent", "metadata", "state", "values"}}``:
+  one checkpoint. ``state`` is the checkpoint without its channel values,
+  ``values`` the ``[channel, version, value]`` of the channels it gave new
+  versions (as the saver's ``new_versions`` said). The root namespace's
+  ``messages`` is kept not as a value but as a place in the session,
+  ``{"session": [epoch, line]}``: the working context as it stood at that
+  line of that epoch.
+- ``{"writes": {"ns", "checkpoint", "task", "path", "items": [[idx, channel, value]]}}``:
+  one ``put_writes`` call.
+- ``{"archive": {"epoch", "first", "lines"}}``: the session's lines as they
+  were before a rewrite replaced them (epoch ``n`` is the session between the
+  ``n``-th and the next rewrite; the session file holds the newest).
+- ``{"blobs": {"ns", "values": [[channel, version, value]]}}``: values kept
+  when the checkpoints that stored them were deleted.
+
+A value is ``{"json": ...}`` where JSON holds it as it is, ``{"messages":
+[...]}`` for a list of messages (their session lines' objects) and
+``{"typed": [type, base64]}`` (the saver's serializer) otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.checkpoint.base import WRITES_IDX_MAP, writes_sort_key
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from crab_langchain.convert import decode_line, encode
+from crab_langchain.log import NumberedLines, SessionLog
+from crab_langchain.models import SessionFormatError
+
+__all__ = [
+    "SIDE_KIND",
+    "SideIndex",
+    "archive_record",
+    "blobs_record",
+    "checkpoint_record",
+    "decode_value",
+    "encode_value",
+    "side_header",
+    "writes_record",
+]
+
+SIDE_KIND = "checkpoints"
+"""The companion kind of the side log: ``<session file>.checkpoints``."""
+
+_FORMAT = 1
+BlobKey = tuple[str, str, Any]
+"""``(namespace, channel, version)``: where a channel's value at a version is kept."""
+
+# Exactly these classes: a list of them reads back equal from its session lines.
+_LINE_CLASSES = (HumanMessage, AIMessage, SystemMessage, ToolMessage)
+
+
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def side_header(session: str) -> bytes:
+    """The first line of the side log of session log ``session``."""
+    return _dumps({"crab_checkpoints": _FORMAT, "session": session})
+
+
+# --- values ------------------------------------------------------------------------
+
+
+def encode_value(serde: SerializerProtocol, value: Any) -> dict[str, Any]:
+    """``value`` as the side log keeps it: readable JSON where it can be."""
+    if _is_json(value):
+        return {"json": value}
+    if isinstance(value, list) and value and all(type(m) in _LINE_CLASSES for m in value):
+        try:
+            return {"messages": [json.loads(encode(m).line) for m in value]}
+        except TypeError:
+            pass  # not JSON all through: the serializer's encoding below
+    kind, data = serde.dumps_typed(value)
+    return {"typed": [kind, base64.b64encode(data).decode("ascii")]}
+
+
+def decode_value(serde: SerializerProtocol, encoded: Mapping[str, Any]) -> Any:
+    """The value :func:`encode_value` encoded: a new object, which callers may change.
+
+    Raises:
+        ValueError: ``encoded`` is not one of the side log's value forms.
+    """
+    if "json" in encoded:
+        return copy.deepcopy(encoded["json"])  # LangGraph changes checkpoints it is given
+    if "messages" in encoded:
+        return [_message(item) for item in encoded["messages"]]
+    kind, data = encoded["typed"]
+    return serde.loads_typed((kind, base64.b64decode(data)))
+
+
+def _message(item: Any) -> BaseMessage:
+    message = decode_line(_dumps(item))
+    if not isinstance(message, BaseMessage):
+        raise SessionFormatError("a value's message is a marker or an event")
+    return message
+
+
+def _is_json(value: Any) -> bool:
+    """Whether JSON gives ``value`` back equal and of the same types (no tuples, no subclasses)."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is str:
+        return _utf8(value)
+    if kind is list:
+        return all(_is_json(item) for item in value)
+    if kind is dict:
+        return all(type(k) is str and _utf8(k) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --- records -------------------------------------------------------------------------
+
+
+def checkpoint_record(  # noqa: PLR0917 - the record's fields, in its order
+    ns: str,
+    checkpoint_id: str,
+    parent: str | None,
+    metadata: dict[str, Any],
+    state: dict[str, Any],
+    values: list[list[Any]],
+) -> bytes:
+    """The line of one checkpoint: ``values`` are ``[channel, version, encoded value]``."""
+    body = {"ns": ns, "id": checkpoint_id, "parent": parent, "metadata": metadata}
+    return _dumps({"checkpoint": {**body, "state": state, "values": values}})
+
+
+def writes_record(
+    ns: str, checkpoint_id: str, task_id: str, task_path: str, items: list[list[Any]]
+) -> bytes:
+    """The line of one ``put_writes`` call: ``items`` are ``[idx, channel, encoded value]``."""
+    body = {"ns": ns, "checkpoint": checkpoint_id, "task": task_id, "path": task_path}
+    return _dumps({"writes": {**body, "items": items}})
+
+
+def archive_record(epoch: int, body: NumberedLines) -> bytes:
+    """The line keeping the session's body lines ``body`` of ``epoch``, byte for byte.
+
+    The lines are embedded as they are (each is one JSON object), so the
+    record reads as the session did.
+    """
+    numbers = [number for number, _ in body]
+    first = numbers[0] if numbers else 2
+    head: dict[str, Any] = {"epoch": epoch, "first": first}
+    if numbers != list(range(first, first + len(numbers))):
+        head["numbers"] = numbers  # blank lines were left out between them
+    opened = _dumps({"archive": head})[:-2]  # without the closing braces
+    return opened + b',"lines":[' + b",".join(line for _, line in body) + b"]}}"
+
+
+def blobs_record(values: Iterable[tuple[BlobKey, Any]]) -> bytes:
+    """The line keeping encoded values ``(key, value)`` whose checkpoints were deleted."""
+    return _dumps({"blobs": {"values": [[ns, ch, version, v] for (ns, ch, version), v in values]}})
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+@dataclass
+class StoredWrite:
+    """One pending write as stored: its task, channel, encoded value and task path."""
+
+    task_id: str
+    channel: str
+    value: Any
+    path: str
+
+
+# Every record is written with its keys in one order, so the namespace and the
+# checkpoint id are read off the start of its line, and the rest is parsed only
+# when asked for: a cold read of the newest checkpoint parses a few records,
+# not every one. A line these do not match (one edited by hand) is parsed whole.
+_JSON_STRING = rb'"(?:[^"\\]|\\.)*"'
+_CHECKPOINT_START = re.compile(
+    rb'\{"checkpoint":\{"ns":(' + _JSON_STRING + rb'),"id":(' + _JSON_STRING + rb")"
+)
+_WRITES_START = re.compile(
+    rb'\{"writes":\{"ns":(' + _JSON_STRING + rb'),"checkpoint":(' + _JSON_STRING + rb")"
+)
+
+
+class Record:
+    """One line of the side log, parsed the first time its body is asked for."""
+
+    __slots__ = ("_body", "kind", "line", "number")
+
+    def __init__(self, number: int, line: bytes, kind: str) -> None:
+        self.number, self.line, self.kind = number, line, kind
+        self._body: dict[str, Any] | None = None
+
+    def body(self, log: SessionLog) -> dict[str, Any]:
+        """The record's object (under its one key).
+
+        Raises:
+            SessionFormatError: the line is not such a record (naming it).
+        """
+        if self._body is None:
+            self._body = _parsed(log, self.number, self.line)[1]
+        return self._body
+
+
+def _parsed(log: SessionLog, number: int, line: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        record = json.loads(line)
+        (kind, body), *others = record.items()
+        if others or not isinstance(body, dict):
+            raise ValueError(f"not one key holding an object: {sorted(record)}")
+    except (ValueError, TypeError, AttributeError) as error:
+        reason = f"not a checkpoint record ({type(error).__name__}: {str(error)[:100]})"
+        raise log.error(SessionFormatError(reason), number) from None
+    return kind, body
+
+
+def _failed(log: SessionLog, record: Record, error: Exception) -> SessionFormatError:
+    reason = f"not a checkpoint record ({type(error).__name__}: {str(error)[:100]})"
+    return log.error(SessionFormatError(reason), record.number)
+
+
+@dataclass
+class SideIndex:
+    """A side log read so far: where its checkpoints, writes and values are, parsed lazily."""
+
+    log: SessionLog
+    checkpoints: dict[str, dict[str, Record]] = field(default_factory=dict)
+    writes: dict[tuple[str, str], list[Record]] = field(default_factory=dict)
+    archives: dict[int, NumberedLines] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
+    newest_ids: dict[str, str] = field(default_factory=dict)
+    _blobs: dict[BlobKey, tuple[Any, tuple[str, str] | None]] = field(default_factory=dict)
+    _unread: dict[str, list[Record]] = field(default_factory=dict)
+    """Per namespace, the checkpoint records whose values are not in ``_blobs`` yet."""
+
+    @property
+    def epoch(self) -> int:
+        """The session's epoch now: how many times a rewrite replaced it."""
+        return len(self.archives)
+
+    def take(self, lines: NumberedLines) -> None:
+        """Add records ``lines`` (body lines of the side log, after its header).
+
+        Raises:
+            SessionFormatError: a line is not a record (naming it).
+        """
+        for number, line in lines:
+            found = _CHECKPOINT_START.match(line)
+            if found:
+                self._take_checkpoint(Record(number, line, "checkpoint"), *_strings(found))
+                continue
+            found = _WRITES_START.match(line)
+            if found:
+                record = Record(number, line, "writes")
+                self.writes.setdefault(_strings(found), []).append(record)
+                self.records.append(record)
+                continue
+            self._take_whole(number, line)
+
+    def _take_checkpoint(self, record: Record, ns: str, checkpoint_id: str) -> None:
+        self.checkpoints.setdefault(ns, {})[checkpoint_id] = record
+        self._unread.setdefault(ns, []).append(record)
+        self.records.append(record)
+        if checkpoint_id > self.newest_ids.get(ns, ""):
+            self.newest_ids[ns] = checkpoint_id
+
+    def _take_whole(self, number: int, line: bytes) -> None:
+        kind, body = _parsed(self.log, number, line)
+        record = Record(number, line, kind)
+        try:
+            if kind == "checkpoint":
+                self._take_checkpoint(record, _text(body["ns"]), _text(body["id"]))
+            elif kind == "writes":
+                key = (_text(body["ns"]), _text(body["checkpoint"]))
+                self.writes.setdefault(key, []).append(record)
+            elif kind == "archive":
+                first = body["first"]
+                numbers = body.get("numbers") or range(first, first + len(body["lines"]))
+                self.archives[body["epoch"]] = [
+                    (n, _dumps(item)) for n, item in zip(numbers, body["lines"], strict=True)
+                ]
+            elif kind == "blobs":
+                for ns, channel, version, value in body["values"]:
+                    self._blobs[(ns, channel, _version(version))] = (value, None)
+            else:
+                raise ValueError(f"unknown record {kind!r}")
+        except (ValueError, TypeError, KeyError) as error:
+            raise _failed(self.log, record, error) from None
+        if kind != "checkpoint":
+            self.records.append(record)
+
+    # --- asking -------------------------------------------------------------------
+
+    def newest(self, ns: str) -> str | None:
+        """The newest checkpoint id of namespace ``ns``, if it has one."""
+        return self.newest_ids.get(ns)
+
+    def checkpoint(self, ns: str, checkpoint_id: str) -> dict[str, Any] | None:
+        """The checkpoint record's object; None if there is none."""
+        record = self.checkpoints.get(ns, {}).get(checkpoint_id)
+        return None if record is None else record.body(self.log)
+
+    def blob(self, key: BlobKey) -> tuple[Any, tuple[str, str] | None] | None:
+        """The encoded value at ``(ns, channel, version)`` and the checkpoint that stored it.
+
+        Records are parsed from the newest back, each once, until it is found:
+        a channel's current value was almost always stored lately.
+        """
+        unread = self._unread.get(key[0], [])
+        while key not in self._blobs and unread:
+            record = unread.pop()
+            body = record.body(self.log)
+            try:
+                for channel, version, value in body["values"]:
+                    found = (key[0], channel, _version(version))
+                    self._blobs.setdefault(found, (value, (key[0], body["id"])))
+            except (ValueError, TypeError, KeyError) as error:
+                raise _failed(self.log, record, error) from None
+        return self._blobs.get(key)
+
+    def ordered_writes(self, ns: str, checkpoint_id: str) -> list[StoredWrite]:
+        """The checkpoint's pending writes in LangGraph's order (``writes_sort_key``).
+
+        A task's write to a channel is kept once, as first written; a special
+        channel's (an error, an interrupt) as last written: LangGraph's rule.
+        """
+        stored: dict[tuple[str, int], StoredWrite] = {}
+        for record in self.writes.get((ns, checkpoint_id), []):
+            body = record.body(self.log)
+            try:
+                task_id, path = body["task"], body["path"]
+                for idx, channel, value in body["items"]:
+                    key = (task_id, WRITES_IDX_MAP.get(channel, idx))
+                    if key[1] >= 0 and key in stored:
+                        continue
+                    stored[key] = StoredWrite(task_id, channel, value, path)
+            except (ValueError, TypeError, KeyError) as error:
+                raise _failed(self.log, record, error) from None
+        return [
+            stored[key] for key in sorted(stored, key=lambda k: writes_sort_key(stored[k].path, *k))
+        ]
+
+
+def _strings(found: re.Match[bytes]) -> tuple[str, str]:
+    return json.loads(found[1]), json.loads(found[2])
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a string, not {type(value).__name__}")
+    return value
+
+
+def _version(version: Any) -> Any:
+    """A channel version as a dict key (JSON keeps str, int and float apart)."""
+    if isinstance(version, (str, int, float)) and not isinstance(version, bool):
+        return version
+    raise TypeError(f"a channel version is a str, int or float, not {type(version).__name__}")

@@ -7,6 +7,7 @@ real agents.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_a_growing_conversation_appends_only_its_new_messages(tmp_path: Path):
     assert side[0] == {"crab_checkpoints": 1, "session": next(tmp_path.glob("*.jsonl")).name}
     places = [record["checkpoint"]["values"][0][2] for record in side[1:]]
     assert places == [{"session": [0, 1 + 2 * n]} for n in range(1, 6)]
-    growth = [b - a for a, b in zip(sizes, sizes[1:])]
+    growth = [b - a for a, b in itertools.pairwise(sizes)]
     assert max(growth) - min(growth) <= 4  # each turn costs the same, however long the thread
 
 
@@ -269,8 +270,7 @@ def test_every_checkpoint_gives_back_its_exact_messages(
     thread = Thread(saver_at(root))
     expected: dict[str, list[BaseMessage]] = {}
     current: list[BaseMessage] = []
-    made = 0
-    for kind, pick in operations:
+    for made, (kind, pick) in enumerate(operations):
         parent = None
         if kind == "grow" or not current:
             current = [*current, *turn(made)]
@@ -281,7 +281,6 @@ def test_every_checkpoint_gives_back_its_exact_messages(
         else:  # fork from an older checkpoint
             parent = list(expected)[pick % len(expected)]
             current = [*expected[parent], SystemMessage(f"fork {made}", id=f"f{made}")]
-        made += 1
         expected[thread.put({"messages": current}, parent=parent)] = current
     fresh = saver_at(root)
     for checkpoint_id, messages in expected.items():

@@ -8,9 +8,11 @@ times aside). Then it checks what the session file says.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,32 @@ async def test_async_runs_equal(backend: Backend):
     assert states(actual) == states(expected)
     got = [s async for s in actual.aget_state_history(CONFIG)]
     assert len(got) == len(list(expected.get_state_history(CONFIG)))
+
+
+BLOCKING = ("names", "exists", "read_header", "read_headers", "create", "read", "append")
+BLOCKING_TOO = ("replace", "delete", "hold", "creation_lock")
+
+
+async def test_async_runs_do_no_blocking_storage_io_on_the_event_loop(
+    backend: Backend, monkeypatch
+):
+    store = backend.store()
+    agent = tool_agent(CrabSaver(store))
+    await agent.ainvoke(human("weather?"), CONFIG)  # the thread's session is found or made
+    loop_thread, on_loop = threading.get_ident(), []
+    for method in BLOCKING + BLOCKING_TOO:
+        real = getattr(store.storage, method)
+
+        def spy(*args: Any, __real: Any = real, __method: str = method, **kwargs: Any) -> Any:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(__method)
+            return __real(*args, **kwargs)
+
+        monkeypatch.setattr(store.storage, method, spy)
+    await agent.ainvoke(human("thanks"), CONFIG)
+    assert len((await agent.aget_state(CONFIG)).values["messages"]) == 7
+    assert [s async for s in agent.aget_state_history(CONFIG)]
+    assert on_loop == []
 
 
 HITL_FIRST_PART = """
@@ -254,7 +282,7 @@ def test_stored_bytes_grow_linearly_over_500_turns(tmp_path: Path):
         agent.invoke(human(f"question {turn}: " + "words " * 8), CONFIG)
         if turn % 100 == 0:
             marks.append(stored_bytes(root))
-    costs = [b - a for a, b in zip(marks, marks[1:])]
+    costs = [b - a for a, b in itertools.pairwise(marks)]
     assert costs[-1] <= 1.2 * costs[0], costs  # the last 100 turns cost what the first did
     assert len(agent.get_state(CONFIG).values["messages"]) == 1000
     side = next(root.glob("*.checkpoints")).read_bytes()

@@ -85,6 +85,9 @@ def reaches(name: str) -> set[str]:
         ("crab_langchain.context", "crab_langchain.hooks"),
         ("crab_langchain.history", "crab_langchain.store"),
         ("crab_langchain.storage", "crab_langchain.log"),
+        ("crab_langchain.store", "crab_langchain.checkpoint"),
+        ("crab_langchain.history", "crab_langchain.checkpoint"),
+        ("crab_langchain.context", "crab_langchain.checkpoint"),
     ],
 )
 def test_a_lower_layer_never_imports_a_higher_one(lower: str, upper: str):
@@ -131,3 +134,28 @@ def test_the_library_never_switches_the_garbage_collector_or_reads_reference_cou
         source = path.read_text(encoding="utf-8")
         for trick in ("gc.disable", "gc.enable", "getrefcount", "__pydantic_", "__dict__"):
             assert trick not in source, f"{name} uses {trick}"
+
+
+def test_only_the_checkpointer_imports_langgraph():
+    """The core's runtime dependencies stay langchain-core, pydantic and pluggy."""
+    for name, path in MODULES.items():
+        if name.startswith("crab_langchain.checkpoint"):
+            continue
+        source = path.read_text(encoding="utf-8")
+        assert "langgraph" not in {
+            alias.name.split(".")[0]
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom)
+        }, f"{name} imports langgraph"
+
+
+def test_the_checkpointer_is_an_adapter_beside_the_history():
+    """It stands on the store, the log and context layers, the hooks; the history never."""
+    direct = imports_of(MODULES["crab_langchain.checkpoint.saver"])
+    assert "crab_langchain.history" not in direct
+    assert {"crab_langchain.log", "crab_langchain.context", "crab_langchain.hooks"} <= direct

@@ -451,18 +451,21 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     # --- reading ------------------------------------------------------------------
 
-    def _refresh(self, thread: _Thread) -> Steps[None]:
-        """Bring ``thread`` up to its logs.
+    def _refresh(self, thread: _Thread, *, held: bool = False) -> Steps[None]:
+        """Bring ``thread`` up to its logs (``held``: by a writer holding the thread).
 
-        The session is read between two reads of the side log: a rewrite
-        archives the session's lines in the side log before it replaces
-        them, so if no archive appeared meanwhile, the session read belongs
-        to the epoch the side log says.
+        A reader reads the session between two reads of the side log: a
+        rewrite archives the session's lines in the side log before it
+        replaces them, so if no archive appeared meanwhile, the session read
+        belongs to the epoch the side log says. A holder needs no second
+        look: rewrites hold the thread too.
         """
         while True:
             yield from self._read_side(thread)
             epoch = thread.index.epoch
             yield from self._read_session(thread)
+            if held:
+                return
             yield from self._read_side(thread)
             if thread.index.epoch == epoch:
                 return
@@ -620,7 +623,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Steps[RunnableConfig]:
-        yield from self._refresh(thread)
+        yield from self._refresh(thread, held=True)
         ns = _ns(config)
         given = checkpoint["channel_values"]
         values: list[list[Any]] = []
@@ -655,7 +658,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str,
     ) -> Steps[None]:
-        yield from self._refresh(thread)
+        # A write is one record appended: nothing needs reading first, but the
+        # session's header when plugins are to be told of it.
+        looks = not filters_by_default(self.store.plugin_manager.hook.crab_filter_message)
+        if looks and thread.context.meta is None:
+            yield from self._read_session(thread)
         items = [
             [idx, channel, encode_value(self.serde, self._without_dropped(thread, value))]
             for idx, (channel, value) in enumerate(writes)
@@ -801,7 +808,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if thread is None:
             return
         with self.store.storage.hold(thread.session.name):
-            run(self._refresh(thread))
+            run(self._refresh(thread, held=True))
             kept = keep(thread)
             if kept is None:
                 thread.side.storage.delete(thread.side.name)

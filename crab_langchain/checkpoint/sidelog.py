@@ -367,7 +367,14 @@ class SideIndex:
 
 
 def _strings(found: re.Match[bytes]) -> tuple[str, str]:
-    return json.loads(found[1]), json.loads(found[2])
+    return _string(found[1]), _string(found[2])
+
+
+def _string(quoted: bytes) -> str:
+    """The text of a JSON string (quotes included); only one with escapes needs the parser."""
+    if b"\\" in quoted:
+        return str(json.loads(quoted))
+    return quoted[1:-1].decode("utf-8")
 
 
 def _text(value: Any) -> str:

@@ -322,12 +322,12 @@ class SessionStorage(ABC):
     @contextlib.asynccontextmanager
     async def ahold(self, name: str) -> AsyncIterator[None]:
         """Async :meth:`hold`: waiting for it never blocks the event loop."""
-        held = self.hold(name)
-        await asyncio.to_thread(held.__enter__)
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(held.__exit__, None, None, None)
+        with contextlib.ExitStack() as held:
+            await asyncio.to_thread(lambda: held.enter_context(self.hold(name)))
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(held.close)
 
     def close(self) -> None:  # noqa: B027 - most storages hold nothing to release
         """Release what the storage holds open (it reopens what it needs later)."""

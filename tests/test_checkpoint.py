@@ -180,6 +180,16 @@ def test_special_writes_and_their_order(tmp_path: Path):
     assert got.pending_writes == expected.pending_writes
 
 
+def test_namespaces_and_ids_with_quotes_and_backslashes(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path), ns='child:"quoted"\\back')
+    checkpoint_id = thread.put({"count": 1})
+    fresh = saver_at(tmp_path)
+    got = fresh.get_tuple(thread.config(checkpoint_id))
+    assert got is not None
+    assert got.config["configurable"]["checkpoint_ns"] == 'child:"quoted"\\back'
+    assert [t.checkpoint["id"] for t in fresh.list(thread.config())] == [checkpoint_id]
+
+
 def test_a_hostile_thread_id_stays_in_the_directory(tmp_path: Path):
     root = tmp_path / "sessions"
     thread = Thread(saver_at(root), thread_id="../../etc/passwd\x00")

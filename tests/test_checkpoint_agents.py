@@ -287,3 +287,22 @@ def test_stored_bytes_grow_linearly_over_500_turns(tmp_path: Path):
     assert len(agent.get_state(CONFIG).values["messages"]) == 1000
     side = next(root.glob("*.checkpoints")).read_bytes()
     assert b'{"archive"' not in side  # nothing was rewritten
+
+
+def test_moving_a_chat_history_session_to_an_agent(tmp_path: Path):
+    """As the README says: seed the thread once with the history's messages."""
+    store = SessionStore(tmp_path / "sessions", entry_points=False)
+    history = store.get_session_history("alice-1")
+    history.add_messages([HumanMessage("hi"), AIMessage("hello")])
+    agent = chat_agent(CrabSaver(store))
+    agent.update_state(CONFIG, {"messages": history.messages})
+    agent.invoke(human("q"), CONFIG)
+    texts = [m.content for m in agent.get_state(CONFIG).values["messages"]]
+    assert texts == ["hi", "hello", "q", "reply 0: " + "words " * 8]
+    assert [m.content for m in history.messages] == texts
+    side = store.storage.read(store.find("alice-1") + ".checkpoints", None)
+    archived = [line for _, line in side.lines if line.startswith(b'{"archive"')]
+    assert archived == [  # the lines without ids, kept once LangGraph gave each an id
+        b'{"archive":{"epoch":0,"first":2,"lines":'
+        b'[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}}'
+    ]

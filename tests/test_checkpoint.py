@@ -258,6 +258,18 @@ def test_a_rewrite_archives_the_old_lines_and_every_checkpoint_keeps_its_message
     assert thread.messages(second, fresh) == turn(1)
 
 
+def test_removing_every_message_empties_the_session_and_keeps_it_archived(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path))
+    first = thread.put({"messages": turn(0)})
+    emptied = thread.put({"messages": []})
+    session, side = files(tmp_path)
+    assert len(session) == 1  # the header alone
+    assert [record["archive"]["epoch"] for record in side if "archive" in record] == [0]
+    fresh = saver_at(tmp_path)
+    assert thread.messages(emptied, fresh) == []
+    assert thread.messages(first, fresh) == turn(0)
+
+
 Operation = tuple[str, int]
 
 

@@ -33,7 +33,11 @@ def _missing(*modules: str) -> bool:
 # need langgraph and langchain (the dev extra; langchain needs Python 3.11).
 collect_ignore: list[str] = []
 if _missing("langgraph.checkpoint.base", "langgraph.checkpoint.conformance"):
-    collect_ignore += ["test_checkpoint.py", "test_checkpoint_conformance.py"]
+    collect_ignore += [
+        "test_checkpoint.py",
+        "test_checkpoint_cli.py",
+        "test_checkpoint_conformance.py",
+    ]
 if _missing("langgraph.checkpoint.base", "langgraph.graph", "langchain.agents"):
     collect_ignore += ["test_checkpoint_agents.py", "test_checkpoint_durability.py"]
 

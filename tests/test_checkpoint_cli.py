@@ -6,11 +6,11 @@ from pathlib import Path
 
 from cli_helpers import crab, isolated  # noqa: F401 - the fixture
 from langchain_core.messages import AIMessage, HumanMessage
+from test_checkpoint import Thread, turn
 
 from crab_langchain import SessionStore
 from crab_langchain.checkpoint import CrabSaver
 from crab_langchain.storage import open_storage
-from test_checkpoint import Thread, turn
 
 
 def test_list_verify_show_and_copy_take_the_side_log_as_part_of_its_session(

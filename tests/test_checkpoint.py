@@ -351,6 +351,18 @@ def test_reading_the_head_reads_only_what_was_appended(tmp_path: Path):
     assert sum(lines for _, lines in storage.read_lines) == 0
 
 
+def test_pruning_and_deleting_runs_leave_a_chat_historys_session_alone(tmp_path: Path):
+    saver = saver_at(tmp_path)
+    saver.store.get_session_history(THREAD).add_messages(turn(0))
+    saver.prune([THREAD])
+    saver.prune([THREAD], strategy="delete")
+    saver.delete_for_runs(["run-1"])
+    assert saver.get_tuple(Thread(saver).config()) is None
+    assert saver.store.get_session_history(THREAD).messages == turn(0)
+    with pytest.raises(ValueError, match="unknown prune strategy"):
+        saver.prune([THREAD], strategy="keep_all")
+
+
 def test_list_filters_and_pages(tmp_path: Path):
     thread = Thread(saver_at(tmp_path))
     ids = [thread.put({"count": n}, run_id=f"run-{n % 2}") for n in range(6)]

@@ -95,13 +95,22 @@ def test_each_durability_mode_equal(tmp_path: Path, durability: str):
 
 
 async def test_async_runs_equal(backend: Backend):
-    expected, actual = tool_agent(InMemorySaver()), tool_agent(CrabSaver(backend.store()))
+    store = backend.store()
+    expected, actual = tool_agent(InMemorySaver()), tool_agent(CrabSaver(store))
     for graph in (expected, actual):
         await graph.ainvoke(human("weather?"), CONFIG)
         await graph.ainvoke(human("thanks"), CONFIG)
     assert states(actual) == states(expected)
     got = [s async for s in actual.aget_state_history(CONFIG)]
     assert len(got) == len(list(expected.get_state_history(CONFIG)))
+    await close_async(store)
+
+
+async def close_async(store: SessionStore) -> None:
+    """Close the async Redis client this event loop opened (a directory has none)."""
+    aclose = getattr(store.storage, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 BLOCKING = ("names", "exists", "read_header", "read_headers", "create", "read", "append")
@@ -128,6 +137,7 @@ async def test_async_runs_do_no_blocking_storage_io_on_the_event_loop(
     assert len((await agent.aget_state(CONFIG)).values["messages"]) == 7
     assert [s async for s in agent.aget_state_history(CONFIG)]
     assert on_loop == []
+    await close_async(store)
 
 
 HITL_FIRST_PART = """

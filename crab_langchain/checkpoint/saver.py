@@ -29,7 +29,7 @@ import bisect
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -48,9 +48,9 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from crab_langchain.checkpoint.sidelog import (
     SIDE_KIND,
+    Kept,
     SideIndex,
     archive_record,
-    blobs_record,
     checkpoint_record,
     decode_value,
     encode_value,
@@ -58,7 +58,8 @@ from crab_langchain.checkpoint.sidelog import (
     writes_record,
 )
 from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
-from crab_langchain.context import WorkingContext, context_of
+from crab_langchain.checkpoint.thread import Thread
+from crab_langchain.context import context_of
 from crab_langchain.convert import is_auto_injected, marker_line, to_crab_message
 from crab_langchain.hooks import (
     Batch,
@@ -69,7 +70,7 @@ from crab_langchain.hooks import (
     verdict_of,
 )
 from crab_langchain.log import NumberedLines, SessionLog, split_header
-from crab_langchain.models import Session, SessionFormatError
+from crab_langchain.models import SessionFormatError
 from crab_langchain.naming import check_agent
 from crab_langchain.storage import Chunk, Cursor, companion_name
 from crab_langchain.store import SessionStore
@@ -78,76 +79,13 @@ __all__ = ["CrabSaver"]
 
 Messages = list[BaseMessage]
 Lines = list[bytes]
-Listed = list[tuple["_Thread", str, dict[str, Any], dict[str, NumberedLines]]]
+Listed = list[tuple[Thread, str, dict[str, Any], dict[str, NumberedLines]]]
 
 MESSAGES = "messages"
 """The channel that is the conversation (``create_agent``'s and ``MessagesState``'s)."""
 
 _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary so
 _KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
-
-
-class _Thread:
-    """What one saver knows of one thread: its two logs, and how far it read each."""
-
-    def __init__(self, thread_id: str, session: SessionLog) -> None:
-        self.thread_id = thread_id
-        self.session = session
-        self.side = SessionLog(session.storage, companion_name(session.name, SIDE_KIND))
-        self.lock = threading.Lock()  # guards what follows; never held across I/O
-        self.index = SideIndex(self.side)
-        self.side_cursor: Cursor | None = None
-        self.context = WorkingContext()
-        self.last_put: tuple[Cursor | None, list[BaseMessage]] | None = None
-        """The message list of this saver's last ``put`` and the session's cursor after it."""
-
-    def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
-        """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile."""
-        with self.lock:
-            if self.side_cursor != cursor:
-                return False
-            if chunk is None:
-                return True
-            try:
-                if chunk.reset:
-                    self.index = SideIndex(self.side)
-                    self.index.take(split_header(self.side.location, chunk.lines)[1])
-                else:
-                    self.index.take(chunk.lines)
-            except BaseException:
-                self.forget_side()
-                raise
-            self.side_cursor = chunk.cursor
-            return True
-
-    def forget_side(self) -> None:
-        self.index, self.side_cursor = SideIndex(self.side), None
-
-    def take_session(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
-        """As :meth:`take_side`, for the session."""
-        with self.lock:
-            if self.context.cursor != cursor:
-                return False
-            if chunk is not None:
-                self.context.take(self.session, chunk)
-            return True
-
-    def hook_session(self) -> Session:
-        """The session as plugins are told of it: header fields and working context."""
-        with self.lock:
-            meta = self.context.meta
-            history = list(self.context.crab_messages())
-        if meta is None:
-            raise SessionFormatError("the session was not read", path=self.session.location)
-        return Session(
-            id=self.thread_id,
-            agent=meta.agent,
-            created_by=meta.created_by,
-            created_at=meta.created_at,
-            extra=dict(meta.extra),
-            file_path=self.session.path,
-            history=history,
-        )
 
 
 class CrabSaver(BaseCheckpointSaver[str]):
@@ -183,7 +121,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         self.store = store if store is not None else SessionStore()
         self.agent = agent
         self.created_by = created_by
-        self._threads: OrderedDict[str, _Thread] = OrderedDict()
+        self._threads: OrderedDict[str, Thread] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -362,7 +300,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         still use are kept.
         """
         for thread_id in run(self._thread_ids(None)) if run_ids else []:
-            self._rewrite_side(thread_id, lambda t: _without_runs(t, self.serde, set(run_ids)))
+            self._rewrite_side(thread_id, lambda index: index.not_of_runs(set(run_ids), self.serde))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async :meth:`delete_for_runs`."""
@@ -385,9 +323,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
             raise ValueError(f"unknown prune strategy {strategy!r}")
         for thread_id in thread_ids:
             if strategy == "delete":
-                self._rewrite_side(thread_id, lambda t: None)
+                self._rewrite_side(thread_id, lambda index: None)
             else:
-                self._rewrite_side(thread_id, _latest)
+                self._rewrite_side(thread_id, SideIndex.newest_of_each)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Async :meth:`prune`."""
@@ -406,7 +344,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     # --- threads ----------------------------------------------------------------
 
-    def _thread(self, config: RunnableConfig, *, create: bool) -> Steps[_Thread | None]:
+    def _thread(self, config: RunnableConfig, *, create: bool) -> Steps[Thread | None]:
         thread_id = _thread_id(config)
         with self._lock:
             known = self._threads.get(thread_id)
@@ -418,14 +356,14 @@ class CrabSaver(BaseCheckpointSaver[str]):
         )
         if name is None:
             return None
-        thread = _Thread(thread_id, SessionLog(self.store.storage, name))
+        thread = Thread(thread_id, SessionLog(self.store.storage, name))
         with self._lock:
             found = self._threads.setdefault(thread_id, thread)
             while len(self._threads) > _KNOWN_THREADS:
                 self._threads.popitem(last=False)
         return found
 
-    def _writable(self, config: RunnableConfig) -> Steps[_Thread]:
+    def _writable(self, config: RunnableConfig) -> Steps[Thread]:
         """The thread ``config`` names, its session created if it has none yet."""
         thread = yield from self._thread(config, create=True)
         assert thread is not None  # created
@@ -451,7 +389,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     # --- reading ------------------------------------------------------------------
 
-    def _refresh(self, thread: _Thread, *, held: bool = False) -> Steps[None]:
+    def _refresh(self, thread: Thread, *, held: bool = False) -> Steps[None]:
         """Bring ``thread`` up to its logs (``held``: by a writer holding the thread).
 
         A reader reads the session between two reads of the side log: a
@@ -472,7 +410,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             with thread.lock:
                 thread.context.reset()
 
-    def _read_side(self, thread: _Thread) -> Steps[None]:
+    def _read_side(self, thread: Thread) -> Steps[None]:
         while True:
             cursor = thread.side_cursor
             try:
@@ -484,7 +422,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             if thread.take_side(cursor, chunk):
                 return
 
-    def _read_session(self, thread: _Thread) -> Steps[None]:
+    def _read_session(self, thread: Thread) -> Steps[None]:
         while True:
             cursor = thread.context.cursor
             chunk = yield Read(thread.session, cursor)
@@ -544,7 +482,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 listed.append((thread, ns, record, bodies))
         return listed
 
-    def _get_thread(self, thread_id: str) -> Steps[_Thread | None]:
+    def _get_thread(self, thread_id: str) -> Steps[Thread | None]:
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         thread = yield from self._thread(config, create=False)
         if thread is None:
@@ -558,7 +496,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _tuple(
         self,
-        thread: _Thread,
+        thread: Thread,
         ns: str,
         record: dict[str, Any],
         bodies: dict[str, NumberedLines],
@@ -590,7 +528,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         )
 
     def _messages_at(
-        self, thread: _Thread, epoch: int, line: int, bodies: dict[str, NumberedLines]
+        self, thread: Thread, epoch: int, line: int, bodies: dict[str, NumberedLines]
     ) -> Steps[Messages]:
         """The working context as it stood at ``line`` of the session's ``epoch``."""
         with thread.lock:
@@ -617,7 +555,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _put(
         self,
-        thread: _Thread,
+        thread: Thread,
         config: RunnableConfig,
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
@@ -652,7 +590,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _put_writes(
         self,
-        thread: _Thread,
+        thread: Thread,
         config: RunnableConfig,
         writes: Sequence[tuple[str, Any]],
         task_id: str,
@@ -671,7 +609,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         record = writes_record(_ns(config), checkpoint_id, task_id, task_path, items)
         yield from self._append_side(thread, [record])
 
-    def _append_side(self, thread: _Thread, lines: Sequence[bytes]) -> Steps[None]:
+    def _append_side(self, thread: Thread, lines: Sequence[bytes]) -> Steps[None]:
         if thread.side_cursor is None:
             yield Blocking(lambda: _create_side(thread))
             yield from self._read_side(thread)
@@ -683,7 +621,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 return
         yield from self._read_side(thread)
 
-    def _store_messages(self, thread: _Thread, messages: Messages) -> Steps[tuple[int, int] | None]:
+    def _store_messages(self, thread: Thread, messages: Messages) -> Steps[tuple[int, int] | None]:
         """Make the session's working context ``messages``; the place that holds them.
 
         None (and nothing written) if ``messages`` holds something else than messages.
@@ -711,7 +649,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             return (thread.index.epoch, thread.context.cursor.lines)
 
     def _append_messages(
-        self, thread: _Thread, first: Lines, messages: Sequence[BaseMessage]
+        self, thread: Thread, first: Lines, messages: Sequence[BaseMessage]
     ) -> Steps[None]:
         lines, read_back = self._lines_of(thread, messages)
         if first:
@@ -726,7 +664,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _took_appended(
         self,
-        thread: _Thread,
+        thread: Thread,
         cursor: Cursor | None,
         lines: Lines,
         read_back: ReadBack,
@@ -738,12 +676,12 @@ class CrabSaver(BaseCheckpointSaver[str]):
             thread.context.take_appended(thread.session, lines, read_back, after)
             return True
 
-    def _lines_of(self, thread: _Thread, messages: Sequence[BaseMessage]) -> Batch:
+    def _lines_of(self, thread: Thread, messages: Sequence[BaseMessage]) -> Batch:
         plugins, strict = self.store.plugin_manager, self.store.strict
         batch = prepare_writes(plugins, messages, thread.hook_session, strict=strict)
         return batch if batch is not None else ([], None)
 
-    def _rewrite(self, thread: _Thread, messages: Messages) -> Steps[None]:
+    def _rewrite(self, thread: Thread, messages: Messages) -> Steps[None]:
         """Archive the session's lines in the side log, then replace them by ``messages``."""
         chunk = yield Read(thread.session, None)
         header, body = split_header(thread.session.location, chunk.lines)
@@ -757,7 +695,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             thread.context.reset()
         yield from self._read_session(thread)
 
-    def _without_dropped(self, thread: _Thread, value: Any) -> Any:
+    def _without_dropped(self, thread: Thread, value: Any) -> Any:
         """``value`` without the messages plugins drop (lists and dicts looked into)."""
         if type(value) is list:
             return [
@@ -769,7 +707,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             return {key: self._without_dropped(thread, item) for key, item in value.items()}
         return value
 
-    def _dropped(self, thread: _Thread, message: BaseMessage) -> bool:
+    def _dropped(self, thread: Thread, message: BaseMessage) -> bool:
         plugins = self.store.plugin_manager
         if filters_by_default(plugins.hook.crab_filter_message):
             return is_auto_injected(message)
@@ -798,22 +736,25 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if records:
             yield Append(target.side, [line for _, line in records], None)
 
-    def _rewrite_side(self, thread_id: str, keep: Any) -> None:
-        """Replace the side log of ``thread_id`` by the records ``keep(thread)`` chooses.
+    def _rewrite_side(self, thread_id: str, keep: Callable[[SideIndex], Kept | None]) -> None:
+        """Replace the side log of ``thread_id`` by the records ``keep(index)`` chooses.
 
         ``keep`` returns the ``(ns, checkpoint id)`` pairs to keep, or None to
         delete the side log. Values the kept checkpoints use are kept.
         """
-        thread = run(self._get_thread(thread_id))
+        thread = run(self._thread(_config(thread_id, "", None), create=False))
         if thread is None:
             return
         with self.store.storage.hold(thread.session.name):
-            run(self._refresh(thread, held=True))
-            kept = keep(thread)
+            run(self._read_side(thread))  # the conversation is not read: it stays as it is
+            if thread.side_cursor is None:
+                return  # a session with no checkpoints (a chat history's)
+            kept = keep(thread.index)
             if kept is None:
-                thread.side.storage.delete(thread.side.name)
+                thread.side.delete()
             else:
-                thread.side.replace(_kept_records(thread, self.serde, kept))
+                header = side_header(thread.session.name)
+                thread.side.replace([header, *thread.index.kept_lines(kept, self.serde)])
             with thread.lock:
                 thread.forget_side()
 
@@ -853,52 +794,9 @@ def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(metadata.get(key) == value for key, value in wanted.items())
 
 
-def _create_side(thread: _Thread, *, exist_ok: bool = True) -> None:
+def _create_side(thread: Thread, *, exist_ok: bool = True) -> None:
     try:
         thread.side.create(side_header(thread.session.name))
     except FileExistsError:
         if not exist_ok:
             raise
-
-
-def _latest(thread: _Thread) -> set[tuple[str, str]]:
-    return {(ns, newest) for ns, newest in thread.index.newest_ids.items()}
-
-
-def _without_runs(
-    thread: _Thread, serde: SerializerProtocol, run_ids: set[str]
-) -> set[tuple[str, str]]:
-    return {
-        (ns, checkpoint_id)
-        for ns, records in thread.index.checkpoints.items()
-        for checkpoint_id, record in records.items()
-        if decode_value(serde, record.body(thread.index.log)["metadata"]).get("run_id")
-        not in run_ids
-    }
-
-
-def _kept_records(
-    thread: _Thread, serde: SerializerProtocol, kept: set[tuple[str, str]]
-) -> list[bytes]:
-    """The side log's lines keeping checkpoints ``kept``, their writes and values, and archives."""
-    index = thread.index
-    needed = []
-    for ns, checkpoint_id in sorted(kept):
-        kept_record = index.checkpoint(ns, checkpoint_id)
-        assert kept_record is not None
-        state = decode_value(serde, kept_record["state"])
-        for channel, version in state["channel_versions"].items():
-            found = index.blob((ns, channel, version))
-            if found is not None and found[1] is not None and found[1] not in kept:
-                needed.append(((ns, channel, version), found[0]))
-    lines = [side_header(thread.session.name)]
-    if needed:
-        lines.append(blobs_record(needed))
-    for record in index.records:
-        body = record.body(index.log)
-        if record.kind == "checkpoint" and (body["ns"], body["id"]) not in kept:
-            continue
-        if record.kind == "writes" and (body["ns"], body["checkpoint"]) not in kept:
-            continue
-        lines.append(record.line)
-    return lines

@@ -46,6 +46,7 @@ from crab_langchain.models import SessionFormatError
 
 __all__ = [
     "SIDE_KIND",
+    "Kept",
     "SideIndex",
     "archive_record",
     "blobs_record",
@@ -62,6 +63,8 @@ SIDE_KIND = "checkpoints"
 _FORMAT = 1
 BlobKey = tuple[str, str, Any]
 """``(namespace, channel, version)``: where a channel's value at a version is kept."""
+Kept = set[tuple[str, str]]
+"""``(namespace, checkpoint id)`` of the checkpoints a pruned side log keeps."""
 
 # Exactly these classes: a list of them reads back equal from its session lines.
 _LINE_CLASSES = (HumanMessage, AIMessage, SystemMessage, ToolMessage)
@@ -364,6 +367,46 @@ class SideIndex:
         return [
             stored[key] for key in sorted(stored, key=lambda k: writes_sort_key(stored[k].path, *k))
         ]
+
+    # --- pruning ------------------------------------------------------------------
+
+    def newest_of_each(self) -> Kept:
+        """The newest checkpoint of each namespace."""
+        return set(self.newest_ids.items())
+
+    def not_of_runs(self, run_ids: set[str], serde: SerializerProtocol) -> Kept:
+        """The checkpoints whose metadata names no run of ``run_ids``."""
+        return {
+            (ns, checkpoint_id)
+            for ns, records in self.checkpoints.items()
+            for checkpoint_id, record in records.items()
+            if decode_value(serde, record.body(self.log)["metadata"]).get("run_id") not in run_ids
+        }
+
+    def kept_lines(self, kept: Kept, serde: SerializerProtocol) -> list[bytes]:
+        """The records of a side log keeping only checkpoints ``kept`` (its header aside).
+
+        Their writes and archives stay; so does every value a kept checkpoint
+        uses that a dropped one stored (in one ``blobs`` record).
+        """
+        needed = []
+        for ns, checkpoint_id in sorted(kept):
+            record = self.checkpoint(ns, checkpoint_id)
+            assert record is not None
+            state = decode_value(serde, record["state"])
+            for channel, version in state["channel_versions"].items():
+                found = self.blob((ns, channel, version))
+                if found is not None and found[1] is not None and found[1] not in kept:
+                    needed.append(((ns, channel, version), found[0]))
+        lines = [blobs_record(needed)] if needed else []
+        for record_ in self.records:
+            body = record_.body(self.log)
+            if record_.kind == "checkpoint" and (body["ns"], body["id"]) not in kept:
+                continue
+            if record_.kind == "writes" and (body["ns"], body["checkpoint"]) not in kept:
+                continue
+            lines.append(record_.line)
+        return lines
 
 
 def _strings(found: re.Match[bytes]) -> tuple[str, str]:

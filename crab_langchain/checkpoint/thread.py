@@ -1,0 +1,91 @@
+"""What one saver knows of one thread: its session and side log, and how far it read each."""
+
+from __future__ import annotations
+
+import threading
+
+from langchain_core.messages import BaseMessage
+
+from crab_langchain.checkpoint.sidelog import SIDE_KIND, SideIndex
+from crab_langchain.context import WorkingContext
+from crab_langchain.log import SessionLog, split_header
+from crab_langchain.models import Session, SessionFormatError
+from crab_langchain.storage import Chunk, Cursor, companion_name
+
+__all__ = ["Thread"]
+
+
+class Thread:
+    """What one saver knows of one thread: its two logs, and how far it read each."""
+
+    def __init__(self, thread_id: str, session: SessionLog) -> None:
+        self.thread_id = thread_id
+        self.session = session
+        self.side = SessionLog(session.storage, companion_name(session.name, SIDE_KIND))
+        self.lock = threading.Lock()  # guards what follows; never held across I/O
+        self.index = SideIndex(self.side)
+        self.side_cursor: Cursor | None = None
+        self.context = WorkingContext()
+        self.last_put: tuple[Cursor | None, list[BaseMessage]] | None = None
+        """The message list of this saver's last ``put`` and the session's cursor after it."""
+        self._told: tuple[tuple[int, Cursor | None], Session] | None = None
+
+    def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile."""
+        with self.lock:
+            if self.side_cursor != cursor:
+                return False
+            if chunk is None:
+                return True
+            try:
+                if chunk.reset:
+                    self.index = SideIndex(self.side)
+                    self.index.take(split_header(self.side.location, chunk.lines)[1])
+                else:
+                    self.index.take(chunk.lines)
+            except BaseException:
+                self.forget_side()
+                raise
+            self.side_cursor = chunk.cursor
+            return True
+
+    def forget_side(self) -> None:
+        self.index, self.side_cursor = SideIndex(self.side), None
+
+    def take_session(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """As :meth:`take_side`, for the session."""
+        with self.lock:
+            if self.context.cursor != cursor:
+                return False
+            if chunk is not None:
+                self.context.take(self.session, chunk)
+            return True
+
+    def hook_session(self) -> Session:
+        """The session as plugins are told of it: header fields and working context.
+
+        Made once for each state of the context (a put asks for it per message).
+
+        Raises:
+            SessionFormatError: the session was not read yet.
+        """
+        with self.lock:
+            state = (self.context.version, self.context.cursor)
+            if self._told is not None and self._told[0] == state:
+                return self._told[1]
+            meta = self.context.meta
+            history = list(self.context.crab_messages())
+        if meta is None:
+            raise SessionFormatError("the session was not read", path=self.session.location)
+        told = Session(
+            id=self.thread_id,
+            agent=meta.agent,
+            created_by=meta.created_by,
+            created_at=meta.created_at,
+            extra=dict(meta.extra),
+            file_path=self.session.path,
+            history=history,
+        )
+        with self.lock:
+            self._told = (state, told)
+        return told

@@ -169,12 +169,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         Returns:
             The checkpoint tuples; each rebuilds its exact message list.
         """
-        for thread_id in run(self._thread_ids(config)):
-            for found in run(self._listed(thread_id, config, filter, before)):
-                if limit is not None and limit <= 0:
-                    return
-                limit = None if limit is None else limit - 1
-                yield run(self._tuple(*found))
+        for found in run(self._listed(config, filter, before, limit)):
+            yield run(self._tuple(*found))
 
     async def alist(
         self,
@@ -185,12 +181,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async :meth:`list`."""
-        for thread_id in await arun(self._thread_ids(config)):
-            for found in await arun(self._listed(thread_id, config, filter, before)):
-                if limit is not None and limit <= 0:
-                    return
-                limit = None if limit is None else limit - 1
-                yield await arun(self._tuple(*found))
+        for found in await arun(self._listed(config, filter, before, limit)):
+            yield await arun(self._tuple(*found))
 
     def put(
         self,
@@ -454,20 +446,35 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _listed(
         self,
-        thread_id: str,
         config: RunnableConfig | None,
         filter: dict[str, Any] | None,
         before: RunnableConfig | None,
+        limit: int | None,
     ) -> Steps[Listed]:
-        """The checkpoints of one thread that match, newest first, ready for :meth:`_tuple`."""
-        found = yield from self._get_thread(thread_id)
-        if found is None:
-            return []
-        thread, wanted_ns = found, _ns(config) if config is not None else None
+        """The checkpoints that match, newest first, ready for :meth:`_tuple`.
+
+        Only ids and (with a filter) metadata are looked at here; each tuple
+        is built as the caller comes to it.
+        """
+        listed: Listed = []
+        for thread_id in (yield from self._thread_ids(config)):
+            thread = yield from self._get_thread(thread_id)
+            if thread is not None:
+                listed += self._matching(thread, config, filter, before)
+        return listed if limit is None else listed[: max(limit, 0)]
+
+    def _matching(
+        self,
+        thread: Thread,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+    ) -> Listed:
+        wanted_ns = _ns(config) if config is not None else None
         wanted_id = get_checkpoint_id(config) if config is not None else None
         before_id = get_checkpoint_id(before) if before is not None else None
         bodies: dict[str, NumberedLines] = {}  # one read of the session serves them all
-        listed: Listed = []
+        matching: Listed = []
         for ns, records in list(thread.index.checkpoints.items()):
             if wanted_ns is not None and ns != wanted_ns:
                 continue
@@ -479,8 +486,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 record = records[checkpoint_id].body(thread.index.log)
                 if filter and not _matches(decode_value(self.serde, record["metadata"]), filter):
                     continue
-                listed.append((thread, ns, record, bodies))
-        return listed
+                matching.append((thread, ns, record, bodies))
+        return matching
 
     def _get_thread(self, thread_id: str) -> Steps[Thread | None]:
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}

@@ -316,3 +316,29 @@ def test_moving_a_chat_history_session_to_an_agent(tmp_path: Path):
         b'{"archive":{"epoch":0,"first":2,"lines":'
         b'[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}}'
     ]
+
+
+@pytest.mark.parametrize("build", [tool_agent, summarizing_agent], ids=["tools", "summary"])
+def test_crabtalks_flat_era_reader_reads_the_savers_session(tmp_path: Path, build: Any):
+    from test_eras import body_lines, crabtalk_context, missing_keys
+
+    agent = build(crab(tmp_path))
+    for turn in range(6 if build is summarizing_agent else 2):
+        agent.invoke(human(f"q{turn}"), CONFIG)
+    (path,) = (tmp_path / "sessions").glob("*.jsonl")
+    roles = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
+    state = agent.get_state(CONFIG).values["messages"]
+    assert [(c["role"], c["content"]) for c in crabtalk_context(path)] == [
+        (roles[m.type], m.content) for m in state
+    ]
+    calls = [c["calls"] for c in crabtalk_context(path) if c["calls"]]
+    assert calls == [
+        [
+            (call["id"], call["name"], json.dumps(call["args"], separators=(",", ":")))
+            for call in m.tool_calls
+        ]
+        for m in state
+        if getattr(m, "tool_calls", None)
+    ]
+    for line in body_lines(path):
+        assert b'"compact"' in line or missing_keys(line) == []

@@ -180,6 +180,26 @@ def test_special_writes_and_their_order(tmp_path: Path):
     assert got.pending_writes == expected.pending_writes
 
 
+def test_a_messages_channel_of_other_things_is_an_ordinary_value(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path))
+    thread.put({"messages": ["not", "messages"]})
+    session, side = files(tmp_path)
+    assert session[1:] == []
+    assert side[-1]["checkpoint"]["values"][0][2] == {"json": ["not", "messages"]}
+    assert thread.messages(saver=saver_at(tmp_path)) == ["not", "messages"]
+
+
+def test_a_message_json_cannot_hold_stores_nothing_of_its_checkpoint(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path))
+    first = thread.put({"messages": turn(0)})
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl*")}
+    bad = HumanMessage("x", id="bad", additional_kwargs={"when": object()})
+    with pytest.raises(TypeError, match="additional_kwargs.when"):
+        thread.put({"messages": [*turn(0), bad], "count": 1})
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl*")} == before
+    assert thread.saver.get_tuple(thread.config()).checkpoint["id"] == first
+
+
 def test_namespaces_and_ids_with_quotes_and_backslashes(tmp_path: Path):
     thread = Thread(saver_at(tmp_path), ns='child:"quoted"\\back')
     checkpoint_id = thread.put({"count": 1})

@@ -194,7 +194,7 @@ def test_a_message_json_cannot_hold_stores_nothing_of_its_checkpoint(tmp_path: P
     first = thread.put({"messages": turn(0)})
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl*")}
     bad = HumanMessage("x", id="bad", additional_kwargs={"when": object()})
-    with pytest.raises(TypeError, match="additional_kwargs.when"):
+    with pytest.raises(TypeError, match=r"additional_kwargs\.when"):
         thread.put({"messages": [*turn(0), bad], "count": 1})
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.jsonl*")} == before
     assert thread.saver.get_tuple(thread.config()).checkpoint["id"] == first

@@ -231,6 +231,16 @@ def test_a_malformed_side_log_line_is_named_and_nothing_is_lost(tmp_path: Path):
     assert saver_at(tmp_path).store.get_session_history(THREAD).messages == turn(0)
 
 
+def test_a_side_log_that_is_not_one_is_refused_by_name(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path))
+    thread.put({"count": 1})
+    side = next(tmp_path.glob("*.checkpoints"))
+    side.write_bytes(b'{"agent":"crab"}\n')
+    with pytest.raises(SessionFormatError, match="not a checkpointer's side log") as raised:
+        saver_at(tmp_path).get_tuple(thread.config())
+    assert str(side) in str(raised.value)
+
+
 # --- rewrites ----------------------------------------------------------------------------
 
 

@@ -274,10 +274,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
         Args:
             source_thread_id: the thread to copy (nothing happens if it does not exist).
-            target_thread_id: the new thread; it must not have checkpoints yet.
+            target_thread_id: the new thread: its session, if it has one, holds
+                no message yet.
 
         Raises:
-            FileExistsError: the target thread has checkpoints.
+            FileExistsError: the target thread has a conversation or checkpoints.
         """
         run(self._copy(source_thread_id, target_thread_id))
 

@@ -50,6 +50,7 @@ __all__ = [
     "SideIndex",
     "archive_record",
     "blobs_record",
+    "check_side_header",
     "checkpoint_record",
     "decode_value",
     "encode_value",
@@ -77,6 +78,17 @@ def _dumps(record: Mapping[str, Any]) -> bytes:
 def side_header(session: str) -> bytes:
     """The first line of the side log of session log ``session``."""
     return _dumps({"crab_checkpoints": _FORMAT, "session": session})
+
+
+def check_side_header(log: SessionLog, header: bytes) -> None:
+    """Raise :class:`SessionFormatError` (naming ``log``) if ``header`` is not a side log's."""
+    try:
+        fields = json.loads(header)
+        if not isinstance(fields, dict) or fields.get("crab_checkpoints") != _FORMAT:
+            raise ValueError("no crab_checkpoints format 1")
+    except ValueError as error:
+        reason = f"not a checkpointer's side log ({str(error)[:100]})"
+        raise log.error(SessionFormatError(reason), 1) from None
 
 
 # --- values ------------------------------------------------------------------------

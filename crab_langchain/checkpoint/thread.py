@@ -6,7 +6,7 @@ import threading
 
 from langchain_core.messages import BaseMessage
 
-from crab_langchain.checkpoint.sidelog import SIDE_KIND, SideIndex
+from crab_langchain.checkpoint.sidelog import SIDE_KIND, SideIndex, check_side_header
 from crab_langchain.context import WorkingContext
 from crab_langchain.log import SessionLog, split_header
 from crab_langchain.models import Session, SessionFormatError
@@ -39,8 +39,10 @@ class Thread:
                 return True
             try:
                 if chunk.reset:
+                    header, body = split_header(self.side.location, chunk.lines)
+                    check_side_header(self.side, header)
                     self.index = SideIndex(self.side)
-                    self.index.take(split_header(self.side.location, chunk.lines)[1])
+                    self.index.take(body)
                 else:
                     self.index.take(chunk.lines)
             except BaseException:
@@ -50,6 +52,7 @@ class Thread:
             return True
 
     def forget_side(self) -> None:
+        """Forget the side log read so far (it is gone, or unreadable): read it afresh."""
         self.index, self.side_cursor = SideIndex(self.side), None
 
     def take_session(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:

@@ -141,6 +141,23 @@ def test_values_are_readable_json_where_json_holds_them(tmp_path: Path):
     assert got.checkpoint["channel_values"] == in_memory(lambda saver: Thread(saver).put(values))
 
 
+class KeepInjected:
+    @hookimpl
+    def crab_filter_message(self, message: CrabMessage) -> bool | None:
+        return True if message.auto_injected else None
+
+
+def test_an_injected_message_an_audit_plugin_keeps_keeps_its_mark(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path, [KeepInjected()]))
+    recalled = [mark_auto_injected(HumanMessage("recalled", id="r"))]
+    checkpoint_id = thread.put({"recalled": recalled})
+    _, side = files(tmp_path)
+    assert set(side[-1]["checkpoint"]["values"][0][2]) == {"typed"}  # a line would lose the mark
+    got = saver_at(tmp_path).get_tuple(thread.config(checkpoint_id))
+    assert got is not None
+    assert got.checkpoint["channel_values"]["recalled"] == recalled
+
+
 def test_the_state_a_caller_changes_is_not_the_saved_one(tmp_path: Path):
     thread = Thread(saver_at(tmp_path))
     first = thread.put({"count": {"n": 1}})

@@ -40,7 +40,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.checkpoint.base import WRITES_IDX_MAP, writes_sort_key
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from crab_langchain.convert import decode_line, encode
+from crab_langchain.convert import decode_line, encode, is_auto_injected
 from crab_langchain.log import NumberedLines, SessionLog
 from crab_langchain.models import SessionFormatError
 
@@ -98,13 +98,18 @@ def encode_value(serde: SerializerProtocol, value: Any) -> dict[str, Any]:
     """``value`` as the side log keeps it: readable JSON where it can be."""
     if _is_json(value):
         return {"json": value}
-    if isinstance(value, list) and value and all(type(m) in _LINE_CLASSES for m in value):
+    if isinstance(value, list) and value and all(_as_line(item) for item in value):
         try:
             return {"messages": [json.loads(encode(m).line) for m in value]}
         except TypeError:
             pass  # not JSON all through: the serializer's encoding below
     kind, data = serde.dumps_typed(value)
     return {"typed": [kind, base64.b64encode(data).decode("ascii")]}
+
+
+def _as_line(item: Any) -> bool:
+    """Whether ``item`` reads back equal from its line (a line drops the auto-injected mark)."""
+    return type(item) in _LINE_CLASSES and not is_auto_injected(item)
 
 
 def decode_value(serde: SerializerProtocol, encoded: Mapping[str, Any]) -> Any:

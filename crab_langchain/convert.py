@@ -599,11 +599,12 @@ def marker_message(marker: CompactMarker) -> BaseMessage:
     return from_crab_message(CrabMessage(role="user", content=marker.compact, langchain=extension))
 
 
-def marker_line(summary: BaseMessage, archived_at: str) -> bytes:
+def marker_line(summary: BaseMessage, archived_at: str, *, titled: str | None = None) -> bytes:
     """The compaction marker for ``summary``, as newer crabtalk writes one, and what else it holds.
 
     Its ``compact`` is the summary's text, its ``title`` the first sentence of
-    that (as crabtalk cuts it), ``archived_at`` the time given.
+    that (as crabtalk cuts it) or of ``titled`` (the summary proper, when the
+    text opens with words of its own), ``archived_at`` the time given.
 
     Raises:
         TypeError: the message cannot be written as JSON.
@@ -614,7 +615,7 @@ def marker_line(summary: BaseMessage, archived_at: str) -> bytes:
     extension = {"langchain": crab.langchain} if crab.langchain else {}
     marker = CompactMarker(
         compact=crab.content,
-        title=_marker_title(crab.content),
+        title=_marker_title(crab.content if titled is None else titled),
         archived_at=archived_at,
         **extension,
     )

@@ -85,6 +85,8 @@ MESSAGES = "messages"
 """The channel that is the conversation (``create_agent``'s and ``MessagesState``'s)."""
 
 _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary so
+# ... and opens it so; the title of its marker is the summary's own first sentence.
+_SUMMARY_PREFACE = "Here is a summary of the conversation to date:"
 _KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
 
 
@@ -647,7 +649,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if base is not None:
             yield from self._append_messages(thread, [], fresh)
         elif messages and _is_summary(messages[0]):
-            marker = marker_line(messages[0], _now())
+            marker = _marker(messages[0])
             yield from self._append_messages(thread, [marker], messages[1:])
         else:
             yield from self._rewrite(thread, messages)
@@ -695,7 +697,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         header, body = split_header(thread.session.location, chunk.lines)
         with thread.lock:
             epoch = thread.index.epoch
-        first = [marker_line(messages[0], _now())] if messages and _is_summary(messages[0]) else []
+        first = [_marker(messages[0])] if messages and _is_summary(messages[0]) else []
         lines, _ = self._lines_of(thread, messages[1:] if first else messages)
         yield from self._append_side(thread, [archive_record(epoch, body)])
         yield Replace(thread.session, [header, *first, *lines])
@@ -794,8 +796,13 @@ def _is_summary(message: BaseMessage) -> bool:
     return message.additional_kwargs.get("lc_source") == _SUMMARY_SOURCE
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+def _marker(summary: BaseMessage) -> bytes:
+    """The compaction marker of a summary: titled by the summary, not by LangChain's preface."""
+    text = summary.content if isinstance(summary.content, str) else ""
+    proper = (
+        text.removeprefix(_SUMMARY_PREFACE).strip() if text.startswith(_SUMMARY_PREFACE) else None
+    )
+    return marker_line(summary, datetime.now(timezone.utc).isoformat(), titled=proper)
 
 
 def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -111,8 +111,10 @@ def test_a_growing_conversation_appends_only_its_new_messages(tmp_path: Path):
     session, side = files(tmp_path)
     assert [line.get("content") for line in session[1:]] == [m.content for m in messages]
     assert side[0] == {"crab_checkpoints": 1, "session": next(tmp_path.glob("*.jsonl")).name}
-    places = [record["checkpoint"]["values"][0][2] for record in side[1:]]
+    places = [record["checkpoint"]["values"][0][2] for record in side if "checkpoint" in record]
     assert places == [{"session": [0, 1 + 2 * n]} for n in range(1, 6)]
+    intents = [record["intent"] for record in side if "intent" in record]
+    assert intents == [{"epoch": 0, "first": 2 * n, "last": 1 + 2 * n} for n in range(1, 6)]
     growth = [b - a for a, b in itertools.pairwise(sizes)]
     assert max(growth) - min(growth) <= 4  # each turn costs the same, however long the thread
 
@@ -239,12 +241,13 @@ def test_a_malformed_side_log_line_is_named_and_nothing_is_lost(tmp_path: Path):
     thread = Thread(saver_at(tmp_path))
     thread.put({"messages": turn(0)})
     side = next(tmp_path.glob("*.checkpoints"))
+    bad = len(side.read_bytes().splitlines()) + 1
     with side.open("ab") as file:
         file.write(b'{"checkpoint": "not a record"}\n')
     with pytest.raises(SessionFormatError) as raised:
         saver_at(tmp_path).get_tuple(thread.config())
     assert str(side) in str(raised.value)
-    assert ":3:" in str(raised.value) or "line 3" in str(raised.value)
+    assert f":{bad}:" in str(raised.value) or f"line {bad}" in str(raised.value)
     assert saver_at(tmp_path).store.get_session_history(THREAD).messages == turn(0)
 
 
@@ -392,7 +395,7 @@ def test_reading_the_head_reads_only_what_was_appended(tmp_path: Path):
     messages = [*messages, *turn(50)]
     writer.put({"messages": messages, "count": 50})
     assert writer.messages(saver=reader) == messages  # the writer's put, seen
-    assert sum(lines for _, lines in storage.read_lines) == 3  # 2 session lines, 1 record
+    assert sum(lines for _, lines in storage.read_lines) == 4  # 2 session lines, 2 records
     storage.read_lines.clear()
     assert writer.messages(saver=reader) == messages
     assert sum(lines for _, lines in storage.read_lines) == 0
@@ -408,6 +411,22 @@ def test_pruning_and_deleting_runs_leave_a_chat_historys_session_alone(tmp_path:
     assert saver.store.get_session_history(THREAD).messages == turn(0)
     with pytest.raises(ValueError, match="unknown prune strategy"):
         saver.prune([THREAD], strategy="keep_all")
+
+
+def test_a_reader_whose_session_read_came_before_the_record_reads_the_line(tmp_path: Path):
+    """A reader may read the session, then the side log after a put added a line to both."""
+    from crab_langchain.checkpoint.steps import run
+
+    writer = Thread(saver_at(tmp_path))
+    writer.put({"messages": turn(0)})
+    reader = saver_at(tmp_path)
+    thread = run(reader._thread(writer.config(), create=False))
+    run(reader._refresh(thread))
+    writer.put({"messages": [*turn(0), HumanMessage("late", id="late")]})
+    run(reader._read_side(thread))  # the record, without the session line it points past
+    found = thread.index.checkpoint("", thread.index.newest(""))
+    got = run(reader._tuple(thread, "", found, {}))
+    assert got.checkpoint["channel_values"]["messages"][-1].content == "late"
 
 
 def test_list_filters_and_pages(tmp_path: Path):
@@ -492,11 +511,13 @@ def test_the_store_and_the_tools_treat_the_side_log_as_part_of_its_session(tmp_p
     assert not isinstance(result, Exception)
     assert saver_at(target).get_tuple(thread.config()) is not None
     assert Thread(saver_at(target)).messages() == turn(0)
-    with session.with_name(session.name + ".checkpoints").open("ab") as file:
+    side = session.with_name(session.name + ".checkpoints")
+    bad = len(side.read_bytes().splitlines()) + 1
+    with side.open("ab") as file:
         file.write(b"not json\n")
     report = verify_file(session)
     assert not report.ok
-    assert "checkpoints:3: not a JSON object" in report.problems[0][1]
+    assert f"checkpoints:{bad}: not a JSON object" in report.problems[0][1]
     assert store.delete_session(THREAD)
     assert not [p for p in root.iterdir() if not p.name.startswith(".crab_langchain")]
 

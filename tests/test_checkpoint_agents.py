@@ -256,7 +256,8 @@ def test_a_node_that_raises_is_resumed(tmp_path: Path):
     ]
 
 
-def test_the_history_reads_what_the_saver_wrote_and_nothing_it_adds_is_lost(tmp_path: Path):
+def test_what_the_history_adds_the_agent_continues(tmp_path: Path):
+    """One session, two doors: the newest checkpoint's messages are the session's now."""
     saver = crab(tmp_path)
     agent = chat_agent(saver)
     agent.invoke(human("q0"), CONFIG)
@@ -265,18 +266,13 @@ def test_the_history_reads_what_the_saver_wrote_and_nothing_it_adds_is_lost(tmp_
     history.add_messages([HumanMessage("from the history"), AIMessage("noted")])
     other = chat_agent(crab(tmp_path))  # another process sees the same
     texts = [m.content for m in other.get_state(CONFIG).values["messages"]]
-    assert texts == ["q0", "reply 0: " + "words " * 8]  # the newest checkpoint's messages
+    assert texts == ["q0", "reply 0: " + "words " * 8, "from the history", "noted"]
     other.invoke(human("q1"), CONFIG)
-    assert [m.content for m in history.messages] == [
-        "q0",
-        "reply 0: " + "words " * 8,
-        "q1",
-        "reply 0: " + "words " * 8,
-    ]
+    assert [m.content for m in history.messages] == [*texts, "q1", "reply 0: " + "words " * 8]
     side = saver.store.storage.read(saver.store.find("alice-1") + ".checkpoints", None)
-    archived = [line for _, line in side.lines if line.startswith(b'{"archive"')]
-    assert len(archived) == 1
-    assert b"from the history" in archived[0]  # kept beside the session, not lost
+    assert not [line for _, line in side.lines if line.startswith(b'{"archive"')]  # appended
+    before = list(other.get_state_history(CONFIG))[-3]  # the first run's last checkpoint
+    assert [m.content for m in before.values["messages"]] == ["q0", "reply 0: " + "words " * 8]
 
 
 def stored_bytes(root: Path) -> int:

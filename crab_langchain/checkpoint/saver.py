@@ -54,6 +54,7 @@ from crab_langchain.checkpoint.sidelog import (
     checkpoint_record,
     decode_value,
     encode_value,
+    intent_record,
     side_header,
     writes_record,
 )
@@ -513,6 +514,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
     ) -> Steps[CheckpointTuple]:
         index = thread.index
         state = decode_value(self.serde, record["state"])
+        newest = ns == "" and record["id"] == index.newest("")
         values: dict[str, Any] = {}
         for channel, version in state["channel_versions"].items():
             found = index.blob((ns, channel, version))
@@ -520,8 +522,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 continue
             encoded = found[0]
             if "session" in encoded:
-                epoch, line = encoded["session"]
-                values[channel] = yield from self._messages_at(thread, epoch, line, bodies)
+                place = encoded["session"]
+                values[channel] = yield from self._messages_at(thread, place, bodies, newest)
             else:
                 values[channel] = decode_value(self.serde, encoded)
         checkpoint_id, parent = record["id"], record["parent"]
@@ -538,21 +540,31 @@ class CrabSaver(BaseCheckpointSaver[str]):
         )
 
     def _messages_at(
-        self, thread: Thread, epoch: int, line: int, bodies: dict[str, NumberedLines]
+        self,
+        thread: Thread,
+        place: tuple[int, int],
+        bodies: dict[str, NumberedLines],
+        newest: bool,
     ) -> Steps[Messages]:
-        """The working context as it stood at ``line`` of the session's ``epoch``."""
+        """The working context as it stood at line ``place[1]`` of the session's epoch ``place[0]``.
+
+        The ``newest`` checkpoint, if its put wrote the last lines a put wrote,
+        holds the session's working context now: what a chat history added
+        after those is the conversation too. Lines of other puts are not
+        (another process's, or a put under way or killed: its intent says so).
+        """
+        epoch, line = place
         with thread.lock:
-            current = thread.index.epoch
-            cursor = thread.context.cursor
-            if epoch == current and cursor is not None and cursor.lines == line:
-                return list(thread.context.messages)  # the head: nothing to read
+            current, cursor = thread.index.epoch, thread.context.cursor
+            last_put = thread.index.written.get(epoch, 0) == line
+            # The context may have been read before the side log told of this line.
+            read_past = epoch == current and cursor is not None and cursor.lines >= line
+            if read_past and cursor is not None and (cursor.lines == line or (newest and last_put)):
+                return list(thread.context.messages)  # nothing to read
         if epoch in thread.index.archives:
             log, body = thread.side, thread.index.archives[epoch]
         elif epoch == current:
-            if "session" not in bodies:
-                chunk = yield Read(thread.session, None)
-                bodies["session"] = split_header(thread.session.location, chunk.lines)[1]
-            log, body = thread.session, bodies["session"]
+            log, body = thread.session, (yield from self._session_body(thread, bodies))
         else:
             raise SessionFormatError(
                 f"a checkpoint refers to epoch {epoch} of the session, which no record keeps",
@@ -560,6 +572,15 @@ class CrabSaver(BaseCheckpointSaver[str]):
             )
         upto = bisect.bisect_right(body, line, key=lambda item: item[0])
         return context_of(log, body[:upto])
+
+    def _session_body(
+        self, thread: Thread, bodies: dict[str, NumberedLines]
+    ) -> Steps[NumberedLines]:
+        """The session's lines after its header, read once for all of ``bodies``' users."""
+        if "session" not in bodies:
+            chunk = yield Read(thread.session, None)
+            bodies["session"] = split_header(thread.session.location, chunk.lines)[1]
+        return bodies["session"]
 
     # --- writing ------------------------------------------------------------------
 
@@ -642,13 +663,15 @@ class CrabSaver(BaseCheckpointSaver[str]):
             if thread.last_put is not None and thread.last_put[0] == cursor:
                 bases.insert(0, thread.last_put[1])  # what plugins dropped is not asked again
         # List equality compares identical items by identity first: pointer work only.
-        base = next((b for b in bases if messages[: len(b)] == b), None)
+        # Lines a put began and never finished must not stay: rewrite without them.
+        finished = thread.index.unfinished is None
+        base = next((b for b in bases if finished and messages[: len(b)] == b), None)
         fresh = messages if base is None else messages[len(base) :]
         if not all(isinstance(item, BaseMessage) for item in fresh):
             return None
         if base is not None:
             yield from self._append_messages(thread, [], fresh)
-        elif messages and _is_summary(messages[0]):
+        elif finished and messages and _is_summary(messages[0]):
             marker = _marker(messages[0])
             yield from self._append_messages(thread, [marker], messages[1:])
         else:
@@ -667,6 +690,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if not lines:
             return
         cursor = thread.context.cursor
+        assert cursor is not None  # read before any write
+        announced = intent_record(thread.index.epoch, cursor.lines + 1, cursor.lines + len(lines))
+        yield from self._append_side(thread, [announced])
         after = yield Append(thread.session, lines, cursor)
         if after is not None and self._took_appended(thread, cursor, lines, read_back, after):
             return
@@ -699,8 +725,10 @@ class CrabSaver(BaseCheckpointSaver[str]):
             epoch = thread.index.epoch
         first = [_marker(messages[0])] if messages and _is_summary(messages[0]) else []
         lines, _ = self._lines_of(thread, messages[1:] if first else messages)
-        yield from self._append_side(thread, [archive_record(epoch, body)])
-        yield Replace(thread.session, [header, *first, *lines])
+        new = [*first, *lines]
+        announced = intent_record(epoch + 1, 2, 1 + len(new))
+        yield from self._append_side(thread, [archive_record(epoch, body), announced])
+        yield Replace(thread.session, [header, *new])
         with thread.lock:
             thread.context.reset()
         yield from self._read_session(thread)

@@ -14,6 +14,10 @@ record, a JSON object with one key:
   line of that epoch.
 - ``{"writes": {"ns", "checkpoint", "task", "path", "items": [[idx, channel, value]]}}``:
   one ``put_writes`` call.
+- ``{"intent": {"epoch", "first", "last"}}``: a ``put`` is about to append
+  these lines to the session; its checkpoint record follows them. Written
+  first, so lines no checkpoint refers to yet are told apart: a put under
+  way (or killed) wrote them, not a chat history continuing the session.
 - ``{"archive": {"epoch", "first", "lines"}}``: the session's lines as they
   were before a rewrite replaced them (epoch ``n`` is the session between the
   ``n``-th and the next rewrite; the session file holds the newest).
@@ -54,6 +58,7 @@ __all__ = [
     "checkpoint_record",
     "decode_value",
     "encode_value",
+    "intent_record",
     "side_header",
     "writes_record",
 ]
@@ -196,6 +201,11 @@ def archive_record(epoch: int, body: NumberedLines) -> bytes:
     return opened + b',"lines":[' + b",".join(line for _, line in body) + b"]}}"
 
 
+def intent_record(epoch: int, first: int, last: int) -> bytes:
+    """The line announcing that session lines ``first``..``last`` of ``epoch`` are coming."""
+    return _dumps({"intent": {"epoch": epoch, "first": first, "last": last}})
+
+
 def blobs_record(values: Iterable[tuple[BlobKey, Any]]) -> bytes:
     """The line keeping encoded values ``(key, value)`` whose checkpoints were deleted."""
     return _dumps({"blobs": {"values": [[ns, ch, version, v] for (ns, ch, version), v in values]}})
@@ -274,6 +284,11 @@ class SideIndex:
     archives: dict[int, NumberedLines] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     newest_ids: dict[str, str] = field(default_factory=dict)
+    written: dict[int, int] = field(default_factory=dict)
+    """Per epoch, the last session line a put announced: lines past it no put wrote."""
+    unfinished: tuple[str, int, int] | None = None
+    """``("intent", first, last)`` or ``("archive", 0, 0)`` when the last record is one:
+    a put that began changing the session and has not (or never) put its checkpoint."""
     _blobs: dict[BlobKey, tuple[Any, tuple[str, str] | None]] = field(default_factory=dict)
     _unread: dict[str, list[Record]] = field(default_factory=dict)
     """Per namespace, the checkpoint records whose values are not in ``_blobs`` yet."""
@@ -293,6 +308,7 @@ class SideIndex:
             found = _CHECKPOINT_START.match(line)
             if found:
                 self._take_checkpoint(Record(number, line, "checkpoint"), *_strings(found))
+                self.unfinished = None
                 continue
             found = _WRITES_START.match(line)
             if found:
@@ -324,6 +340,11 @@ class SideIndex:
                 self.archives[body["epoch"]] = [
                     (n, _dumps(item)) for n, item in zip(numbers, body["lines"], strict=True)
                 ]
+                self.unfinished = ("archive", 0, 0)
+            elif kind == "intent":
+                epoch, last = int(body["epoch"]), int(body["last"])
+                self.written[epoch] = max(self.written.get(epoch, 0), last)
+                self.unfinished = ("intent", int(body["first"]), last)
             elif kind == "blobs":
                 for ns, channel, version, value in body["values"]:
                     self._blobs[(ns, channel, _version(version))] = (value, None)
@@ -331,7 +352,9 @@ class SideIndex:
                 raise ValueError(f"unknown record {kind!r}")
         except (ValueError, TypeError, KeyError) as error:
             raise _failed(self.log, record, error) from None
-        if kind != "checkpoint":
+        if kind == "checkpoint":
+            self.unfinished = None
+        else:
             self.records.append(record)
 
     # --- asking -------------------------------------------------------------------
@@ -417,6 +440,8 @@ class SideIndex:
                     needed.append(((ns, channel, version), found[0]))
         lines = [blobs_record(needed)] if needed else []
         for record_ in self.records:
+            if record_.kind == "intent" and record_ is not self.records[-1]:
+                continue  # its checkpoint followed: it says nothing any more
             body = record_.body(self.log)
             if record_.kind == "checkpoint" and (body["ns"], body["id"]) not in kept:
                 continue

@@ -308,7 +308,6 @@ class SideIndex:
             found = _CHECKPOINT_START.match(line)
             if found:
                 self._take_checkpoint(Record(number, line, "checkpoint"), *_strings(found))
-                self.unfinished = None
                 continue
             found = _WRITES_START.match(line)
             if found:
@@ -324,6 +323,8 @@ class SideIndex:
         self.records.append(record)
         if checkpoint_id > self.newest_ids.get(ns, ""):
             self.newest_ids[ns] = checkpoint_id
+        if ns == "":
+            self.unfinished = None  # the put that announced its lines finished
 
     def _take_whole(self, number: int, line: bytes) -> None:
         kind, body = _parsed(self.log, number, line)
@@ -352,9 +353,7 @@ class SideIndex:
                 raise ValueError(f"unknown record {kind!r}")
         except (ValueError, TypeError, KeyError) as error:
             raise _failed(self.log, record, error) from None
-        if kind == "checkpoint":
-            self.unfinished = None
-        else:
+        if kind != "checkpoint":  # _take_checkpoint keeps those
             self.records.append(record)
 
     # --- asking -------------------------------------------------------------------

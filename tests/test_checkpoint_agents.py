@@ -338,3 +338,17 @@ def test_crabtalks_flat_era_reader_reads_the_savers_session(tmp_path: Path, buil
     ]
     for line in body_lines(path):
         assert b'"compact"' in line or missing_keys(line) == []
+
+
+def test_a_message_replaced_by_id_equal(tmp_path: Path):
+    def drive(graph: Any) -> None:
+        for turn in range(2):
+            graph.invoke(human(f"q{turn}"), CONFIG)
+        first = graph.get_state(CONFIG).values["messages"][0]
+        graph.update_state(CONFIG, {"messages": [HumanMessage("q0, edited", id=first.id)]})
+        graph.invoke(human("q2"), CONFIG)
+
+    _, actual = both(chat_agent, tmp_path, drive)
+    texts = [line.get("content") for line in session_lines(actual.checkpointer)[1:]]
+    assert texts[0] == "q0, edited"
+    assert "q0" not in texts

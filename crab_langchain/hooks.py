@@ -20,7 +20,13 @@ import pluggy
 from langchain_core.messages import BaseMessage
 from pydantic import ValidationError
 
-from crab_langchain.convert import Encoded, check_json, encode, to_crab_message
+from crab_langchain.convert import (
+    Encoded,
+    check_json,
+    encode,
+    is_auto_injected,
+    to_crab_message,
+)
 from crab_langchain.models import CrabMessage
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ __all__ = [
     "CrabHookSpecs",
     "DefaultPlugin",
     "ReadBack",
+    "drops",
     "hookimpl",
     "hookspec",
     "make_plugin_manager",
@@ -291,6 +298,23 @@ def prepare_writes(
         hook.crab_before_persist(session=told, messages=kept)
         kept = persistable(kept)
     return ([message.to_line_bytes() for message in kept], None) if kept else None
+
+
+def drops(
+    manager: pluggy.PluginManager,
+    session: Callable[[], Session],
+    message: BaseMessage,
+    *,
+    strict: bool = False,
+) -> bool:
+    """Whether the plugins drop ``message`` (a LangChain message) from what is written.
+
+    ``session`` is called only if a plugin other than the default one decides.
+    """
+    if filters_by_default(manager.hook.crab_filter_message):
+        return default_verdict(is_auto_injected(message)) is False
+    crab = to_crab_message(message, strict=strict)
+    return verdict_of(manager, session(), crab) is False
 
 
 def verdict_of(

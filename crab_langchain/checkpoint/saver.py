@@ -61,14 +61,14 @@ from crab_langchain.checkpoint.sidelog import (
 from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
 from crab_langchain.checkpoint.thread import Thread
 from crab_langchain.context import context_of
-from crab_langchain.convert import is_auto_injected, marker_line, to_crab_message
+from crab_langchain.convert import marker_line
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
+    drops,
     filters_by_default,
     has_impls,
     prepare_writes,
-    verdict_of,
 )
 from crab_langchain.log import NumberedLines, SessionLog, split_header
 from crab_langchain.models import SessionFormatError
@@ -372,12 +372,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
     def _thread_ids(self, config: RunnableConfig | None) -> Steps[Sequence[str]]:
         if config is not None:
             return [_thread_id(config)]
-        infos = yield Blocking(lambda: self.store.list_sessions(agent=self.agent))
         storage = self.store.storage
         with_side = yield Blocking(
             lambda: [
                 info.session_id
-                for info in infos
+                for info in self.store.list_sessions(agent=self.agent)
                 if storage.exists(companion_name(info.name, SIDE_KIND))
             ]
         )
@@ -739,18 +738,15 @@ class CrabSaver(BaseCheckpointSaver[str]):
             return [
                 self._without_dropped(thread, item)
                 for item in value
-                if not (isinstance(item, BaseMessage) and self._dropped(thread, item))
+                if not (isinstance(item, BaseMessage) and self._drops(thread, item))
             ]
         if type(value) is dict:
             return {key: self._without_dropped(thread, item) for key, item in value.items()}
         return value
 
-    def _dropped(self, thread: Thread, message: BaseMessage) -> bool:
-        plugins = self.store.plugin_manager
-        if filters_by_default(plugins.hook.crab_filter_message):
-            return is_auto_injected(message)
-        crab = to_crab_message(message, strict=self.store.strict)
-        return verdict_of(plugins, thread.hook_session(), crab) is False
+    def _drops(self, thread: Thread, message: BaseMessage) -> bool:
+        plugins, strict = self.store.plugin_manager, self.store.strict
+        return drops(plugins, thread.hook_session, message, strict=strict)
 
     # --- copying and deleting ---------------------------------------------------------
 

@@ -264,14 +264,17 @@ def _parsed(log: SessionLog, number: int, line: bytes) -> tuple[str, dict[str, A
         if others or not isinstance(body, dict):
             raise ValueError(f"not one key holding an object: {sorted(record)}")
     except (ValueError, TypeError, AttributeError) as error:
-        reason = f"not a checkpoint record ({type(error).__name__}: {str(error)[:100]})"
-        raise log.error(SessionFormatError(reason), number) from None
+        raise _not_a_record(log, number, error) from None
     return kind, body
 
 
 def _failed(log: SessionLog, record: Record, error: Exception) -> SessionFormatError:
+    return _not_a_record(log, record.number, error)
+
+
+def _not_a_record(log: SessionLog, number: int, error: Exception) -> SessionFormatError:
     reason = f"not a checkpoint record ({type(error).__name__}: {str(error)[:100]})"
-    return log.error(SessionFormatError(reason), record.number)
+    return log.error(SessionFormatError(reason), number)
 
 
 @dataclass

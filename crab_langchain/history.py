@@ -22,10 +22,10 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import pluggy
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -37,15 +37,15 @@ from langchain_core.messages import (
 )
 
 from crab_langchain.context import WorkingContext, read_context
-from crab_langchain.convert import AUTO_INJECTED_KEY, from_crab_message
+from crab_langchain.convert import from_crab_message
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
+    ReadOnlyMessages,
     has_impls,
-    inject_result_problem,
+    injected_messages,
     make_plugin_manager,
     prepare_writes,
-    wrong_result,
 )
 from crab_langchain.log import SessionLog
 from crab_langchain.models import (
@@ -460,7 +460,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             observed = has_impls(self._hook.crab_after_load)
             loaded = (self._synced_session(), list(self._context.messages)) if observed else None
         if loaded is not None:  # the plugins are told outside the lock
-            self._hook.crab_after_load(session=loaded[0], messages=_ReadOnly(loaded[1]))
+            self._hook.crab_after_load(session=loaded[0], messages=ReadOnlyMessages(loaded[1]))
         return True
 
     def _synced_session(self) -> Session:
@@ -482,18 +482,10 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             if self._injected is not None and self._injected[0] == version:
                 return [*stored, *self._injected[1]]
             session = self._synced_session()
-        fresh = self._injected_for(session, stored)
+        fresh = injected_messages(self._plugins, session, stored)
         with self._lock:
             self._injected = (version, fresh)
         return [*stored, *fresh]
-
-    def _injected_for(self, session: Session, stored: list[BaseMessage]) -> list[BaseMessage]:
-        kwargs = {"session": session, "history": _ReadOnly(stored)}
-        results = self._hook.crab_inject_messages(**kwargs)
-        if any(inject_result_problem(result) for result in results):
-            problem = inject_result_problem
-            raise wrong_result(self._plugins, "crab_inject_messages", kwargs, problem)
-        return [_marked(message) for result in results for message in result or ()]
 
     # --- writing ------------------------------------------------------------
 
@@ -630,33 +622,3 @@ def _manager(plugins: Plugins) -> pluggy.PluginManager:
     if isinstance(plugins, pluggy.PluginManager):
         return plugins
     return make_plugin_manager(plugins)
-
-
-def _marked(message: BaseMessage) -> BaseMessage:
-    extra = {**message.additional_kwargs, AUTO_INJECTED_KEY: True}
-    return message.model_copy(update={"additional_kwargs": extra})
-
-
-class _ReadOnly(Sequence[BaseMessage]):
-    """A read-only view of a list, so hooks see the context without copying it."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[BaseMessage]) -> None:
-        self._items = items
-
-    @overload
-    def __getitem__(self, index: int) -> BaseMessage: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[BaseMessage]: ...
-    def __getitem__(self, index: int | slice) -> Any:
-        return self._items[index]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[BaseMessage]:
-        return iter(self._items)
-
-    def __repr__(self) -> str:
-        return f"ReadOnly({self._items!r})"

@@ -13,14 +13,15 @@ built-in :class:`DefaultPlugin` decides only what no other plugin decided.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import pluggy
 from langchain_core.messages import BaseMessage
 from pydantic import ValidationError
 
 from crab_langchain.convert import (
+    AUTO_INJECTED_KEY,
     Encoded,
     check_json,
     encode,
@@ -39,9 +40,11 @@ __all__ = [
     "CrabHookSpecs",
     "DefaultPlugin",
     "ReadBack",
+    "ReadOnlyMessages",
     "drops",
     "hookimpl",
     "hookspec",
+    "injected_messages",
     "make_plugin_manager",
     "prepare_writes",
     "verdict_of",
@@ -227,6 +230,67 @@ def wrong_result(
 def _plugin_name(plugin: object) -> str:
     named = getattr(plugin, "__name__", None)  # a module, or a class registered as is
     return repr(named if isinstance(named, str) else type(plugin).__qualname__)
+
+
+def injected_messages(
+    manager: pluggy.PluginManager, session: Session, history: list[BaseMessage]
+) -> list[BaseMessage]:
+    """What the plugins' ``crab_inject_messages`` give for the coming run, marked auto-injected.
+
+    Every door onto a session asks here, so a plugin injects the same way
+    into a chat history's read and an agent's model request. Each plugin's
+    messages are copied before they are marked: a plugin may hand out the
+    same message objects on every call.
+
+    Args:
+        manager: the plugin manager.
+        session: the session told to the plugins.
+        history: the conversation without injected messages; the plugins get
+            a read-only view of it.
+
+    Returns:
+        Every plugin's messages, in order (a new list; empty if none).
+
+    Raises:
+        TypeError: a plugin returned something other than a list of messages
+            or None (naming it).
+    """
+    kwargs = {"session": session, "history": ReadOnlyMessages(history)}
+    results = manager.hook.crab_inject_messages(**kwargs)
+    if any(inject_result_problem(result) for result in results):
+        raise wrong_result(manager, "crab_inject_messages", kwargs, inject_result_problem)
+    return [_marked(message) for result in results for message in result or ()]
+
+
+def _marked(message: BaseMessage) -> BaseMessage:
+    extra = {**message.additional_kwargs, AUTO_INJECTED_KEY: True}
+    return message.model_copy(update={"additional_kwargs": extra})
+
+
+class ReadOnlyMessages(Sequence[BaseMessage]):
+    """A read-only view of a list, so hooks see a conversation without copying it."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[BaseMessage]) -> None:
+        """A view of ``items`` (not a copy)."""
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> BaseMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[BaseMessage]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[BaseMessage]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"ReadOnly({self._items!r})"
 
 
 def persistable(batch: list[Any]) -> list[CrabMessage]:

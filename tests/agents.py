@@ -18,9 +18,11 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware, SummarizationMiddleware
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatResult
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import StateSnapshot
+from pydantic import Field
 
 CONFIG = {"configurable": {"thread_id": "alice-1"}}
 
@@ -30,6 +32,16 @@ class ScriptedModel(GenericFakeChatModel):
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedModel:
         return self
+
+
+class RecordingModel(ScriptedModel):
+    """A scripted model that records the messages of every request it receives."""
+
+    requests: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        self.requests.append(list(messages))
+        return super()._generate(messages, *args, **kwargs)
 
 
 @tool

@@ -39,7 +39,11 @@ if _missing("langgraph.checkpoint.base", "langgraph.checkpoint.conformance"):
         "test_checkpoint_conformance.py",
     ]
 if _missing("langgraph.checkpoint.base", "langgraph.graph", "langchain.agents"):
-    collect_ignore += ["test_checkpoint_agents.py", "test_checkpoint_durability.py"]
+    collect_ignore += [
+        "test_checkpoint_agents.py",
+        "test_checkpoint_durability.py",
+        "test_middleware.py",
+    ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

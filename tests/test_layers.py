@@ -88,6 +88,10 @@ def reaches(name: str) -> set[str]:
         ("crab_langchain.store", "crab_langchain.checkpoint"),
         ("crab_langchain.history", "crab_langchain.checkpoint"),
         ("crab_langchain.context", "crab_langchain.checkpoint"),
+        ("crab_langchain.store", "crab_langchain.middleware"),
+        ("crab_langchain.hooks", "crab_langchain.middleware"),
+        ("crab_langchain.checkpoint", "crab_langchain.middleware"),
+        ("crab_langchain.middleware", "crab_langchain.checkpoint"),
     ],
 )
 def test_a_lower_layer_never_imports_a_higher_one(lower: str, upper: str):
@@ -136,10 +140,10 @@ def test_the_library_never_switches_the_garbage_collector_or_reads_reference_cou
             assert trick not in source, f"{name} uses {trick}"
 
 
-def test_only_the_checkpointer_imports_langgraph():
+def test_only_the_checkpointer_and_the_middleware_import_langgraph():
     """The core's runtime dependencies stay langchain-core, pydantic and pluggy."""
     for name, path in MODULES.items():
-        if name.startswith("crab_langchain.checkpoint"):
+        if name.startswith("crab_langchain.checkpoint") or name == "crab_langchain.middleware":
             continue
         source = path.read_text(encoding="utf-8")
         assert "langgraph" not in {
@@ -152,6 +156,17 @@ def test_only_the_checkpointer_imports_langgraph():
             for node in ast.walk(ast.parse(source))
             if isinstance(node, ast.ImportFrom)
         }, f"{name} imports langgraph"
+
+
+@pytest.mark.parametrize(
+    "adapter", ["crab_langchain.middleware", "crab_langchain.checkpoint.saver"]
+)
+def test_the_v1_adapters_stand_beside_the_history_never_on_it(adapter: str):
+    """LangChain v1's doors never depend on the deprecated chat-history base class."""
+    direct = imports_of(MODULES[adapter])
+    assert not direct & {"crab_langchain.history", "crab_langchain"}
+    assert {"crab_langchain.store", "crab_langchain.context", "crab_langchain.hooks"} <= direct
+    assert "langchain_core.chat_history" not in MODULES[adapter].read_text(encoding="utf-8")
 
 
 def test_the_checkpointer_is_an_adapter_beside_the_history():

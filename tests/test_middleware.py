@@ -255,14 +255,17 @@ def test_a_session_deleted_between_calls_is_told_as_not_written(tmp_path: Path):
     recall = Recall()
     store = SessionStore(tmp_path / "sessions", [recall], entry_points=False)
     store.get_session_history("alice-1").add_messages([HumanMessage("before")])
-    model = RecordingModel(messages=iter([AIMessage("one"), AIMessage("two")]))
+    model = RecordingModel(messages=iter([AIMessage("one"), AIMessage("two"), AIMessage("3")]))
     graph = agent(store, InMemorySaver(), model)
     graph.invoke(human("first"), CONFIG)
     assert store.delete_session("alice-1")
     graph.invoke(human("second"), CONFIG)
-    (first, _), (second, _) = recall.told
+    store.get_session_history("alice-1").add_messages([HumanMessage("again")])
+    graph.invoke(human("third"), CONFIG)
+    (first, _), (second, _), (third, _) = recall.told
     assert [m.content for m in first.history] == ["before"]
     assert (second.file_path, second.history) == (None, [])
+    assert [m.content for m in third.history] == ["again"]
 
 
 def test_a_malformed_session_is_named_and_kept(tmp_path: Path):

@@ -14,6 +14,8 @@ when someone asks.
 
 from __future__ import annotations
 
+import bisect
+from array import array
 from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage
@@ -36,6 +38,10 @@ class WorkingContext:
     def __init__(self) -> None:
         """An empty context: nothing read yet."""
         self.messages: list[BaseMessage] = []
+        self.lines = array("q")
+        """The log's line number of each message (a marker's, for its summary)."""
+        self.start = 0
+        """The line the context starts at: its marker's, or 0 (no marker)."""
         self.cursor: Cursor | None = None
         self.meta: SessionMeta | None = None
         self.version = 0
@@ -45,12 +51,30 @@ class WorkingContext:
         """Forget everything read: the next chunk must start at line 1."""
         self.cursor = None
         self.meta = None
-        self._restart([])
+        self._restart()
 
-    def _restart(self, messages: list[BaseMessage]) -> None:
-        self.messages = messages
+    def _restart(self, marker: tuple[int, BaseMessage] | None = None) -> None:
+        self.messages, self.lines, self.start = [], array("q"), 0
+        if marker is not None:
+            self.start = marker[0]
+            self._add(*marker)
         self._crab = []
         self.version += 1
+
+    def _add(self, number: int, message: BaseMessage) -> None:
+        self.messages.append(message)
+        self.lines.append(number)
+
+    def as_of(self, line: int) -> list[BaseMessage] | None:
+        """The context as it stood at ``line`` of the log (a new list), if this one tells.
+
+        It tells for a line it has read, at or after the last compaction
+        marker: the messages up to it. None for a line before that marker
+        (the context then started elsewhere) or past the cursor.
+        """
+        if self.cursor is None or not self.start <= line <= self.cursor.lines:
+            return None
+        return self.messages[: bisect.bisect_right(self.lines, line)]
 
     def crab_messages(self) -> list[CrabMessage]:
         """The context as crabtalk messages, converted once each, as they are first asked for."""
@@ -93,7 +117,7 @@ class WorkingContext:
             for index, line in enumerate(lines):
                 known = read_back[index] if read_back else None
                 if known is not None:
-                    self.messages.append(known)
+                    self._add(first + index, known)
                 else:
                     self._take_line(log, first + index, line)
         except BaseException:
@@ -105,7 +129,7 @@ class WorkingContext:
         """A whole log: its header, then only what follows its last compaction marker."""
         meta, body = log.split(lines)
         self.meta = meta
-        self._restart([])
+        self._restart()
         self._take_lines(log, body[last_marker(log, body) :])
 
     def _take_lines(self, log: SessionLog, lines: NumberedLines) -> None:
@@ -119,11 +143,11 @@ class WorkingContext:
             raise log.error(error, number) from None
         if isinstance(entry, CompactMarker):
             try:
-                self._restart([marker_message(entry)])
+                self._restart((number, marker_message(entry)))
             except SessionFormatError as error:
                 raise log.error(error, number) from None
         elif isinstance(entry, BaseMessage) and not is_auto_injected(entry):
-            self.messages.append(entry)
+            self._add(number, entry)
         # A run event, or a message an audit plugin kept: neither is for a later run.
 
 

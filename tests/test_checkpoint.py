@@ -23,7 +23,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from crab_langchain import SessionFormatError, SessionStore, hookimpl, mark_auto_injected
-from crab_langchain.checkpoint import CrabSaver
+from crab_langchain.checkpoint import CrabSaver, sidelog
+from crab_langchain.checkpoint import saver as saver_module
 from crab_langchain.models import CrabMessage
 from crab_langchain.storage import DirectoryStorage
 from crab_langchain.transfer import copy_sessions
@@ -399,6 +400,60 @@ def test_reading_the_head_reads_only_what_was_appended(tmp_path: Path):
     storage.read_lines.clear()
     assert writer.messages(saver=reader) == messages
     assert sum(lines for _, lines in storage.read_lines) == 0
+
+
+def put_agent_steps(saver: CrabSaver, turns: int) -> list[str]:
+    """Checkpoints as an agent puts them: the input, then the model's reply.
+
+    ``__start__`` gets a new version with each input and is left empty (LangGraph
+    consumes it); ``branch:to:model`` likewise. Returns the checkpoint ids.
+    """
+    config: Any = {"configurable": {"thread_id": THREAD, "checkpoint_ns": ""}}
+    messages: list[BaseMessage] = []
+    versions: dict[str, Any] = {}
+    ids = []
+    for n in range(turns):
+        for step, new in enumerate(turn(n)):
+            messages = [*messages, new]
+            checkpoint = empty_checkpoint()
+            changed = ["messages", "__start__" if step == 0 else "branch:to:model"]
+            for channel in changed:
+                versions[channel] = saver.get_next_version(versions.get(channel), None)
+            checkpoint["channel_values"] = {"messages": messages}
+            checkpoint["channel_versions"] = dict(versions)
+            new_versions = {channel: versions[channel] for channel in changed}
+            config = saver.put(config, checkpoint, {"step": len(ids)}, new_versions)
+            ids.append(config["configurable"]["checkpoint_id"])
+    return ids
+
+
+def test_a_cold_read_of_the_head_parses_only_the_newest_records(tmp_path: Path, monkeypatch):
+    """A channel LangGraph left empty is recorded so: no reader walks back to its first write."""
+    put_agent_steps(saver_at(tmp_path), 40)
+    parsed: list[int] = []
+    real = sidelog._parsed
+    monkeypatch.setattr(sidelog, "_parsed", lambda *args: parsed.append(1) or real(*args))
+    found = saver_at(tmp_path).get_tuple({"configurable": {"thread_id": THREAD}})
+    assert found is not None
+    assert len(found.checkpoint["channel_values"]["messages"]) == 80
+    assert "__start__" not in found.checkpoint["channel_values"]
+    assert len(parsed) <= 3  # the newest checkpoint record, and the one before it
+
+
+def test_earlier_checkpoints_since_the_last_marker_decode_no_line_again(
+    tmp_path: Path, monkeypatch
+):
+    saver = saver_at(tmp_path)
+    ids = put_agent_steps(saver, 20)
+    reader = saver_at(tmp_path)
+    newest = Thread(reader).messages()
+    monkeypatch.setattr(saver_module, "context_of", None)  # any re-decoding fails
+    for back, checkpoint_id in enumerate(reversed(ids)):
+        assert Thread(reader).messages(checkpoint_id) == newest[: len(newest) - back]
+    listed = list(reader.list({"configurable": {"thread_id": THREAD}}, limit=10))
+    assert [len(t.checkpoint["channel_values"]["messages"]) for t in listed] == list(
+        range(40, 30, -1)
+    )
 
 
 def test_pruning_and_deleting_runs_leave_a_chat_historys_session_alone(tmp_path: Path):

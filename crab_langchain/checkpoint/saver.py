@@ -47,6 +47,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from crab_langchain.checkpoint.sidelog import (
+    EMPTY,
     SIDE_KIND,
     Kept,
     SideIndex,
@@ -517,7 +518,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         values: dict[str, Any] = {}
         for channel, version in state["channel_versions"].items():
             found = index.blob((ns, channel, version))
-            if found is None:
+            if found is None or found[0] == EMPTY:
                 continue
             encoded = found[0]
             if "session" in encoded:
@@ -560,6 +561,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
             read_past = epoch == current and cursor is not None and cursor.lines >= line
             if read_past and cursor is not None and (cursor.lines == line or (newest and last_put)):
                 return list(thread.context.messages)  # nothing to read
+            known = thread.context.as_of(line) if epoch == current else None
+            if known is not None:
+                return known  # an earlier checkpoint since the last marker: a prefix
         if epoch in thread.index.archives:
             log, body = thread.side, thread.index.archives[epoch]
         elif epoch == current:
@@ -596,8 +600,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         given = checkpoint["channel_values"]
         values: list[list[Any]] = []
         for channel, version in new_versions.items():
-            if channel not in given:
-                continue  # LangGraph's "empty" channel: nothing to keep
+            if channel not in given:  # LangGraph's "empty" channel, said so: no reader looks back
+                values.append([channel, version, EMPTY])
+                continue
             value = given[channel]
             if ns == "" and channel == MESSAGES and isinstance(value, list):
                 place = yield from self._store_messages(thread, value)

@@ -26,7 +26,10 @@ record, a JSON object with one key:
 
 A value is ``{"json": ...}`` where JSON holds it as it is, ``{"messages":
 [...]}`` for a list of messages (their session lines' objects) and
-``{"typed": [type, base64]}`` (the saver's serializer) otherwise.
+``{"typed": [type, base64]}`` (the saver's serializer) otherwise;
+``{"empty": true}`` says a channel has no value at that version (LangGraph
+gave it a new version and left it empty), so a reader does not look further
+back for one.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from crab_langchain.log import NumberedLines, SessionLog
 from crab_langchain.models import SessionFormatError
 
 __all__ = [
+    "EMPTY",
     "SIDE_KIND",
     "Kept",
     "SideIndex",
@@ -69,6 +73,8 @@ SIDE_KIND = "checkpoints"
 _FORMAT = 1
 BlobKey = tuple[str, str, Any]
 """``(namespace, channel, version)``: where a channel's value at a version is kept."""
+EMPTY = {"empty": True}
+"""The value of a channel that has none at its version."""
 Kept = set[tuple[str, str]]
 """``(namespace, checkpoint id)`` of the checkpoints a pruned side log keeps."""
 
@@ -235,6 +241,7 @@ _CHECKPOINT_START = re.compile(
 _WRITES_START = re.compile(
     rb'\{"writes":\{"ns":(' + _JSON_STRING + rb'),"checkpoint":(' + _JSON_STRING + rb")"
 )
+_INTENT = re.compile(rb'\{"intent":\{"epoch":(\d+),"first":(\d+),"last":(\d+)\}\}')
 
 
 class Record:
@@ -318,7 +325,16 @@ class SideIndex:
                 self.writes.setdefault(_strings(found), []).append(record)
                 self.records.append(record)
                 continue
+            found = _INTENT.fullmatch(line)
+            if found:
+                self._take_intent(*(int(number) for number in found.groups()))
+                self.records.append(Record(number, line, "intent"))
+                continue
             self._take_whole(number, line)
+
+    def _take_intent(self, epoch: int, first: int, last: int) -> None:
+        self.written[epoch] = max(self.written.get(epoch, 0), last)
+        self.unfinished = ("intent", first, last)
 
     def _take_checkpoint(self, record: Record, ns: str, checkpoint_id: str) -> None:
         self.checkpoints.setdefault(ns, {})[checkpoint_id] = record
@@ -346,9 +362,7 @@ class SideIndex:
                 ]
                 self.unfinished = ("archive", 0, 0)
             elif kind == "intent":
-                epoch, last = int(body["epoch"]), int(body["last"])
-                self.written[epoch] = max(self.written.get(epoch, 0), last)
-                self.unfinished = ("intent", int(body["first"]), last)
+                self._take_intent(int(body["epoch"]), int(body["first"]), int(body["last"]))
             elif kind == "blobs":
                 for ns, channel, version, value in body["values"]:
                     self._blobs[(ns, channel, _version(version))] = (value, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def markdown(results: dict[str, Any]) -> str:
         _concurrent(results),
         _memory(results),
         _write_record(results),
+        _savers(results),
     ]
     return "\n".join(parts)
 
@@ -246,10 +248,16 @@ def _over(value: float | None, base: float | None) -> float | None:
 
 def _targets(results: dict[str, Any]) -> str:
     lines = ["## Targets\n", "| target | measured | met |", "| --- | --- | --- |"]
-    for target, measured, met in targets(results):
+    for target, measured, met in [*targets(results), *saver_targets(results)]:
         verdict = "n/a" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {target} | {measured} | {verdict} |")
-    notes = [_flat_note(results), _cold_note(results), _bulk_note(results), _noise_note()]
+    notes = [
+        _flat_note(results),
+        _cold_note(results),
+        _bulk_note(results),
+        _saver_notes(results),
+        _noise_note(),
+    ]
     lines += [part for note in notes if note for part in ("", note)]
     return "\n".join(lines) + "\n"
 
@@ -502,6 +510,209 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes.set_title("Chat loop cost against history length")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # clear of the lines
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- checkpointers (savers.py) -------------------------------------------------------------
+
+CRAB_SAVERS = ("CrabSaver (directory)", "CrabSaver (Redis)")
+MEMORY_SAVER = "InMemorySaver"
+SQLITE_SAVER = "SqliteSaver"
+FLOOR_SAVER = "no checkpointer (whole conversation passed in)"
+
+
+def _window(values: list[float], end: int, size: int) -> float:
+    """The median of ``values`` over the ``size`` turns ending at turn ``end``."""
+    return statistics.median(values[max(end - size, 0) : end])
+
+
+def _fifth(values: list[float], which: str) -> float:
+    fifth = max(len(values) // 5, 1)
+    return statistics.median(values[:fifth] if which == "first" else values[-fifth:])
+
+
+def _bytes_per_turn(row: dict[str, Any], turns: int, which: str) -> float:
+    """Bytes stored per turn over the first or the last fifth of the conversation."""
+    fifth = turns // 5
+    if which == "first":
+        return _stored(row, fifth) / fifth
+    return (_stored(row, turns) - _stored(row, turns - fifth)) / fifth
+
+
+def saver_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for the checkpointers' targets; met is None if not measured."""
+    saved = results.get("savers")
+    if not saved:
+        return []
+    rows, turns = saved["rows"], saved["turns"]
+    memory, sqlite = rows.get(MEMORY_SAVER), rows.get(SQLITE_SAVER)
+    checks: list[tuple[str, float | None, str, Any]] = []
+    for name in CRAB_SAVERS:
+        row = rows.get(name)
+        flat = None if row is None else (
+            _bytes_per_turn(row, turns, "last") / _bytes_per_turn(row, turns, "first")
+        )  # fmt: skip
+        fewer = None if row is None or sqlite is None else (
+            _stored(sqlite, turns) / _stored(row, turns)
+        )  # fmt: skip
+        checks += [
+            (f"{name}: bytes per turn, last fifth / first fifth <= 1.2",
+             flat, ".2f", lambda r: r <= 1.2),
+            (f"{name}: at {turns} turns, >= 50x fewer bytes than SqliteSaver",
+             fewer, ".0f", lambda r: r >= 50),
+            (f"{name}: ms per turn, first fifth <= 1.5x InMemorySaver's",
+             _ms_ratio(row, memory, "first"), ".2f", lambda r: r <= 1.5),
+            (f"{name}: ms per turn, last fifth <= 1.5x InMemorySaver's",
+             _ms_ratio(row, memory, "last"), ".2f", lambda r: r <= 1.5),
+            (f"{name}: the saver's own CPU ms per turn, last fifth / first fifth <= 1.2",
+             None if row is None else _fifth(row["in_saver_ms"], "last")
+             / _fifth(row["in_saver_ms"], "first"), ".2f", lambda r: r <= 1.2),
+            (f"{name}: cold get_state at {turns} turns <= 0.5x SqliteSaver's",
+             _read_ratio(row, sqlite, turns, "get_state_ms"), ".2f", lambda r: r <= 0.5),
+        ]  # fmt: skip
+    return [
+        (target, "not measured here", None) if ratio is None
+        else (target, f"{ratio:{spec}}x", met(ratio))
+        for target, ratio, spec, met in checks
+    ]  # fmt: skip
+
+
+def _ms_ratio(row: Any, base: Any, which: str) -> float | None:
+    if row is None or base is None:
+        return None
+    return _fifth(row["ms"], which) / _fifth(base["ms"], which)
+
+
+def _read_ratio(row: Any, base: Any, turns: int, key: str) -> float | None:
+    if row is None or base is None:
+        return None
+    return _reads(row, turns)[key] / _reads(base, turns)[key]
+
+
+def _reads(row: dict[str, Any], turns: int) -> dict[str, float]:
+    reads = row["reads"]
+    return reads[str(turns)] if str(turns) in reads else reads[turns]
+
+
+def _stored(row: dict[str, Any], turns: int) -> int:
+    stored = row["bytes"]
+    return int(stored[str(turns)] if str(turns) in stored else stored[turns])
+
+
+def _saver_notes(results: dict[str, Any]) -> str:
+    """Why a checkpointer target is missed, where one is."""
+    saved = results.get("savers")
+    if not saved:
+        return ""
+    rows, turns = saved["rows"], saved["turns"]
+    crab, sqlite = rows.get(CRAB_SAVERS[0]), rows.get(SQLITE_SAVER)
+    if crab is None or sqlite is None:
+        return ""
+    ours, theirs = _reads(crab, turns)["get_state_ms"], _reads(sqlite, turns)["get_state_ms"]
+    if ours <= theirs / 2:
+        return ""
+    return (
+        f"**Why cold `get_state` misses 0.5x SqliteSaver's:** at {turns} turns CrabSaver "
+        f"takes {ours:.1f} ms and SqliteSaver {theirs:.1f} ms. SqliteSaver reads one row and "
+        "unpacks one msgpack blob holding the whole message list; CrabSaver reads the session "
+        "(one JSONL line per message, each parsed and turned into a LangChain message through "
+        "its public constructor, as every door of this library does) and indexes its side log "
+        "(a few records per step). That is the price of a conversation people and crabtalk "
+        "can read, stored once; once read, the thread stays warm (a later `get_state` reads "
+        "only what was appended), and `get_state_history` reuses the messages read."
+    )
+
+
+def _savers(results: dict[str, Any]) -> str:
+    """The checkpointers' tables: bytes, ms per turn, reads."""
+    saved = results.get("savers")
+    if not saved:
+        return ""
+    rows, turns, read_at = saved["rows"], saved["turns"], saved["read_at"]
+    notes = saved.get("notes", {})
+    stored_names = [name for name in rows if name != FLOOR_SAVER]
+    at = " | ".join(f"{n} turns" for n in read_at)
+    lines = [
+        f"## Checkpointers: one `create_agent` conversation of {turns} turns\n",
+        "The same scripted tool-calling model for every saver (a tool call every fourth "
+        "turn), LangGraph's default durability; see `benchmarks/savers.py`.\n",
+        "![bytes stored and ms per turn against turns](savers.png)\n",
+        "Bytes stored (files; Redis: `MEMORY USAGE` of the keys; InMemorySaver: its "
+        "serialized blobs), and bytes per turn over the first and the last fifth:\n",
+        f"| saver | {at} | per turn, first fifth | per turn, last fifth |",
+        "| --- |" + " --- |" * (len(read_at) + 2),
+    ]
+    for name in stored_names:
+        row = rows[name]
+        cells = [f"{_stored(row, n):,}" for n in read_at]
+        cells += [f"{_bytes_per_turn(row, turns, w):,.0f}" for w in ("first", "last")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _skipped_rows(notes, len(read_at) + 2)
+    lines += [
+        "",
+        "ms per turn (wall clock, median of the 10 turns up to each mark), and the CPU ms "
+        "the saver's own methods take per turn (median over the first and the last fifth):\n",
+        f"| saver | {at} | saver CPU, first fifth | saver CPU, last fifth |",
+        "| --- |" + " --- |" * (len(read_at) + 2),
+    ]
+    for name, row in rows.items():
+        cells = [f"{_window(row['ms'], n, 10):.2f}" for n in read_at]
+        spent = row.get("in_saver_ms")
+        cells += ["–", "–"] if spent is None else [
+            f"{_fifth(spent, 'first'):.2f}", f"{_fifth(spent, 'last'):.2f}"
+        ]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reading the thread with a new saver and a new agent on the same storage (what a "
+        "restarted server does), ms, medians of three:\n",
+        "| saver | "
+        + " | ".join(f"get_state, {n} turns" for n in read_at)
+        + " | "
+        + " | ".join(f"last 10 of get_state_history, {n} turns" for n in read_at)
+        + " |",
+        "| --- |" + " --- |" * (2 * len(read_at)),
+    ]
+    for name in stored_names:
+        row = rows[name]
+        cells = [f"{_reads(row, n)['get_state_ms']:.1f}" for n in read_at]
+        cells += [f"{_reads(row, n)['history_ms']:.1f}" for n in read_at]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _skipped_rows(notes, 2 * len(read_at))
+    return "\n".join(lines) + "\n"
+
+
+def _skipped_rows(notes: dict[str, str], cells: int) -> list[str]:
+    return [f"| {name} | {why} |" + " |" * (cells - 1) for name, why in notes.items()]
+
+
+def plot_savers(results: dict[str, Any], path: Path) -> None:
+    """Bytes stored and ms per turn against turns, one line per saver (log scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saved = results.get("savers")
+    if not saved:
+        return
+    fig, (stored, speed) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, row in saved["rows"].items():
+        if "bytes" in row:
+            points = sorted((int(turn), size) for turn, size in row["bytes"].items())
+            stored.plot(*zip(*points), marker="o", label=name)
+        window = max(len(row["ms"]) // 25, 1)
+        turns = range(window, len(row["ms"]) + 1, window)
+        speed.plot(turns, [_window(row["ms"], end, window) for end in turns], label=name)
+    stored.set(xscale="log", yscale="log", xlabel="turns", ylabel="bytes stored")
+    stored.set_title("Storage against conversation length")
+    speed.set(yscale="log", xlabel="turn", ylabel=f"ms per turn (median of {window})")
+    speed.set_title("Time per turn")
+    for axes in (stored, speed):
+        axes.grid(True, which="both", alpha=0.3)
+    speed.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,7 +9,10 @@ One run, the same messages for every backend, on this machine:
 - bulk add: one ``add_messages`` call with many messages;
 - concurrent writers: several processes adding pairs to one session (and
   how many messages each backend kept);
-- memory: bytes per loaded message at three sizes (linear growth).
+- memory: bytes per loaded message at three sizes (linear growth);
+- checkpointers: one ``create_agent`` conversation with ``CrabSaver`` and
+  LangGraph's own savers (``savers.py``): bytes stored, ms per turn, cold
+  ``get_state`` and ``get_state_history`` at 10, 100 and 500 turns.
 
 The Redis rows (crab_langchain on Redis, and langchain-community's
 RedisChatMessageHistory) share one private ``redis-server`` that the run
@@ -17,7 +20,7 @@ starts on a free loopback port without persistence and stops at the end; if
 ``redis-server`` or redis-py is missing, those rows say so and are skipped.
 
 ``python benchmarks/run.py`` writes ``benchmarks/RESULTS.md``,
-``benchmarks/results.json`` and ``benchmarks/chat_loop.png``;
+``benchmarks/results.json``, ``benchmarks/chat_loop.png`` and ``benchmarks/savers.png``;
 ``--quick`` runs small sizes as a smoke test (CI, the performance notebook)
 and writes to ``--out`` (a temporary directory by default). Timings are
 wall-clock medians over the turns of one run; the ratios are what to read.
@@ -85,12 +88,24 @@ class Sizes:
     budget_s: float  # skip a backend at a size if it would take longer than this
     turn_time_s: float  # time spent measuring turns at each length
     sessions: int  # session files in the directory when opening one among many
+    saver_turns: tuple[int, ...]  # turns of the agent conversation where savers are read
 
 
 FULL = Sizes(
-    (1_000, 4_000, 20_000), 100_000, 100_000, 4, 500, (25_000, 50_000, 100_000), 120, 3, 20_000
+    (1_000, 4_000, 20_000),
+    100_000,
+    100_000,
+    4,
+    500,
+    (25_000, 50_000, 100_000),
+    120,
+    3,
+    20_000,
+    (10, 100, 500),
 )
-QUICK = Sizes((200, 800, 2_000), 5_000, 5_000, 4, 50, (1_000, 2_000, 4_000), 20, 0.3, 500)
+QUICK = Sizes(
+    (200, 800, 2_000), 5_000, 5_000, 4, 50, (1_000, 2_000, 4_000), 20, 0.3, 500, (5, 10, 30)
+)
 
 
 # --- the messages -----------------------------------------------------------
@@ -498,6 +513,7 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
         results["bulk_add"] = bulk_adds(sizes, log, skip)
         results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes), skip)
         results["memory"] = memory(sizes, log, skip)
+        results["savers"] = checkpointers(sizes, log, server)
     log(f"open one session among {sizes.sessions:,}")
     results["open_among"] = open_among(sizes.sessions)
     log("write record cost")
@@ -505,6 +521,17 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     results["run_seconds"] = time.perf_counter() - started
     results["machine"]["load_end"] = _load_average()
     return results
+
+
+def checkpointers(
+    sizes: Sizes, log: Callable[[str], None], server: dict[str, Any]
+) -> dict[str, Any]:
+    """The checkpointers' part (``savers.py``; imported here, so writer processes skip it)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import savers
+
+    redis_url = os.environ.get(REDIS_URL_ENV) if server["available"] else None
+    return savers.run(sizes.saver_turns, redis_url, log)
 
 
 def chat_loops(
@@ -762,7 +789,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     (out / "RESULTS.md").write_text(report.markdown(results))
     report.plot(results, out / "chat_loop.png")
-    print(f"\nwrote {out / 'RESULTS.md'}, {out / 'results.json'}, {out / 'chat_loop.png'}")
+    report.plot_savers(results, out / "savers.png")
+    print(f"\nwrote RESULTS.md, results.json, chat_loop.png and savers.png in {out}")
 
 
 if __name__ == "__main__":

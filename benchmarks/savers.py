@@ -1,207 +1,305 @@
-"""LangGraph checkpointers side by side: CrabSaver against InMemorySaver and SqliteSaver.
+"""LangGraph checkpointers side by side, measured by ``run.py`` in the same run as the rest.
 
-One run, the same scripted ``create_agent`` conversation for every saver:
+One ``create_agent`` conversation, the same for every saver: a fake
+tool-calling model (the tests' scripted one) that calls a tool every fourth
+turn and answers otherwise, so a turn adds two messages, or four with the tool.
+For each saver, at each of ``marks`` turns (10, 100 and 500):
 
-- growth: stored bytes after every 100 turns (each turn a user message and a
-  reply, three checkpoints), and the bytes the last 100 turns cost against
-  the first 100;
-- speed: wall-clock ms per turn over the first and the last 100 turns;
-- a long thread: put, then a cold ``get_tuple`` of the newest checkpoint (a
-  new saver object), then a warm one, on a thread of 20,000 messages built
-  with the puts an agent makes.
+- total bytes stored (files on disk; what Redis holds for the keys; the
+  serialized blobs of ``InMemorySaver``), also at every fifth of the run;
+- ms per turn (wall clock of ``invoke``) and the CPU ms the saver's own
+  methods take in it;
+- cold ``get_state``: a new saver object and a new agent on the same storage
+  (what a restarted server does), median of three;
+- ``get_state_history(limit=10)``, the same way.
 
-``python benchmarks/savers.py`` writes ``benchmarks/SAVERS.md``;
-``--quick`` runs small sizes (CI's smoke test) into ``--out``.
+The savers: ``CrabSaver`` on a directory and on Redis (the run's private
+server), ``InMemorySaver``, ``SqliteSaver``, and ``SqliteSaver`` with
+LangGraph's ``DeltaChannel`` for the messages where the installed langgraph
+has it. A floor row runs the same agent with no checkpointer, the whole
+conversation passed in each turn: the agent's own cost per turn.
 """
 
 from __future__ import annotations
 
-import argparse
+import gc
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.checkpoint.base import empty_checkpoint
-from langgraph.checkpoint.memory import InMemorySaver
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from agents import CONFIG, chat_agent, human  # the tests' scripted agent
+from agents import ScriptedModel, weather  # the tests' scripted model and tool
 
-from crab_langchain import SessionStore
-from crab_langchain.checkpoint import CrabSaver
+CRAB_DIR = "CrabSaver (directory)"
+CRAB_REDIS = "CrabSaver (Redis)"
+MEMORY = "InMemorySaver"
+SQLITE = "SqliteSaver"
+SQLITE_DELTA = "SqliteSaver + DeltaChannel messages"
+FLOOR = "no checkpointer (whole conversation passed in)"
+SAVERS = (CRAB_DIR, CRAB_REDIS, MEMORY, SQLITE, SQLITE_DELTA)
+CONFIG = {"configurable": {"thread_id": "bench"}}
+SAVER_METHODS = ("put", "put_writes", "get_tuple", "list")
 
-HERE = Path(__file__).parent
+
+def script(turns: int) -> Iterator[AIMessage]:
+    """The model's replies: a tool call then an answer every fourth turn, an answer otherwise."""
+    for turn in range(turns):
+        if turn % 4 == 3:
+            call = {"name": "weather", "args": {"city": f"city {turn}"}, "id": f"call-{turn}"}
+            yield AIMessage("", tool_calls=[call])
+        yield AIMessage(f"Answer {turn}: sunny, 21 °C today; clouds tomorrow. Take a jacket.")
 
 
-def crab_saver(root: Path) -> tuple[Any, Callable[[], int]]:
-    store = SessionStore(root / "sessions", entry_points=False)
-    return CrabSaver(store), lambda: sum(p.stat().st_size for p in root.glob("sessions/*.jsonl*"))
+def question(turn: int) -> HumanMessage:
+    return HumanMessage(f"Question {turn}: what is the weather like in Lisbon today, and tomorrow?")
 
 
-def memory_saver(root: Path) -> tuple[Any, Callable[[], int]]:
+# --- the savers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Subject:
+    """One saver under measurement: how to open it again on the same storage, and its size."""
+
+    open: Callable[[], Any]
+    size: Callable[[Any], int]
+    state_schema: Any = None
+    cleanup: Callable[[], None] = field(default=lambda: None)
+
+
+def crab_directory(root: Path) -> Subject:
+    from crab_langchain import SessionStore
+    from crab_langchain.checkpoint import CrabSaver
+
+    return Subject(
+        open=lambda: CrabSaver(SessionStore(root / "sessions", entry_points=False)),
+        size=lambda _saver: _files_size(root / "sessions"),
+    )
+
+
+def crab_redis(url: str) -> Subject:
+    import redis
+
+    from crab_langchain import SessionStore
+    from crab_langchain.checkpoint import CrabSaver
+
+    prefix = f"bench-savers-{uuid.uuid4().hex[:8]}"
+
+    def size(_saver: Any) -> int:
+        with redis.Redis.from_url(url) as client:
+            return sum(
+                client.memory_usage(key, samples=0) or 0
+                for key in client.scan_iter(match=f"{prefix}*", count=10_000)
+            )
+
+    def cleanup() -> None:
+        with redis.Redis.from_url(url) as client:
+            for key in client.scan_iter(match=f"{prefix}*", count=10_000):
+                client.unlink(key)
+
+    return Subject(
+        open=lambda: CrabSaver(SessionStore.from_url(url, prefix=prefix, entry_points=False)),
+        size=size,
+        cleanup=cleanup,
+    )
+
+
+def memory() -> Subject:
+    from langgraph.checkpoint.memory import InMemorySaver
+
     saver = InMemorySaver()
-
-    def size() -> int:
-        stored = [c for ns in saver.storage.values() for cps in ns.values() for c in cps.values()]
-        blobs = sum(len(blob[1]) for blob in saver.blobs.values())
-        writes = sum(len(w[2][1]) for ws in saver.writes.values() for w in ws.values())
-        return blobs + writes + sum(len(c[0][1]) + len(c[1][1]) for c in stored)
-
-    return saver, size
+    return Subject(open=lambda: saver, size=_memory_size)
 
 
-def sqlite_saver(root: Path) -> tuple[Any, Callable[[], int]] | None:
-    try:
-        from langgraph.checkpoint.sqlite import SqliteSaver
-    except ImportError:
-        return None
+def _memory_size(saver: Any) -> int:
+    """The bytes of everything InMemorySaver keeps serialized: checkpoints, blobs, writes."""
+    stored = [c for ns in saver.storage.values() for cps in ns.values() for c in cps.values()]
+    blobs = sum(len(blob[1]) for blob in saver.blobs.values())
+    writes = sum(len(w[2][1]) for ws in saver.writes.values() for w in ws.values())
+    return blobs + writes + sum(len(c[0][1]) + len(c[1][1]) for c in stored)
+
+
+def sqlite(root: Path, *, delta: bool = False) -> Subject:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
     path = root / "checkpoints.sqlite"
-    saver = SqliteSaver(sqlite3.connect(path, check_same_thread=False))
-    return saver, lambda: sum(p.stat().st_size for p in root.glob("checkpoints.sqlite*"))
+    return Subject(
+        open=lambda: SqliteSaver(sqlite3.connect(path, check_same_thread=False)),
+        size=lambda _saver: _files_size(root),
+        state_schema=_delta_state() if delta else None,
+    )
 
 
-SAVERS = {
-    "CrabSaver (directory)": crab_saver,
-    "InMemorySaver": memory_saver,
-    "SqliteSaver": sqlite_saver,
-}
+def _delta_state() -> Any:
+    """create_agent's state with its messages in a DeltaChannel (langgraph's own reducer)."""
+    from langchain.agents import AgentState
+    from langgraph.channels.delta import DeltaChannel
+    from langgraph.graph.message import _messages_delta_reducer
+
+    # Spelled out, not annotated in a class body: this module's annotations are strings
+    # (`from __future__ import annotations`) that LangChain would evaluate in module scope.
+    messages = Annotated[list[AnyMessage], DeltaChannel(_messages_delta_reducer)]
+    return type("DeltaMessagesState", (AgentState,), {"__annotations__": {"messages": messages}})
 
 
-def growth(turns: int) -> dict[str, Any]:
-    """Bytes and ms per turn of a ``turns``-turn agent conversation, per saver."""
-    results = {}
-    for name, make in SAVERS.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            made = make(Path(tmp))
-            if made is None:
-                results[name] = None
-                continue
-            saver, size = made
-            agent = chat_agent(saver, turns=turns)
-            marks, times = [0], []
-            for turn in range(1, turns + 1):
-                start = time.perf_counter()
-                agent.invoke(human(f"question {turn}: " + "words " * 8), CONFIG)
-                times.append(time.perf_counter() - start)
-                if turn % (turns // 5) == 0:
-                    marks.append(size())
-            window = turns // 5
-            results[name] = {
-                "bytes": marks[1:],
-                "first_ms": statistics.median(times[:window]) * 1000,
-                "last_ms": statistics.median(times[-window:]) * 1000,
-            }
-    return results
+def _files_size(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
 
 
-def long_thread(messages: int) -> dict[str, Any]:
-    """put, cold and warm ``get_tuple`` at the head of a thread of ``messages`` messages.
+def why_missing(name: str, redis_url: str | None) -> str | None:
+    """Why saver ``name`` cannot be measured here, or None."""
+    try:
+        if name == CRAB_REDIS and redis_url is None:
+            return "skipped: no redis-server for this run"
+        if name in (SQLITE, SQLITE_DELTA):
+            import langgraph.checkpoint.sqlite
+        if name == SQLITE_DELTA:
+            import langgraph.channels.delta  # noqa: F401
+    except ImportError as error:
+        return f"skipped: {error}"
+    return None
 
-    The thread is put as an agent puts one: two checkpoints a turn, a write between.
+
+def subject(name: str, root: Path, redis_url: str | None) -> Subject:
+    return {
+        CRAB_DIR: lambda: crab_directory(root),
+        CRAB_REDIS: lambda: crab_redis(str(redis_url)),
+        MEMORY: memory,
+        SQLITE: lambda: sqlite(root),
+        SQLITE_DELTA: lambda: sqlite(root, delta=True),
+    }[name]()
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def agent(saver: Any, turns: int, state_schema: Any = None) -> Any:
+    from langchain.agents import create_agent
+
+    model = ScriptedModel(messages=script(turns))
+    return create_agent(model, [weather], checkpointer=saver, state_schema=state_schema)
+
+
+@contextmanager
+def timed_saver(saver: Any, spent: list[float]) -> Iterator[None]:
+    """Add the CPU seconds ``saver``'s methods take to ``spent[0]`` (on any thread).
+
+    CPU time of the calling thread, not wall time: LangGraph puts checkpoints
+    from a background thread while the next step runs, and a saver's wall
+    time there is mostly waiting for the interpreter lock.
     """
-    results = {}
-    for name, make in SAVERS.items():
-        if name == "InMemorySaver":
-            continue  # nothing is cold in memory
+    originals = {name: getattr(saver, name) for name in SAVER_METHODS}
+
+    def timing(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time() - start
+
+        return call
+
+    for name, method in originals.items():
+        setattr(saver, name, timing(method))
+    try:
+        yield
+    finally:
+        for name in originals:
+            delattr(saver, name)
+
+
+def conversation(
+    name: str, made: Subject, turns: int, marks: list[int], read_at: tuple[int, ...]
+) -> dict[str, Any]:
+    """Run ``turns`` turns on one saver: bytes at each of ``marks``, cold reads at ``read_at``."""
+    saver = made.open()
+    graph = agent(saver, turns, made.state_schema)
+    ms, in_saver, stored, reads = [], [], {}, {}
+    spent = [0.0]
+    with timed_saver(saver, spent):
+        for turn in range(1, turns + 1):
+            spent[0] = 0.0
+            start = time.perf_counter()
+            graph.invoke({"messages": [question(turn)]}, CONFIG)
+            ms.append((time.perf_counter() - start) * 1000)
+            in_saver.append(spent[0] * 1000)
+            if turn in marks:
+                stored[turn] = made.size(saver)
+            if turn in read_at:
+                reads[turn] = cold_reads(made, name)
+    return {"ms": ms, "in_saver_ms": in_saver, "bytes": stored, "reads": reads}
+
+
+def cold_reads(made: Subject, name: str) -> dict[str, float]:
+    """ms of a cold ``get_state`` and of ``get_state_history(limit=10)``, medians of three."""
+    state, history = [], []
+    for _ in range(3):
+        fresh = agent(made.open(), 0, made.state_schema)
+        gc.collect()
+        start = time.perf_counter()
+        found = fresh.get_state(CONFIG)
+        state.append((time.perf_counter() - start) * 1000)
+        assert found.values["messages"], name
+        fresh = agent(made.open(), 0, made.state_schema)
+        gc.collect()
+        start = time.perf_counter()
+        listed = list(fresh.get_state_history(CONFIG, limit=10))
+        history.append((time.perf_counter() - start) * 1000)
+        assert len(listed) == 10, name
+    return {"get_state_ms": statistics.median(state), "history_ms": statistics.median(history)}
+
+
+def floor(turns: int) -> list[float]:
+    """ms per turn of the agent alone: no checkpointer, the conversation passed in whole."""
+    graph = agent(None, turns)
+    history: list[BaseMessage] = []
+    ms = []
+    for turn in range(1, turns + 1):
+        start = time.perf_counter()
+        history = graph.invoke({"messages": [*history, question(turn)]})["messages"]
+        ms.append((time.perf_counter() - start) * 1000)
+    return ms
+
+
+def run(
+    read_at: tuple[int, ...], redis_url: str | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every saver through one conversation of ``max(read_at)`` turns; what ``report`` shows."""
+    import tempfile
+
+    turns = max(read_at)
+    fifths = [turns * k // 5 for k in range(1, 6)]
+    marks = sorted({*read_at, *fifths})
+    rows: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    for name in SAVERS:
+        why = why_missing(name, redis_url)
+        if why:
+            notes[name] = why
+            log(f"savers     {name:40}: {why}")
+            continue
         with tempfile.TemporaryDirectory() as tmp:
-            made = make(Path(tmp))
-            if made is None:
-                results[name] = None
-                continue
-            saver, _ = made
-            config = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
-            history: list[Any] = []
-            version = None
-            puts = []
-            for turn in range(messages // 2):
-                pair = [HumanMessage(f"q{turn}", id=f"q{turn}"), AIMessage("a", id=f"a{turn}")]
-                history = [*history, *pair]
-                for step in range(2):  # as an agent: after the input, after the model
-                    version = saver.get_next_version(version, None)
-                    checkpoint = empty_checkpoint()
-                    values = {"messages": history, "branch:to:model": None, "step": step}
-                    checkpoint["channel_values"] = values
-                    checkpoint["channel_versions"] = versions = dict.fromkeys(values, version)
-                    metadata = {"source": "loop", "step": len(puts)}
-                    start = time.perf_counter()
-                    config = saver.put(config, checkpoint, metadata, versions)
-                    puts.append(time.perf_counter() - start)
-                saver.put_writes(config, [("messages", history[-1:])], f"task-{turn}")
-            fresh, _ = make(Path(tmp))
-            start = time.perf_counter()
-            found = fresh.get_tuple({"configurable": {"thread_id": "long"}})
-            cold = time.perf_counter() - start
-            assert found is not None
-            assert len(found.checkpoint["channel_values"]["messages"]) == messages
-            start = time.perf_counter()
-            fresh.get_tuple({"configurable": {"thread_id": "long"}})
-            warm = time.perf_counter() - start
-            results[name] = {
-                "put_first_ms": statistics.median(puts[:300]) * 1000,
-                "put_last_ms": statistics.median(puts[-300:]) * 1000,
-                "cold_ms": cold * 1000,
-                "warm_ms": warm * 1000,
-            }
-    return results
-
-
-def report(turns: int, messages: int, grown: dict[str, Any], long: dict[str, Any]) -> str:
-    lines = [
-        "# Checkpointers side by side",
-        "",
-        f"`python benchmarks/savers.py`, {sys.platform}, Python {sys.version.split()[0]}.",
-        "",
-        f"## A {turns}-turn `create_agent` conversation",
-        "",
-        "| saver | stored after each fifth (bytes) | last fifth / first fifth"
-        " | ms per turn, first fifth | last fifth |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, row in grown.items():
-        if row is None:
-            lines.append(f"| {name} | not installed | | | |")
-            continue
-        marks = [0, *row["bytes"]]
-        ratio = (marks[-1] - marks[-2]) / (marks[1] - marks[0])
-        shown = ", ".join(f"{b:,}" for b in row["bytes"])
-        ms = f"{row['first_ms']:.1f} | {row['last_ms']:.1f}"
-        lines.append(f"| {name} | {shown} | {ratio:.2f}x | {ms} |")
-    lines += [
-        "",
-        f"## The newest checkpoint of a thread of {messages:,} messages",
-        "",
-        "| saver | put, first 300 (ms) | put, last 300 (ms)"
-        " | cold get_tuple (ms) | warm get_tuple (ms) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, row in long.items():
-        if row is None:
-            lines.append(f"| {name} | not installed | | | |")
-            continue
-        lines.append(
-            f"| {name} | {row['put_first_ms']:.2f} | {row['put_last_ms']:.2f} | "
-            f"{row['cold_ms']:.1f} | {row['warm_ms']:.2f} |"
+            made = subject(name, Path(tmp), redis_url)
+            try:
+                rows[name] = conversation(name, made, turns, marks, read_at)
+            finally:
+                made.cleanup()
+        row = rows[name]
+        log(
+            f"savers     {name:40}: {row['bytes'][turns]:>12,} bytes, "
+            f"{statistics.median(row['ms'][-max(turns // 5, 1) :]):.1f} ms/turn at the end, "
+            f"cold get_state {row['reads'][turns]['get_state_ms']:.1f} ms"
         )
-    return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--out", type=Path, default=None, help="where SAVERS.md goes")
-    args = parser.parse_args()
-    turns, messages = (50, 1_000) if args.quick else (500, 20_000)
-    out = args.out or (Path(tempfile.mkdtemp()) if args.quick else HERE)
-    text = report(turns, messages, growth(turns), long_thread(messages))
-    (out / "SAVERS.md").write_text(text, encoding="utf-8")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
+    rows[FLOOR] = {"ms": floor(turns)}
+    log(f"savers     {FLOOR:40}: {statistics.median(rows[FLOOR]['ms'][-turns // 5 :]):.1f} ms/turn")
+    return {"turns": turns, "read_at": list(read_at), "marks": marks, "rows": rows, "notes": notes}

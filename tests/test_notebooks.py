@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["crabtalk_interop.ipynb", "performance.ipynb", "quickstart.ipynb"]
+NOTEBOOKS = [
+    "agent_memory.ipynb",
+    "crabtalk_interop.ipynb",
+    "performance.ipynb",
+    "quickstart.ipynb",
+]
 CELL_TIMEOUT = 600  # seconds; generous, so a slow CI machine fails on errors only
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 

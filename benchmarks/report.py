@@ -602,27 +602,63 @@ def _stored(row: dict[str, Any], turns: int) -> int:
 
 
 def _saver_notes(results: dict[str, Any]) -> str:
-    """Why a checkpointer target is missed, where one is."""
+    """Why a checkpointer target is missed, where one is, and what a turn's time is made of."""
     saved = results.get("savers")
     if not saved:
         return ""
     rows, turns = saved["rows"], saved["turns"]
-    crab, sqlite = rows.get(CRAB_SAVERS[0]), rows.get(SQLITE_SAVER)
-    if crab is None or sqlite is None:
+    crab, redis, sqlite = (rows.get(name) for name in (*CRAB_SAVERS, SQLITE_SAVER))
+    memory, floor = rows.get(MEMORY_SAVER), rows.get(FLOOR_SAVER)
+    notes = []
+    if crab is not None and sqlite is not None:
+        ours, theirs = _reads(crab, turns)["get_state_ms"], _reads(sqlite, turns)["get_state_ms"]
+        if ours > theirs / 2:
+            notes.append(
+                f"**Why cold `get_state` misses 0.5x SqliteSaver's:** at {turns} turns "
+                f"CrabSaver takes {ours:.1f} ms on a directory"
+                + _on_redis(redis, turns)
+                + f" and SqliteSaver {theirs:.1f} ms. "
+                "SqliteSaver reads one row and unpacks one msgpack blob holding the whole "
+                "message list; CrabSaver reads the session (one JSONL line per message, each "
+                "parsed and built into a LangChain message through its public constructor, as "
+                "every door of this library does) and indexes the side log (a few records "
+                "per step). Both are linear in the conversation; the difference is the price "
+                "of a conversation that people, crabtalk and `crab-sessions` read, stored "
+                "once. Once read, a thread stays warm (a later `get_state` reads what was "
+                "appended since), and `get_state_history` takes each earlier checkpoint's "
+                "messages as a prefix of those read: its last 10 cost "
+                f"{_reads(crab, turns)['history_ms']:.0f} ms here against SqliteSaver's "
+                f"{_reads(sqlite, turns)['history_ms']:.0f}."
+            )
+    if redis is not None and memory is not None and _ms_ratio(redis, memory, "first") > 1.5:
+        notes.append(
+            f"**Why CrabSaver on Redis misses 1.5x InMemorySaver's ms per turn early on:** a "
+            "`put` there is seven round trips to the server (take the thread's hold, read "
+            "the side log and the session past their cursors, the intent record, the "
+            "message lines, the checkpoint record, release the hold), and a turn makes "
+            f"three or four puts. That costs {_fifth(redis['ms'], 'first'):.1f} ms a turn "
+            "from the first turn on, against InMemorySaver's "
+            f"{_fifth(memory['ms'], 'first'):.1f} ms while its copies are small; by the last "
+            f"fifth InMemorySaver takes {_fifth(memory['ms'], 'last'):.1f} ms and CrabSaver "
+            f"on Redis {_fifth(redis['ms'], 'last'):.1f}."
+        )
+    if crab is not None and floor is not None:
+        notes.append(
+            "A turn's wall time grows with the conversation for every saver: LangGraph "
+            "itself works on the whole message list at each step (the agent with no "
+            f"checkpointer goes from {_fifth(floor['ms'], 'first'):.1f} to "
+            f"{_fifth(floor['ms'], 'last'):.1f} ms), and a saver's puts run on a second "
+            "thread beside the next step. What CrabSaver's own methods take stays flat: "
+            f"{_fifth(crab['in_saver_ms'], 'first'):.2f} ms of CPU a turn over the first "
+            f"fifth, {_fifth(crab['in_saver_ms'], 'last'):.2f} over the last."
+        )
+    return "\n\n".join(notes)
+
+
+def _on_redis(redis: dict[str, Any] | None, turns: int) -> str:
+    if redis is None:
         return ""
-    ours, theirs = _reads(crab, turns)["get_state_ms"], _reads(sqlite, turns)["get_state_ms"]
-    if ours <= theirs / 2:
-        return ""
-    return (
-        f"**Why cold `get_state` misses 0.5x SqliteSaver's:** at {turns} turns CrabSaver "
-        f"takes {ours:.1f} ms and SqliteSaver {theirs:.1f} ms. SqliteSaver reads one row and "
-        "unpacks one msgpack blob holding the whole message list; CrabSaver reads the session "
-        "(one JSONL line per message, each parsed and turned into a LangChain message through "
-        "its public constructor, as every door of this library does) and indexes its side log "
-        "(a few records per step). That is the price of a conversation people and crabtalk "
-        "can read, stored once; once read, the thread stays warm (a later `get_state` reads "
-        "only what was appended), and `get_state_history` reuses the messages read."
-    )
+    return f" ({_reads(redis, turns)['get_state_ms']:.1f} ms on Redis, which sends every line)"
 
 
 def _savers(results: dict[str, Any]) -> str:
@@ -639,8 +675,9 @@ def _savers(results: dict[str, Any]) -> str:
         "The same scripted tool-calling model for every saver (a tool call every fourth "
         "turn), LangGraph's default durability; see `benchmarks/savers.py`.\n",
         "![bytes stored and ms per turn against turns](savers.png)\n",
-        "Bytes stored (files; Redis: `MEMORY USAGE` of the keys; InMemorySaver: its "
-        "serialized blobs), and bytes per turn over the first and the last fifth:\n",
+        "Bytes stored (files; Redis: what the keys' items hold, as a file of the same "
+        "lines would, Redis's own overhead aside; InMemorySaver: its serialized blobs), and "
+        "bytes per turn over the first and the last fifth:\n",
         f"| saver | {at} | per turn, first fifth | per turn, last fifth |",
         "| --- |" + " --- |" * (len(read_at) + 2),
     ]

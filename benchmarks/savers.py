@@ -5,8 +5,9 @@ tool-calling model (the tests' scripted one) that calls a tool every fourth
 turn and answers otherwise, so a turn adds two messages, or four with the tool.
 For each saver, at each of ``marks`` turns (10, 100 and 500):
 
-- total bytes stored (files on disk; what Redis holds for the keys; the
-  serialized blobs of ``InMemorySaver``), also at every fifth of the run;
+- total bytes stored (files on disk; the bytes Redis holds in the keys'
+  items, as a file of the same lines would; the serialized blobs of
+  ``InMemorySaver``), also at every fifth of the run;
 - ms per turn (wall clock of ``invoke``) and the CPU ms the saver's own
   methods take in it;
 - cold ``get_state``: a new saver object and a new agent on the same storage
@@ -96,10 +97,8 @@ def crab_redis(url: str) -> Subject:
 
     def size(_saver: Any) -> int:
         with redis.Redis.from_url(url) as client:
-            return sum(
-                client.memory_usage(key, samples=0) or 0
-                for key in client.scan_iter(match=f"{prefix}*", count=10_000)
-            )
+            keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
+            return sum(_payload(client, key) for key in keys)
 
     def cleanup() -> None:
         with redis.Redis.from_url(url) as client:
@@ -111,6 +110,24 @@ def crab_redis(url: str) -> Subject:
         size=size,
         cleanup=cleanup,
     )
+
+
+def _payload(client: Any, key: bytes) -> int:
+    """The bytes a key holds (its items, members and fields; a list item with its newline).
+
+    What a file of the same lines would hold, so the Redis row compares with the
+    directory's; Redis's own overhead per key and item comes on top.
+    """
+    kind = client.type(key)
+    if kind == b"list":
+        return sum(len(item) + 1 for item in client.lrange(key, 0, -1))
+    if kind == b"hash":
+        return sum(len(k) + len(v) for k, v in client.hgetall(key).items())
+    if kind == b"zset":
+        return sum(len(member) for member in client.zrange(key, 0, -1))
+    if kind == b"set":
+        return sum(len(member) for member in client.smembers(key))
+    return int(client.strlen(key))
 
 
 def memory() -> Subject:

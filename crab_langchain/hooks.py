@@ -69,18 +69,23 @@ class CrabHookSpecs:
     ) -> Sequence[BaseMessage] | None:
         """Return messages to inject for the coming run, or None for none.
 
-        Called when the history is read for a run (``messages``,
-        ``aget_messages``), like crabtalk's ``on_before_run``; the history is
-        not asked again until the session changes, so every read within one
-        run returns the same list (``RunnableWithMessageHistory`` relies on
-        that). The results of all plugins are concatenated, each plugin's in
-        its order, marked auto-injected, and placed at the end of what the
-        read returns, where the new input follows. They are never written,
-        unless a :func:`crab_filter_message` plugin keeps them.
+        Like crabtalk's ``on_before_run``. A chat history calls it when it is
+        read for a run (``messages``, ``aget_messages``), and not again until
+        the session changes, so every read within one run returns the same
+        list (``RunnableWithMessageHistory`` relies on that); the messages go
+        at the end of what the read returns, where the new input follows.
+        :class:`~crab_langchain.middleware.CrabHooksMiddleware` calls it
+        before every model call of an agent and inserts the messages into
+        that request only, just before the latest user message. Either way
+        the results of all plugins are concatenated, each plugin's in its
+        order, and marked auto-injected; they are never written, unless a
+        :func:`crab_filter_message` plugin keeps them.
 
-        :param session: the session (id, agent, created_by, created_at).
-        :param history: the stored working context, without injected
-            messages; read-only.
+        :param session: the session (id, agent, created_by, created_at,
+            file_path, and ``history``, its stored working context).
+        :param history: the conversation the run is about (a history's
+            stored working context; the messages of an agent's model
+            request), without injected messages; read-only.
         """
 
     @hookspec(firstresult=True)

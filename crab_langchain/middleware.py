@@ -192,8 +192,12 @@ class _FollowedSession:
 
 
 def _thread_id() -> str | None:
-    """The running graph's ``thread_id``, or None if it has none."""
-    thread_id: Any = get_config().get("configurable", {}).get("thread_id")
+    """The running graph's ``thread_id``; None if it has none, or if no graph is running."""
+    try:
+        config = get_config()
+    except RuntimeError:  # called outside a graph's run (a test calling the hook itself)
+        return None
+    thread_id: Any = config.get("configurable", {}).get("thread_id")
     return None if thread_id is None else str(thread_id)
 
 

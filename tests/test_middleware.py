@@ -279,3 +279,16 @@ def test_a_malformed_session_is_named_and_kept(tmp_path: Path):
     with pytest.raises(SessionFormatError, match=rf"{path.name}:3: not JSON"):
         graph.invoke(human("hi"), CONFIG)
     assert path.read_bytes() == before
+
+
+def test_called_outside_a_graph_it_tells_a_session_without_an_id(tmp_path: Path):
+    """A unit test may call the hook itself, with a request of its own and no graph running."""
+    from langchain.agents.middleware import ModelRequest, ModelResponse
+
+    recall = Recall()
+    middleware = CrabHooksMiddleware(SessionStore(tmp_path, [recall], entry_points=False))
+    request = ModelRequest(model=RecordingModel(messages=iter([])), messages=[HumanMessage("hi")])
+    seen: list[Any] = []
+    middleware.wrap_model_call(request, lambda r: seen.append(r) or ModelResponse(result=[]))
+    assert [m.content for m in seen[0].messages] == [f"recall #1: the user {SECRET}", "hi"]
+    assert recall.told[0][0].id == ""

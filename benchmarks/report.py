@@ -235,8 +235,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         (f"on Redis at {low:,} messages, >= 50x faster than RedisChatMessageHistory",
          _over(at[REDIS][low], at[CRAB_REDIS][low]), ".0f", lambda r: r >= 50),
     ]  # fmt: skip
+    return _verdicts(checks, "skipped at this size")
+
+
+Check = tuple[str, float | None, str, Any]
+"""(target, measured ratio or None, how to print it, met when)."""
+
+
+def _verdicts(checks: list[Check], unmeasured: str) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) of each check; met is None (and ``unmeasured`` said) if none."""
     return [
-        (target, "skipped at this size", None) if ratio is None
+        (target, unmeasured, None) if ratio is None
         else (target, f"{ratio:{spec}}x", met(ratio))
         for target, ratio, spec, met in checks
     ]  # fmt: skip
@@ -548,7 +557,7 @@ def saver_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]
         return []
     rows, turns = saved["rows"], saved["turns"]
     memory, sqlite = rows.get(MEMORY_SAVER), rows.get(SQLITE_SAVER)
-    checks: list[tuple[str, float | None, str, Any]] = []
+    checks: list[Check] = []
     for name in CRAB_SAVERS:
         row = rows.get(name)
         flat = None if row is None else (
@@ -572,11 +581,7 @@ def saver_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]
             (f"{name}: cold get_state at {turns} turns <= 0.5x SqliteSaver's",
              _read_ratio(row, sqlite, turns, "get_state_ms"), ".2f", lambda r: r <= 0.5),
         ]  # fmt: skip
-    return [
-        (target, "not measured here", None) if ratio is None
-        else (target, f"{ratio:{spec}}x", met(ratio))
-        for target, ratio, spec, met in checks
-    ]  # fmt: skip
+    return _verdicts(checks, "not measured here")
 
 
 def _ms_ratio(row: Any, base: Any, which: str) -> float | None:

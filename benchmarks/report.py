@@ -709,7 +709,8 @@ def _savers(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Reading the thread with a new saver and a new agent on the same storage (what a "
-        "restarted server does), ms, medians of three:\n",
+        "restarted server does; InMemorySaver, which has no storage, with a new agent on the "
+        "same saver), ms, medians of three:\n",
         "| saver | "
         + " | ".join(f"get_state, {n} turns" for n in read_at)
         + " | "

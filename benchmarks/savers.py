@@ -11,7 +11,8 @@ For each saver, at each of ``marks`` turns (10, 100 and 500):
 - ms per turn (wall clock of ``invoke``) and the CPU ms the saver's own
   methods take in it;
 - cold ``get_state``: a new saver object and a new agent on the same storage
-  (what a restarted server does), median of three;
+  (what a restarted server does; InMemorySaver has no storage, so its own
+  object again), median of three;
 - ``get_state_history(limit=10)``, the same way.
 
 The savers: ``CrabSaver`` on a directory and on Redis (the run's private

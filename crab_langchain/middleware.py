@@ -54,6 +54,9 @@ class CrabHooksMiddleware(AgentMiddleware[Any, Any, Any]):
     The session told to the plugins is the one of ``store`` whose id is the
     ``thread_id`` (the one ``CrabSaver(store, agent=agent)`` writes), read
     incrementally: a model call reads only what was appended since the last.
+    It keeps what it read of the 1,024 threads it saw last (their working
+    contexts in memory, as ``CrabSaver`` keeps its own); a thread it let go of
+    is read from the start when it comes back.
     Under LangGraph's default ``durability="async"`` a checkpoint may still be
     on its way while the next model call starts, so ``session.history`` can
     lag behind the step just taken (on a thread's first call the session may

@@ -165,18 +165,18 @@ class _FollowedSession:
             SessionFormatError: the session is malformed (naming the line).
         """
         with self._lock:
-            log = self._located()
-            try:
-                chunk = None if log is None else log.read(self._context.cursor)
-            except FileNotFoundError:  # deleted since: it may be written again
-                log, self._log = None, None
-                self._context.reset()
-            if log is None:
-                return self._unwritten
-            if chunk is not None:
+            log, chunk = self._located(), None
+            if log is not None:
+                try:
+                    chunk = log.read(self._context.cursor)
+                except FileNotFoundError:  # deleted since: it may be written again
+                    log = self._log = None
+                    self._context.reset()
+            if log is not None and chunk is not None:
                 self._context.take(log, chunk)
             meta = self._context.meta
-            assert meta is not None  # read from line 1 once
+            if log is None or meta is None:
+                return self._unwritten.model_copy(deep=True)  # plugins may change what they get
             return Session(
                 id=self._unwritten.id,
                 agent=meta.agent,

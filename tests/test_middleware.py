@@ -292,3 +292,25 @@ def test_called_outside_a_graph_it_tells_a_session_without_an_id(tmp_path: Path)
     middleware.wrap_model_call(request, lambda r: seen.append(r) or ModelResponse(result=[]))
     assert [m.content for m in seen[0].messages] == [f"recall #1: the user {SECRET}", "hi"]
     assert recall.told[0][0].id == ""
+
+
+class Meddler:
+    """Changes the session it is told about, and records what it was told first."""
+
+    def __init__(self) -> None:
+        self.extras: list[dict[str, Any]] = []
+
+    @hookimpl
+    def crab_inject_messages(self, session: Session) -> None:
+        self.extras.append(dict(session.extra))
+        session.extra["meddled"] = True
+
+
+def test_a_plugin_changing_the_session_it_is_told_changes_nothing_told_later(tmp_path: Path):
+    meddler = Meddler()
+    store = SessionStore(tmp_path / "sessions", [meddler], entry_points=False)
+    model = RecordingModel(messages=iter([AIMessage("one"), AIMessage("two")]))
+    graph = agent(store, InMemorySaver(), model)  # the store holds no session of the thread
+    graph.invoke(human("first"), CONFIG)
+    graph.invoke(human("second"), CONFIG)
+    assert meddler.extras == [{}, {}]

@@ -140,22 +140,30 @@ def test_the_library_never_switches_the_garbage_collector_or_reads_reference_cou
             assert trick not in source, f"{name} uses {trick}"
 
 
-def test_only_the_checkpointer_and_the_middleware_import_langgraph():
-    """The core's runtime dependencies stay langchain-core, pydantic and pluggy."""
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level packages ``path`` imports, anywhere in it."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    plain = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    found = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    return {name.split(".")[0] for name in plain | found}
+
+
+def test_only_the_v1_adapters_import_langgraph_and_langchain():
+    """The core's runtime dependencies stay langchain-core, pydantic and pluggy.
+
+    LangGraph is the checkpointer's (the ``langgraph`` extra); LangChain's agents
+    (``langchain``, not ``langchain_core``) the middleware's (the ``agents`` extra).
+    """
     for name, path in MODULES.items():
-        if name.startswith("crab_langchain.checkpoint") or name == "crab_langchain.middleware":
-            continue
-        source = path.read_text(encoding="utf-8")
-        assert "langgraph" not in {
-            alias.name.split(".")[0]
-            for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Import)
-            for alias in node.names
-        } | {
-            (node.module or "").split(".")[0]
-            for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.ImportFrom)
-        }, f"{name} imports langgraph"
+        allowed = {"langgraph"} if name.startswith("crab_langchain.checkpoint") else set()
+        if name == "crab_langchain.middleware":
+            allowed = {"langgraph", "langchain"}
+        assert not top_level_imports(path) & ({"langgraph", "langchain"} - allowed), name
 
 
 @pytest.mark.parametrize(

@@ -170,13 +170,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         path = Path(path).expanduser()
         log = SessionLog(DirectoryStorage(path.parent, durability=durability), path.name)
         meta = log.meta()
-        session = Session(
-            id=session_id_of(path.name, meta),
-            agent=meta.agent,
-            created_by=meta.created_by,
-            created_at=meta.created_at,
-            file_path=path,
-        )
+        session = Session.from_meta(session_id_of(path.name, meta), meta, file_path=path)
         history = cls(session, storage=log.storage, name=log.name, plugins=plugins, strict=strict)
         history._refresh()
         return history

@@ -177,15 +177,8 @@ class _FollowedSession:
             meta = self._context.meta
             if log is None or meta is None:
                 return self._unwritten.model_copy(deep=True)  # plugins may change what they get
-            return Session(
-                id=self._unwritten.id,
-                agent=meta.agent,
-                created_by=meta.created_by,
-                created_at=meta.created_at,
-                extra=dict(meta.extra),
-                file_path=log.path,
-                history=list(self._context.crab_messages()),
-            )
+            history = self._context.crab_messages()
+            return Session.from_meta(self._unwritten.id, meta, file_path=log.path, history=history)
 
     def _located(self) -> SessionLog | None:
         if self._log is None:

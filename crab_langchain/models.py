@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -574,6 +575,26 @@ class Session(BaseModel):
     created_at: datetime
     file_path: Path | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_meta(
+        cls,
+        session_id: str,
+        meta: SessionMeta,
+        *,
+        file_path: Path | None = None,
+        history: Sequence[CrabMessage] = (),
+    ) -> Session:
+        """The session whose header is ``meta`` (a new object, its ``extra`` a copy)."""
+        return cls(
+            id=session_id,
+            agent=meta.agent,
+            created_by=meta.created_by,
+            created_at=meta.created_at,
+            extra=dict(meta.extra),
+            file_path=file_path,
+            history=list(history),
+        )
 
     def meta(self) -> SessionMeta:
         """The header that describes this session."""

@@ -433,13 +433,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         return self.store.plugin_manager.hook
 
     def _get(self, config: RunnableConfig) -> Steps[CheckpointTuple | None]:
-        thread = yield from self._thread(config, create=False)
+        thread = yield from self._get_thread(_thread_id(config))
         if thread is None:
-            return None
-        try:
-            yield from self._refresh(thread)
-        except FileNotFoundError:  # deleted meanwhile
-            self._forget(thread.thread_id)
             return None
         ns = _ns(config)
         checkpoint_id = get_checkpoint_id(config) or thread.index.newest(ns)
@@ -494,13 +489,14 @@ class CrabSaver(BaseCheckpointSaver[str]):
         return matching
 
     def _get_thread(self, thread_id: str) -> Steps[Thread | None]:
+        """The thread, brought up to its logs; None if it has none (or they were just deleted)."""
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         thread = yield from self._thread(config, create=False)
         if thread is None:
             return None
         try:
             yield from self._refresh(thread)
-        except FileNotFoundError:
+        except FileNotFoundError:  # deleted meanwhile
             self._forget(thread_id)
             return None
         return thread

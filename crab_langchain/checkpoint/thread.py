@@ -80,15 +80,7 @@ class Thread:
             history = list(self.context.crab_messages())
         if meta is None:
             raise SessionFormatError("the session was not read", path=self.session.location)
-        told = Session(
-            id=self.thread_id,
-            agent=meta.agent,
-            created_by=meta.created_by,
-            created_at=meta.created_at,
-            extra=dict(meta.extra),
-            file_path=self.session.path,
-            history=history,
-        )
+        told = Session.from_meta(self.thread_id, meta, file_path=self.session.path, history=history)
         with self.lock:
             self._told = (state, told)
         return told

@@ -440,6 +440,18 @@ def test_a_cold_read_of_the_head_parses_only_the_newest_records(tmp_path: Path, 
     assert len(parsed) <= 3  # the newest checkpoint record, and the one before it
 
 
+def test_listing_with_a_limit_parses_only_the_records_it_lists(tmp_path: Path, monkeypatch):
+    put_agent_steps(saver_at(tmp_path), 40)
+    parsed: list[int] = []
+    real = sidelog._parsed
+    monkeypatch.setattr(sidelog, "_parsed", lambda *args: parsed.append(1) or real(*args))
+    listed = list(saver_at(tmp_path).list({"configurable": {"thread_id": THREAD}}, limit=10))
+    assert [len(t.checkpoint["channel_values"]["messages"]) for t in listed] == list(
+        range(80, 70, -1)
+    )
+    assert len(parsed) <= 12  # the ten listed, and what their values need; not all 80
+
+
 def test_earlier_checkpoints_since_the_last_marker_decode_no_line_again(
     tmp_path: Path, monkeypatch
 ):

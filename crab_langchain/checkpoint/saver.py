@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import secrets
 import threading
 from collections import OrderedDict
@@ -455,12 +456,16 @@ class CrabSaver(BaseCheckpointSaver[str]):
         Only ids and (with a filter) metadata are looked at here; each tuple
         is built as the caller comes to it.
         """
+        wanted = None if limit is None else max(limit, 0)
         listed: Listed = []
         for thread_id in (yield from self._thread_ids(config)):
+            if wanted is not None and len(listed) >= wanted:
+                break
             thread = yield from self._get_thread(thread_id)
             if thread is not None:
-                listed += self._matching(thread, config, filter, before)
-        return listed if limit is None else listed[: max(limit, 0)]
+                room = None if wanted is None else wanted - len(listed)
+                listed += itertools.islice(self._matching(thread, config, filter, before), room)
+        return listed
 
     def _matching(
         self,
@@ -468,12 +473,12 @@ class CrabSaver(BaseCheckpointSaver[str]):
         config: RunnableConfig | None,
         filter: dict[str, Any] | None,
         before: RunnableConfig | None,
-    ) -> Listed:
+    ) -> Iterator[tuple[Thread, str, dict[str, Any], dict[str, NumberedLines]]]:
+        """The thread's checkpoints that match, newest first; each record parsed as reached."""
         wanted_ns = _ns(config) if config is not None else None
         wanted_id = get_checkpoint_id(config) if config is not None else None
         before_id = get_checkpoint_id(before) if before is not None else None
         bodies: dict[str, NumberedLines] = {}  # one read of the session serves them all
-        matching: Listed = []
         for ns, records in list(thread.index.checkpoints.items()):
             if wanted_ns is not None and ns != wanted_ns:
                 continue
@@ -485,8 +490,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 record = records[checkpoint_id].body(thread.index.log)
                 if filter and not _matches(decode_value(self.serde, record["metadata"]), filter):
                     continue
-                matching.append((thread, ns, record, bodies))
-        return matching
+                yield (thread, ns, record, bodies)
 
     def _get_thread(self, thread_id: str) -> Steps[Thread | None]:
         """The thread, brought up to its logs; None if it has none (or they were just deleted)."""

@@ -25,7 +25,10 @@ from crab_langchain.log import NumberedLines, SessionLog, last_marker
 from crab_langchain.models import CompactMarker, CrabMessage, SessionFormatError, SessionMeta
 from crab_langchain.storage import Chunk, Cursor
 
-__all__ = ["WorkingContext", "context_of", "read_context"]
+__all__ = ["Numbered", "WorkingContext", "context_of", "read_context"]
+
+Numbered = tuple[list[BaseMessage], list[int]]
+"""Messages of a context and the log's line number of each (a marker's, for its summary)."""
 
 
 class WorkingContext:
@@ -65,16 +68,18 @@ class WorkingContext:
         self.messages.append(message)
         self.lines.append(number)
 
-    def as_of(self, line: int) -> list[BaseMessage] | None:
-        """The context as it stood at ``line`` of the log (a new list), if this one tells.
+    def as_of(self, line: int) -> Numbered | None:
+        """The context as it stood at ``line`` of the log (new lists), if this one tells.
 
         It tells for a line it has read, at or after the last compaction
-        marker: the messages up to it. None for a line before that marker
-        (the context then started elsewhere) or past the cursor.
+        marker: the messages up to it, and their line numbers. None for a
+        line before that marker (the context then started elsewhere) or past
+        the cursor.
         """
         if self.cursor is None or not self.start <= line <= self.cursor.lines:
             return None
-        return self.messages[: bisect.bisect_right(self.lines, line)]
+        upto = bisect.bisect_right(self.lines, line)
+        return self.messages[:upto], self.lines[:upto].tolist()
 
     def crab_messages(self) -> list[CrabMessage]:
         """The context as crabtalk messages, converted once each, as they are first asked for."""
@@ -167,8 +172,8 @@ def read_context(log: SessionLog) -> WorkingContext:
     return context
 
 
-def context_of(log: SessionLog, body: NumberedLines) -> list[BaseMessage]:
-    """The working context that the body lines ``body`` of ``log`` give (a new list).
+def context_of(log: SessionLog, body: NumberedLines) -> Numbered:
+    """The working context that the body lines ``body`` of ``log`` give, with its line numbers.
 
     For a context as it stood at an earlier line: pass the lines up to it.
     Only what follows the last compaction marker in ``body`` is decoded.
@@ -178,4 +183,4 @@ def context_of(log: SessionLog, body: NumberedLines) -> list[BaseMessage]:
     """
     context = WorkingContext()
     context._take_lines(log, body[last_marker(log, body) :])
-    return context.messages
+    return context.messages, context.lines.tolist()

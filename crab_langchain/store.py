@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -139,6 +140,29 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"SessionStore({self.storage.describe()!r})"
+
+    def close(self) -> None:
+        """Release what the storage holds open (descriptors, connections); reopened when used."""
+        self.storage.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`: the async client of the running loop too, where there is one."""
+        closing = getattr(self.storage, "aclose", None)
+        if closing is not None:
+            await closing()
+        await asyncio.to_thread(self.storage.close)
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SessionStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def _repr_html_(self) -> str:
         """The sessions as an HTML table, for Jupyter."""

@@ -66,14 +66,14 @@ def stress(pytestconfig: pytest.Config) -> Callable[[int], int]:
     return lambda length: length if full else max(length // 3, 1)
 
 
-# The repo is cloned beside shared/, on developer machines and in CI alike.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "crabtalk"
+# crabtalk's own session files, byte for byte, kept in the repo: a clone tests on its own.
+FIXTURE_ROOT = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = FIXTURE_ROOT / "crabtalk"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
-ERA_FILES = sorted((SHARED / "fixtures" / "crabtalk-eras").glob("*/*.jsonl"))
+ERA_FILES = sorted((FIXTURE_ROOT / "crabtalk-eras").glob("*/*.jsonl"))
 
 if not FIXTURE_FILES or not ERA_FILES:
-    raise RuntimeError(f"crabtalk fixtures not found in {FIXTURES}: clone the repo beside shared/")
+    raise RuntimeError(f"crabtalk fixtures not found in {FIXTURE_ROOT}")
 
 # CI runs are reproducible; local runs explore new examples each time.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

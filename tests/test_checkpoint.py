@@ -115,7 +115,15 @@ def test_a_growing_conversation_appends_only_its_new_messages(tmp_path: Path):
     places = [record["checkpoint"]["values"][0][2] for record in side if "checkpoint" in record]
     assert places == [{"session": [0, 1 + 2 * n]} for n in range(1, 6)]
     intents = [record["intent"] for record in side if "intent" in record]
-    assert intents == [{"epoch": 0, "first": 2 * n, "last": 1 + 2 * n} for n in range(1, 6)]
+    assert [(i["epoch"], i["first"], i["last"]) for i in intents] == [
+        (0, 2 * n, 1 + 2 * n) for n in range(1, 6)
+    ]
+    ids = [record["checkpoint"]["id"] for record in side if "checkpoint" in record]
+    assert [i["checkpoint"] for i in intents] == ids  # each finished by its own checkpoint
+    lines = [json.dumps(line, separators=(",", ":")).encode() for line in session[1:]]
+    assert [i["digest"] for i in intents] == [
+        sidelog.lines_digest(lines[2 * n - 2 : 2 * n]) for n in range(1, 6)
+    ]
     growth = [b - a for a, b in itertools.pairwise(sizes)]
     assert max(growth) - min(growth) <= 4  # each turn costs the same, however long the thread
 
@@ -309,6 +317,27 @@ def test_a_rewrite_archives_the_old_lines_and_every_checkpoint_keeps_its_message
     assert thread.messages(second, fresh) == turn(1)
 
 
+def test_a_fork_keeps_the_lines_it_shares_and_archives_only_the_branch_it_leaves(
+    tmp_path: Path,
+):
+    thread = Thread(saver_at(tmp_path))
+    shared = [*turn(0), *turn(1)]
+    base = thread.put({"messages": shared})
+    left = thread.put({"messages": [*shared, *turn(2)]})
+    session_before, _ = files(tmp_path)
+    forked = thread.put({"messages": [*shared, *turn(3)]}, parent=base)
+    session, side = files(tmp_path)
+    assert session[:5] == session_before[:5]  # header and shared lines, as they were
+    assert [line.get("content") for line in session[5:]] == ["question 3", "answer 3"]
+    (archive,) = [record["archive"] for record in side if "archive" in record]
+    assert (archive["epoch"], archive["first"], archive["base"]) == (0, 6, 5)
+    assert [line["content"] for line in archive["lines"]] == ["question 2", "answer 2"]
+    fresh = saver_at(tmp_path)
+    assert thread.messages(left, fresh) == [*shared, *turn(2)]
+    assert thread.messages(forked, fresh) == [*shared, *turn(3)]
+    assert thread.messages(base, fresh) == shared
+
+
 def test_removing_every_message_empties_the_session_and_keeps_it_archived(tmp_path: Path):
     thread = Thread(saver_at(tmp_path))
     first = thread.put({"messages": turn(0)})
@@ -474,7 +503,7 @@ def test_pruning_and_deleting_runs_leave_a_chat_historys_session_alone(tmp_path:
     saver.prune([THREAD])
     saver.prune([THREAD], strategy="delete")
     saver.delete_for_runs(["run-1"])
-    assert saver.get_tuple(Thread(saver).config()) is None
+    assert not list(tmp_path.glob("*.checkpoints"))  # nothing to prune: no side log made
     assert saver.store.get_session_history(THREAD).messages == turn(0)
     with pytest.raises(ValueError, match="unknown prune strategy"):
         saver.prune([THREAD], strategy="keep_all")

@@ -24,7 +24,7 @@ from crab_langchain import CrabChatMessageHistory, SessionStore
 from crab_langchain.cli import NEEDS_CLI_EXTRA
 from crab_langchain.verify import verify_file
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "crabtalk"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "crabtalk"
 SEVEN = "crab_1774253211_7.jsonl"  # 8 messages, reasoning and tool calls
 TWELVE = "crab_1775158803_12.jsonl"  # a compaction marker, a guest agent, a title
 THREE = "research_bot_1777593600_3.jsonl"  # custom roles, broken tool-call arguments

@@ -31,7 +31,7 @@ from crab_langchain import (
 )
 from crab_langchain.display import history_html, history_text, message_line, store_html
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "crabtalk"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "crabtalk"
 SCRIPT = '<script>alert("x")</script>'
 
 

@@ -1,6 +1,6 @@
 """crabtalk's JSONL eras (2026-03-23 to 2026-04-09): every file opens, every line round-trips.
 
-The fixtures in ``shared/fixtures/crabtalk-eras/`` were written by crabtalk's
+The fixtures in ``tests/fixtures/crabtalk-eras/`` were written by crabtalk's
 own serde types at each era's commit. What a reader must give is crabtalk's
 loader's working context, each line read as its writer meant it (an absent
 key is an empty value): :func:`crabtalk_context` says that from the spec

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import secrets
 import threading
+import uuid
+import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -42,6 +45,7 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
+    empty_checkpoint,
     get_checkpoint_id,
     get_checkpoint_metadata,
 )
@@ -51,17 +55,19 @@ from crab_langchain.checkpoint.sidelog import (
     EMPTY,
     SIDE_KIND,
     Kept,
+    Record,
     SideIndex,
     archive_record,
     checkpoint_record,
     decode_value,
     encode_value,
     intent_record,
+    lines_digest,
     side_header,
     writes_record,
 )
 from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
-from crab_langchain.checkpoint.thread import Thread
+from crab_langchain.checkpoint.thread import Base, Thread
 from crab_langchain.context import context_of
 from crab_langchain.convert import marker_line
 from crab_langchain.hooks import (
@@ -78,10 +84,13 @@ from crab_langchain.naming import check_agent
 from crab_langchain.storage import Chunk, Cursor, companion_name
 from crab_langchain.store import SessionStore
 
-__all__ = ["CrabSaver"]
+__all__ = ["CrabSaver", "MissingSideLogWarning"]
 
+T = TypeVar("T")
 Messages = list[BaseMessage]
 Lines = list[bytes]
+Spans = list[tuple[int, int]]
+"""Session lines ``(first, last)``, both included."""
 Listed = list[tuple[Thread, str, dict[str, Any], dict[str, NumberedLines]]]
 
 MESSAGES = "messages"
@@ -91,6 +100,12 @@ _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary s
 # ... and opens it so; the title of its marker is the summary's own first sentence.
 _SUMMARY_PREFACE = "Here is a summary of the conversation to date:"
 _KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
+_LINE_IDS = uuid.UUID("5d1c0f0e-6b8a-4c55-9a53-6372616274a1")  # ids of messages stored without
+SESSION_ALONE = "session_alone"  # marks the checkpoint made from a session with no side log
+
+
+class MissingSideLogWarning(UserWarning):
+    """A thread's side log went away: the thread reads as its session's working context."""
 
 
 class CrabSaver(BaseCheckpointSaver[str]):
@@ -131,6 +146,47 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def __repr__(self) -> str:
         return f"CrabSaver({self.store!r}, agent={self.agent!r})"
+
+    @classmethod
+    @contextlib.contextmanager
+    def from_conn_string(cls, conn_string: str, **kwargs: Any) -> Iterator[CrabSaver]:
+        """A saver on the sessions at ``conn_string``, closed on leaving the block.
+
+        As LangGraph's own savers: ``with CrabSaver.from_conn_string(url) as saver:``.
+
+        Args:
+            conn_string: a directory path, ``file://``, ``redis://``, ``rediss://`` or ``unix://``.
+            **kwargs: ``agent``, ``created_by`` and ``serde`` go to the saver; the
+                rest to :meth:`SessionStore.from_url` (``prefix``, ``ttl``, ...).
+
+        Yields:
+            The saver.
+        """
+        own = {key: kwargs.pop(key) for key in ("agent", "created_by", "serde") if key in kwargs}
+        with SessionStore.from_url(conn_string, **kwargs) as store:
+            yield cls(store, **own)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def afrom_conn_string(cls, conn_string: str, **kwargs: Any) -> AsyncIterator[CrabSaver]:
+        """Async :meth:`from_conn_string`: connecting happens off the event loop.
+
+        Yields:
+            The saver.
+        """
+        own = {key: kwargs.pop(key) for key in ("agent", "created_by", "serde") if key in kwargs}
+        store = await asyncio.to_thread(lambda: SessionStore.from_url(conn_string, **kwargs))
+        async with store:
+            yield cls(store, **own)
+
+    def setup(self) -> None:
+        """Nothing to create: sessions and side logs are made as threads are written.
+
+        Here for generic LangGraph code that calls it on any saver; idempotent.
+        """
+
+    async def asetup(self) -> None:
+        """Async :meth:`setup`."""
 
     # --- the interface --------------------------------------------------------
 
@@ -212,9 +268,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
             TypeError: a message cannot be written, or a plugin returned
                 something unusable; nothing of the checkpoint is stored.
         """
-        thread = run(self._writable(config))
-        with self.store.storage.hold(thread.session.name):
-            return run(self._put(thread, config, checkpoint, metadata, new_versions))
+        return self._held(
+            config, lambda thread: self._put(thread, config, checkpoint, metadata, new_versions)
+        )
 
     async def aput(
         self,
@@ -224,9 +280,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Async :meth:`put`."""
-        thread = await arun(self._writable(config))
-        async with self.store.storage.ahold(thread.session.name):
-            return await arun(self._put(thread, config, checkpoint, metadata, new_versions))
+        return await self._aheld(
+            config, lambda thread: self._put(thread, config, checkpoint, metadata, new_versions)
+        )
 
     def put_writes(
         self,
@@ -245,9 +301,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
             task_id: the task that wrote them.
             task_path: the task's path, which orders writes within a step.
         """
-        thread = run(self._writable(config))
-        with self.store.storage.hold(thread.session.name):
-            run(self._put_writes(thread, config, writes, task_id, task_path))
+        self._held(
+            config, lambda thread: self._put_writes(thread, config, writes, task_id, task_path)
+        )
 
     async def aput_writes(
         self,
@@ -257,9 +313,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Async :meth:`put_writes`."""
-        thread = await arun(self._writable(config))
-        async with self.store.storage.ahold(thread.session.name):
-            await arun(self._put_writes(thread, config, writes, task_id, task_path))
+        await self._aheld(
+            config, lambda thread: self._put_writes(thread, config, writes, task_id, task_path)
+        )
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete the thread: its session and side log.
@@ -340,6 +396,55 @@ class CrabSaver(BaseCheckpointSaver[str]):
         number = 0 if current is None else int(str(current).split(".")[0])
         return f"{number + 1:010}.{secrets.token_hex(3)}"
 
+    # --- writing, one thread's writers at a time -----------------------------------
+
+    def _held(
+        self,
+        config: RunnableConfig,
+        work: Callable[[Thread], Steps[T]],
+        abandoned: threading.Event | None = None,
+    ) -> T:
+        """``work`` on the thread ``config`` names, holding it (created if new).
+
+        Raises:
+            _AbandonedError: ``abandoned`` was set before the hold was had; nothing written.
+        """
+        thread = run(self._writable(config))
+        with self.store.storage.hold(thread.session.name):
+            if abandoned is not None and abandoned.is_set():
+                raise _AbandonedError
+            return run(work(thread))
+
+    async def _aheld(self, config: RunnableConfig, work: Callable[[Thread], Steps[T]]) -> T:
+        """Async :meth:`_held`: the hold is never kept across an await of the caller's.
+
+        On a directory the hold is had and let go of inside one blocking call
+        (no worker thread is needed to release it). Once the thread is held
+        the work goes on to its end even if the caller is cancelled, so a put
+        is whole or absent; a caller cancelled before that leaves nothing.
+        """
+        abandoned = threading.Event()
+        if self.store.storage.native_async:
+            running = self._anative_held(config, work, abandoned)
+        else:
+            running = asyncio.to_thread(self._held, config, work, abandoned)
+        task = asyncio.ensure_future(running)
+        task.add_done_callback(_observed)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    async def _anative_held(
+        self, config: RunnableConfig, work: Callable[[Thread], Steps[T]], abandoned: threading.Event
+    ) -> T:
+        thread = await arun(self._writable(config))
+        async with self.store.storage.ahold(thread.session.name):
+            if abandoned.is_set():
+                raise _AbandonedError
+            return await arun(work(thread))
+
     # --- threads ----------------------------------------------------------------
 
     def _thread(self, config: RunnableConfig, *, create: bool) -> Steps[Thread | None]:
@@ -413,8 +518,15 @@ class CrabSaver(BaseCheckpointSaver[str]):
             try:
                 chunk = yield Read(thread.side, cursor)
             except FileNotFoundError:
+                if cursor is not None:  # it was there: deleted, evicted or pruned away
+                    warnings.warn(
+                        f"{thread.side.location}: the side log is gone; the thread reads as "
+                        "its session's working context",
+                        MissingSideLogWarning,
+                        stacklevel=2,
+                    )
                 with thread.lock:
-                    thread.forget_side()  # none yet, or pruned away
+                    thread.forget_side()
                 return
             if thread.take_side(cursor, chunk):
                 return
@@ -440,6 +552,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         ns = _ns(config)
         checkpoint_id = get_checkpoint_id(config) or thread.index.newest(ns)
         record = thread.index.checkpoint(ns, checkpoint_id) if checkpoint_id else None
+        if record is None and ns == "":
+            record = _session_record(thread, checkpoint_id)
         if record is None:
             return None
         return (yield from self._tuple(thread, ns, record, {}))
@@ -475,11 +589,17 @@ class CrabSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None,
     ) -> Iterator[tuple[Thread, str, dict[str, Any], dict[str, NumberedLines]]]:
         """The thread's checkpoints that match, newest first; each record parsed as reached."""
-        wanted_ns = _ns(config) if config is not None else None
+        # As LangGraph's own savers: no checkpoint_ns lists every namespace of the thread.
+        wanted_ns = config["configurable"].get("checkpoint_ns") if config is not None else None
         wanted_id = get_checkpoint_id(config) if config is not None else None
         before_id = get_checkpoint_id(before) if before is not None else None
         bodies: dict[str, NumberedLines] = {}  # one read of the session serves them all
-        for ns, records in list(thread.index.checkpoints.items()):
+        namespaces: list[tuple[str, Mapping[str, Record | dict[str, Any]]]]
+        namespaces = list(thread.index.checkpoints.items())
+        alone = _session_record(thread, None)
+        if alone is not None:
+            namespaces.insert(0, ("", {alone["id"]: alone}))
+        for ns, records in namespaces:
             if wanted_ns is not None and ns != wanted_ns:
                 continue
             for checkpoint_id in sorted(records, reverse=True):
@@ -487,7 +607,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
                     before_id and checkpoint_id >= before_id
                 ):
                     continue
-                record = records[checkpoint_id].body(thread.index.log)
+                found = records[checkpoint_id]
+                record = found if isinstance(found, dict) else found.body(thread.index.log)
                 if filter and not _matches(decode_value(self.serde, record["metadata"]), filter):
                     continue
                 yield (thread, ns, record, bodies)
@@ -516,14 +637,22 @@ class CrabSaver(BaseCheckpointSaver[str]):
         state = decode_value(self.serde, record["state"])
         newest = ns == "" and record["id"] == index.newest("")
         values: dict[str, Any] = {}
+        if SESSION_ALONE in record:  # the session's working context, with no side log
+            assert thread.context.cursor is not None  # read before it was made
+            place = (index.epoch, thread.context.cursor.lines)
+            values[MESSAGES] = yield from self._messages_at(thread, place, bodies, True)
         for channel, version in state["channel_versions"].items():
+            if SESSION_ALONE in record:
+                break
             found = index.blob((ns, channel, version))
             if found is None or found[0] == EMPTY:
                 continue
             encoded = found[0]
             if "session" in encoded:
                 place = encoded["session"]
-                values[channel] = yield from self._messages_at(thread, place, bodies, newest)
+                messages = yield from self._messages_at(thread, place, bodies, newest)
+                after = encoded.get("after")
+                values[channel] = messages + (decode_value(self.serde, after) if after else [])
             else:
                 values[channel] = decode_value(self.serde, encoded)
         checkpoint_id, parent = record["id"], record["parent"]
@@ -555,26 +684,72 @@ class CrabSaver(BaseCheckpointSaver[str]):
         """
         epoch, line = place
         with thread.lock:
-            current, cursor = thread.index.epoch, thread.context.cursor
-            last_put = thread.index.written.get(epoch, 0) == line
+            context, index = thread.context, thread.index
+            current, cursor = index.epoch, context.cursor
+            # A put killed after its intent may have left lines: not the conversation.
+            settled = not any(intent.epoch == current for intent in index.pending)
+            last_put = index.written.get(epoch, 0) == line and settled
             # The context may have been read before the side log told of this line.
             read_past = epoch == current and cursor is not None and cursor.lines >= line
             if read_past and cursor is not None and (cursor.lines == line or (newest and last_put)):
-                return list(thread.context.messages)  # nothing to read
-            known = thread.context.as_of(line) if epoch == current else None
-            if known is not None:
-                return known  # an earlier checkpoint since the last marker: a prefix
-        if epoch in thread.index.archives:
-            log, body = thread.side, thread.index.archives[epoch]
-        elif epoch == current:
-            log, body = thread.session, (yield from self._session_body(thread, bodies))
+                line = cursor.lines  # nothing to read: the context as it stands
+            known = context.as_of(line) if epoch == current else None
+            version = context.version
+        if known is not None:  # the context, or an earlier checkpoint's prefix of it
+            return self._handed_out(thread, Base(epoch, version, line, known[0]), known[1], newest)
+        log = thread.session if epoch == current else thread.side
+        body = yield from self._epoch_body(thread, epoch, bodies)
+        upto = bisect.bisect_right(body, line, key=lambda item: item[0])
+        messages, numbers = context_of(log, body[:upto])
+        return self._handed_out(thread, Base(epoch, -1, line, messages), numbers, False)
+
+    def _handed_out(
+        self, thread: Thread, base: Base, numbers: Sequence[int], newest: bool
+    ) -> Messages:
+        """Copies of ``base``'s messages for LangGraph, each with an id.
+
+        LangGraph changes the messages it is given (its reducer gives an id to
+        one without), so it gets copies; a message stored without an id gets
+        one made from its place, the same in every process. The newest
+        checkpoint's copies are remembered: a put continuing them is told
+        apart by pointer comparison.
+        """
+        copies = [
+            message.model_copy()
+            if message.id is not None
+            else message.model_copy(update={"id": _line_id(thread, base.epoch, number)})
+            for message, number in zip(base.messages, numbers, strict=True)
+        ]
+        if newest:
+            with thread.lock:
+                thread.handed = base._replace(messages=copies)
+        return copies
+
+    def _epoch_body(
+        self, thread: Thread, epoch: int, bodies: dict[str, NumberedLines]
+    ) -> Steps[NumberedLines]:
+        """The session's lines (after its header) as they were in ``epoch``.
+
+        An epoch archived in part takes its first lines from the next one.
+        """
+        index = thread.index
+        chain, newer = [], epoch
+        while newer != index.epoch and newer in index.bases:
+            chain.append(newer)
+            newer += 1
+        if newer == index.epoch:
+            body = yield from self._session_body(thread, bodies)
+        elif newer in index.archives:
+            body = index.archives[newer]
         else:
             raise SessionFormatError(
                 f"a checkpoint refers to epoch {epoch} of the session, which no record keeps",
                 path=thread.side.location,
             )
-        upto = bisect.bisect_right(body, line, key=lambda item: item[0])
-        return context_of(log, body[:upto])
+        for older in reversed(chain):
+            shared = bisect.bisect_right(body, index.bases[older], key=lambda item: item[0])
+            body = [*body[:shared], *index.archives[older]]
+        return body
 
     def _session_body(
         self, thread: Thread, bodies: dict[str, NumberedLines]
@@ -598,6 +773,10 @@ class CrabSaver(BaseCheckpointSaver[str]):
         yield from self._refresh(thread, held=True)
         ns = _ns(config)
         given = checkpoint["channel_values"]
+        # The session follows the newest checkpoint: one older than it (a concurrent run's,
+        # landing late) keeps its messages beside it, as any other value.
+        newest = thread.index.newest(ns)
+        follows = ns == "" and (newest is None or checkpoint["id"] > newest)
         values: list[list[Any]] = []
         for channel, version in new_versions.items():
             if channel not in given:  # LangGraph's "empty" channel, said so: no reader looks back
@@ -605,9 +784,13 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 continue
             value = given[channel]
             if ns == "" and channel == MESSAGES and isinstance(value, list):
-                place = yield from self._store_messages(thread, value)
-                if place is not None:
-                    values.append([channel, version, {"session": place}])
+                stored = yield from (
+                    self._store_messages(thread, value, checkpoint["id"])
+                    if follows
+                    else self._beside(thread, value)
+                )
+                if stored is not None:
+                    values.append([channel, version, stored])
                     continue
             kept = self._without_dropped(thread, value)
             values.append([channel, version, encode_value(self.serde, kept)])
@@ -656,37 +839,115 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 return
         yield from self._read_side(thread)
 
-    def _store_messages(self, thread: Thread, messages: Messages) -> Steps[tuple[int, int] | None]:
-        """Make the session's working context ``messages``; the place that holds them.
+    def _beside(self, thread: Thread, messages: Messages) -> Steps[dict[str, Any] | None]:
+        """The messages of a put older than the newest checkpoint, kept beside the session.
 
-        None (and nothing written) if ``messages`` holds something else than messages.
+        They continue the session as it stood at some line (a concurrent run
+        that lost the race, or a cancelled caller's put landing late): that
+        place, and the messages after it. None if they continue no place known.
         """
-        with thread.lock:
-            cursor = thread.context.cursor
-            bases = [list(thread.context.messages)]
-            if thread.last_put is not None and thread.last_put[0] == cursor:
-                bases.insert(0, thread.last_put[1])  # what plugins dropped is not asked again
-        # List equality compares identical items by identity first: pointer work only.
-        # Lines a put began and never finished must not stay: rewrite without them.
-        finished = thread.index.unfinished is None
-        base = next((b for b in bases if finished and messages[: len(b)] == b), None)
-        fresh = messages if base is None else messages[len(base) :]
+        base = self._base_of(thread, messages)
+        if base is None:
+            return None
+        after = encode_value(
+            self.serde, self._without_dropped(thread, messages[len(base.messages) :])
+        )
+        if "json" not in after and "messages" not in after:
+            return None  # not lines: kept whole, by the serializer
+        return {"session": [base.epoch, base.line], "after": after}
+        yield  # a generator of storage calls, though it needs none
+
+    def _store_messages(
+        self, thread: Thread, messages: Messages, checkpoint_id: str
+    ) -> Steps[dict[str, Any] | None]:
+        """Make ``messages`` the session's working context; the place that holds them.
+
+        The session is the truth: lines another writer (a chat history)
+        appended past the last put's are kept, after the new messages; only
+        lines of a killed put of this saver's (announced, never finished)
+        are removed. None (and nothing written) if ``messages`` holds
+        something else than messages.
+        """
+        base = self._base_of(thread, messages)
+        fresh = messages if base is None else messages[len(base.messages) :]
         if not all(isinstance(item, BaseMessage) for item in fresh):
             return None
-        if base is not None:
-            yield from self._append_messages(thread, [], fresh)
-        elif finished and messages and _is_summary(messages[0]):
+        landed = yield from self._landed(thread)
+        written = thread.index.written.get(thread.index.epoch, 0)
+        continues = base is not None and base.line >= written
+        if continues and landed:  # a killed put's lines: gone, and nothing else
+            yield from self._cut(thread, landed)
+        if continues:
+            yield from self._append_messages(thread, [], fresh, checkpoint_id)
+        elif messages and _is_summary(messages[0]) and not landed:
             marker = _marker(messages[0])
-            yield from self._append_messages(thread, [marker], messages[1:])
+            yield from self._append_messages(thread, [marker], messages[1:], checkpoint_id)
         else:
-            yield from self._rewrite(thread, messages)
+            yield from self._rewrite(thread, messages, base, landed, checkpoint_id)
         with thread.lock:
-            thread.last_put = (thread.context.cursor, list(messages))
-            assert thread.context.cursor is not None
-            return (thread.index.epoch, thread.context.cursor.lines)
+            cursor, epoch = thread.context.cursor, thread.index.epoch
+            assert cursor is not None
+            thread.puts.append(Base(epoch, thread.context.version, cursor.lines, list(messages)))
+            return {"session": [epoch, cursor.lines]}
+
+    def _base_of(self, thread: Thread, messages: Messages) -> Base | None:
+        """The longest known message list ``messages`` starts with, if any.
+
+        The lists LangGraph holds are this saver's own (the newest checkpoint
+        handed out, the last put), so a pointer comparison finds them; the
+        working context itself is compared last.
+        """
+        with thread.lock:
+            context, epoch = thread.context, thread.index.epoch
+            end = context.cursor.lines if context.cursor is not None else 0
+            now = Base(epoch, context.version, end, list(context.messages))
+            lines = context.lines
+            known = [thread.handed, *thread.puts]
+        bases = [b for b in known if b is not None and b[:2] == now[:2] and b.line <= end]
+        bases.sort(key=lambda b: b.line, reverse=True)
+        # List equality compares identical items by identity first: pointer work only.
+        found = next((b for b in bases if messages[: len(b.messages)] == b.messages), None)
+        if found is None:
+            return now if messages[: len(now.messages)] == now.messages else None
+        # What another writer appended since, if the new list holds it too (equal: a copy).
+        later = now.messages[bisect.bisect_right(lines, found.line) :]
+        taken = len(found.messages)
+        if later and messages[taken : taken + len(later)] == later:
+            return now._replace(messages=messages[: taken + len(later)])
+        return found
+
+    def _landed(self, thread: Thread) -> Steps[Spans]:
+        """Session lines ``(first, last)`` that a killed put of this epoch left (its intent's).
+
+        Checked against the intent's digest: lines another writer appended
+        where the killed put's would have gone are not its.
+        """
+        epoch = thread.index.epoch
+        cursor = thread.context.cursor
+        end = cursor.lines if cursor is not None else 0
+        pending = thread.index.pending
+        intents = [i for i in pending if i.epoch == epoch and i.digest and i.last <= end]
+        if not intents:
+            return []
+        body = dict((yield from self._session_body(thread, {})))
+        return [
+            (i.first, i.last)
+            for i in intents
+            if lines_digest(body.get(n, b"") for n in range(i.first, i.last + 1)) == i.digest
+        ]
+
+    def _cut(self, thread: Thread, landed: Spans) -> Steps[None]:
+        """Remove the lines ``landed`` from the session; every other line stays where it is."""
+        chunk = yield Read(thread.session, None)
+        header, body = split_header(thread.session.location, chunk.lines)
+        kept = [line for number, line in body if not _within(number, landed)]
+        yield Replace(thread.session, [header, *kept])
+        with thread.lock:
+            thread.context.reset()
+        yield from self._read_session(thread)
 
     def _append_messages(
-        self, thread: Thread, first: Lines, messages: Sequence[BaseMessage]
+        self, thread: Thread, first: Lines, messages: Sequence[BaseMessage], checkpoint_id: str
     ) -> Steps[None]:
         lines, read_back = self._lines_of(thread, messages)
         if first:
@@ -695,7 +956,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             return
         cursor = thread.context.cursor
         assert cursor is not None  # read before any write
-        announced = intent_record(thread.index.epoch, cursor.lines + 1, cursor.lines + len(lines))
+        announced = intent_record(thread.index.epoch, cursor.lines + 1, lines, checkpoint_id)
         yield from self._append_side(thread, [announced])
         after = yield Append(thread.session, lines, cursor)
         if after is not None and self._took_appended(thread, cursor, lines, read_back, after):
@@ -721,18 +982,44 @@ class CrabSaver(BaseCheckpointSaver[str]):
         batch = prepare_writes(plugins, messages, thread.hook_session, strict=strict)
         return batch if batch is not None else ([], None)
 
-    def _rewrite(self, thread: Thread, messages: Messages) -> Steps[None]:
-        """Archive the session's lines in the side log, then replace them by ``messages``."""
+    def _rewrite(
+        self,
+        thread: Thread,
+        messages: Messages,
+        base: Base | None,
+        landed: Spans,
+        checkpoint_id: str,
+    ) -> Steps[None]:
+        """Archive the session's lines in the side log, then replace them by ``messages``.
+
+        A fork continuing ``base`` (an earlier state of this epoch) keeps the
+        lines up to it as they are and archives only those after it: a
+        branch left behind costs its own lines. Lines another writer
+        appended since LangGraph was last handed the conversation (past the
+        last put's, and past what was handed out) stay, after ``messages``:
+        no door drops what another wrote.
+        """
         chunk = yield Read(thread.session, None)
         header, body = split_header(thread.session.location, chunk.lines)
         with thread.lock:
-            epoch = thread.index.epoch
+            index, handed = thread.index, thread.handed
+            epoch = index.epoch
+            seen = max(index.written.get(epoch, 0), handed.line if handed is not None else 0)
+        others = [line for n, line in body if n > seen and not _within(n, landed)]
+        kept = 0 if base is None else bisect.bisect_right(body, base.line, key=lambda i: i[0])
+        if kept and body[kept - 1][0] != kept + 1:  # blank lines between: numbers would shift
+            base, kept = None, 0
+        if base is not None:
+            messages = messages[len(base.messages) :]
         first = [_marker(messages[0])] if messages and _is_summary(messages[0]) else []
         lines, _ = self._lines_of(thread, messages[1:] if first else messages)
         new = [*first, *lines]
-        announced = intent_record(epoch + 1, 2, 1 + len(new))
-        yield from self._append_side(thread, [archive_record(epoch, body), announced])
-        yield Replace(thread.session, [header, *new])
+        start = 2 + kept  # the first new line's number
+        announced = intent_record(epoch + 1, start, new, checkpoint_id) if new else None
+        archive = archive_record(epoch, body[kept:], base.line if base is not None else None)
+        yield from self._append_side(thread, [archive, *([announced] if announced else [])])
+        prefix = [line for _, line in body[:kept]]
+        yield Replace(thread.session, [header, *prefix, *new, *others])
         with thread.lock:
             thread.context.reset()
         yield from self._read_session(thread)
@@ -832,6 +1119,66 @@ def _marker(summary: BaseMessage) -> bytes:
         text.removeprefix(_SUMMARY_PREFACE).strip() if text.startswith(_SUMMARY_PREFACE) else None
     )
     return marker_line(summary, datetime.now(timezone.utc).isoformat(), titled=proper)
+
+
+class _AbandonedError(Exception):
+    """A write whose caller was cancelled before it held its thread: nothing was written."""
+
+
+def _observed(task: asyncio.Future[Any]) -> None:
+    """Take a detached write's outcome, so a cancelled caller's error is not reported as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _within(number: int, spans: Spans) -> bool:
+    return any(first <= number <= last for first, last in spans)
+
+
+def _line_id(thread: Thread, epoch: int, line: int) -> str:
+    """The id of a message stored without one: its session, epoch and line, as a UUID."""
+    return str(uuid.uuid5(_LINE_IDS, f"{thread.session.name}\n{epoch}\n{line}"))
+
+
+def _session_record(thread: Thread, checkpoint_id: str | None) -> dict[str, Any] | None:
+    """The one checkpoint of a thread whose session has messages but no root checkpoint.
+
+    A session a chat history wrote, or one whose side log was deleted,
+    evicted or pruned away: its working context is the thread's
+    ``messages`` (the other channels empty), so the next turn continues it.
+    Its id is made from the session's creation time: the same in every
+    process, and older than any checkpoint put after it.
+    """
+    context = thread.context
+    if thread.index.newest("") is not None or context.meta is None or not context.messages:
+        return None
+    created = context.meta.created_at
+    alone_id = _checkpoint_id_at(created)
+    if checkpoint_id is not None and checkpoint_id != alone_id:
+        return None
+    state = {
+        **empty_checkpoint(),
+        "id": alone_id,
+        "ts": created.isoformat(),
+        "channel_versions": {MESSAGES: f"{1:010}.000000"},
+    }
+    del state["channel_values"]
+    metadata = {"source": "update", "step": -1, "parents": {}}
+    return {
+        "ns": "",
+        "id": alone_id,
+        "parent": None,
+        "metadata": {"json": metadata},
+        "state": {"json": state},
+        SESSION_ALONE: True,
+    }
+
+
+def _checkpoint_id_at(moment: datetime) -> str:
+    """A UUID 6 (LangGraph's checkpoint ids) for ``moment``, with no random part."""
+    ticks = int(moment.timestamp() * 10_000_000) + 0x01B21DD213814000
+    number = ((ticks >> 12) & 0xFFFFFFFFFFFF) << 80 | 6 << 76 | (ticks & 0x0FFF) << 64
+    return str(uuid.UUID(int=number | 1 << 63))  # version 6, RFC 4122 variant
 
 
 def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:

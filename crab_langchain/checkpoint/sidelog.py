@@ -14,13 +14,20 @@ record, a JSON object with one key:
   line of that epoch.
 - ``{"writes": {"ns", "checkpoint", "task", "path", "items": [[idx, channel, value]]}}``:
   one ``put_writes`` call.
-- ``{"intent": {"epoch", "first", "last"}}``: a ``put`` is about to append
-  these lines to the session; its checkpoint record follows them. Written
-  first, so lines no checkpoint refers to yet are told apart: a put under
-  way (or killed) wrote them, not a chat history continuing the session.
+- ``{"intent": {"epoch", "first", "last", "checkpoint", "digest"}}``: a
+  ``put`` is about to append these lines to the session; the record of
+  checkpoint ``checkpoint`` follows them and finishes it. Written first, so
+  lines no checkpoint refers to yet are told apart: a put under way (or
+  killed) wrote them, not a chat history continuing the session. ``digest``
+  (of the lines' bytes) tells whether a killed put's lines landed: the next
+  put removes them if so, and keeps every line another writer appended.
+  (An intent of an older release has neither key; any root checkpoint
+  finishes it.)
 - ``{"archive": {"epoch", "first", "lines"}}``: the session's lines as they
   were before a rewrite replaced them (epoch ``n`` is the session between the
-  ``n``-th and the next rewrite; the session file holds the newest).
+  ``n``-th and the next rewrite; the session file holds the newest). With
+  ``"base": b`` (a fork that kept the first lines), only the lines after
+  ``b`` are here: the lines up to ``b`` are the next epoch's, byte for byte.
 - ``{"blobs": {"ns", "values": [[channel, version, value]]}}``: values kept
   when the checkpoints that stored them were deleted.
 
@@ -36,10 +43,11 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +62,9 @@ from crab_langchain.models import SessionFormatError
 __all__ = [
     "EMPTY",
     "SIDE_KIND",
+    "Intent",
     "Kept",
+    "Record",
     "SideIndex",
     "archive_record",
     "blobs_record",
@@ -63,6 +73,7 @@ __all__ = [
     "decode_value",
     "encode_value",
     "intent_record",
+    "lines_digest",
     "side_header",
     "writes_record",
 ]
@@ -192,24 +203,37 @@ def writes_record(
     return _dumps({"writes": {**body, "items": items}})
 
 
-def archive_record(epoch: int, body: NumberedLines) -> bytes:
+def archive_record(epoch: int, body: NumberedLines, base: int | None = None) -> bytes:
     """The line keeping the session's body lines ``body`` of ``epoch``, byte for byte.
 
     The lines are embedded as they are (each is one JSON object), so the
-    record reads as the session did.
+    record reads as the session did. ``base``: ``body`` holds only the lines
+    after it; the lines up to it stay, as they are, in the next epoch.
     """
     numbers = [number for number, _ in body]
-    first = numbers[0] if numbers else 2
+    first = numbers[0] if numbers else (base or 1) + 1
     head: dict[str, Any] = {"epoch": epoch, "first": first}
+    if base is not None:
+        head["base"] = base
     if numbers != list(range(first, first + len(numbers))):
         head["numbers"] = numbers  # blank lines were left out between them
     opened = _dumps({"archive": head})[:-2]  # without the closing braces
     return opened + b',"lines":[' + b",".join(line for _, line in body) + b"]}}"
 
 
-def intent_record(epoch: int, first: int, last: int) -> bytes:
-    """The line announcing that session lines ``first``..``last`` of ``epoch`` are coming."""
-    return _dumps({"intent": {"epoch": epoch, "first": first, "last": last}})
+def intent_record(epoch: int, first: int, lines: Sequence[bytes], checkpoint_id: str) -> bytes:
+    """The line announcing ``lines`` as lines ``first``.. of ``epoch``, for a checkpoint."""
+    body = {"epoch": epoch, "first": first, "last": first + len(lines) - 1}
+    extra = {"checkpoint": checkpoint_id, "digest": lines_digest(lines)}
+    return _dumps({"intent": {**body, **extra}})
+
+
+def lines_digest(lines: Iterable[bytes]) -> str:
+    """A short digest of session lines' bytes: whether the lines an intent announced landed."""
+    digest = hashlib.blake2b(digest_size=12)
+    for line in lines:
+        digest.update(line + b"\n")
+    return digest.hexdigest()
 
 
 def blobs_record(values: Iterable[tuple[BlobKey, Any]]) -> bytes:
@@ -241,7 +265,22 @@ _CHECKPOINT_START = re.compile(
 _WRITES_START = re.compile(
     rb'\{"writes":\{"ns":(' + _JSON_STRING + rb'),"checkpoint":(' + _JSON_STRING + rb")"
 )
-_INTENT = re.compile(rb'\{"intent":\{"epoch":(\d+),"first":(\d+),"last":(\d+)\}\}')
+_INTENT = re.compile(
+    rb'\{"intent":\{"epoch":(\d+),"first":(\d+),"last":(\d+)'
+    rb'(?:,"checkpoint":(' + _JSON_STRING + rb'),"digest":"([0-9a-f]+)")?\}\}'
+)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """Session lines ``first``..``last`` of ``epoch`` that a put announced and has not finished."""
+
+    epoch: int
+    first: int
+    last: int
+    checkpoint: str | None = None
+    """The checkpoint whose record finishes it (None: an older release's, finished by any)."""
+    digest: str | None = None
 
 
 class Record:
@@ -292,13 +331,14 @@ class SideIndex:
     checkpoints: dict[str, dict[str, Record]] = field(default_factory=dict)
     writes: dict[tuple[str, str], list[Record]] = field(default_factory=dict)
     archives: dict[int, NumberedLines] = field(default_factory=dict)
+    bases: dict[int, int] = field(default_factory=dict)
+    """Per archived epoch kept in part: its lines up to this one are the next epoch's."""
     records: list[Record] = field(default_factory=list)
     newest_ids: dict[str, str] = field(default_factory=dict)
     written: dict[int, int] = field(default_factory=dict)
-    """Per epoch, the last session line a put announced: lines past it no put wrote."""
-    unfinished: tuple[str, int, int] | None = None
-    """``("intent", first, last)`` or ``("archive", 0, 0)`` when the last record is one:
-    a put that began changing the session and has not (or never) put its checkpoint."""
+    """Per epoch, the last session line a finished put wrote: lines past it no such put wrote."""
+    pending: list[Intent] = field(default_factory=list)
+    """Intents whose checkpoint has not come (yet, or ever: its put was killed), oldest first."""
     _blobs: dict[BlobKey, tuple[Any, tuple[str, str] | None]] = field(default_factory=dict)
     _unread: dict[str, list[Record]] = field(default_factory=dict)
     """Per namespace, the checkpoint records whose values are not in ``_blobs`` yet."""
@@ -327,14 +367,12 @@ class SideIndex:
                 continue
             found = _INTENT.fullmatch(line)
             if found:
-                self._take_intent(*(int(number) for number in found.groups()))
+                epoch, first, last = (int(number) for number in found.groups()[:3])
+                checkpoint = _string(found[4]) if found[4] else None
+                self.pending.append(Intent(epoch, first, last, checkpoint, _ascii(found[5])))
                 self.records.append(Record(number, line, "intent"))
                 continue
             self._take_whole(number, line)
-
-    def _take_intent(self, epoch: int, first: int, last: int) -> None:
-        self.written[epoch] = max(self.written.get(epoch, 0), last)
-        self.unfinished = ("intent", first, last)
 
     def _take_checkpoint(self, record: Record, ns: str, checkpoint_id: str) -> None:
         self.checkpoints.setdefault(ns, {})[checkpoint_id] = record
@@ -342,8 +380,18 @@ class SideIndex:
         self.records.append(record)
         if checkpoint_id > self.newest_ids.get(ns, ""):
             self.newest_ids[ns] = checkpoint_id
-        if ns == "":
-            self.unfinished = None  # the put that announced its lines finished
+        if ns == "" and self.pending:
+            self._finish(checkpoint_id)
+
+    def _finish(self, checkpoint_id: str) -> None:
+        """The intents root checkpoint ``checkpoint_id`` finishes: its own, and older releases'."""
+        still = []
+        for intent in self.pending:
+            if intent.checkpoint in (None, checkpoint_id):
+                self.written[intent.epoch] = max(self.written.get(intent.epoch, 0), intent.last)
+            else:
+                still.append(intent)
+        self.pending = still
 
     def _take_whole(self, number: int, line: bytes) -> None:
         kind, body = _parsed(self.log, number, line)
@@ -360,9 +408,12 @@ class SideIndex:
                 self.archives[body["epoch"]] = [
                     (n, _dumps(item)) for n, item in zip(numbers, body["lines"], strict=True)
                 ]
-                self.unfinished = ("archive", 0, 0)
+                if body.get("base") is not None:
+                    self.bases[body["epoch"]] = int(body["base"])
             elif kind == "intent":
-                self._take_intent(int(body["epoch"]), int(body["first"]), int(body["last"]))
+                epoch, first, last = int(body["epoch"]), int(body["first"]), int(body["last"])
+                checkpoint, digest = body.get("checkpoint"), body.get("digest")
+                self.pending.append(Intent(epoch, first, last, checkpoint, digest))
             elif kind == "blobs":
                 for ns, channel, version, value in body["values"]:
                     self._blobs[(ns, channel, _version(version))] = (value, None)
@@ -455,10 +506,13 @@ class SideIndex:
                 if found is not None and found[1] is not None and found[1] not in kept:
                     needed.append(((ns, channel, version), found[0]))
         lines = [blobs_record(needed)] if needed else []
+        pending = {(i.epoch, i.first, i.last, i.checkpoint) for i in self.pending}
         for record_ in self.records:
-            if record_.kind == "intent" and record_ is not self.records[-1]:
-                continue  # its checkpoint followed: it says nothing any more
             body = record_.body(self.log)
+            if record_.kind == "intent":
+                announced = (body["epoch"], body["first"], body["last"], body.get("checkpoint"))
+                if announced not in pending:
+                    continue  # its checkpoint followed: it says nothing any more
             if record_.kind == "checkpoint" and (body["ns"], body["id"]) not in kept:
                 continue
             if record_.kind == "writes" and (body["ns"], body["checkpoint"]) not in kept:
@@ -476,6 +530,10 @@ def _string(quoted: bytes) -> str:
     if b"\\" in quoted:
         return str(json.loads(quoted))
     return quoted[1:-1].decode("utf-8")
+
+
+def _ascii(found: bytes | None) -> str | None:
+    return None if found is None else found.decode("ascii")
 
 
 def _text(value: Any) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
+from typing import NamedTuple
 
 from langchain_core.messages import BaseMessage
 
@@ -12,7 +14,23 @@ from crab_langchain.log import SessionLog, split_header
 from crab_langchain.models import Session, SessionFormatError
 from crab_langchain.storage import Chunk, Cursor, companion_name
 
-__all__ = ["Thread"]
+__all__ = ["Base", "Thread"]
+
+_RECENT_PUTS = 8  # a put continuing one of these (a retry, a fork of a step) is found by pointer
+
+
+class Base(NamedTuple):
+    """A message list LangGraph holds, and the session's line it stands for.
+
+    A new message list that starts with ``messages`` (the very objects: a
+    pointer comparison) continues the session from ``line``.
+    """
+
+    epoch: int
+    version: int
+    """The working context's version then: a clear or a reload makes it stale."""
+    line: int
+    messages: list[BaseMessage]
 
 
 class Thread:
@@ -26,8 +44,10 @@ class Thread:
         self.index = SideIndex(self.side)
         self.side_cursor: Cursor | None = None
         self.context = WorkingContext()
-        self.last_put: tuple[Cursor | None, list[BaseMessage]] | None = None
-        """The message list of this saver's last ``put`` and the session's cursor after it."""
+        self.puts: deque[Base] = deque(maxlen=_RECENT_PUTS)
+        """The message lists of this saver's last puts, and where the session stood after each."""
+        self.handed: Base | None = None
+        """The messages this saver last handed out as the newest checkpoint's, and where."""
         self._told: tuple[tuple[int, Cursor | None], Session] | None = None
 
     def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:

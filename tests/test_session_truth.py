@@ -1,0 +1,310 @@
+"""The session is the truth: no door hides, rewrites or drops what another door wrote.
+
+A chat history and an agent with ``CrabSaver`` on one session, across lost
+side logs, killed and cancelled puts, concurrent runs and new processes: a
+message acknowledged by either door stays in the session's working context
+until something removes it explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agents import CONFIG, RecordingModel, chat_agent, chat_script, human, tool_agent
+from backends import OPEN_STORE, Backend, backend  # noqa: F401 - the fixture
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
+from langgraph.checkpoint.base import empty_checkpoint
+
+from crab_langchain import SessionStore
+from crab_langchain.checkpoint import CrabSaver
+from crab_langchain.checkpoint.saver import MissingSideLogWarning
+from crab_langchain.storage import companion_name
+
+TESTS = Path(__file__).parent
+THREAD = "alice-1"
+
+
+def texts(messages: list[BaseMessage]) -> list[Any]:
+    return [m.content for m in messages]
+
+
+def session_texts(store: SessionStore) -> list[Any]:
+    return texts(store.get_session_history(THREAD).messages)
+
+
+def side_name(store: SessionStore) -> str:
+    name = store.find(THREAD)
+    assert name is not None
+    return companion_name(name, "checkpoints")
+
+
+def side_lines(store: SessionStore) -> list[bytes]:
+    chunk = store.storage.read(side_name(store), None)
+    return [] if chunk is None else [line for _, line in chunk.lines]
+
+
+REPLY = "reply 0: " + "words " * 8
+
+
+def test_an_agent_continues_the_session_a_chat_history_wrote(backend: Backend):
+    store = backend.store()
+    store.get_session_history(THREAD).add_messages([HumanMessage("hi"), AIMessage("hello")])
+    agent = chat_agent(CrabSaver(store))
+    assert texts(agent.get_state(CONFIG).values["messages"]) == ["hi", "hello"]
+    agent.invoke(human("q"), CONFIG)
+    expected = ["hi", "hello", "q", REPLY]
+    assert texts(agent.get_state(CONFIG).values["messages"]) == expected
+    assert session_texts(backend.store()) == expected
+    assert texts(chat_agent(CrabSaver(backend.store())).get_state(CONFIG).values["messages"]) == (
+        expected
+    )
+    assert not any(line.startswith(b'{"archive"') for line in side_lines(store))  # appended
+
+
+@pytest.mark.parametrize("lose", ["delete", "prune"])
+def test_a_lost_side_log_leaves_the_conversation_and_the_next_turn_appends(
+    backend: Backend, lose: str
+):
+    store = backend.store()
+    saver = CrabSaver(store)
+    agent = chat_agent(saver)
+    agent.invoke(human("q0"), CONFIG)
+    agent.invoke(human("q1"), CONFIG)
+    before = session_texts(store)
+    assert len(before) == 4
+    if lose == "delete":  # deleted by hand, or evicted by Redis
+        assert store.storage.delete(side_name(store))
+    else:
+        saver.prune([THREAD], strategy="delete")
+    with (
+        pytest.warns(MissingSideLogWarning, match="side log is gone")
+        if lose == "delete"
+        else (warnings.catch_warnings())
+    ):
+        assert texts(agent.get_state(CONFIG).values["messages"]) == before
+    agent.invoke(human("q2"), CONFIG)
+    assert session_texts(backend.store())[:5] == [*before, "q2"]
+    assert len(session_texts(backend.store())) == 6
+    cold = chat_agent(CrabSaver(backend.store())).get_state(CONFIG).values["messages"]
+    assert texts(cold) == session_texts(backend.store())
+
+
+class AppendingModel(RecordingModel):
+    """Answers, after a chat history on the same session appended a message (mid-run)."""
+
+    store: Any = None
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        self.store.get_session_history(THREAD).add_messages([HumanMessage("from the history")])
+        return super()._generate(messages, *args, **kwargs)
+
+
+def test_a_history_append_during_a_run_is_kept_and_in_the_next_checkpoint(backend: Backend):
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store))
+    agent.invoke(human("q0"), CONFIG)
+    model = AppendingModel(messages=chat_script(1), store=backend.store())
+    appending = create_agent(model, [], checkpointer=CrabSaver(backend.store()))
+    appending.invoke(human("q1"), CONFIG, durability="sync")  # q1 stored before the model runs
+    after = session_texts(backend.store())
+    assert after == ["q0", REPLY, "q1", "from the history", REPLY]
+    state = appending.get_state(CONFIG).values["messages"]
+    assert texts(state) == after
+    side = side_lines(store)
+    assert not any(line.startswith(b'{"archive"') for line in side)
+
+
+# argv: url, prefix, tests dir. Runs one turn, then a second whose put is SIGKILLed right
+# after its session lines landed (before its checkpoint record).
+KILLED_PUT = (
+    OPEN_STORE
+    + """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from agents import CONFIG, chat_agent, human
+from crab_langchain.checkpoint import CrabSaver
+store = open_store(sys.argv[1], sys.argv[2])
+agent = chat_agent(CrabSaver(store))
+agent.invoke(human("q0"), CONFIG)
+storage, append = store.storage, store.storage.append
+def append_then_die(name, lines, after=None):
+    cursor = append(name, lines, after)
+    if name.endswith(".jsonl"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return cursor
+storage.append = append_then_die
+agent.invoke(human("q1"), CONFIG)
+"""
+)
+
+
+def test_a_killed_puts_lines_go_and_a_history_append_after_it_stays(backend: Backend):
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_PUT, *backend.argv, str(TESTS)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    store = backend.store()
+    assert session_texts(store) == ["q0", REPLY, "q1"]  # the killed put's line landed
+    store.get_session_history(THREAD).add_messages([HumanMessage("after the kill")])
+    side_before = sum(map(len, side_lines(store)))
+    agent = chat_agent(CrabSaver(store))
+    state = texts(agent.get_state(CONFIG).values["messages"])
+    # The newest acknowledged checkpoint, with its pending write (q1, from __start__) if
+    # LangGraph's background write of it came before the kill.
+    assert state in (["q0", REPLY], ["q0", REPLY, "q1"])
+    agent.invoke(human("q2"), CONFIG)
+    after = session_texts(backend.store())
+    # A new input starts from the acknowledged checkpoint (LangGraph drops the killed run's
+    # pending writes): the killed put's line is gone, the history's stays.
+    assert after == ["q0", REPLY, "after the kill", "q2", REPLY]
+    assert texts(agent.get_state(CONFIG).values["messages"]) == after
+    side = side_lines(store)
+    assert not any(line.startswith(b'{"archive"') for line in side)  # no copy of the session
+    assert sum(map(len, side)) - side_before < 8000  # the turn's own records, no more
+
+
+def test_messages_handed_out_are_copies_with_ids_the_same_in_every_process(backend: Backend):
+    store = backend.store()
+    store.get_session_history(THREAD).add_messages([HumanMessage("hi"), AIMessage("hello")])
+    agent = chat_agent(CrabSaver(store))
+    agent.invoke(human("q"), CONFIG)
+    warm = agent.get_state(CONFIG).values["messages"]
+    assert all(m.id for m in warm)
+    cold = chat_agent(CrabSaver(backend.store())).get_state(CONFIG).values["messages"]
+    assert [m.id for m in cold] == [m.id for m in warm]
+    warm[0].content = "changed in place"
+    assert texts(agent.get_state(CONFIG).values["messages"])[0] == "hi"  # nothing cached changed
+    fresh = chat_agent(CrabSaver(backend.store()))
+    fresh.update_state(CONFIG, {"messages": [RemoveMessage(id=cold[0].id)]})
+    assert session_texts(backend.store()) == ["hello", "q", REPLY]
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def run_with_workers(workers: int, work: Any) -> Any:
+    """``work()`` with a default executor of ``workers`` threads, bounded in time.
+
+    The executor stays the loop's (each test has a loop of its own).
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    asyncio.get_running_loop().set_default_executor(pool)
+    return await asyncio.wait_for(work(), timeout=60)
+
+
+@pytest.mark.parametrize("runs", [2, 4, 8, 16])
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_concurrent_runs_on_one_thread_complete(backend: Backend, runs: int, workers: int):
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store), turns=runs)
+
+    async def submit() -> list[Any]:
+        return await asyncio.gather(*(agent.ainvoke(human(f"q{n}"), CONFIG) for n in range(runs)))
+
+    await run_with_workers(workers, submit)
+    messages = texts((await agent.aget_state(CONFIG)).values["messages"])
+    assert {f"q{n}" for n in range(runs)} & set(messages)  # the last run's turn at least
+    assert session_texts(backend.store()) == messages
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_parallel_tool_calls_with_one_worker_complete(tmp_path: Path, workers: int):
+    store = SessionStore(tmp_path / "sessions", entry_points=False)
+    agent = tool_agent(CrabSaver(store))
+
+    async def turn() -> Any:
+        return await agent.ainvoke(human("weather?"), CONFIG)
+
+    await run_with_workers(workers, turn)
+    assert texts((await agent.aget_state(CONFIG)).values["messages"])[-1] == "Sunny in both."
+
+
+async def test_cancelled_runs_leave_no_hold_and_the_session_is_the_state(backend: Backend):
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store), turns=200)
+    for n in range(5):
+        await agent.ainvoke(human(f"warm-up {n}"), CONFIG)
+    for n in range(50):
+        task = asyncio.ensure_future(agent.ainvoke(human(f"q{n}"), CONFIG))
+        await asyncio.sleep(0.001 * (n % 7))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # a run may finish first
+            await task
+    await asyncio.sleep(0.2)  # puts a cancelled caller left to finish
+    await asyncio.wait_for(agent.ainvoke(human("after"), CONFIG), timeout=30)  # no hold left
+    state = texts((await agent.aget_state(CONFIG)).values["messages"])
+    assert state[-2] == "after"
+    assert session_texts(backend.store()) == state
+
+
+# --- cancelled puts -------------------------------------------------------------------------------
+
+
+def new_checkpoint(messages: list[BaseMessage], version: int) -> tuple[Any, Any]:
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"messages": messages}
+    checkpoint["channel_versions"] = {"messages": version}
+    return checkpoint, {"messages": version}
+
+
+async def put_turns(saver: CrabSaver, thread_id: str, turns: int, *, cancel: bool) -> None:
+    """``turns`` puts of a growing conversation; with ``cancel``, a cancelled put before each."""
+    messages: list[BaseMessage] = []
+    parent: str | None = None
+    for n in range(turns):
+        configurable = {"thread_id": thread_id, "checkpoint_ns": ""}
+        if parent:
+            configurable["checkpoint_id"] = parent
+        if cancel:  # a put whose caller gives up: its turn is asked again below
+            lost = [*messages, HumanMessage(f"lost {n}" + " words" * 20, id=f"lost-{n}")]
+            checkpoint, versions = new_checkpoint(lost, 2 * n + 1)
+            task = asyncio.ensure_future(
+                saver.aput({"configurable": configurable}, checkpoint, {"step": n}, versions)
+            )
+            await asyncio.sleep(0)  # under way
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        messages = [*messages, HumanMessage(f"q{n}" + " words" * 20, id=f"q-{n}")]
+        checkpoint, versions = new_checkpoint(messages, 2 * n + 2)
+        stored = await saver.aput({"configurable": configurable}, checkpoint, {"step": n}, versions)
+        parent = stored["configurable"]["checkpoint_id"]
+    await asyncio.sleep(0.1)  # the last cancelled put, finishing in the background
+
+
+async def test_fifty_cancelled_puts_cost_their_own_lines_not_a_copy(backend: Backend):
+    store = backend.store()
+    saver = CrabSaver(store)
+    await put_turns(saver, "plain", 50, cancel=False)
+    await put_turns(saver, "cancelled", 50, cancel=True)
+
+    def side_bytes(thread_id: str) -> int:
+        name = companion_name(store.find(thread_id) or "", "checkpoints")
+        chunk = store.storage.read(name, None)
+        return sum(len(line) for _, line in chunk.lines) if chunk else 0
+
+    assert side_bytes("cancelled") <= 2 * side_bytes("plain")
+    assert texts(store.get_session_history("cancelled").messages) == texts(
+        store.get_session_history("plain").messages
+    )
+    tuple_ = await CrabSaver(backend.store()).aget_tuple(
+        {"configurable": {"thread_id": "cancelled"}}
+    )
+    assert tuple_ is not None
+    assert [m.id for m in tuple_.checkpoint["channel_values"]["messages"]] == [
+        f"q-{n}" for n in range(50)
+    ]

@@ -628,3 +628,14 @@ def test_the_history_door_reads_and_continues_a_savers_session(backend: Backend)
     thread.put({"messages": [*turn(0), *turn(1), *turn(2)]})  # the saver's next turn
     assert backend.store().get_session_history(THREAD).messages == [*turn(0), *turn(1), *turn(2)]
     assert len(backend.lines(backend.store().find(THREAD) or "")) == 7  # nothing twice
+
+
+def test_pruning_keeps_which_lines_puts_wrote(tmp_path: Path):
+    thread = Thread(saver_at(tmp_path))
+    thread.put({"messages": [*turn(0), *turn(1)]})
+    thread.saver.prune([THREAD])  # the intents go; what they said stays
+    cold = Thread(saver_at(tmp_path))
+    cold.parent = thread.parent
+    cold.put({"messages": turn(1)})  # the first turn removed, by a saver that read nothing
+    session, _ = files(tmp_path)
+    assert [line.get("content") for line in session[1:]] == ["question 1", "answer 1"]

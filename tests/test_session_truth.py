@@ -308,3 +308,31 @@ async def test_fifty_cancelled_puts_cost_their_own_lines_not_a_copy(backend: Bac
     assert [m.id for m in tuple_.checkpoint["channel_values"]["messages"]] == [
         f"q-{n}" for n in range(50)
     ]
+
+
+def test_a_rolled_back_run_leaves_the_session_and_a_history_append_stays(backend: Backend):
+    store = backend.store()
+    saver = CrabSaver(store)
+    chat_agent(saver).invoke(human("q0"), {**CONFIG, "metadata": {"run_id": "r0"}})
+    model = AppendingModel(messages=chat_script(1), store=backend.store())
+    appending = create_agent(model, [], checkpointer=saver)
+    run = {**CONFIG, "metadata": {"run_id": "r1"}}
+    appending.invoke(human("q1"), run, durability="sync")
+    assert session_texts(store) == ["q0", REPLY, "q1", "from the history", REPLY]
+    saver.delete_for_runs(["r1"])
+    expected = ["q0", REPLY, "from the history"]
+    assert session_texts(backend.store()) == expected
+    for reader in (saver, CrabSaver(backend.store())):
+        state = chat_agent(reader).get_state(CONFIG)
+        assert texts(state.values["messages"]) == expected
+        history = list(reader.list(CONFIG))
+        assert all(t.metadata.get("run_id") != "r1" for t in history)
+        assert all(
+            texts(t.checkpoint["channel_values"].get("messages", []))[:2] in (["q0"], ["q0", REPLY])
+            for t in history
+            if t.checkpoint["channel_values"].get("messages")
+        )
+    (archive,) = [line for line in side_lines(store) if line.startswith(b'{"archive"')]
+    assert b'"q1"' in archive
+    chat_agent(CrabSaver(backend.store())).invoke(human("q2"), CONFIG)
+    assert session_texts(backend.store()) == [*expected, "q2", REPLY]

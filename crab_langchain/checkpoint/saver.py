@@ -65,6 +65,7 @@ from crab_langchain.checkpoint.sidelog import (
     lines_digest,
     side_header,
     writes_record,
+    written_record,
 )
 from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
 from crab_langchain.checkpoint.thread import Base, Thread
@@ -350,11 +351,17 @@ class CrabSaver(BaseCheckpointSaver[str]):
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that runs ``run_ids`` made, in every thread.
 
-        The conversation stays in the session; values that other checkpoints
-        still use are kept.
+        A rolled-back run's messages leave the session's working context: it
+        is the newest remaining checkpoint's again (the run's lines archived
+        in the side log), and lines a chat history appended meanwhile stay.
+        Values that other checkpoints still use are kept.
         """
         for thread_id in run(self._thread_ids(None)) if run_ids else []:
-            self._rewrite_side(thread_id, lambda index: index.not_of_runs(set(run_ids), self.serde))
+            self._rewrite_side(
+                thread_id,
+                lambda index: index.not_of_runs(set(run_ids), self.serde),
+                roll_back=True,
+            )
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async :meth:`delete_for_runs`."""
@@ -686,6 +693,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         with thread.lock:
             context, index = thread.context, thread.index
             current, cursor = index.epoch, context.cursor
+            # Lines a later epoch kept as they were are that epoch's too.
+            while epoch < current and index.bases.get(epoch, -1) >= line:
+                epoch += 1
             # A put killed after its intent may have left lines: not the conversation.
             settled = not any(intent.epoch == current for intent in index.pending)
             last_put = index.written.get(epoch, 0) == line and settled
@@ -1062,17 +1072,26 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if records:
             yield Append(target.side, [line for _, line in records], None)
 
-    def _rewrite_side(self, thread_id: str, keep: Callable[[SideIndex], Kept | None]) -> None:
+    def _rewrite_side(
+        self,
+        thread_id: str,
+        keep: Callable[[SideIndex], Kept | None],
+        *,
+        roll_back: bool = False,
+    ) -> None:
         """Replace the side log of ``thread_id`` by the records ``keep(index)`` chooses.
 
         ``keep`` returns the ``(ns, checkpoint id)`` pairs to keep, or None to
-        delete the side log. Values the kept checkpoints use are kept.
+        delete the side log. Values the kept checkpoints use are kept. With
+        ``roll_back``, the session's lines of puts newer than the newest kept
+        checkpoint go too (:meth:`_rolled_back`).
         """
         thread = run(self._thread(_config(thread_id, "", None), create=False))
         if thread is None:
             return
         with self.store.storage.hold(thread.session.name):
-            run(self._read_side(thread))  # the conversation is not read: it stays as it is
+            # Pruning leaves the conversation as it is: only a roll-back reads it.
+            run(self._refresh(thread, held=True) if roll_back else self._read_side(thread))
             if thread.side_cursor is None:
                 return  # a session with no checkpoints (a chat history's)
             kept = keep(thread.index)
@@ -1080,9 +1099,45 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 thread.side.delete()
             else:
                 header = side_header(thread.session.name)
-                thread.side.replace([header, *thread.index.kept_lines(kept, self.serde)])
+                lines = thread.index.kept_lines(kept, self.serde)
+                session = run(self._rolled_back(thread, kept)) if roll_back else None
+                if session is None:
+                    thread.side.replace([header, *lines])
+                else:
+                    thread.side.replace([header, *lines, *session[1]])
+                    thread.session.replace(session[0])
             with thread.lock:
                 thread.forget_side()
+                thread.context.reset()
+
+    def _rolled_back(self, thread: Thread, kept: Kept) -> Steps[tuple[Lines, Lines] | None]:
+        """``(the session's lines, side-log records)`` without puts newer than the newest kept.
+
+        The session goes back to the newest kept root checkpoint's messages,
+        followed by every line no put wrote (a chat history's); the lines
+        left are archived as the epoch they were. None if nothing changes, or
+        the newest kept checkpoint is in an earlier epoch (then the session
+        stays as it is).
+        """
+        index = thread.index
+        epoch = index.epoch
+        newest = max((cid for ns, cid in kept if ns == ""), default=None)
+        place = [epoch, 1] if newest is None else index.messages_place(newest, self.serde)
+        if place is None or place[0] != epoch:
+            return None
+        line = place[1]
+        chunk = yield Read(thread.session, None)
+        header, body = split_header(thread.session.location, chunk.lines)
+        gone = [span for span in index.put_lines(epoch) if span[1] > line]
+        if not any(_within(number, gone) for number, _ in body):
+            return None
+        shared = bisect.bisect_right(body, line, key=lambda item: item[0])
+        if shared and body[shared - 1][0] != shared + 1:
+            return None  # blank lines: the numbers would shift (not a session we wrote)
+        stays = [text for number, text in body[shared:] if not _within(number, gone)]
+        session = [header, *[text for _, text in body[:shared]], *stays]
+        records = [archive_record(epoch, body[shared:], line), written_record(epoch + 1, line)]
+        return session, records
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -1136,7 +1191,12 @@ def _within(number: int, spans: Spans) -> bool:
 
 
 def _line_id(thread: Thread, epoch: int, line: int) -> str:
-    """The id of a message stored without one: its session, epoch and line, as a UUID."""
+    """The id of a message stored without one: its session, epoch and line, as a UUID.
+
+    A line later epochs kept as it was keeps the id of the epoch it was written in.
+    """
+    while epoch > 0 and thread.index.bases.get(epoch - 1, -1) >= line:
+        epoch -= 1
     return str(uuid.uuid5(_LINE_IDS, f"{thread.session.name}\n{epoch}\n{line}"))
 
 

@@ -30,6 +30,9 @@ record, a JSON object with one key:
   ``b`` are here: the lines up to ``b`` are the next epoch's, byte for byte.
 - ``{"blobs": {"ns", "values": [[channel, version, value]]}}``: values kept
   when the checkpoints that stored them were deleted.
+- ``{"written": {"epoch", "last"}}``: session lines up to ``last`` of
+  ``epoch`` were written by puts (what their intents said, kept when pruning
+  drops the intents): lines past it another writer appended.
 
 A value is ``{"json": ...}`` where JSON holds it as it is, ``{"messages":
 [...]}`` for a list of messages (their session lines' objects) and
@@ -76,6 +79,7 @@ __all__ = [
     "lines_digest",
     "side_header",
     "writes_record",
+    "written_record",
 ]
 
 SIDE_KIND = "checkpoints"
@@ -234,6 +238,11 @@ def lines_digest(lines: Iterable[bytes]) -> str:
     for line in lines:
         digest.update(line + b"\n")
     return digest.hexdigest()
+
+
+def written_record(epoch: int, last: int) -> bytes:
+    """The line saying that puts wrote session lines up to ``last`` of ``epoch``."""
+    return _dumps({"written": {"epoch": epoch, "last": last}})
 
 
 def blobs_record(values: Iterable[tuple[BlobKey, Any]]) -> bytes:
@@ -414,6 +423,9 @@ class SideIndex:
                 epoch, first, last = int(body["epoch"]), int(body["first"]), int(body["last"])
                 checkpoint, digest = body.get("checkpoint"), body.get("digest")
                 self.pending.append(Intent(epoch, first, last, checkpoint, digest))
+            elif kind == "written":
+                epoch, last = int(body["epoch"]), int(body["last"])
+                self.written[epoch] = max(self.written.get(epoch, 0), last)
             elif kind == "blobs":
                 for ns, channel, version, value in body["values"]:
                     self._blobs[(ns, channel, _version(version))] = (value, None)
@@ -475,6 +487,30 @@ class SideIndex:
             stored[key] for key in sorted(stored, key=lambda k: writes_sort_key(stored[k].path, *k))
         ]
 
+    def put_lines(self, epoch: int) -> list[tuple[int, int]]:
+        """The session lines ``(first, last)`` of ``epoch`` that puts announced, finished or not."""
+        spans = []
+        for record in self.records:
+            if record.kind == "intent":
+                body = record.body(self.log)
+                if body.get("epoch") == epoch:
+                    spans.append((int(body["first"]), int(body["last"])))
+        return spans
+
+    def messages_place(self, checkpoint_id: str, serde: SerializerProtocol) -> list[int] | None:
+        """``[epoch, line]`` where root checkpoint ``checkpoint_id``'s messages end in the session.
+
+        None if it keeps them otherwise (or has none).
+        """
+        record = self.checkpoint("", checkpoint_id)
+        if record is None:
+            return None
+        version = decode_value(serde, record["state"])["channel_versions"].get("messages")
+        found = None if version is None else self.blob(("", "messages", version))
+        if found is None or "session" not in found[0] or "after" in found[0]:
+            return None
+        return [int(number) for number in found[0]["session"]]
+
     # --- pruning ------------------------------------------------------------------
 
     def newest_of_each(self) -> Kept:
@@ -507,6 +543,7 @@ class SideIndex:
                     needed.append(((ns, channel, version), found[0]))
         lines = [blobs_record(needed)] if needed else []
         pending = {(i.epoch, i.first, i.last, i.checkpoint) for i in self.pending}
+        lines += [written_record(epoch, last) for epoch, last in sorted(self.written.items())]
         for record_ in self.records:
             body = record_.body(self.log)
             if record_.kind == "intent":

@@ -47,6 +47,8 @@ class WorkingContext:
         """The line the context starts at: its marker's, or 0 (no marker)."""
         self.cursor: Cursor | None = None
         self.meta: SessionMeta | None = None
+        self.header: bytes | None = None
+        """The header line as read, byte for byte."""
         self.version = 0
         self._crab: list[CrabMessage] = []
 
@@ -133,7 +135,7 @@ class WorkingContext:
     def _load(self, log: SessionLog, lines: NumberedLines) -> None:
         """A whole log: its header, then only what follows its last compaction marker."""
         meta, body = log.split(lines)
-        self.meta = meta
+        self.meta, self.header = meta, lines[0][1]
         self._restart()
         self._take_lines(log, body[last_marker(log, body) :])
 

@@ -16,6 +16,7 @@ it has not; :class:`~crab_langchain.storage.SessionStorage` decides which.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from crab_langchain.storage import Chunk, Cursor, SessionStorage
 __all__ = [
     "NumberedLines",
     "SessionLog",
+    "header_identity",
     "is_message_line",
     "last_marker",
     "meta_of",
@@ -204,6 +206,16 @@ def meta_of(storage: SessionStorage, name: str, header: bytes | Exception) -> Se
         return SessionMeta.from_line(header)
     except SessionFormatError as error:
         raise error.at(storage.location(name), 1) from None
+
+
+def header_identity(header: bytes) -> str:
+    """What tells this session from one re-created under its name: a digest of its header line.
+
+    A header is written once, at creation, with the time to the microsecond;
+    a log kept beside the session (a checkpointer's side log) records it, so
+    it is never taken for the log of another incarnation.
+    """
+    return hashlib.blake2b(header, digest_size=9).hexdigest()
 
 
 def last_marker(log: SessionLog, body: NumberedLines) -> int:

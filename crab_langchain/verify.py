@@ -7,14 +7,14 @@ going, so one run lists all that is wrong with a session. They never write.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crab_langchain.log import split_header
+from crab_langchain.log import header_identity, split_header
 from crab_langchain.models import SessionFormatError, SessionMeta, parse_entry
-from crab_langchain.storage import COMPANION_KINDS, SessionStorage, companion_name
-from crab_langchain.storage.base import is_json_object
+from crab_langchain.storage import COMPANION_KINDS, SessionStorage, companion_name, owner_of
 
 __all__ = ["FileReport", "LogReport", "line_problem", "verify_file", "verify_log"]
 
@@ -68,7 +68,8 @@ def verify_file(path: str | os.PathLike[str]) -> FileReport:
     for kind in COMPANION_KINDS:
         companion = report.path.with_name(companion_name(report.path.name, kind))
         if companion.exists():
-            _check_companion(report, companion.name, _file_lines(companion))
+            header = _first_line(report.path)
+            _check_companion(report, companion.name, _file_lines(companion), header)
     return report
 
 
@@ -97,8 +98,18 @@ def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
             chunk = storage.read(companion, None)
         except FileNotFoundError:
             continue
-        _check_companion(report, companion, [] if chunk is None else chunk.lines)
+        header = numbered[0][1] if numbered and numbered[0][0] == 1 else None
+        _check_companion(report, companion, [] if chunk is None else chunk.lines, header)
     return report
+
+
+def _first_line(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            line = file.readline()
+    except OSError:
+        return None
+    return line[:-1] if line.endswith(b"\n") else None
 
 
 def _file_lines(path: Path) -> list[tuple[int, bytes]]:
@@ -107,14 +118,51 @@ def _file_lines(path: Path) -> list[tuple[int, bytes]]:
     return list(enumerate([*complete, tail] if tail else complete, start=1))
 
 
-def _check_companion(report: LogReport, name: str, lines: list[tuple[int, bytes]]) -> None:
-    """Problems of a log kept beside the session (a checkpointer's side log): JSON objects only.
+_SIDE_RECORDS = {"checkpoint", "writes", "intent", "archive", "blobs", "written"}
 
-    Its problems are the session's, each naming the companion and its line.
+
+def _check_companion(
+    report: LogReport, name: str, lines: list[tuple[int, bytes]], session_header: bytes | None
+) -> None:
+    """Problems of a log kept beside the session (a checkpointer's side log).
+
+    Its header must name this session (and, where it says, this incarnation
+    of it); every other line must be one record. Its problems are the
+    session's, each naming the companion and its line.
     """
     for number, line in lines:
-        if not is_json_object(line):
-            report.problems.append((None, f"{name}:{number}: not a JSON object"))
+        reason = _side_line_problem(number, line, name, session_header)
+        if reason is not None:
+            report.problems.append((None, f"{name}:{number}: {reason}"))
+
+
+def _side_line_problem(
+    number: int, line: bytes, name: str, session_header: bytes | None
+) -> str | None:
+    try:
+        fields = json.loads(line)
+    except (ValueError, RecursionError):
+        return "not a JSON object"
+    if not isinstance(fields, dict):
+        return "not a JSON object"
+    if number == 1:
+        owner = owner_of(name)
+        if fields.get("crab_checkpoints") != 1:
+            return "not a checkpointer's side log"
+        if owner is not None and fields.get("session") != owner[0]:
+            return f"the side log of another session ({str(fields.get('session'))[:100]!r})"
+        identity = fields.get("identity")
+        if (
+            identity is not None
+            and session_header is not None
+            and identity != header_identity(session_header)
+        ):
+            return "the side log of an earlier session of this name (its identity differs)"
+        return None
+    kinds = list(fields)
+    if len(kinds) != 1 or kinds[0] not in _SIDE_RECORDS or not isinstance(fields[kinds[0]], dict):
+        return f"not a checkpoint record (keys {sorted(kinds)[:5]})"
+    return None
 
 
 def line_problem(number: int, line: bytes) -> str | None:

@@ -25,6 +25,7 @@ from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 from crab_langchain import SessionFormatError, SessionStore, hookimpl, mark_auto_injected
 from crab_langchain.checkpoint import CrabSaver, sidelog
 from crab_langchain.checkpoint import saver as saver_module
+from crab_langchain.log import header_identity
 from crab_langchain.models import CrabMessage
 from crab_langchain.storage import DirectoryStorage
 from crab_langchain.transfer import copy_sessions
@@ -111,7 +112,13 @@ def test_a_growing_conversation_appends_only_its_new_messages(tmp_path: Path):
         sizes.append(sum(p.stat().st_size for p in tmp_path.glob("*.jsonl*")))
     session, side = files(tmp_path)
     assert [line.get("content") for line in session[1:]] == [m.content for m in messages]
-    assert side[0] == {"crab_checkpoints": 1, "session": next(tmp_path.glob("*.jsonl")).name}
+    session_file = next(tmp_path.glob("*.jsonl"))
+    header = session_file.read_bytes().split(b"\n")[0]
+    assert side[0] == {
+        "crab_checkpoints": 1,
+        "session": session_file.name,
+        "identity": header_identity(header),  # this incarnation of the session
+    }
     places = [record["checkpoint"]["values"][0][2] for record in side if "checkpoint" in record]
     assert places == [{"session": [0, 1 + 2 * n]} for n in range(1, 6)]
     intents = [record["intent"] for record in side if "intent" in record]
@@ -246,18 +253,32 @@ def test_a_hostile_thread_id_stays_in_the_directory(tmp_path: Path):
     assert thread.messages() == turn(0)
 
 
-def test_a_malformed_side_log_line_is_named_and_nothing_is_lost(tmp_path: Path):
+def test_one_bad_record_hurts_one_checkpoint_and_is_named(tmp_path: Path):
     thread = Thread(saver_at(tmp_path))
-    thread.put({"messages": turn(0)})
-    side = next(tmp_path.glob("*.checkpoints"))
-    bad = len(side.read_bytes().splitlines()) + 1
-    with side.open("ab") as file:
-        file.write(b'{"checkpoint": "not a record"}\n')
+    first = thread.put({"messages": turn(0), "topic": "a"})
+    second = thread.put({"messages": [*turn(0), *turn(1)], "topic": "b"})
+    Thread(thread.saver, "bob-2").put({"messages": turn(2)})
+    side = next(p for p in tmp_path.glob("*alice-1.jsonl.checkpoints"))
+    lines = side.read_bytes().split(b"\n")
+    broken = next(n for n, line in enumerate(lines, 1) if first.encode() in line[:80])
+    lines[broken - 1] = lines[broken - 1].split(b',"parent"')[0] + b',"parent":oops}}'
+    lines.insert(len(lines) - 1, b'{"something": "else"}')  # a foreign line, last
+    side.write_bytes(b"\n".join(lines))
+    fresh = saver_at(tmp_path)
+    with pytest.warns(sidelog.BadRecordWarning, match=f"{side}:{len(lines) - 1}"):
+        assert thread.messages(second, fresh) == [*turn(0), *turn(1)]  # the others read
     with pytest.raises(SessionFormatError) as raised:
-        saver_at(tmp_path).get_tuple(thread.config())
-    assert str(side) in str(raised.value)
-    assert f":{bad}:" in str(raised.value) or f"line {bad}" in str(raised.value)
-    assert saver_at(tmp_path).store.get_session_history(THREAD).messages == turn(0)
+        fresh.get_tuple(thread.config(first))
+    assert f"{side}:{broken}" in str(raised.value)
+    for config in (thread.config(), None):
+        with pytest.warns(sidelog.BadRecordWarning, match=f"{side}:{broken}"):
+            listed = [t.checkpoint["id"] for t in fresh.list(config)]
+        assert second in listed
+        assert first not in listed
+    assert len(listed) == 2  # bob's too
+    problems = verify_file(next(tmp_path.glob("*alice-1.jsonl"))).problems
+    assert any(f"checkpoints:{len(lines) - 1}: not a checkpoint record" in p for _, p in problems)
+    assert fresh.store.get_session_history(THREAD).messages == [*turn(0), *turn(1)]
 
 
 def test_a_side_log_that_is_not_one_is_refused_by_name(tmp_path: Path):

@@ -14,6 +14,8 @@ import contextlib
 import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,11 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.base import empty_checkpoint
 
-from crab_langchain import SessionStore
+from crab_langchain import SessionFormatError, SessionStore
 from crab_langchain.checkpoint import CrabSaver
 from crab_langchain.checkpoint.saver import MissingSideLogWarning
 from crab_langchain.storage import companion_name
+from crab_langchain.verify import verify_file, verify_log
 
 TESTS = Path(__file__).parent
 THREAD = "alice-1"
@@ -336,3 +339,76 @@ def test_a_rolled_back_run_leaves_the_session_and_a_history_append_stays(backend
     assert b'"q1"' in archive
     chat_agent(CrabSaver(backend.store())).invoke(human("q2"), CONFIG)
     assert session_texts(backend.store()) == [*expected, "q2", REPLY]
+
+
+# --- a side log belongs to one session ------------------------------------------------------------
+
+
+def test_swapped_side_logs_are_refused_naming_both_and_verify_reports_them(backend: Backend):
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store), turns=4)
+    for thread_id in ("t-1", "t-2"):
+        agent.invoke(human(f"q {thread_id}"), {"configurable": {"thread_id": thread_id}})
+    names = [store.find(t) or "" for t in ("t-1", "t-2")]
+    sides = [companion_name(name, "checkpoints") for name in names]
+    lines = [store.storage.read(side, None) for side in sides]
+    for side, chunk in zip(sides, reversed(lines), strict=True):
+        assert chunk is not None
+        store.storage.replace(side, [line for _, line in chunk.lines])
+    with pytest.raises(SessionFormatError) as raised:
+        CrabSaver(backend.store()).get_tuple({"configurable": {"thread_id": "t-1"}})
+    assert store.storage.location(sides[0]) in str(raised.value)
+    report = verify_log(store.storage, names[0])
+    assert report is not None
+    assert any("the side log of another session" in problem for _, problem in report.problems)
+
+
+def test_a_session_re_created_under_its_name_does_not_adopt_the_old_side_log(tmp_path: Path):
+    store = SessionStore(tmp_path, entry_points=False)
+    chat_agent(CrabSaver(store)).invoke(human("old"), CONFIG)
+    name = store.find(THREAD) or ""
+    header = (tmp_path / name).read_bytes().split(b"\n")[0]
+    (tmp_path / name).write_bytes(header.replace(b'"agent"', b'"extra":1,"agent"') + b"\n")
+    with pytest.raises(SessionFormatError) as raised:
+        CrabSaver(SessionStore(tmp_path, entry_points=False)).get_tuple(CONFIG)
+    assert str(tmp_path / name) in str(raised.value)
+    assert "earlier session of this name" in str(raised.value)
+    assert not verify_file(tmp_path / name).ok
+
+
+# A reader between the two deletions sees the side log gone and says so: true, and harmless.
+@pytest.mark.filterwarnings("ignore::crab_langchain.checkpoint.saver.MissingSideLogWarning")
+def test_delete_thread_racing_writers_leaves_nothing_of_the_thread(backend: Backend, stress: Any):
+    store = backend.store()
+    saver = CrabSaver(store)
+    agent = chat_agent(saver, turns=10_000)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        while not stop.is_set():
+            try:
+                agent.invoke(human("q"), CONFIG, durability="sync")
+            except BaseException as error:
+                errors.append(error)
+                return
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(stress(60)):
+            saver.delete_thread(THREAD)
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    assert not errors, errors
+    saver.delete_thread(THREAD)
+    left = [name for name in store.storage.names() if THREAD in name]
+    assert left == []
+    if not backend.is_redis:
+        assert sorted(p.name for p in Path(backend.url).iterdir() if THREAD in p.name) == []
+    else:
+        client = store.storage.client  # type: ignore[attr-defined]
+        keys = [key for key in client.scan_iter(match=f"{backend.prefix}:*") if b"hold" not in key]
+        assert [k for k in keys if THREAD.encode() in k] == []

@@ -54,6 +54,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from crab_langchain.checkpoint.sidelog import (
     EMPTY,
     SIDE_KIND,
+    BadRecordWarning,
     Kept,
     Record,
     SideIndex,
@@ -79,7 +80,7 @@ from crab_langchain.hooks import (
     has_impls,
     prepare_writes,
 )
-from crab_langchain.log import NumberedLines, SessionLog, split_header
+from crab_langchain.log import NumberedLines, SessionLog, header_identity, split_header
 from crab_langchain.models import SessionFormatError
 from crab_langchain.naming import check_agent
 from crab_langchain.storage import Chunk, Cursor, companion_name
@@ -101,6 +102,7 @@ _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary s
 # ... and opens it so; the title of its marker is the summary's own first sentence.
 _SUMMARY_PREFACE = "Here is a summary of the conversation to date:"
 _KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
+_DELETED_RETRIES = 8  # a thread deleted again and again under one write: give up after this
 _LINE_IDS = uuid.UUID("5d1c0f0e-6b8a-4c55-9a53-6372616274a1")  # ids of messages stored without
 SESSION_ALONE = "session_alone"  # marks the checkpoint made from a session with no side log
 
@@ -232,7 +234,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
             The checkpoint tuples; each rebuilds its exact message list.
         """
         for found in run(self._listed(config, filter, before, limit)):
-            yield run(self._tuple(*found))
+            with _skipped_if_bad():
+                yield run(self._tuple(*found))
 
     async def alist(
         self,
@@ -244,7 +247,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
     ) -> AsyncIterator[CheckpointTuple]:
         """Async :meth:`list`."""
         for found in await arun(self._listed(config, filter, before, limit)):
-            yield await arun(self._tuple(*found))
+            with _skipped_if_bad():
+                yield await arun(self._tuple(*found))
 
     def put(
         self,
@@ -325,7 +329,13 @@ class CrabSaver(BaseCheckpointSaver[str]):
             thread_id: the thread (a session id under the saver's agent).
         """
         self._forget(thread_id)
-        self.store.delete_session(thread_id, self.agent)
+        name = self.store.session_name(thread_id, self.agent)
+        if name is None:
+            return
+        # Held, so no put of ours is half-way through it: none can leave a side log behind.
+        with self.store.storage.hold(name):
+            self.store.delete_session(thread_id, self.agent)
+        self._forget(thread_id)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async :meth:`delete_thread`."""
@@ -416,11 +426,18 @@ class CrabSaver(BaseCheckpointSaver[str]):
         Raises:
             _AbandonedError: ``abandoned`` was set before the hold was had; nothing written.
         """
-        thread = run(self._writable(config))
-        with self.store.storage.hold(thread.session.name):
-            if abandoned is not None and abandoned.is_set():
-                raise _AbandonedError
-            return run(work(thread))
+        for attempt in range(_DELETED_RETRIES):
+            try:
+                thread = run(self._writable(config))
+                with self.store.storage.hold(thread.session.name):
+                    if abandoned is not None and abandoned.is_set():
+                        raise _AbandonedError
+                    return run(work(thread))
+            except FileNotFoundError:  # the thread was deleted under it: write it anew
+                self._forget(_thread_id(config))
+                if attempt == _DELETED_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def _aheld(self, config: RunnableConfig, work: Callable[[Thread], Steps[T]]) -> T:
         """Async :meth:`_held`: the hold is never kept across an await of the caller's.
@@ -446,11 +463,18 @@ class CrabSaver(BaseCheckpointSaver[str]):
     async def _anative_held(
         self, config: RunnableConfig, work: Callable[[Thread], Steps[T]], abandoned: threading.Event
     ) -> T:
-        thread = await arun(self._writable(config))
-        async with self.store.storage.ahold(thread.session.name):
-            if abandoned.is_set():
-                raise _AbandonedError
-            return await arun(work(thread))
+        for attempt in range(_DELETED_RETRIES):
+            try:
+                thread = await arun(self._writable(config))
+                async with self.store.storage.ahold(thread.session.name):
+                    if abandoned.is_set():
+                        raise _AbandonedError
+                    return await arun(work(thread))
+            except FileNotFoundError:  # as in _held
+                self._forget(_thread_id(config))
+                if attempt == _DELETED_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # --- threads ----------------------------------------------------------------
 
@@ -511,10 +535,10 @@ class CrabSaver(BaseCheckpointSaver[str]):
             yield from self._read_side(thread)
             epoch = thread.index.epoch
             yield from self._read_session(thread)
-            if held:
-                return
-            yield from self._read_side(thread)
-            if thread.index.epoch == epoch:
+            if not held:
+                yield from self._read_side(thread)
+            if held or thread.index.epoch == epoch:
+                _check_owner(thread)
                 return
             with thread.lock:
                 thread.context.reset()
@@ -525,7 +549,10 @@ class CrabSaver(BaseCheckpointSaver[str]):
             try:
                 chunk = yield Read(thread.side, cursor)
             except FileNotFoundError:
-                if cursor is not None:  # it was there: deleted, evicted or pruned away
+                lost = cursor is not None  # it was there: deleted, evicted or pruned away
+                if lost and (
+                    yield Blocking(lambda: thread.session.storage.exists(thread.session.name))
+                ):
                     warnings.warn(
                         f"{thread.side.location}: the side log is gone; the thread reads as "
                         "its session's working context",
@@ -615,10 +642,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 ):
                     continue
                 found = records[checkpoint_id]
-                record = found if isinstance(found, dict) else found.body(thread.index.log)
-                if filter and not _matches(decode_value(self.serde, record["metadata"]), filter):
-                    continue
-                yield (thread, ns, record, bodies)
+                with _skipped_if_bad():
+                    record = found if isinstance(found, dict) else found.body(thread.index.log)
+                    metadata = decode_value(self.serde, record["metadata"])
+                    if not filter or _matches(metadata, filter):
+                        yield (thread, ns, record, bodies)
 
     def _get_thread(self, thread_id: str) -> Steps[Thread | None]:
         """The thread, brought up to its logs; None if it has none (or they were just deleted)."""
@@ -839,7 +867,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _append_side(self, thread: Thread, lines: Sequence[bytes]) -> Steps[None]:
         if thread.side_cursor is None:
-            yield Blocking(lambda: _create_side(thread))
+            header = yield Blocking(thread.session.header_line)
+            yield Blocking(lambda: _create_side(thread, header))
             yield from self._read_side(thread)
         cursor = thread.side_cursor
         after = yield Append(thread.side, lines, cursor)
@@ -1027,7 +1056,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         start = 2 + kept  # the first new line's number
         announced = intent_record(epoch + 1, start, new, checkpoint_id) if new else None
         archive = archive_record(epoch, body[kept:], base.line if base is not None else None)
-        yield from self._append_side(thread, [archive, *([announced] if announced else [])])
+        kept_lines = [written_record(epoch + 1, 1 + kept)] if kept else []  # puts wrote them
+        records = [archive, *kept_lines, *([announced] if announced else [])]
+        yield from self._append_side(thread, records)
         prefix = [line for _, line in body[:kept]]
         yield Replace(thread.session, [header, *prefix, *new, *others])
         with thread.lock:
@@ -1064,7 +1095,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         present = yield Read(target.session, None)
         if present is not None and len(present.lines) > 1:
             raise FileExistsError(f"thread {target_id!r} has a conversation already")
-        yield Blocking(lambda: _create_side(target, exist_ok=False))
+        header = yield Blocking(target.session.header_line)
+        yield Blocking(lambda: _create_side(target, header, exist_ok=False))
         body = split_header(source.session.location, session.lines)[1]
         if body:
             yield Append(target.session, [line for _, line in body], None)
@@ -1098,7 +1130,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
             if kept is None:
                 thread.side.delete()
             else:
-                header = side_header(thread.session.name)
+                identity = header_identity(thread.session.header_line())
+                header = side_header(thread.session.name, identity)
                 lines = thread.index.kept_lines(kept, self.serde)
                 session = run(self._rolled_back(thread, kept)) if roll_back else None
                 if session is None:
@@ -1176,6 +1209,15 @@ def _marker(summary: BaseMessage) -> bytes:
     return marker_line(summary, datetime.now(timezone.utc).isoformat(), titled=proper)
 
 
+@contextlib.contextmanager
+def _skipped_if_bad() -> Iterator[None]:
+    """Listing goes on past a checkpoint that does not read, saying which and where."""
+    try:
+        yield
+    except SessionFormatError as error:
+        warnings.warn(f"skipping a checkpoint: {error}", BadRecordWarning, stacklevel=4)
+
+
 class _AbandonedError(Exception):
     """A write whose caller was cancelled before it held its thread: nothing was written."""
 
@@ -1245,9 +1287,31 @@ def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(metadata.get(key) == value for key, value in wanted.items())
 
 
-def _create_side(thread: Thread, *, exist_ok: bool = True) -> None:
+def _check_owner(thread: Thread) -> None:
+    """Raise if the side log read belongs to another incarnation of the session."""
+    identity, header = thread.side_identity, thread.context.header
+    if identity is None or header is None or identity == header_identity(header):
+        return
+    raise SessionFormatError(
+        f"the side log {thread.side.location} belongs to an earlier session of this name, "
+        f"not to {thread.session.location}; move or delete it",
+        path=thread.side.location,
+        line=1,
+    )
+
+
+def _create_side(thread: Thread, session_header: bytes, *, exist_ok: bool = True) -> None:
+    """Create the thread's side log, never without its session (deleted meanwhile: neither).
+
+    Raises:
+        FileNotFoundError: the session is gone.
+        FileExistsError: the side log exists, and not ``exist_ok``.
+    """
     try:
-        thread.side.create(side_header(thread.session.name))
+        thread.side.create(side_header(thread.session.name, header_identity(session_header)))
     except FileExistsError:
         if not exist_ok:
             raise
+    if not thread.session.storage.exists(thread.session.name):
+        thread.side.delete()
+        raise FileNotFoundError(2, "the session was deleted", thread.session.location)

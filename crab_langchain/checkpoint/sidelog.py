@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,10 +62,12 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from crab_langchain.convert import decode_line, encode, is_auto_injected
 from crab_langchain.log import NumberedLines, SessionLog
 from crab_langchain.models import SessionFormatError
+from crab_langchain.storage import owner_of
 
 __all__ = [
     "EMPTY",
     "SIDE_KIND",
+    "BadRecordWarning",
     "Intent",
     "Kept",
     "Record",
@@ -101,13 +104,17 @@ def _dumps(record: Mapping[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def side_header(session: str) -> bytes:
-    """The first line of the side log of session log ``session``."""
-    return _dumps({"crab_checkpoints": _FORMAT, "session": session})
+def side_header(session: str, identity: str) -> bytes:
+    """The first line of the side log of session log ``session`` (its header's ``identity``)."""
+    return _dumps({"crab_checkpoints": _FORMAT, "session": session, "identity": identity})
 
 
-def check_side_header(log: SessionLog, header: bytes) -> None:
-    """Raise :class:`SessionFormatError` (naming ``log``) if ``header`` is not a side log's."""
+def check_side_header(log: SessionLog, header: bytes) -> str | None:
+    """The identity of the session the side log ``log`` belongs to (None: an older release's).
+
+    Raises:
+        SessionFormatError: ``header`` is not a side log's, or names another session.
+    """
     try:
         fields = json.loads(header)
         if not isinstance(fields, dict) or fields.get("crab_checkpoints") != _FORMAT:
@@ -115,6 +122,12 @@ def check_side_header(log: SessionLog, header: bytes) -> None:
     except ValueError as error:
         reason = f"not a checkpointer's side log ({str(error)[:100]})"
         raise log.error(SessionFormatError(reason), 1) from None
+    owner = owner_of(log.name)
+    if owner is not None and fields.get("session") != owner[0]:
+        reason = f"the side log of another session ({str(fields.get('session'))[:100]!r})"
+        raise log.error(SessionFormatError(reason), 1)
+    identity = fields.get("identity")
+    return identity if isinstance(identity, str) else None
 
 
 # --- values ------------------------------------------------------------------------
@@ -253,6 +266,10 @@ def blobs_record(values: Iterable[tuple[BlobKey, Any]]) -> bytes:
 # --- reading ---------------------------------------------------------------------------
 
 
+class BadRecordWarning(UserWarning):
+    """A side-log line is not a record: skipped, and kept as it is."""
+
+
 @dataclass
 class StoredWrite:
     """One pending write as stored: its task, channel, encoded value and task path."""
@@ -348,7 +365,11 @@ class SideIndex:
     """Per epoch, the last session line a finished put wrote: lines past it no such put wrote."""
     pending: list[Intent] = field(default_factory=list)
     """Intents whose checkpoint has not come (yet, or ever: its put was killed), oldest first."""
+    bad: list[tuple[int, bytes, SessionFormatError]] = field(default_factory=list)
+    """Lines that are not records, and why: kept as they are, read as nothing."""
     _blobs: dict[BlobKey, tuple[Any, tuple[str, str] | None]] = field(default_factory=dict)
+    _corrupt: dict[str, list[SessionFormatError]] = field(default_factory=dict)
+    """Per namespace, checkpoint records that do not read: a value sought may be in one."""
     _unread: dict[str, list[Record]] = field(default_factory=dict)
     """Per namespace, the checkpoint records whose values are not in ``_blobs`` yet."""
 
@@ -360,28 +381,36 @@ class SideIndex:
     def take(self, lines: NumberedLines) -> None:
         """Add records ``lines`` (body lines of the side log, after its header).
 
-        Raises:
-            SessionFormatError: a line is not a record (naming it).
+        A line that is not a record hurts only what it held: it is set aside
+        with a :class:`BadRecordWarning` naming it (in ``bad``), and a
+        checkpoint that needs it raises :class:`SessionFormatError` naming it.
         """
         for number, line in lines:
-            found = _CHECKPOINT_START.match(line)
-            if found:
-                self._take_checkpoint(Record(number, line, "checkpoint"), *_strings(found))
-                continue
-            found = _WRITES_START.match(line)
-            if found:
-                record = Record(number, line, "writes")
-                self.writes.setdefault(_strings(found), []).append(record)
-                self.records.append(record)
-                continue
-            found = _INTENT.fullmatch(line)
-            if found:
-                epoch, first, last = (int(number) for number in found.groups()[:3])
-                checkpoint = _string(found[4]) if found[4] else None
-                self.pending.append(Intent(epoch, first, last, checkpoint, _ascii(found[5])))
-                self.records.append(Record(number, line, "intent"))
-                continue
-            self._take_whole(number, line)
+            try:
+                self._take_line(number, line)
+            except SessionFormatError as error:
+                self.bad.append((number, line, error))
+                warnings.warn(f"skipping {error}", BadRecordWarning, stacklevel=2)
+
+    def _take_line(self, number: int, line: bytes) -> None:
+        found = _CHECKPOINT_START.match(line)
+        if found:
+            self._take_checkpoint(Record(number, line, "checkpoint"), *_strings(found))
+            return
+        found = _WRITES_START.match(line)
+        if found:
+            record = Record(number, line, "writes")
+            self.writes.setdefault(_strings(found), []).append(record)
+            self.records.append(record)
+            return
+        found = _INTENT.fullmatch(line)
+        if found:
+            epoch, first, last = (int(number) for number in found.groups()[:3])
+            checkpoint = _string(found[4]) if found[4] else None
+            self.pending.append(Intent(epoch, first, last, checkpoint, _ascii(found[5])))
+            self.records.append(Record(number, line, "intent"))
+            return
+        self._take_whole(number, line)
 
     def _take_checkpoint(self, record: Record, ns: str, checkpoint_id: str) -> None:
         self.checkpoints.setdefault(ns, {})[checkpoint_id] = record
@@ -456,13 +485,17 @@ class SideIndex:
         unread = self._unread.get(key[0], [])
         while key not in self._blobs and unread:
             record = unread.pop()
-            body = record.body(self.log)
             try:
+                body = record.body(self.log)
                 for channel, version, value in body["values"]:
                     found = (key[0], channel, _version(version))
                     self._blobs.setdefault(found, (value, (key[0], body["id"])))
+            except SessionFormatError as error:
+                self._corrupt.setdefault(key[0], []).append(error)
             except (ValueError, TypeError, KeyError) as error:
-                raise _failed(self.log, record, error) from None
+                self._corrupt.setdefault(key[0], []).append(_failed(self.log, record, error))
+        if key not in self._blobs and self._corrupt.get(key[0]):
+            raise self._corrupt[key[0]][0]  # the value may be in the record that does not read
         return self._blobs.get(key)
 
     def ordered_writes(self, ns: str, checkpoint_id: str) -> list[StoredWrite]:
@@ -544,8 +577,13 @@ class SideIndex:
         lines = [blobs_record(needed)] if needed else []
         pending = {(i.epoch, i.first, i.last, i.checkpoint) for i in self.pending}
         lines += [written_record(epoch, last) for epoch, last in sorted(self.written.items())]
+        lines += [line for _, line, _ in self.bad]  # not ours to judge: kept as they are
         for record_ in self.records:
-            body = record_.body(self.log)
+            try:
+                body = record_.body(self.log)
+            except SessionFormatError:
+                lines.append(record_.line)
+                continue
             if record_.kind == "intent":
                 announced = (body["epoch"], body["first"], body["last"], body.get("checkpoint"))
                 if announced not in pending:

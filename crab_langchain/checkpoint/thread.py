@@ -43,6 +43,8 @@ class Thread:
         self.lock = threading.Lock()  # guards what follows; never held across I/O
         self.index = SideIndex(self.side)
         self.side_cursor: Cursor | None = None
+        self.side_identity: str | None = None
+        """The identity of the session the side log says it belongs to (None: not said)."""
         self.context = WorkingContext()
         self.puts: deque[Base] = deque(maxlen=_RECENT_PUTS)
         """The message lists of this saver's last puts, and where the session stood after each."""
@@ -60,7 +62,7 @@ class Thread:
             try:
                 if chunk.reset:
                     header, body = split_header(self.side.location, chunk.lines)
-                    check_side_header(self.side, header)
+                    self.side_identity = check_side_header(self.side, header)
                     self.index = SideIndex(self.side)
                     self.index.take(body)
                 else:
@@ -73,7 +75,7 @@ class Thread:
 
     def forget_side(self) -> None:
         """Forget the side log read so far (it is gone, or unreadable): read it afresh."""
-        self.index, self.side_cursor = SideIndex(self.side), None
+        self.index, self.side_cursor, self.side_identity = SideIndex(self.side), None, None
 
     def take_session(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
         """As :meth:`take_side`, for the session."""

@@ -566,12 +566,26 @@ class DirectoryStorage(SessionStorage):
         # replace, which the holder makes (flock excludes other descriptors
         # of this process too, so threads wait as processes do).
         self._ensure_root()
-        fd = _open_file(os.path.join(self.root, hold_file_name(check_name(name))), _HOLD_FLAGS)
+        path = os.path.join(self.root, hold_file_name(check_name(name)))
+        while True:
+            fd = _open_file(path, _HOLD_FLAGS)
+            try:
+                _lock(fd, exclusive=True)
+            except BaseException:
+                os.close(fd)
+                raise
+            if _linked(fd):
+                break
+            os.close(fd)  # removed while we waited (its session was deleted): take the new one
         try:
-            _lock(fd, exclusive=True)
             yield
         finally:
-            os.close(fd)
+            try:
+                if not os.path.lexists(self._file(name)):  # no session: leave no hold file
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            finally:
+                os.close(fd)
 
     # --- locking ---------------------------------------------------------------
 

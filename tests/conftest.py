@@ -43,6 +43,8 @@ if _missing("langgraph.checkpoint.base", "langgraph.graph", "langchain.agents"):
         "test_checkpoint_agents.py",
         "test_checkpoint_durability.py",
         "test_middleware.py",
+        "test_saver_conventions.py",
+        "test_session_truth.py",
     ]
 
 

@@ -387,3 +387,41 @@ class WrongArguments:
     @hookimpl
     def crab_filter_message(self, no_such_argument):
         return None
+
+
+def thread_keys(store: SessionStore) -> list[bytes]:
+    """Every key under the store's prefix but the index's and the holds' leases."""
+    client = store.storage.client  # type: ignore[attr-defined]
+    prefix = store.storage.prefix  # type: ignore[attr-defined]
+    return sorted(
+        key
+        for key in client.scan_iter(match=f"{prefix}:*")
+        if b":index}" not in key and not key.endswith(b":hold")
+    )
+
+
+def test_ttl_covers_a_thread_whole_whichever_door_writes(url, redis_prefix):
+    pytest.importorskip("langchain.agents", reason="the agents extra (Python 3.11+)")
+    from agents import CONFIG, chat_agent, human
+
+    from crab_langchain.checkpoint import CrabSaver
+
+    ttl = 0.6
+    store = SessionStore.from_url(url, prefix=redis_prefix, ttl=ttl, entry_points=False)
+    agent = chat_agent(CrabSaver(store), turns=100)
+    agent.invoke(human("q0"), CONFIG)
+    keys = thread_keys(store)
+    assert len(keys) == 6  # the session's and the side log's lines, meta and write ids
+    history = store.get_session_history("alice-1")
+    for n in range(20):  # ten TTLs, a write every half TTL, by one door or the other
+        time.sleep(ttl / 2)
+        if n % 2:
+            history.add_messages([HumanMessage(f"h{n}")])  # refreshes the side log too
+        else:
+            agent.update_state(CONFIG, {"jump_to": None})  # a put adding no message
+        assert thread_keys(store) == keys, n
+    assert len(CrabSaver(store).get_tuple(CONFIG).checkpoint["channel_values"]["messages"]) == 12
+    time.sleep(ttl * 2.5)
+    assert thread_keys(store) == []  # an idle thread leaves no key behind
+    assert store.list_sessions() == []  # and the listing pruned its index entries
+    assert store.storage.client.zcard(store.storage._keys.by_time) == 0

@@ -50,11 +50,13 @@ from redis.commands.core import AsyncScript
 
 from crab_langchain.models import SessionFormatError
 from crab_langchain.storage.base import (
+    COMPANION_KINDS,
     Chunk,
     Cursor,
     SessionStorage,
     StorageUnavailableError,
     check_name,
+    companion_name,
     numbered_lines,
     owner_of,
     public_url,
@@ -83,12 +85,14 @@ _NO_SESSION = "CRAB_NO_SESSION"
 _WRONG_TYPE = "CRAB_WRONG_TYPE"
 # Each script first checks that the session's keys hold what they should (someone may
 # have SET one): an error then, before any write, leaves the session as it was.
+# KEYS come in threes (lines, meta, writes): the log's own, then its family's (see touch()).
 _SESSION_TYPES = f"""
 local wanted = {{'list', 'hash', 'zset'}}
 for i, key in ipairs(KEYS) do
   local found = redis.call('TYPE', key)['ok']
-  if found ~= 'none' and found ~= wanted[i] then
-    return redis.error_reply('{_WRONG_TYPE} ' .. found .. ' ' .. wanted[i])
+  local kind = wanted[(i - 1) % 3 + 1]
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('{_WRONG_TYPE} ' .. found .. ' ' .. kind)
   end
 end
 """
@@ -102,6 +106,8 @@ local function push(first)
   redis.call('HINCRBY', KEYS[2], 'bytes', size)
   return length
 end
+-- Every key of the session's family (the session and the logs kept beside it), so a
+-- session and its side log live and expire together, whichever of them was written.
 local function touch()
   local ttl = tonumber(ARGV[2])
   if ttl > 0 then
@@ -271,6 +277,16 @@ class _Keys:
         else:
             tagged = f"{self.prefix}:{{{_quote(owner[0])}}}:{owner[1]}"
         return [f"{tagged}:lines", f"{tagged}:meta", f"{tagged}:writes"]
+
+    def family(self, name: str) -> list[str]:
+        """The keys of log ``name``, then those of its session and of the session's companions.
+
+        Writing any of them refreshes the expiry of all (one slot: one hash tag).
+        """
+        owner = owner_of(name)
+        session = name if owner is None else owner[0]
+        logs = [session, *(companion_name(session, kind) for kind in COMPANION_KINDS)]
+        return [key for log in [name, *(n for n in logs if n != name)] for key in self.session(log)]
 
     def hold(self, name: str) -> str:
         """The lease key of :meth:`RedisStorage.hold` of log ``name``."""
@@ -490,7 +506,7 @@ class RedisStorage(SessionStorage):
     # --- writing --------------------------------------------------------------
 
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
-        keys, token = self._keys.session(check_name(name)), _token()
+        keys, token = self._family(name), _token()
         # The token is made once, so a resent create knows the session is its own.
         with _session_errors(self.location(name)):
             made = self._run(lambda: self._script("create", keys, [token, self._ttl_ms, header]))
@@ -523,7 +539,14 @@ class RedisStorage(SessionStorage):
     def _append_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
         if not lines:
             raise ValueError("nothing to append")
-        return self._keys.session(check_name(name)), [_token(), self._ttl_ms, *lines]
+        return self._family(name), [_token(), self._ttl_ms, *lines]
+
+    def _family(self, name: str) -> list[str]:
+        """The keys a write of log ``name`` touches: its own three first, then its family's."""
+        check_name(name)
+        if not name.endswith(".jsonl") and owner_of(name) is None:
+            return self._keys.session(name)  # not a session's: a log of its own
+        return self._keys.family(name)
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         keys, args = self._replace_call(name, lines)
@@ -541,7 +564,7 @@ class RedisStorage(SessionStorage):
     def _replace_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
         if not lines:
             raise ValueError("a log holds at least its header line")
-        return self._keys.session(check_name(name)), [_token(), self._ttl_ms, *lines]
+        return self._family(name), [_token(), self._ttl_ms, *lines]
 
     def delete(self, name: str) -> bool:
         keys = self._keys.session(check_name(name))

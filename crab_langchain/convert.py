@@ -557,9 +557,35 @@ def encode(message: BaseMessage, *, strict: bool = False) -> Encoded:
     if role is not None:
         content = str(message.content)
         return Encoded(text_line(role, content), text_message(role, content), False)
-    crab = _general_crab(message, strict)
-    read_back = from_crab_message(crab) if reads_back_as_is(crab) else None
-    return Encoded(crab.to_line_bytes(), read_back, crab.auto_injected)
+    try:
+        crab = _general_crab(message, strict)
+        read_back = from_crab_message(crab) if reads_back_as_is(crab) else None
+        return Encoded(crab.to_line_bytes(), read_back, crab.auto_injected)
+    except RecursionError:
+        raise too_deep(f"{type(message).__name__}.{_deepest_field(message)}") from None
+
+
+def too_deep(where: str) -> ValueError:
+    """The error for a value nested past what JSON can be written from (Python's recursion)."""
+    return ValueError(f"{where}: a value nested too deeply to store (lists and dicts in depth)")
+
+
+def nesting(value: Any) -> int:
+    """How deep lists, tuples and dicts nest in ``value`` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _deepest_field(message: BaseMessage) -> str:
+    fields = {name: getattr(message, name, None) for name in type(message).model_fields}
+    return max(fields, key=lambda name: nesting(fields[name]))
 
 
 def _plain_crab(message: BaseMessage) -> CrabMessage | None:

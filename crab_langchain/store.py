@@ -62,7 +62,8 @@ class SessionInfo(BaseModel):
     name: str
     extra: dict[str, Any] = {}
     size: int | None = None
-    """Bytes of the session's lines, as a file holds them (None if the storage cannot say)."""
+    """Bytes of the session's lines as a file holds them, with the logs kept beside it (a
+    checkpointer's side log); None if the storage cannot say."""
 
     @property
     def title(self) -> str | None:
@@ -342,7 +343,7 @@ class SessionStore:
             if (agent is None or meta.agent == agent)
             and (created_by is None or meta.created_by == created_by)
         ]
-        sizes = self.storage.sizes([name for name, _ in found])
+        sizes = self._sizes([name for name, _ in found])
         infos = [
             self._info(name, meta, size) for (name, meta), size in zip(found, sizes, strict=True)
         ]
@@ -383,7 +384,20 @@ class SessionStore:
         if newest is None:
             return None
         _, name, meta = newest
-        return self._info(name, meta, self.storage.sizes([name])[0])
+        return self._info(name, meta, self._sizes([name])[0])
+
+    def _sizes(self, names: list[str]) -> list[int | None]:
+        """Each session's bytes with the logs kept beside it (None: the session is gone)."""
+        kinds = len(COMPANION_KINDS)
+        companions = [companion_name(name, kind) for name in names for kind in COMPANION_KINDS]
+        found = self.storage.sizes([*names, *companions])
+        beside = found[len(names) :]
+        return [
+            None
+            if size is None
+            else size + sum(s or 0 for s in beside[i * kinds : (i + 1) * kinds])
+            for i, size in enumerate(found[: len(names)])
+        ]
 
     def delete_session(self, session_id: str, agent: str = "crab") -> bool:
         """Delete the session's file, and the logs kept beside it; False if there was none.

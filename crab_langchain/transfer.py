@@ -24,7 +24,7 @@ from crab_langchain.verify import line_problem
 
 __all__ = ["CopyResult", "SessionConflictError", "copy_session", "copy_sessions"]
 
-Outcome = Literal["copied", "appended", "unchanged"]
+Outcome = Literal["copied", "appended", "replaced", "unchanged"]
 
 
 class SessionConflictError(FileExistsError):
@@ -41,15 +41,20 @@ class CopyResult:
     written: int
 
 
-def copy_session(source: SessionStorage, target: SessionStorage, name: str) -> CopyResult:
+def copy_session(
+    source: SessionStorage, target: SessionStorage, name: str, *, force: bool = False
+) -> CopyResult:
     """Copy session log ``name`` from ``source`` to ``target``, line for line.
 
     The logs kept beside it (a checkpointer's side log) go along, after it.
+    With ``force``, a log that differs in ``target`` is replaced (atomically:
+    a reader sees the old lines or the new ones).
 
     Raises ``FileNotFoundError`` if ``source`` has no such log,
     :class:`~crab_langchain.SessionFormatError` (naming the line) if a line
     of it is malformed, and :class:`SessionConflictError` if ``target`` holds
-    other lines under that name. In each case ``target`` is unchanged.
+    other lines under that name (without ``force``). In each case ``target``
+    is unchanged.
     """
     lines = _checked_lines(source, name)
     companions = [
@@ -58,14 +63,14 @@ def copy_session(source: SessionStorage, target: SessionStorage, name: str) -> C
         if source.exists(companion)
     ]
     created = meta_of(source, name, lines[0]).created_at.timestamp()
-    result = _copy_lines(target, name, lines, created)
+    result = _copy_lines(target, name, lines, created, force=force)
     for companion, companion_lines in companions:
-        _copy_lines(target, companion, companion_lines, created)
+        _copy_lines(target, companion, companion_lines, created, force=force)
     return result
 
 
 def _copy_lines(
-    target: SessionStorage, name: str, lines: list[bytes], created: float
+    target: SessionStorage, name: str, lines: list[bytes], created: float, *, force: bool
 ) -> CopyResult:
     """Make log ``name`` of ``target`` hold ``lines``: create it, add what it lacks, or refuse."""
     if not target.exists(name):
@@ -79,15 +84,24 @@ def _copy_lines(
     if len(present) < len(lines) and lines[: len(present)] == present:
         target.append(name, lines[len(present) :])
         return CopyResult(name, "appended", len(lines), len(lines) - len(present))
+    if force:
+        target.replace(name, lines)
+        return CopyResult(name, "replaced", len(lines), len(lines))
     raise SessionConflictError(
         17, "a different session has this name there; left as it is", target.location(name)
     )
 
 
 def copy_sessions(
-    source: SessionStorage, target: SessionStorage, names: Sequence[str] | None = None
+    source: SessionStorage,
+    target: SessionStorage,
+    names: Sequence[str] | None = None,
+    *,
+    force: bool = False,
 ) -> list[CopyResult | Exception]:
     """Copy ``names`` (every session by default); one result or error per session.
+
+    ``force``: see :func:`copy_session`.
 
     An error with one session (malformed, a conflict) does not stop the
     others; connection errors do.
@@ -95,7 +109,7 @@ def copy_sessions(
     results: list[CopyResult | Exception] = []
     for name in sorted(source.names()) if names is None else names:
         try:
-            results.append(copy_session(source, target, name))
+            results.append(copy_session(source, target, name, force=force))
         except (SessionFormatError, FileNotFoundError, SessionConflictError) as error:
             results.append(error)
     return results

@@ -65,7 +65,7 @@ def verify_file(path: str | os.PathLike[str]) -> FileReport:
         return report
     if report.lines == 0 and not report.torn_bytes:
         report.problems.append((1, "empty file: no header line"))
-    for kind in COMPANION_KINDS:
+    for kind in COMPANION_KINDS if report.path.name.endswith(".jsonl") else ():
         companion = report.path.with_name(companion_name(report.path.name, kind))
         if companion.exists():
             header = _first_line(report.path)
@@ -92,7 +92,7 @@ def verify_log(storage: SessionStorage, name: str) -> LogReport | None:
         report.problems.append((1, error.reason))
     for number, line in numbered:
         _check_line(report, number, line)
-    for kind in COMPANION_KINDS:
+    for kind in COMPANION_KINDS if name.endswith(".jsonl") else ():
         companion = companion_name(name, kind)
         try:
             chunk = storage.read(companion, None)

@@ -660,3 +660,34 @@ def test_pruning_keeps_which_lines_puts_wrote(tmp_path: Path):
     cold.put({"messages": turn(1)})  # the first turn removed, by a saver that read nothing
     session, _ = files(tmp_path)
     assert [line.get("content") for line in session[1:]] == ["question 1", "answer 1"]
+
+
+def deeply_nested(depth: int = 5000) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_deep_nesting_on_any_write_is_a_value_error_naming_the_field_and_stores_nothing(
+    tmp_path: Path,
+):
+    saver = saver_at(tmp_path)
+    thread = Thread(saver)
+    thread.put({"messages": turn(0)})
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.glob("*.jsonl*"))
+    deep = AIMessage("hi", additional_kwargs={"deep": deeply_nested()})
+    with pytest.raises(
+        ValueError, match=r"AIMessage\.additional_kwargs: a value nested too deeply"
+    ):
+        thread.put({"messages": [*turn(0), deep]})
+    with pytest.raises(ValueError, match="channel 'other': a value nested too deeply"):
+        thread.put({"messages": [*turn(0), *turn(1)], "other": deeply_nested()})
+    with pytest.raises(ValueError, match="the checkpoint's metadata: a value nested too deeply"):
+        thread.put({"messages": [*turn(0), *turn(1)]}, extra=deeply_nested())
+    config = thread.config(thread.parent)
+    with pytest.raises(ValueError, match="channel 'ch': a value nested too deeply"):
+        saver.put_writes(config, [("ch", deeply_nested())], "task")
+    with pytest.raises(ValueError, match=r"AIMessage\.additional_kwargs: a value nested too deep"):
+        saver.store.get_session_history(THREAD).add_messages([deep])
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.glob("*.jsonl*")) == before

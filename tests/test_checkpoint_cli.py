@@ -44,3 +44,77 @@ def test_list_verify_show_and_copy_take_the_side_log_as_part_of_its_session(
         assert on_redis.messages()[-1].content == "done"
     finally:
         storage.close()
+
+
+def test_delete_takes_the_side_log_along_and_refuses_a_pattern_matching_nothing(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+):
+    for root in (tmp_path / "sessions", redis_url):
+        prefix = ["--prefix", redis_prefix] if root == redis_url else []
+        store = SessionStore.from_url(
+            root, entry_points=False, prefix=prefix[1] if prefix else None
+        )
+        for thread_id in ("tg-1", "tg-2", "web-1"):
+            Thread(CrabSaver(store), thread_id).put({"messages": turn(0)})
+        refused = crab("--root", root, *prefix, "delete", "tg-*", "nobody")
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [
+            "crab-sessions: error: no session matches 'nobody'; nothing deleted"
+        ]
+        assert len(store.list_sessions()) == 3
+        deleted = crab("--root", root, *prefix, "delete", "tg-*")
+        assert deleted.returncode == 0, deleted.stderr
+        assert "deleted 2 sessions" in deleted.stderr
+        assert [info.session_id for info in store.list_sessions()] == ["web-1"]
+        assert sorted(store.storage.names()) == [store.find("web-1")]
+        if root != redis_url:
+            assert sorted(p.name for p in Path(root).iterdir() if "tg-" in p.name) == []
+        store.close()
+
+
+def test_sizes_in_list_include_the_side_log(tmp_path: Path):
+    root = tmp_path / "sessions"
+    store = SessionStore(root, entry_points=False)
+    Thread(CrabSaver(store)).put({"messages": turn(0)})
+    (info,) = store.list_sessions()
+    files = sum(p.stat().st_size for p in root.glob("crab_*.jsonl*"))
+    assert info.size == files > next(root.glob("*.jsonl")).stat().st_size
+    assert store.latest_session().size == files  # type: ignore[union-attr]
+
+
+def test_copy_force_replaces_a_differing_session_whole(tmp_path: Path):
+    source, target = tmp_path / "a", tmp_path / "b"
+    for root, text in ((source, "theirs"), (target, "ours")):
+        Thread(CrabSaver(SessionStore(root, entry_points=False))).put(
+            {"messages": [HumanMessage(text, id="q")]}
+        )
+    # One session of the same name on both sides: the target's made to share the source's name.
+    (name,) = [p.name for p in source.glob("*.jsonl")]
+    for path in target.glob("crab_*.jsonl*"):
+        path.rename(target / path.name.replace(next(target.glob("crab_*.jsonl")).name, name))
+    refused = crab("copy", source, target)
+    assert refused.returncode == 1
+    forced = crab("copy", source, target, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "replaced by" in forced.stdout
+    for path in source.glob("crab_*.jsonl*"):
+        assert (target / path.name).read_bytes() == path.read_bytes()
+
+
+def test_every_cli_error_is_one_line(tmp_path: Path):
+    (tmp_path / "notjsonl.txt").write_text("hello\n")
+    checked = crab("verify", tmp_path / "notjsonl.txt")
+    assert checked.returncode == 1
+    assert "Traceback" not in checked.stderr + checked.stdout
+    exported = crab("export", tmp_path / "notjsonl.txt")  # the default format: langchain
+    assert exported.returncode == 1
+    assert len(exported.stderr.strip().splitlines()) == 1
+    assert "Missing option" not in exported.stderr
+
+
+def test_export_has_a_default_format(tmp_path: Path):
+    store = SessionStore(tmp_path, entry_points=False)
+    store.get_session_history("s").add_messages([HumanMessage("hi")])
+    exported = crab("--root", tmp_path, "export", "s")
+    assert exported.returncode == 0, exported.stderr
+    assert '"hi"' in exported.stdout

@@ -752,3 +752,43 @@ def test_an_unsupported_root_url_names_its_scheme(root):
     assert_one_line_error(
         crab("list", "--root", root), f"unsupported URL scheme '{root.split(':')[0]}'"
     )
+
+
+# argv: sessions directory. 1,000 operations on 40 sessions through 20 stores, with
+# descriptors limited to 64: prints how many failed.
+FEW_DESCRIPTORS = """
+import resource, sys
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+stores = [SessionStore(sys.argv[1], entry_points=False) for _ in range(20)]
+failed = 0
+for n in range(1000):
+    history = stores[(n // 40) % 20].get_session_history(f"s{n % 40}")
+    try:
+        if n % 2:
+            history.add_messages([HumanMessage(f"m{n}")])
+        else:
+            history.messages
+    except OSError as error:
+        failed += 1
+print(failed)
+"""
+
+
+def test_few_descriptors_make_no_operation_fail(tmp_path: Path):
+    assert run_python(FEW_DESCRIPTORS, str(tmp_path)).strip() == "0"
+    store = SessionStore(tmp_path, entry_points=False)
+    assert sum(len(store.get_session_history(f"s{n}").messages) for n in range(40)) == 500
+
+
+def test_a_read_that_comes_back_short_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = SessionStore(tmp_path, entry_points=False)
+    store.get_session_history("s").add_messages([HumanMessage("x" * 100) for _ in range(100)])
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: real(fd, min(size, 1000), offset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torn tail seen
+        assert (
+            len(SessionStore(tmp_path, entry_points=False).get_session_history("s").messages) == 100
+        )

@@ -425,3 +425,33 @@ def test_ttl_covers_a_thread_whole_whichever_door_writes(url, redis_prefix):
     assert thread_keys(store) == []  # an idle thread leaves no key behind
     assert store.list_sessions() == []  # and the listing pruned its index entries
     assert store.storage.client.zcard(store.storage._keys.by_time) == 0
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica."),
+    ],
+    ids=["clusterdown", "tryagain", "readonly"],
+)
+def test_a_passing_refusal_is_retried_and_a_lasting_one_names_the_server(storage, refusal):
+    storage.create("s.jsonl", HEADER)
+    real = storage._scripts["append"]
+    calls = []
+
+    def refused_once(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise refusal
+        return real(**kwargs)
+
+    storage._scripts["append"] = refused_once
+    storage.append("s.jsonl", [b'{"role":"user","content":"once"}'])
+    assert len(storage.read("s.jsonl", None).lines) == 2  # landed once
+    storage._scripts["append"] = lambda **kwargs: (_ for _ in ()).throw(refusal)
+    with pytest.raises(StorageUnavailableError) as raised:
+        storage.append("s.jsonl", [b'{"role":"user","content":"never"}'])
+    assert storage.describe().split(" ")[0] in str(raised.value)
+    assert not isinstance(raised.value, redis.exceptions.RedisError)

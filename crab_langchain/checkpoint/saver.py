@@ -71,7 +71,7 @@ from crab_langchain.checkpoint.sidelog import (
 from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
 from crab_langchain.checkpoint.thread import Base, Thread
 from crab_langchain.context import context_of
-from crab_langchain.convert import marker_line
+from crab_langchain.convert import marker_line, too_deep
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
@@ -815,34 +815,40 @@ class CrabSaver(BaseCheckpointSaver[str]):
         # landing late) keeps its messages beside it, as any other value.
         newest = thread.index.newest(ns)
         follows = ns == "" and (newest is None or checkpoint["id"] > newest)
-        values: list[list[Any]] = []
+        values: dict[str, list[Any]] = {}
+        # Every other value is encoded first: one that cannot be leaves the session untouched.
         for channel, version in new_versions.items():
             if channel not in given:  # LangGraph's "empty" channel, said so: no reader looks back
-                values.append([channel, version, EMPTY])
-                continue
-            value = given[channel]
-            if ns == "" and channel == MESSAGES and isinstance(value, list):
-                stored = yield from (
-                    self._store_messages(thread, value, checkpoint["id"])
-                    if follows
-                    else self._beside(thread, value)
-                )
-                if stored is not None:
-                    values.append([channel, version, stored])
-                    continue
-            kept = self._without_dropped(thread, value)
-            values.append([channel, version, encode_value(self.serde, kept)])
+                values[channel] = [channel, version, EMPTY]
+            elif not (ns == "" and channel == MESSAGES and isinstance(given[channel], list)):
+                values[channel] = [channel, version, self._encoded(thread, channel, given[channel])]
         state = {key: value for key, value in checkpoint.items() if key != "channel_values"}
+        with _nested_at("the checkpoint's metadata"):
+            encoded_metadata = encode_value(self.serde, get_checkpoint_metadata(config, metadata))
+        encoded_state = encode_value(self.serde, state)
+        if ns == "" and isinstance(given.get(MESSAGES), list) and MESSAGES in new_versions:
+            value, version = given[MESSAGES], new_versions[MESSAGES]
+            stored = yield from (
+                self._store_messages(thread, value, checkpoint["id"])
+                if follows
+                else self._beside(thread, value)
+            )
+            encoded = stored if stored is not None else self._encoded(thread, MESSAGES, value)
+            values[MESSAGES] = [MESSAGES, version, encoded]
         record = checkpoint_record(
             ns,
             checkpoint["id"],
             config["configurable"].get("checkpoint_id"),
-            encode_value(self.serde, get_checkpoint_metadata(config, metadata)),
-            encode_value(self.serde, state),
-            values,
+            encoded_metadata,
+            encoded_state,
+            [values[channel] for channel in new_versions if channel in values],
         )
         yield from self._append_side(thread, [record])
         return _config(thread.thread_id, ns, checkpoint["id"])
+
+    def _encoded(self, thread: Thread, channel: str, value: Any) -> dict[str, Any]:
+        with _nested_at(f"channel {channel!r}"):
+            return encode_value(self.serde, self._without_dropped(thread, value))
 
     def _put_writes(
         self,
@@ -858,7 +864,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if looks and thread.context.meta is None:
             yield from self._read_session(thread)
         items = [
-            [idx, channel, encode_value(self.serde, self._without_dropped(thread, value))]
+            [idx, channel, self._encoded(thread, channel, value)]
             for idx, (channel, value) in enumerate(writes)
         ]
         checkpoint_id = config["configurable"]["checkpoint_id"]
@@ -1207,6 +1213,15 @@ def _marker(summary: BaseMessage) -> bytes:
         text.removeprefix(_SUMMARY_PREFACE).strip() if text.startswith(_SUMMARY_PREFACE) else None
     )
     return marker_line(summary, datetime.now(timezone.utc).isoformat(), titled=proper)
+
+
+@contextlib.contextmanager
+def _nested_at(where: str) -> Iterator[None]:
+    """A value nested past Python's recursion limit, as a ``ValueError`` saying where."""
+    try:
+        yield
+    except RecursionError:
+        raise too_deep(where) from None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from crab_langchain.cli.common import (
     root_type,
 )
 from crab_langchain.cli.copy import add_copy
+from crab_langchain.cli.delete import add_delete
 from crab_langchain.cli.demo import add_demo
 from crab_langchain.cli.export import add_export, add_import
 from crab_langchain.cli.listing import add_list
@@ -40,6 +41,10 @@ def run(argv: Sequence[str] | None = None) -> None:
         fail(f"{error} (see: {PROG} verify)")
     except OSError as error:
         fail(os_error_text(error))
+    except (ValueError, TypeError, LookupError, RuntimeError) as error:
+        # Anything else a command meets (a name that is no session's, a value it cannot
+        # take): said in one line, as every other error, never as a traceback.
+        fail(f"{type(error).__name__}: {error}")
 
 
 def build_cli() -> click.Group:
@@ -59,7 +64,7 @@ def build_cli() -> click.Group:
         Works on a sessions directory as SessionStore keeps it, or on sessions
         in Redis or Redis Cluster: --root redis://HOST:PORT/DB (rediss:// for
         TLS, unix:// for a socket), with --prefix P for the key prefix
-        (default: crab). list, show, export, import and verify work on either;
+        (default: crab). list, show, export, import, verify and delete work on either;
         repair mends torn tails of files, which Redis never has. Errors are
         one line on stderr; the exit status is 1 for a problem with the
         sessions and 2 for a wrong command line.
@@ -74,6 +79,7 @@ def build_cli() -> click.Group:
         add_verify,
         add_repair,
         add_copy,
+        add_delete,
         add_demo,
     )
     for add in commands:

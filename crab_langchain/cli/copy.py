@@ -53,6 +53,11 @@ def add_copy(group: click.Group) -> None:
     @click.option(
         "--dst-prefix", metavar="P", help="Redis key prefix for DST (default: as --prefix)."
     )
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Replace a session that differs in DST (atomically) instead of leaving it.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="A JSON array of results instead.")
     @click.pass_obj
     def copy_command(
@@ -64,6 +69,7 @@ def add_copy(group: click.Group) -> None:
         agent: str | None,
         prefix: str | None,
         dst_prefix: str | None,
+        force: bool,
         as_json: bool,
     ) -> None:
         """Copy sessions from SRC to DST, line for line (byte-identical).
@@ -75,8 +81,9 @@ def add_copy(group: click.Group) -> None:
         reported (FILE:LINE) and not copied. Copying again is safe: a session
         already in DST with the same lines is left unchanged, one that holds
         the start of SRC's gets the new lines appended, and one that differs
-        is reported and left as it is. Prints one line per session and a
-        summary (on stderr); exits with status 1 if any session failed.
+        is reported and left as it is (with --force: replaced, atomically).
+        Prints one line per session and a summary (on stderr); exits with
+        status 1 if any session failed.
         --root is not used: SRC and DST say where (--prefix before the command
         is a default for --prefix).
 
@@ -96,6 +103,7 @@ def add_copy(group: click.Group) -> None:
             prefix=prefix if prefix is not None else given.prefix,
             dst_prefix=dst_prefix,
             as_json=as_json,
+            force=force,
         )
 
 
@@ -108,6 +116,7 @@ def run_copy(
     prefix: str | None,
     dst_prefix: str | None,
     as_json: bool,
+    force: bool = False,
 ) -> None:
     """Copy SRC's sessions (or the one ``session_id`` names) to DST; exit 1 if any failed."""
     try:
@@ -118,6 +127,7 @@ def run_copy(
             agent=agent,
             prefixes=(prefix, dst_prefix),
             as_json=as_json,
+            force=force,
         )
     except (CliError, ConnectionError) as error:  # ConnectionError: StorageUnavailableError
         raise CliError(hidden(str(error), (source, target))) from None
@@ -133,6 +143,7 @@ def _copy(
     agent: str,
     prefixes: tuple[str | None, str | None],
     as_json: bool,
+    force: bool,
 ) -> int:
     """Open both sides, copy, print what happened; the number of sessions that failed."""
     src_prefix, dst_prefix = _side_prefixes(source, target, *prefixes)
@@ -145,11 +156,12 @@ def _copy(
             raise CliError(f"SRC and DST are the same place ({src.describe()}); nothing to copy")
         with warnings_to_stderr():  # a torn tail in SRC: said before the summary
             names = _copy_names(src, single, session_id, agent)
-            rows = _copy_all(src, dst, names, as_json=as_json)
+            rows = _copy_all(src, dst, names, as_json=as_json, force=force)
     count = Counter(row["outcome"] for row in rows)
     click.echo(
         f"copied {count['copied']}, appended {count['appended']}, "
-        f"unchanged {count['unchanged']}, failed {count['failed']}",
+        + (f"replaced {count['replaced']}, " if force else "")
+        + f"unchanged {count['unchanged']}, failed {count['failed']}",
         err=True,
     )
     return count["failed"]
@@ -222,7 +234,7 @@ def _copy_names(
 
 
 def _copy_all(
-    src: SessionStorage, dst: SessionStorage, names: list[str], *, as_json: bool
+    src: SessionStorage, dst: SessionStorage, names: list[str], *, as_json: bool, force: bool
 ) -> list[dict[str, Any]]:
     """Copy ``names``, printing as each is done; what happened to each.
 
@@ -232,7 +244,7 @@ def _copy_all(
         click.echo(f"no sessions in {src.describe()}", err=True)
     rows = []
     for name in names:
-        (result,) = copy_sessions(src, dst, [name])  # one by one: each line shows when done
+        (result,) = copy_sessions(src, dst, [name], force=force)  # one by one, each shown
         rows.append(_copy_row(src, dst, name, result))
         if not as_json:
             click.echo(display.one_line(_copy_line(rows[-1])))
@@ -275,6 +287,8 @@ def _copy_line(row: dict[str, Any]) -> str:
         done = f"copied {plural(lines, 'line')}"
     elif outcome == "appended":
         done = f"appended {plural(row['written'], 'new line')} ({lines} in all)"
+    elif outcome == "replaced":
+        done = f"replaced by {plural(lines, 'line')}"
     else:
         done = f"unchanged ({plural(lines, 'line')})"
     return f"{row['name']}: {done}"

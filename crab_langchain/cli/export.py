@@ -42,7 +42,8 @@ def add_export(group: click.Group) -> None:
         "--format",
         "fmt",
         type=click.Choice(["langchain", "openai"]),
-        required=True,
+        default="langchain",
+        show_default=True,
         help="langchain: messages_to_dict output; openai: OpenAI chat messages.",
     )
     @click.option(

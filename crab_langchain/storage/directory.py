@@ -39,7 +39,6 @@ import itertools
 import os
 import stat
 import struct
-import tempfile
 import threading
 import time
 import warnings
@@ -71,6 +70,7 @@ Durability = Literal["flush", "fsync"]
 _INDEX_LOCK = ".crab_langchain.lock"
 _OPEN_LOGS = 32  # sessions whose descriptors are kept open, per storage
 _TAIL_BLOCK = 65536
+_READ_BLOCK = 1 << 30  # bytes asked of one pread
 _CHECKED_TAIL = 256
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -255,6 +255,20 @@ class DirectoryStorage(SessionStorage):
             with log.lock:
                 log.close()
 
+    def _close_idle(self) -> None:
+        """Close the kept descriptors no thread is using now (out of descriptors: make room)."""
+        with self._open_lock:
+            logs = list(self._open.items())
+        for name, log in logs:
+            if log.lock.acquire(blocking=False):  # in use (perhaps by the caller): kept
+                try:
+                    log.close()
+                finally:
+                    log.lock.release()
+                with self._open_lock:
+                    if self._open.get(name) is log:
+                        del self._open[name]
+
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
@@ -414,7 +428,7 @@ class DirectoryStorage(SessionStorage):
             cursor is not None and size != cursor.offset and _continues(fd, identity, size, cursor)
         )
         start, first = (cursor.offset, cursor.lines) if cursor and resume else (0, 0)
-        data = os.pread(fd, size - start, start)
+        data = _pread_all(fd, size - start, start)
         known = cursor.check if cursor and resume and isinstance(cursor.check, _Check) else None
         if known is not None and known.unterminated and data.startswith(b"\n"):
             data, start = data[1:], start + 1  # the newline a writer added to our last line
@@ -442,7 +456,8 @@ class DirectoryStorage(SessionStorage):
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
         path = self._file(name)
         self._ensure_root()
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".new")
+        tmp = os.path.join(self.root, f".{name}.{os.urandom(6).hex()}.new")
+        fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             _write_synced(fd, header + b"\n", path)
             os.link(tmp, path)  # atomic, and fails if the name is taken
@@ -743,7 +758,7 @@ class DirectoryStorage(SessionStorage):
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return size, block
         keep = _after_last_newline(fd, size)
-        if is_json_object(os.pread(fd, size - keep, keep)):
+        if is_json_object(_pread_all(fd, size - keep, keep)):
             return size, b"\n" + block
         if keep == 0:
             raise EOFError(f"{path}: no complete header line; not appending")
@@ -752,7 +767,7 @@ class DirectoryStorage(SessionStorage):
 
     def _set_aside(self, path: str, fd: int, start: int, end: int, what: str) -> None:
         """Move bytes ``start..end`` of the file to ``<name>.torn``, then cut them off."""
-        torn = os.pread(fd, end - start, start)
+        torn = _pread_all(fd, end - start, start)
         side = path + ".torn"
         side_fd = _open_file(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
@@ -811,7 +826,22 @@ def _make_private_dirs(root: Path) -> None:
 
 
 def _open_file(path: str, flags: int) -> int:
-    """``os.open`` that never follows a symbolic link: one there is refused by name."""
+    """``os.open`` that never follows a symbolic link: one there is refused by name.
+
+    Out of descriptors (EMFILE, ENFILE), it closes those every storage keeps
+    open for reuse and tries once more.
+    """
+    try:
+        return _open_nofollow(path, flags)
+    except OSError as error:
+        if error.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+    for storage in list(_STORAGES):
+        storage._close_idle()
+    return _open_nofollow(path, flags)
+
+
+def _open_nofollow(path: str, flags: int) -> int:
     try:
         return os.open(path, flags | _NOFOLLOW | _CLOEXEC, 0o600)
     except OSError as error:
@@ -912,6 +942,19 @@ def _next_check(known: _Check | None, data: bytes, mtime_ns: int, unterminated: 
         return _Check(mtime_ns, data[:end], data[-_CHECKED_TAIL:], unterminated)
     tail = (known.tail + data)[-_CHECKED_TAIL:]
     return _Check(mtime_ns, known.header, tail, unterminated)
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes from ``offset`` (fewer if the file ends first): one ``pread`` returns
+    at most 2 GiB on Linux, and any may return short."""
+    parts = []
+    while size > 0:
+        part = os.pread(fd, min(size, _READ_BLOCK), offset)
+        if not part:
+            break
+        parts.append(part)
+        size, offset = size - len(part), offset + len(part)
+    return b"".join(parts)
 
 
 def _after_last_newline(fd: int, size: int) -> int:

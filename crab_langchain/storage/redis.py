@@ -685,6 +685,14 @@ def _register(client: Any) -> dict[str, Any]:
     return {name: client.register_script(source) for name, source in scripts.items()}
 
 
+_PASSING = (
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+)
+"""Refusals that pass: asked again (every call here is safe to send again), they succeed."""
+
+
 def _backoff(attempt: int) -> float:
     """Seconds before resend ``attempt + 1``: exponential, capped, with full jitter."""
     return random.uniform(0, min(_BACKOFF_CAP, 0.01 * 2**attempt))
@@ -752,6 +760,8 @@ def _translated(where: str) -> Iterator[None]:
         raise StorageUnavailableError(f"{where}: {error}") from error
     except (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException) as error:
         raise StorageUnavailableError(f"{where}: cluster unavailable: {error}") from error
+    except _PASSING as error:  # a slot migrating, a failover: the same call works again soon
+        raise StorageUnavailableError(f"{where}: {type(error).__name__}: {error}") from error
 
 
 @contextlib.contextmanager

@@ -251,7 +251,8 @@ def injected_messages(
         manager: the plugin manager.
         session: the session told to the plugins.
         history: the conversation without injected messages; the plugins get
-            a read-only view of it.
+            a read-only view of copies of its messages (an edit changes nothing
+            of the conversation or the session).
 
     Returns:
         Every plugin's messages, in order (a new list; empty if none).
@@ -260,7 +261,8 @@ def injected_messages(
         TypeError: a plugin returned something other than a list of messages
             or None (naming it).
     """
-    kwargs = {"session": session, "history": ReadOnlyMessages(history)}
+    copies = [message.model_copy() for message in history]  # pointer copies of each
+    kwargs = {"session": session, "history": ReadOnlyMessages(copies)}
     results = manager.hook.crab_inject_messages(**kwargs)
     if any(inject_result_problem(result) for result in results):
         raise wrong_result(manager, "crab_inject_messages", kwargs, inject_result_problem)

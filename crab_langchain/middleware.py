@@ -184,7 +184,8 @@ class _FollowedSession:
             meta = self._context.meta
             if log is None or meta is None:
                 return self._unwritten.model_copy(deep=True)  # plugins may change what they get
-            history = self._context.crab_messages()
+            # Copies: a plugin that edits what it is told changes nothing told later.
+            history = [message.model_copy() for message in self._context.crab_messages()]
             return Session.from_meta(self._unwritten.id, meta, file_path=log.path, history=history)
 
     def _located(self) -> SessionLog | None:

@@ -314,3 +314,34 @@ def test_a_plugin_changing_the_session_it_is_told_changes_nothing_told_later(tmp
     graph.invoke(human("first"), CONFIG)
     graph.invoke(human("second"), CONFIG)
     assert meddler.extras == [{}, {}]
+
+
+class Editor:
+    """Edits everything it is told: the session's messages and the conversation's."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[list[Any], list[Any]]] = []
+
+    @hookimpl
+    def crab_inject_messages(self, session: Session, history: Any) -> None:
+        self.seen.append(([m.content for m in session.history], [m.content for m in history]))
+        for message in session.history:
+            message.content = "edited by a plugin"
+        session.history.append(session.history[0] if session.history else None)  # type: ignore[arg-type]
+        for message in history:
+            message.content = "edited by a plugin"
+
+
+def test_what_a_plugin_is_told_is_read_only_in_effect(tmp_path: Path):
+    editor = Editor()
+    store = SessionStore(tmp_path / "sessions", [editor], entry_points=False)
+    saver = CrabSaver(store)
+    model = RecordingModel(messages=iter([AIMessage("one"), AIMessage("two"), AIMessage("three")]))
+    graph = agent(store, saver, model)
+    for text in ("first", "second", "third"):
+        graph.invoke(human(text), CONFIG, durability="sync")
+    assert all("edited by a plugin" not in told for seen in editor.seen for told in seen)
+    expected = ["first", "one", "second", "two", "third", "three"]
+    assert [m.content for m in graph.get_state(CONFIG).values["messages"]] == expected
+    assert [m.content for m in store.get_session_history("alice-1").stored_messages()] == expected
+    assert all("edited" not in str(m.content) for request in model.requests for m in request)

@@ -590,7 +590,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
             record = _session_record(thread, checkpoint_id)
         if record is None:
             return None
-        return (yield from self._tuple(thread, ns, record, {}))
+        found = yield from self._tuple(thread, ns, record, {})
+        # As LangGraph's savers: a config naming its checkpoint is given back as it came.
+        return found._replace(config=config) if get_checkpoint_id(config) else found
 
     def _listed(
         self,

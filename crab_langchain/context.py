@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from langchain_core.messages import BaseMessage
 
@@ -38,8 +38,14 @@ class WorkingContext:
     the messages are replaced rather than added to (a load, a clear, a marker).
     """
 
-    def __init__(self) -> None:
-        """An empty context: nothing read yet."""
+    def __init__(self, transform: Callable[[BaseMessage], BaseMessage] | None = None) -> None:
+        """An empty context: nothing read yet.
+
+        Args:
+            transform: applied to each message read from a line (a saver unseals
+                encrypted messages so); messages taken as written are not passed.
+        """
+        self.transform = transform
         self.messages: list[BaseMessage] = []
         self.lines = array("q")
         """The log's line number of each message (a marker's, for its summary)."""
@@ -148,14 +154,17 @@ class WorkingContext:
             entry = decode_line(line)
         except SessionFormatError as error:
             raise log.error(error, number) from None
-        if isinstance(entry, CompactMarker):
-            try:
-                self._restart((number, marker_message(entry)))
-            except SessionFormatError as error:
-                raise log.error(error, number) from None
-        elif isinstance(entry, BaseMessage) and not is_auto_injected(entry):
-            self._add(number, entry)
+        try:
+            if isinstance(entry, CompactMarker):
+                self._restart((number, self._transformed(marker_message(entry))))
+            elif isinstance(entry, BaseMessage) and not is_auto_injected(entry):
+                self._add(number, self._transformed(entry))
+        except SessionFormatError as error:
+            raise log.error(error, number) from None
         # A run event, or a message an audit plugin kept: neither is for a later run.
+
+    def _transformed(self, message: BaseMessage) -> BaseMessage:
+        return message if self.transform is None else self.transform(message)
 
 
 def read_context(log: SessionLog) -> WorkingContext:
@@ -174,7 +183,11 @@ def read_context(log: SessionLog) -> WorkingContext:
     return context
 
 
-def context_of(log: SessionLog, body: NumberedLines) -> Numbered:
+def context_of(
+    log: SessionLog,
+    body: NumberedLines,
+    transform: Callable[[BaseMessage], BaseMessage] | None = None,
+) -> Numbered:
     """The working context that the body lines ``body`` of ``log`` give, with its line numbers.
 
     For a context as it stood at an earlier line: pass the lines up to it.
@@ -183,6 +196,6 @@ def context_of(log: SessionLog, body: NumberedLines) -> Numbered:
     Raises:
         SessionFormatError: a line is malformed (naming it).
     """
-    context = WorkingContext()
+    context = WorkingContext(transform)
     context._take_lines(log, body[last_marker(log, body) :])
     return context.messages, context.lines.tolist()

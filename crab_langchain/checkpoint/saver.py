@@ -50,7 +50,9 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
+from crab_langchain.checkpoint.sealed import Sealer
 from crab_langchain.checkpoint.sidelog import (
     EMPTY,
     SIDE_KIND,
@@ -71,7 +73,7 @@ from crab_langchain.checkpoint.sidelog import (
 from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
 from crab_langchain.checkpoint.thread import Base, Thread
 from crab_langchain.context import context_of
-from crab_langchain.convert import marker_line, too_deep
+from crab_langchain.convert import decode_line, encode, marker_line, too_deep
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
@@ -140,6 +142,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
     ) -> None:
         super().__init__(serde=serde)
+        # An encrypting serializer: nothing of the thread is written in plaintext.
+        self._sealer = Sealer(self.serde) if isinstance(self.serde, EncryptedSerializer) else None
         check_agent(agent)
         self.store = store if store is not None else SessionStore()
         self.agent = agent
@@ -490,7 +494,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         )
         if name is None:
             return None
-        thread = Thread(thread_id, SessionLog(self.store.storage, name))
+        unseal = None if self._sealer is None else self._sealer.unseal
+        thread = Thread(thread_id, SessionLog(self.store.storage, name), unseal)
         with self._lock:
             found = self._threads.setdefault(thread_id, thread)
             while len(self._threads) > _KNOWN_THREADS:
@@ -740,7 +745,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         log = thread.session if epoch == current else thread.side
         body = yield from self._epoch_body(thread, epoch, bodies)
         upto = bisect.bisect_right(body, line, key=lambda item: item[0])
-        messages, numbers = context_of(log, body[:upto])
+        messages, numbers = context_of(log, body[:upto], thread.context.transform)
         return self._handed_out(thread, Base(epoch, -1, line, messages), numbers, False)
 
     def _handed_out(
@@ -826,8 +831,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 values[channel] = [channel, version, self._encoded(thread, channel, given[channel])]
         state = {key: value for key, value in checkpoint.items() if key != "channel_values"}
         with _nested_at("the checkpoint's metadata"):
-            encoded_metadata = encode_value(self.serde, get_checkpoint_metadata(config, metadata))
-        encoded_state = encode_value(self.serde, state)
+            encoded_metadata = self._encode(get_checkpoint_metadata(config, metadata))
+        encoded_state = self._encode(state)
         if ns == "" and isinstance(given.get(MESSAGES), list) and MESSAGES in new_versions:
             value, version = given[MESSAGES], new_versions[MESSAGES]
             stored = yield from (
@@ -850,7 +855,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _encoded(self, thread: Thread, channel: str, value: Any) -> dict[str, Any]:
         with _nested_at(f"channel {channel!r}"):
-            return encode_value(self.serde, self._without_dropped(thread, value))
+            return self._encode(self._without_dropped(thread, value))
 
     def _put_writes(
         self,
@@ -896,9 +901,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         base = self._base_of(thread, messages)
         if base is None:
             return None
-        after = encode_value(
-            self.serde, self._without_dropped(thread, messages[len(base.messages) :])
-        )
+        after = self._encode(self._without_dropped(thread, messages[len(base.messages) :]))
         if "json" not in after and "messages" not in after:
             return None  # not lines: kept whole, by the serializer
         return {"session": [base.epoch, base.line], "after": after}
@@ -926,7 +929,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             yield from self._cut(thread, landed)
         if continues:
             yield from self._append_messages(thread, [], fresh, checkpoint_id)
-        elif messages and _is_summary(messages[0]) and not landed:
+        elif self._summary(messages) and not landed:
             marker = _marker(messages[0])
             yield from self._append_messages(thread, [marker], messages[1:], checkpoint_id)
         else:
@@ -1025,9 +1028,31 @@ class CrabSaver(BaseCheckpointSaver[str]):
             return True
 
     def _lines_of(self, thread: Thread, messages: Sequence[BaseMessage]) -> Batch:
+        """The session lines for ``messages`` (as plugins decide), and what each reads back as.
+
+        Sealed: plugins decide on the messages themselves; what they keep is
+        written sealed, and read back as it was before sealing.
+        """
         plugins, strict = self.store.plugin_manager, self.store.strict
         batch = prepare_writes(plugins, messages, thread.hook_session, strict=strict)
-        return batch if batch is not None else ([], None)
+        if batch is None:
+            return [], None
+        if self._sealer is None:
+            return batch
+        kept: list[BaseMessage | None] = [_line_message(line) for line in batch[0]]
+        sealed = [encode(self._sealer.seal(m), strict=strict).line for m in kept if m is not None]
+        return sealed, kept
+
+    def _encode(self, value: Any) -> dict[str, Any]:
+        """``value`` for the side log: readable JSON where it can be, unless sealed."""
+        return encode_value(self.serde, value, readable=self._sealer is None)
+
+    def _summary(self, messages: Messages) -> bool:
+        """Whether ``messages`` start with a summary that becomes a compaction marker.
+
+        Not when sealed: a marker's title and summary would be plaintext.
+        """
+        return bool(messages) and self._sealer is None and _is_summary(messages[0])
 
     def _rewrite(
         self,
@@ -1058,7 +1083,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             base, kept = None, 0
         if base is not None:
             messages = messages[len(base.messages) :]
-        first = [_marker(messages[0])] if messages and _is_summary(messages[0]) else []
+        first = [_marker(messages[0])] if self._summary(messages) else []
         lines, _ = self._lines_of(thread, messages[1:] if first else messages)
         new = [*first, *lines]
         start = 2 + kept  # the first new line's number
@@ -1202,6 +1227,13 @@ def _config(thread_id: str, ns: str, checkpoint_id: str | None) -> RunnableConfi
     if checkpoint_id is not None:
         configurable["checkpoint_id"] = checkpoint_id
     return {"configurable": configurable}
+
+
+def _line_message(line: bytes) -> BaseMessage:
+    """What a message line written a moment ago reads back as."""
+    message = decode_line(line)
+    assert isinstance(message, BaseMessage)  # plugins leave message lines only
+    return message
 
 
 def _is_summary(message: BaseMessage) -> bool:

@@ -133,11 +133,14 @@ def check_side_header(log: SessionLog, header: bytes) -> str | None:
 # --- values ------------------------------------------------------------------------
 
 
-def encode_value(serde: SerializerProtocol, value: Any) -> dict[str, Any]:
-    """``value`` as the side log keeps it: readable JSON where it can be."""
-    if _is_json(value):
+def encode_value(serde: SerializerProtocol, value: Any, *, readable: bool = True) -> dict[str, Any]:
+    """``value`` as the side log keeps it: readable JSON where it can be (and ``readable``).
+
+    Not ``readable``: always the serializer's encoding (an encrypting one's).
+    """
+    if readable and _is_json(value):
         return {"json": value}
-    if isinstance(value, list) and value and all(_as_line(item) for item in value):
+    if readable and isinstance(value, list) and value and all(_as_line(item) for item in value):
         try:
             return {"messages": [json.loads(encode(m).line) for m in value]}
         except TypeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from langchain_core.messages import BaseMessage
@@ -36,7 +37,12 @@ class Base(NamedTuple):
 class Thread:
     """What one saver knows of one thread: its two logs, and how far it read each."""
 
-    def __init__(self, thread_id: str, session: SessionLog) -> None:
+    def __init__(
+        self,
+        thread_id: str,
+        session: SessionLog,
+        unseal: Callable[[BaseMessage], BaseMessage] | None = None,
+    ) -> None:
         self.thread_id = thread_id
         self.session = session
         self.side = SessionLog(session.storage, companion_name(session.name, SIDE_KIND))
@@ -45,7 +51,7 @@ class Thread:
         self.side_cursor: Cursor | None = None
         self.side_identity: str | None = None
         """The identity of the session the side log says it belongs to (None: not said)."""
-        self.context = WorkingContext()
+        self.context = WorkingContext(unseal)
         self.puts: deque[Base] = deque(maxlen=_RECENT_PUTS)
         """The message lists of this saver's last puts, and where the session stood after each."""
         self.handed: Base | None = None

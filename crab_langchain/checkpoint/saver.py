@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import copy
 import itertools
 import secrets
 import threading
@@ -751,24 +752,22 @@ class CrabSaver(BaseCheckpointSaver[str]):
     def _handed_out(
         self, thread: Thread, base: Base, numbers: Sequence[int], newest: bool
     ) -> Messages:
-        """Copies of ``base``'s messages for LangGraph, each with an id.
+        """Copies of ``base``'s messages for LangGraph, each with an id, sharing nothing.
 
-        LangGraph changes the messages it is given (its reducer gives an id to
-        one without), so it gets copies; a message stored without an id gets
-        one made from its place, the same in every process. The newest
-        checkpoint's copies are remembered: a put continuing them is told
-        apart by pointer comparison.
+        LangGraph and its users change the messages they are given (its
+        reducer gives an id to one without; LangGraph's docs edit a tool
+        call's arguments in place before ``update_state``), so they get copies
+        down to the last dict: nothing cached changes, and a put compares what
+        comes back with what was handed out. A message stored without an id
+        gets one made from its place, the same in every process.
         """
-        copies = [
-            message.model_copy()
-            if message.id is not None
-            else message.model_copy(update={"id": _line_id(thread, base.epoch, number)})
-            for message, number in zip(base.messages, numbers, strict=True)
-        ]
-        if newest:
-            with thread.lock:
-                thread.handed = base._replace(messages=copies)
-        return copies
+        with thread.lock:
+            for message, number in zip(base.messages, numbers, strict=True):
+                if message.id is None:
+                    message.id = _line_id(thread, base.epoch, number)
+            if newest:
+                thread.handed = base
+        return [_detached(message) for message in base.messages]
 
     def _epoch_body(
         self, thread: Thread, epoch: int, bodies: dict[str, NumberedLines]
@@ -943,20 +942,24 @@ class CrabSaver(BaseCheckpointSaver[str]):
     def _base_of(self, thread: Thread, messages: Messages) -> Base | None:
         """The longest known message list ``messages`` starts with, if any.
 
-        The lists LangGraph holds are this saver's own (the newest checkpoint
-        handed out, the last put), so a pointer comparison finds them; the
-        working context itself is compared last.
+        The lists of this saver's puts are LangGraph's own objects, found by
+        pointer comparison; the newest checkpoint handed out was copies,
+        compared by value (an edit made to one is a change); the working
+        context itself is compared last.
         """
         with thread.lock:
             context, epoch = thread.context, thread.index.epoch
             end = context.cursor.lines if context.cursor is not None else 0
             now = Base(epoch, context.version, end, list(context.messages))
             lines = context.lines
-            known = [thread.handed, *thread.puts]
-        bases = [b for b in known if b is not None and b[:2] == now[:2] and b.line <= end]
-        bases.sort(key=lambda b: b.line, reverse=True)
-        # List equality compares identical items by identity first: pointer work only.
-        found = next((b for b in bases if messages[: len(b.messages)] == b.messages), None)
+            handed, puts = thread.handed, list(thread.puts)
+        valid = [b for b in (handed, *puts) if b is not None and b[:2] == now[:2] and b.line <= end]
+        # List equality compares identical items by identity first: pointer work for puts.
+        found = max(
+            (b for b in valid if messages[: len(b.messages)] == b.messages),
+            key=lambda b: b.line,
+            default=None,
+        )
         if found is None:
             return now if messages[: len(now.messages)] == now.messages else None
         # What another writer appended since, if the new list holds it too (equal: a copy).
@@ -1275,6 +1278,16 @@ def _observed(task: asyncio.Future[Any]) -> None:
     """Take a detached write's outcome, so a cancelled caller's error is not reported as lost."""
     if not task.cancelled():
         task.exception()
+
+
+def _detached(message: BaseMessage) -> BaseMessage:
+    """A copy of ``message`` sharing no list or dict with it (at any depth)."""
+    update = {
+        name: copy.deepcopy(value) if value else type(value)()
+        for name in type(message).model_fields
+        if isinstance(value := getattr(message, name), (dict, list))
+    }
+    return message.model_copy(update=update)
 
 
 def _within(number: int, spans: Spans) -> bool:

@@ -412,3 +412,22 @@ def test_delete_thread_racing_writers_leaves_nothing_of_the_thread(backend: Back
         client = store.storage.client  # type: ignore[attr-defined]
         keys = [key for key in client.scan_iter(match=f"{backend.prefix}:*") if b"hold" not in key]
         assert [k for k in keys if THREAD.encode() in k] == []
+
+
+def test_an_edit_made_in_place_before_update_state_is_stored(backend: Backend):
+    """LangGraph's docs edit a tool call's arguments on the state they got, then update_state."""
+    store = backend.store()
+    agent = tool_agent(CrabSaver(store))
+    agent.invoke(human("weather?"), {**CONFIG, "recursion_limit": 3}, interrupt_before=["tools"])
+    last = agent.get_state(CONFIG).values["messages"][-1]
+    assert last.tool_calls[0]["args"] == {"city": "Lisbon"}
+    last.tool_calls[0]["args"]["city"] = "Faro"
+    assert agent.get_state(CONFIG).values["messages"][-1].tool_calls[0]["args"] == {
+        "city": "Lisbon"  # what was handed out shares nothing with what the saver keeps
+    }
+    agent.update_state(CONFIG, {"messages": [last]})
+    for reader in (agent, tool_agent(CrabSaver(backend.store()))):
+        calls = reader.get_state(CONFIG).values["messages"][-1].tool_calls
+        assert calls[0]["args"] == {"city": "Faro"}
+    stored = store.get_session_history(THREAD).stored_messages()[-1]
+    assert stored.tool_calls[0]["args"] == {"city": "Faro"}  # type: ignore[attr-defined]

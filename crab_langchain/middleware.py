@@ -20,13 +20,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from crab_langchain.extras import needs_extra
+
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without it
-    raise ImportError(
-        "crab_langchain.middleware needs the 'agents' extra (Python 3.11+): "
-        "pip install 'crab-langchain[agents]' (from a clone: pip install -e '.[agents]')"
-    ) from error
+    raise needs_extra("crab_langchain.middleware", "agents", " (Python 3.11+)") from error
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.config import get_config

@@ -431,3 +431,19 @@ def test_an_edit_made_in_place_before_update_state_is_stored(backend: Backend):
         assert calls[0]["args"] == {"city": "Faro"}
     stored = store.get_session_history(THREAD).stored_messages()[-1]
     assert stored.tool_calls[0]["args"] == {"city": "Faro"}  # type: ignore[attr-defined]
+
+
+def test_a_long_chat_history_session_is_continued_not_cut(tmp_path: Path):
+    """(Reported on a 1,000,000-message session, cut to 3; 20,000 keep the suite fast.)"""
+    store = SessionStore(tmp_path, entry_points=False)
+    store.get_session_history(THREAD).add_messages(
+        [HumanMessage(f"m{n}") if n % 2 == 0 else AIMessage(f"m{n}") for n in range(20_000)]
+    )
+    before = (tmp_path / (store.find(THREAD) or "")).stat().st_size
+    chat_agent(CrabSaver(store)).invoke(human("q"), CONFIG)
+    after = session_texts(SessionStore(tmp_path, entry_points=False))
+    assert len(after) == 20_002
+    assert after[:2] == ["m0", "m1"]
+    assert after[-2:] == ["q", REPLY]
+    assert (tmp_path / (store.find(THREAD) or "")).stat().st_size > before  # appended
+    assert not any(line.startswith(b'{"archive"') for line in side_lines(store))

@@ -11,13 +11,12 @@ beside it::
     agent = create_agent(model, tools, checkpointer=CrabSaver(SessionStore()))
 """
 
+from crab_langchain.extras import needs_extra
+
 try:
     import langgraph.checkpoint.base  # noqa: F401 - the extra this package needs
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without it
-    raise ImportError(
-        "crab_langchain.checkpoint needs the 'langgraph' extra: "
-        "pip install 'crab-langchain[langgraph]' (from a clone: pip install -e '.[langgraph]')"
-    ) from error
+    raise needs_extra("crab_langchain.checkpoint", "langgraph") from error
 
 from crab_langchain.checkpoint.saver import MESSAGES, CrabSaver, MissingSideLogWarning
 

@@ -29,6 +29,7 @@ import bisect
 import contextlib
 import copy
 import itertools
+import operator
 import secrets
 import threading
 import uuid
@@ -953,13 +954,15 @@ class CrabSaver(BaseCheckpointSaver[str]):
             now = Base(epoch, context.version, end, list(context.messages))
             lines = context.lines
             handed, puts = thread.handed, list(thread.puts)
-        valid = [b for b in (handed, *puts) if b is not None and b[:2] == now[:2] and b.line <= end]
-        # List equality compares identical items by identity first: pointer work for puts.
+        valid = [b for b in puts if b[:2] == now[:2] and b.line <= end]
         found = max(
-            (b for b in valid if messages[: len(b.messages)] == b.messages),
-            key=lambda b: b.line,
-            default=None,
+            (b for b in valid if _starts_with(messages, b.messages)), key=_line, default=None
         )
+        if handed is not None and handed[:2] == now[:2] and handed.line <= end:
+            # Compared by value, once a turn: what a put continues is found above.
+            newer = found is None or found.line < handed.line
+            if newer and messages[: len(handed.messages)] == handed.messages:
+                found = handed
         if found is None:
             return now if messages[: len(now.messages)] == now.messages else None
         # What another writer appended since, if the new list holds it too (equal: a copy).
@@ -1278,6 +1281,15 @@ def _observed(task: asyncio.Future[Any]) -> None:
     """Take a detached write's outcome, so a cancelled caller's error is not reported as lost."""
     if not task.cancelled():
         task.exception()
+
+
+def _starts_with(messages: Messages, start: Messages) -> bool:
+    """Whether ``messages`` starts with the very objects of ``start`` (pointer comparison)."""
+    return len(start) <= len(messages) and all(map(operator.is_, messages, start))
+
+
+def _line(base: Base) -> int:
+    return base.line
 
 
 def _detached(message: BaseMessage) -> BaseMessage:

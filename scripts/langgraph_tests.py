@@ -12,8 +12,8 @@ LangGraph's suite imports (installed into the running environment by
     .venv/bin/python scripts/langgraph_tests.py --install
     .venv/bin/python scripts/langgraph_tests.py -k time_travel   # a part of it
 
-Exit status 1 if some test passes with InMemorySaver only. Not part of CI
-(it takes about half an hour on 2 cores); README's "Safety" quotes its run.
+Exit status 1 if some test passes with InMemorySaver only. CI runs it (about
+three minutes on 2 cores); the README quotes its run.
 """
 
 from __future__ import annotations

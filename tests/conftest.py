@@ -37,11 +37,13 @@ if _missing("langgraph.checkpoint.base", "langgraph.checkpoint.conformance"):
         "test_checkpoint.py",
         "test_checkpoint_cli.py",
         "test_checkpoint_conformance.py",
+        "test_checkpoint_listing.py",
     ]
 if _missing("langgraph.checkpoint.base", "langgraph.graph", "langchain.agents"):
     collect_ignore += [
         "test_checkpoint_agents.py",
         "test_checkpoint_durability.py",
+        "test_checkpoint_sealed.py",
         "test_middleware.py",
         "test_saver_conventions.py",
         "test_session_truth.py",

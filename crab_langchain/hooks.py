@@ -251,8 +251,7 @@ def injected_messages(
         manager: the plugin manager.
         session: the session told to the plugins.
         history: the conversation without injected messages; the plugins get
-            a read-only view of copies of its messages (an edit changes nothing
-            of the conversation or the session).
+            a read-only view of it.
 
     Returns:
         Every plugin's messages, in order (a new list; empty if none).
@@ -261,8 +260,7 @@ def injected_messages(
         TypeError: a plugin returned something other than a list of messages
             or None (naming it).
     """
-    copies = [message.model_copy() for message in history]  # pointer copies of each
-    kwargs = {"session": session, "history": ReadOnlyMessages(copies)}
+    kwargs = {"session": session, "history": ReadOnlyMessages(history)}
     results = manager.hook.crab_inject_messages(**kwargs)
     if any(inject_result_problem(result) for result in results):
         raise wrong_result(manager, "crab_inject_messages", kwargs, inject_result_problem)

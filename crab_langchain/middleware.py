@@ -129,7 +129,9 @@ class CrabHooksMiddleware(AgentMiddleware[Any, Any, Any]):
     def _injected(self, request: ModelRequest[Any], session: Session) -> ModelRequest[Any]:
         """``request`` with the plugins' messages before its latest user message."""
         conversation: list[BaseMessage] = [m for m in request.messages if not is_auto_injected(m)]
-        injected = injected_messages(self.store.plugin_manager, session, conversation)
+        # The agent's state holds these objects: plugins get copies, so an edit stays theirs.
+        told = [message.model_copy() for message in conversation]
+        injected = injected_messages(self.store.plugin_manager, session, told)
         at = _latest_user_message(conversation)
         messages: list[Any] = [*conversation[:at], *injected, *conversation[at:]]
         return request.override(messages=messages)

@@ -113,8 +113,17 @@ async def close_async(store: SessionStore) -> None:
         await aclose()
 
 
-BLOCKING = ("names", "exists", "read_header", "read_headers", "create", "read", "append")
-BLOCKING_TOO = ("replace", "delete", "hold", "creation_lock")
+BLOCKING = (
+    "names",
+    "exists",
+    "read_header",
+    "read_headers",
+    "create",
+    "read",
+    "append",
+    "append_at",
+)
+BLOCKING_TOO = ("replace", "replace_at", "delete", "hold", "creation_lock")
 
 
 async def test_async_runs_do_no_blocking_storage_io_on_the_event_loop(

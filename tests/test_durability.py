@@ -571,7 +571,7 @@ class ThreadGate:
         self.open = threading.Event()
         self.open.set()
         self.calls: list[str] = []
-        for method in ("read", "append", "replace"):
+        for method in ("read", "append", "append_at", "replace", "replace_at"):
             monkeypatch.setattr(storage, method, self._gated(method, getattr(storage, method)))
 
     def _gated(self, method: str, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -596,7 +596,7 @@ class ServerPause:
 
     def __init__(self, storage: Any, monkeypatch: pytest.MonkeyPatch, nodes: list[Any]) -> None:
         self.nodes = nodes
-        for method in ("read", "append", "replace", "create"):
+        for method in ("read", "append", "append_at", "replace", "replace_at", "create"):
             monkeypatch.setattr(storage, method, self._refused(method))
 
     @staticmethod

@@ -33,7 +33,9 @@ BLOCKING = {
     "create",
     "read",
     "append",
+    "append_at",
     "replace",
+    "replace_at",
     "delete",
     "creation_lock",
 }

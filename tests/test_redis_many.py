@@ -759,7 +759,7 @@ def _raw_client(target: Target) -> Any:
 def test_a_resent_append_returns_the_first_result_and_lands_once(target, script_storage):
     keys = script_storage._keys.session("s.jsonl")
     script = script_storage._scripts["append"]
-    args = [b"write-1", 0, *pair_lines(0, 0)]
+    args = [b"write-1", 0, b"", -1, *pair_lines(0, 0)]
     with contextlib.closing(_raw_client(target)) as raw:
         first = raw.eval(script.script, len(keys), *keys, *args)  # its reply "lost"
     script_storage.append("s.jsonl", pair_lines(1, 0))  # another writer, meanwhile
@@ -773,7 +773,7 @@ def test_a_resent_append_returns_the_first_result_and_lands_once(target, script_
 def test_a_resent_append_lands_once_after_many_other_writes(script_storage):
     keys = script_storage._keys.session("s.jsonl")
     script = script_storage._scripts["append"]
-    args = [b"write-1", 0, *pair_lines(0, 0)]
+    args = [b"write-1", 0, b"", -1, *pair_lines(0, 0)]
     first = script(keys=keys, args=args)
     for turn in range(200):  # other machines' appends while the resend backs off
         script_storage.append("s.jsonl", pair_lines(1, turn))

@@ -180,7 +180,7 @@ def test_a_retried_append_lands_once(storage):
     """As redis-py resends a script whose reply was lost: same write id, one copy."""
     storage.create("s.jsonl", HEADER)
     keys = storage._keys.session("s.jsonl")
-    args = [b"write-1", 0, b'{"role":"user","content":"once"}']
+    args = [b"write-1", 0, b"", -1, b'{"role":"user","content":"once"}']
     first = storage._scripts["append"](keys=keys, args=args)
     again = storage._scripts["append"](keys=keys, args=args)
     assert first == again
@@ -198,7 +198,7 @@ def test_a_retried_create_succeeds_and_a_real_conflict_does_not(storage):
 def test_a_retried_replace_does_not_undo_later_appends(storage):
     storage.create("s.jsonl", HEADER)
     keys = storage._keys.session("s.jsonl")
-    replace = [b"new-token", 0, HEADER]
+    replace = [b"new-token", 0, b"", -1, HEADER]
     storage._scripts["replace"](keys=keys, args=replace)
     storage.append("s.jsonl", [b'{"role":"user","content":"after"}'])
     storage._scripts["replace"](keys=keys, args=replace)  # resent: must be a no-op

@@ -59,6 +59,11 @@ def side_lines(store: SessionStore) -> list[bytes]:
 REPLY = "reply 0: " + "words " * 8
 
 
+def reply(n: int) -> str:
+    """The scripted model's ``n``-th reply (from 0) of one agent object."""
+    return f"reply {n}: " + "words " * 8
+
+
 def test_an_agent_continues_the_session_a_chat_history_wrote(backend: Backend):
     store = backend.store()
     store.get_session_history(THREAD).add_messages([HumanMessage("hi"), AIMessage("hello")])
@@ -139,13 +144,13 @@ from crab_langchain.checkpoint import CrabSaver
 store = open_store(sys.argv[1], sys.argv[2])
 agent = chat_agent(CrabSaver(store))
 agent.invoke(human("q0"), CONFIG)
-storage, append = store.storage, store.storage.append
-def append_then_die(name, lines, after=None):
-    cursor = append(name, lines, after)
+storage, append_at = store.storage, store.storage.append_at
+def append_then_die(name, lines, at):
+    cursor = append_at(name, lines, at)
     if name.endswith(".jsonl"):
         os.kill(os.getpid(), signal.SIGKILL)
     return cursor
-storage.append = append_then_die
+storage.append_at = append_then_die
 agent.invoke(human("q1"), CONFIG)
 """
 )
@@ -449,11 +454,6 @@ def test_a_long_chat_history_session_is_continued_not_cut(tmp_path: Path):
     assert not any(line.startswith(b'{"archive"') for line in side_lines(store))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, open: when concurrent runs on one thread fork it, the losing run's rewrite "
-    "archives chat-history lines appended between the winner's puts (not put-written lines)",
-)
 async def test_the_two_doors_together_across_concurrent_runs(backend: Backend):
     """A chat history appends while agent runs race on the same session."""
     store = backend.store()
@@ -473,3 +473,67 @@ async def test_the_two_doors_together_across_concurrent_runs(backend: Backend):
     state = texts((await agent.aget_state(CONFIG)).values["messages"])
     assert state == stored
     assert [f"h{n}" for n in range(6) if f"h{n}" not in stored] == []  # every append stays
+
+
+def test_remove_message_of_a_history_line_added_after_the_last_put_removes_it(backend: Backend):
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store))
+    agent.invoke(human("q0"), CONFIG)
+    backend.store().get_session_history(THREAD).add_messages(
+        [HumanMessage("late"), HumanMessage("kept")]
+    )
+    told = agent.get_state(CONFIG).values["messages"]
+    late = next(m for m in told if m.content == "late")
+    agent.update_state(CONFIG, {"messages": [RemoveMessage(id=late.id)]})
+    assert session_texts(backend.store()) == ["q0", REPLY, "kept"]
+    agent.invoke(human("q1"), CONFIG)
+    assert session_texts(backend.store()) == ["q0", REPLY, "kept", "q1", reply(1)]
+
+
+def test_a_history_append_between_a_puts_read_and_its_write_keeps_both_in_place(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+):
+    """The put's conditional append loses the race, reads on and announces its lines again."""
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store))
+    agent.invoke(human("q0"), CONFIG)
+    history = backend.store().get_session_history(THREAD)
+    real = store.storage.append_at
+    raced: list[bool] = []
+
+    def history_first(name: str, lines: Any, at: Any) -> Any:
+        if name.endswith(".jsonl") and not raced:
+            raced.append(True)
+            history.add_messages([HumanMessage("in between")])
+        return real(name, lines, at)
+
+    monkeypatch.setattr(store.storage, "append_at", history_first)
+    agent.invoke(human("q1"), CONFIG)
+    assert raced
+    expected = ["q0", REPLY, "in between", "q1", reply(1)]
+    assert session_texts(backend.store()) == expected
+    # The history's line is no put's: a fork back to the first turn keeps it (after the
+    # fork's first put, which rewrote the session; the reply is appended after that).
+    first_turn = list(agent.get_state_history(CONFIG))[-3].config
+    agent.invoke(human("q-fork"), first_turn)
+    assert session_texts(backend.store()) == ["q0", REPLY, "q-fork", "in between", reply(2)]
+
+
+def test_a_fork_keeps_history_lines_it_never_saw_and_drops_the_branch_it_leaves(
+    backend: Backend,
+):
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store))
+    agent.invoke(human("q0"), CONFIG)
+    agent.invoke(human("q1"), CONFIG)
+    backend.store().get_session_history(THREAD).add_messages([HumanMessage("h")])
+    after_q0 = next(
+        s.config
+        for s in agent.get_state_history(CONFIG)
+        if texts(s.values["messages"]) == ["q0", REPLY]
+    )
+    agent.invoke(human("q-fork"), after_q0)
+    stored = session_texts(backend.store())
+    assert stored == ["q0", REPLY, "q-fork", "h", reply(2)]  # q1's turn archived, h kept
+    cold = chat_agent(CrabSaver(backend.store())).get_state(CONFIG).values["messages"]
+    assert texts(cold) == stored

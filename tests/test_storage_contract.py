@@ -75,6 +75,49 @@ def test_append_without_or_after_a_stale_cursor_returns_none(storage, log):
     assert all_lines(storage, log) == [HEADER, LINE_A, LINE_B]
 
 
+def test_append_at_writes_only_where_the_log_still_ends(storage, log):
+    first = storage.read(log, None)
+    cursor = storage.append_at(log, [LINE_A], first.cursor)
+    assert cursor is not None
+    assert storage.read(log, cursor) is None
+    assert storage.append_at(log, [LINE_B], first.cursor) is None  # LINE_A came between
+    assert all_lines(storage, log) == [HEADER, LINE_A]
+    assert storage.append_at(log, [LINE_B], cursor) is not None
+    assert all_lines(storage, log) == [HEADER, LINE_A, LINE_B]
+
+
+def test_append_at_refuses_a_log_replaced_since_even_at_the_same_length(storage, log):
+    first = storage.read(log, None)
+    storage.replace(log, [HEADER])  # same lines, a new log
+    assert storage.append_at(log, [LINE_A], first.cursor) is None
+    assert all_lines(storage, log) == [HEADER]
+
+
+def test_replace_at_replaces_only_what_was_read(storage, log):
+    storage.append(log, [LINE_A])
+    read = storage.read(log, None)
+    storage.append(log, [LINE_B])  # another writer, after the read
+    assert storage.replace_at(log, [HEADER, LINE_C], read.cursor) is False
+    assert all_lines(storage, log) == [HEADER, LINE_A, LINE_B]  # nothing dropped
+    again = storage.read(log, None)
+    assert storage.replace_at(log, [HEADER, LINE_C], again.cursor) is True
+    assert all_lines(storage, log) == [HEADER, LINE_C]
+    assert storage.replace_at(log, [HEADER], again.cursor) is False  # replaced since
+
+
+async def test_async_conditional_writes_do_what_the_sync_ones_do(storage, log):
+    first = await storage.aread(log, None)
+    assert await storage.aappend_at(log, [LINE_A], first.cursor) is not None
+    assert await storage.aappend_at(log, [LINE_B], first.cursor) is None
+    assert await storage.areplace_at(log, [HEADER], first.cursor) is False
+    now = await storage.aread(log, None)
+    assert await storage.areplace_at(log, [HEADER, LINE_C], now.cursor) is True
+    assert all_lines(storage, log) == [HEADER, LINE_C]
+    aclose = getattr(storage, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def test_append_to_a_missing_log_raises_and_creates_nothing(storage, log):
     with pytest.raises(FileNotFoundError):
         storage.append("crab_1_nope.jsonl", [LINE_A])

@@ -72,7 +72,16 @@ from crab_langchain.checkpoint.sidelog import (
     writes_record,
     written_record,
 )
-from crab_langchain.checkpoint.steps import Append, Blocking, Read, Replace, Steps, arun, run
+from crab_langchain.checkpoint.steps import (
+    Append,
+    AppendAt,
+    Blocking,
+    Read,
+    ReplaceAt,
+    Steps,
+    arun,
+    run,
+)
 from crab_langchain.checkpoint.thread import Base, Thread
 from crab_langchain.context import context_of
 from crab_langchain.convert import decode_line, encode, marker_line, too_deep
@@ -97,6 +106,8 @@ Messages = list[BaseMessage]
 Lines = list[bytes]
 Spans = list[tuple[int, int]]
 """Session lines ``(first, last)``, both included."""
+_MOVES = 100
+"""Tries of one write whose session other writers keep moving: past that, an error."""
 Listed = list[tuple[Thread, str, dict[str, Any], dict[str, NumberedLines]]]
 
 MESSAGES = "messages"
@@ -700,6 +711,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
             else:
                 values[channel] = decode_value(self.serde, encoded)
         checkpoint_id, parent = record["id"], record["parent"]
+        if (newest or SESSION_ALONE in record) and isinstance(values.get(MESSAGES), list):
+            told = frozenset(m.id for m in values[MESSAGES] if isinstance(m, BaseMessage) and m.id)
+            with thread.lock:
+                if thread.first_told is None or thread.first_told[0] != checkpoint_id:
+                    thread.first_told = (checkpoint_id, index.epoch, told)
         writes = [
             (w.task_id, w.channel, decode_value(self.serde, w.value))
             for w in index.ordered_writes(ns, checkpoint_id)
@@ -833,10 +849,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
         with _nested_at("the checkpoint's metadata"):
             encoded_metadata = self._encode(get_checkpoint_metadata(config, metadata))
         encoded_state = self._encode(state)
+        parent = config["configurable"].get("checkpoint_id")
         if ns == "" and isinstance(given.get(MESSAGES), list) and MESSAGES in new_versions:
             value, version = given[MESSAGES], new_versions[MESSAGES]
             stored = yield from (
-                self._store_messages(thread, value, checkpoint["id"])
+                self._store_messages(thread, value, checkpoint["id"], parent)
                 if follows
                 else self._beside(thread, value)
             )
@@ -845,7 +862,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         record = checkpoint_record(
             ns,
             checkpoint["id"],
-            config["configurable"].get("checkpoint_id"),
+            parent,
             encoded_metadata,
             encoded_state,
             [values[channel] for channel in new_versions if channel in values],
@@ -904,11 +921,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
         after = self._encode(self._without_dropped(thread, messages[len(base.messages) :]))
         if "json" not in after and "messages" not in after:
             return None  # not lines: kept whole, by the serializer
-        return {"session": [base.epoch, base.line], "after": after}
+        return {**_place(base.epoch, base.line, base.unseen), "after": after}
         yield  # a generator of storage calls, though it needs none
 
     def _store_messages(
-        self, thread: Thread, messages: Messages, checkpoint_id: str
+        self, thread: Thread, messages: Messages, checkpoint_id: str, parent: str | None
     ) -> Steps[dict[str, Any] | None]:
         """Make ``messages`` the session's working context; the place that holds them.
 
@@ -927,18 +944,39 @@ class CrabSaver(BaseCheckpointSaver[str]):
         continues = base is not None and base.line >= written
         if continues and landed:  # a killed put's lines: gone, and nothing else
             yield from self._cut(thread, landed)
+        unseen: frozenset[str] = frozenset()
         if continues:
-            yield from self._append_messages(thread, [], fresh, checkpoint_id)
+            assert base is not None
+            first = yield from self._append_messages(thread, [], fresh, checkpoint_id)
+            unseen = base.unseen | self._between(thread, base.line, first)
         elif self._summary(messages) and not landed:
             marker = _marker(messages[0])
             yield from self._append_messages(thread, [marker], messages[1:], checkpoint_id)
         else:
-            yield from self._rewrite(thread, messages, base, landed, checkpoint_id)
+            seen = yield from self._seen_by(thread, parent)
+            unseen = yield from self._rewrite(
+                thread, messages, base, landed=landed, seen=seen, checkpoint_id=checkpoint_id
+            )
         with thread.lock:
             cursor, epoch = thread.context.cursor, thread.index.epoch
             assert cursor is not None
-            thread.puts.append(Base(epoch, thread.context.version, cursor.lines, list(messages)))
-            return {"session": [epoch, cursor.lines]}
+            version = thread.context.version
+            thread.puts.append(Base(epoch, version, cursor.lines, list(messages), unseen))
+        return _place(epoch, cursor.lines, unseen)
+
+    def _between(self, thread: Thread, after: int, before: int | None) -> frozenset[str]:
+        """Ids of the working context's messages on lines past ``after``, before ``before``.
+
+        What another door appended since LangGraph was told the conversation,
+        that a put appended after: it stays, and its run never saw it.
+        """
+        with thread.lock:
+            context, epoch = thread.context, thread.index.epoch
+            start = bisect.bisect_right(context.lines, after)
+            lines = context.lines
+            end = len(lines) if before is None else bisect.bisect_left(lines, before)
+            found = zip(context.messages[start:end], context.lines[start:end], strict=True)
+            return frozenset(m.id or _line_id(thread, epoch, n) for m, n in found)
 
     def _base_of(self, thread: Thread, messages: Messages) -> Base | None:
         """The longest known message list ``messages`` starts with, if any.
@@ -994,30 +1032,39 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _cut(self, thread: Thread, landed: Spans) -> Steps[None]:
         """Remove the lines ``landed`` from the session; every other line stays where it is."""
-        chunk = yield Read(thread.session, None)
-        header, body = split_header(thread.session.location, chunk.lines)
-        kept = [line for number, line in body if not _within(number, landed)]
-        yield Replace(thread.session, [header, *kept])
+        while True:
+            chunk = yield Read(thread.session, None)
+            header, body = split_header(thread.session.location, chunk.lines)
+            kept = [line for number, line in body if not _within(number, landed)]
+            if (yield from self._replaced(thread, [header, *kept], chunk.cursor)):
+                break
         with thread.lock:
             thread.context.reset()
         yield from self._read_session(thread)
 
     def _append_messages(
         self, thread: Thread, first: Lines, messages: Sequence[BaseMessage], checkpoint_id: str
-    ) -> Steps[None]:
+    ) -> Steps[int | None]:
+        """Append the lines of ``first`` and ``messages``; the number of the first (None: none)."""
         lines, read_back = self._lines_of(thread, messages)
         if first:
             lines, read_back = [*first, *lines], None
         if not lines:
-            return
-        cursor = thread.context.cursor
-        assert cursor is not None  # read before any write
-        announced = intent_record(thread.index.epoch, cursor.lines + 1, lines, checkpoint_id)
-        yield from self._append_side(thread, [announced])
-        after = yield Append(thread.session, lines, cursor)
-        if after is not None and self._took_appended(thread, cursor, lines, read_back, after):
-            return
-        yield from self._read_session(thread)
+            return None
+        for _ in range(_MOVES):
+            cursor = thread.context.cursor
+            assert cursor is not None  # read before any write
+            announced = intent_record(thread.index.epoch, cursor.lines + 1, lines, checkpoint_id)
+            yield from self._append_side(thread, [announced])
+            # Where the intent says, or nowhere: another door appended meanwhile? Announce again.
+            after = yield AppendAt(thread.session, lines, cursor)
+            if after is None:
+                yield from self._read_session(thread)
+                continue
+            if not self._took_appended(thread, cursor, lines, read_back, after):
+                yield from self._read_session(thread)
+            return cursor.lines + 1
+        raise RuntimeError(f"{thread.session.location}: kept changing while a put appended")
 
     def _took_appended(
         self,
@@ -1060,30 +1107,81 @@ class CrabSaver(BaseCheckpointSaver[str]):
         """
         return bool(messages) and self._sealer is None and _is_summary(messages[0])
 
+    def _seen_by(self, thread: Thread, parent: str | None) -> Steps[set[str]]:
+        """The ids of the messages the put's run was surely told of: its parent checkpoint's.
+
+        Another door's message the run holds no more, it removed; one it may
+        never have been told of stays. So: the parent's messages up to its
+        place (less those a put appended after without holding them), and
+        what the parent was first handed out with.
+        """
+        stored = None if parent is None else thread.index.messages_value(parent, self.serde)
+        told: list[Any] = []
+        unseen: set[str] = set()
+        if isinstance(stored, dict) and "session" in stored:
+            place = (int(stored["session"][0]), int(stored["session"][1]))
+            told = yield from self._messages_at(thread, place, {}, False)
+            unseen = set(stored.get("unseen", ()))
+        elif stored is not None and stored != EMPTY:
+            told = decode_value(self.serde, stored)
+        seen = {m.id for m in told if isinstance(m, BaseMessage) and m.id} - unseen
+        with thread.lock:
+            first, epoch = thread.first_told, thread.index.epoch
+        if first is not None and first[0] == parent and first[1] == epoch:
+            seen |= first[2]
+        return seen
+
     def _rewrite(
         self,
         thread: Thread,
         messages: Messages,
         base: Base | None,
+        *,
         landed: Spans,
+        seen: set[str],
         checkpoint_id: str,
-    ) -> Steps[None]:
+    ) -> Steps[frozenset[str]]:
         """Archive the session's lines in the side log, then replace them by ``messages``.
 
         A fork continuing ``base`` (an earlier state of this epoch) keeps the
         lines up to it as they are and archives only those after it: a
-        branch left behind costs its own lines. Lines another writer
-        appended since LangGraph was last handed the conversation (past the
-        last put's, and past what was handed out) stay, after ``messages``:
-        no door drops what another wrote.
+        branch left behind costs its own lines. Lines no put wrote whose
+        messages are neither in ``messages`` nor ``seen`` (the ids the put's
+        run was told of, see ``_seen_by``) stay, after ``messages``: no door
+        drops what another wrote and the run never saw.
         """
+        while True:
+            kept = yield from self._rewritten(
+                thread, messages, base, landed=landed, seen=seen, checkpoint_id=checkpoint_id
+            )
+            if kept is not None:
+                break  # else replaced by another writer meanwhile (a history's clear): once more
+        with thread.lock:
+            thread.context.reset()
+        yield from self._read_session(thread)
+        return kept
+
+    def _rewritten(
+        self,
+        thread: Thread,
+        messages: Messages,
+        base: Base | None,
+        *,
+        landed: Spans,
+        seen: set[str],
+        checkpoint_id: str,
+    ) -> Steps[frozenset[str] | None]:
         chunk = yield Read(thread.session, None)
         header, body = split_header(thread.session.location, chunk.lines)
         with thread.lock:
-            index, handed = thread.index, thread.handed
-            epoch = index.epoch
-            seen = max(index.written.get(epoch, 0), handed.line if handed is not None else 0)
-        others = [line for n, line in body if n > seen and not _within(n, landed)]
+            epoch = thread.index.epoch
+            puts = list(thread.index.written_spans.get(epoch, []))
+        foreign = self._foreign(thread, body, puts, landed)
+        held = {message.id for message in messages if message.id}
+        unseen = [
+            n for n, _ in body if n in foreign and foreign[n] not in held and foreign[n] not in seen
+        ]
+        others = [_with_id(text, foreign[n]) for n, text in body if n in unseen]
         kept = 0 if base is None else bisect.bisect_right(body, base.line, key=lambda i: i[0])
         if kept and body[kept - 1][0] != kept + 1:  # blank lines between: numbers would shift
             base, kept = None, 0
@@ -1093,16 +1191,51 @@ class CrabSaver(BaseCheckpointSaver[str]):
         lines, _ = self._lines_of(thread, messages[1:] if first else messages)
         new = [*first, *lines]
         start = 2 + kept  # the first new line's number
-        announced = intent_record(epoch + 1, start, new, checkpoint_id) if new else None
+        # Another door's messages the run holds, written again: still not a put's own.
+        ids = set(foreign.values())
+        carried = [start + i for i, line in enumerate(new) if _message_id(line) in ids]
+        announced = intent_record(epoch + 1, start, new, checkpoint_id, carried)
         archive = archive_record(epoch, body[kept:], base.line if base is not None else None)
-        kept_lines = [written_record(epoch + 1, 1 + kept)] if kept else []  # puts wrote them
-        records = [archive, *kept_lines, *([announced] if announced else [])]
+        owned = _clipped(puts, 1 + kept)  # the kept lines are whose they were
+        kept_lines = [written_record(epoch + 1, owned)] if owned else []
+        records = [archive, *kept_lines, *([announced] if new else [])]
         yield from self._append_side(thread, records)
         prefix = [line for _, line in body[:kept]]
-        yield Replace(thread.session, [header, *prefix, *new, *others])
-        with thread.lock:
-            thread.context.reset()
-        yield from self._read_session(thread)
+        if not (yield from self._replaced(thread, [header, *prefix, *new, *others], chunk.cursor)):
+            return None
+        return frozenset(foreign[n] for n in unseen)
+
+    def _foreign(
+        self, thread: Thread, body: NumberedLines, puts: Spans, landed: Spans
+    ) -> dict[int, str]:
+        """The lines of ``body`` no put wrote (another door's): number to message id.
+
+        A line without an id (a message's, or a marker's) has the one it is
+        handed out with.
+        """
+        epoch = thread.index.epoch
+        foreign = {}
+        for number, line in body:
+            if _within(number, puts) or _within(number, landed):
+                continue
+            foreign[number] = _message_id(line) or _line_id(thread, epoch, number)
+        return foreign
+
+    def _replaced(self, thread: Thread, lines: Lines, at: Cursor) -> Steps[bool]:
+        """Replace the session by ``lines`` if no other writer replaced it since ``at``.
+
+        Lines appended since (a chat history's) are kept after ``lines``: a
+        rewrite drops nothing written after its read. False, and nothing
+        changed, if the session was replaced meanwhile: read it again.
+        """
+        for _ in range(_MOVES):
+            if (yield ReplaceAt(thread.session, lines, at)):
+                return True
+            chunk = yield Read(thread.session, at)
+            if chunk is None or chunk.reset:
+                return False
+            lines, at = [*lines, *(line for _, line in chunk.lines)], chunk.cursor
+        raise RuntimeError(f"{thread.session.location}: kept changing while a put rewrote it")
 
     def _without_dropped(self, thread: Thread, value: Any) -> Any:
         """``value`` without the messages plugins drop (lists and dicts looked into)."""
@@ -1177,13 +1310,16 @@ class CrabSaver(BaseCheckpointSaver[str]):
                     thread.side.replace([header, *lines])
                 else:
                     thread.side.replace([header, *lines, *session[1]])
-                    thread.session.replace(session[0])
+                    if not run(self._replaced(thread, session[0], session[2])):
+                        raise RuntimeError(
+                            f"{thread.session.location}: replaced while a run was rolled back"
+                        )
             with thread.lock:
                 thread.forget_side()
                 thread.context.reset()
 
-    def _rolled_back(self, thread: Thread, kept: Kept) -> Steps[tuple[Lines, Lines] | None]:
-        """``(the session's lines, side-log records)`` without puts newer than the newest kept.
+    def _rolled_back(self, thread: Thread, kept: Kept) -> Steps[tuple[Lines, Lines, Cursor] | None]:
+        """``(session lines, side-log records, where read)`` without puts past the newest kept.
 
         The session goes back to the newest kept root checkpoint's messages,
         followed by every line no put wrote (a chat history's); the lines
@@ -1208,8 +1344,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
             return None  # blank lines: the numbers would shift (not a session we wrote)
         stays = [text for number, text in body[shared:] if not _within(number, gone)]
         session = [header, *[text for _, text in body[:shared]], *stays]
-        records = [archive_record(epoch, body[shared:], line), written_record(epoch + 1, line)]
-        return session, records
+        archived = archive_record(epoch, body[shared:], line)
+        records = [archived, written_record(epoch + 1, [(2, line)])]
+        return session, records, chunk.cursor
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -1240,6 +1377,41 @@ def _line_message(line: bytes) -> BaseMessage:
     message = decode_line(line)
     assert isinstance(message, BaseMessage)  # plugins leave message lines only
     return message
+
+
+def _message_id(line: bytes) -> str | None:
+    """The id a session line's message has, if it is a message line with one."""
+    try:
+        message = decode_line(line)
+    except (SessionFormatError, ValueError):
+        return None
+    return message.id if isinstance(message, BaseMessage) else None
+
+
+def _with_id(line: bytes, message_id: str) -> bytes:
+    """``line`` holding ``message_id`` as its message's id (as handed out), if it had none.
+
+    A line kept after a rewrite changes place, and so would the id made from
+    its place: the one LangGraph was given is written down instead.
+    """
+    try:
+        message = decode_line(line)
+    except (SessionFormatError, ValueError):
+        return line
+    if not isinstance(message, BaseMessage) or message.id is not None:
+        return line
+    message.id = message_id
+    return encode(message).line
+
+
+def _place(epoch: int, line: int, unseen: frozenset[str]) -> dict[str, Any]:
+    """The stored value of messages that are the session's up to ``line`` of ``epoch``."""
+    return {"session": [epoch, line], **({"unseen": sorted(unseen)} if unseen else {})}
+
+
+def _clipped(spans: Spans, last: int) -> Spans:
+    """``spans`` cut off past line ``last``."""
+    return [(first, min(end, last)) for first, end in spans if first <= last]
 
 
 def _is_summary(message: BaseMessage) -> bool:

@@ -11,7 +11,9 @@ record, a JSON object with one key:
   versions (as the saver's ``new_versions`` said). The root namespace's
   ``messages`` is kept not as a value but as a place in the session,
   ``{"session": [epoch, line]}``: the working context as it stood at that
-  line of that epoch.
+  line of that epoch. ``"unseen": [id, ...]`` names messages in it that
+  another door appended after LangGraph was told the conversation (the put
+  did not hold them): its run never removed them.
 - ``{"writes": {"ns", "checkpoint", "task", "path", "items": [[idx, channel, value]]}}``:
   one ``put_writes`` call.
 - ``{"intent": {"epoch", "first", "last", "checkpoint", "digest"}}``: a
@@ -22,7 +24,10 @@ record, a JSON object with one key:
   (of the lines' bytes) tells whether a killed put's lines landed: the next
   put removes them if so, and keeps every line another writer appended.
   (An intent of an older release has neither key; any root checkpoint
-  finishes it.)
+  finishes it.) ``"carried": [line, ...]``: lines among them that hold
+  another door's messages written again by a rewrite, still not the put's.
+  A put whose session moved before its conditional append announces its
+  lines again; the last intent of a checkpoint is the one that landed.
 - ``{"archive": {"epoch", "first", "lines"}}``: the session's lines as they
   were before a rewrite replaced them (epoch ``n`` is the session between the
   ``n``-th and the next rewrite; the session file holds the newest). With
@@ -30,9 +35,11 @@ record, a JSON object with one key:
   ``b`` are here: the lines up to ``b`` are the next epoch's, byte for byte.
 - ``{"blobs": {"ns", "values": [[channel, version, value]]}}``: values kept
   when the checkpoints that stored them were deleted.
-- ``{"written": {"epoch", "last"}}``: session lines up to ``last`` of
-  ``epoch`` were written by puts (what their intents said, kept when pruning
-  drops the intents): lines past it another writer appended.
+- ``{"written": {"epoch", "last", "spans"}}``: session lines ``spans``
+  (``[first, last]`` pairs) of ``epoch`` were written by puts, ``last`` the
+  newest (what their intents said, kept when pruning drops the intents):
+  every other line another writer appended. Without ``spans`` (an older
+  release), every line up to ``last``.
 
 A value is ``{"json": ...}`` where JSON holds it as it is, ``{"messages":
 [...]}`` for a list of messages (their session lines' objects) and
@@ -241,11 +248,22 @@ def archive_record(epoch: int, body: NumberedLines, base: int | None = None) -> 
     return opened + b',"lines":[' + b",".join(line for _, line in body) + b"]}}"
 
 
-def intent_record(epoch: int, first: int, lines: Sequence[bytes], checkpoint_id: str) -> bytes:
-    """The line announcing ``lines`` as lines ``first``.. of ``epoch``, for a checkpoint."""
+def intent_record(
+    epoch: int,
+    first: int,
+    lines: Sequence[bytes],
+    checkpoint_id: str,
+    carried: Sequence[int] = (),
+) -> bytes:
+    """The line announcing ``lines`` as lines ``first``.. of ``epoch``, for a checkpoint.
+
+    ``carried``: the numbers of those lines that hold another door's
+    messages, written again by a rewrite: still not a put's own.
+    """
     body = {"epoch": epoch, "first": first, "last": first + len(lines) - 1}
     extra = {"checkpoint": checkpoint_id, "digest": lines_digest(lines)}
-    return _dumps({"intent": {**body, **extra}})
+    more = {"carried": list(carried)} if carried else {}
+    return _dumps({"intent": {**body, **extra, **more}})
 
 
 def lines_digest(lines: Iterable[bytes]) -> str:
@@ -256,9 +274,16 @@ def lines_digest(lines: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def written_record(epoch: int, last: int) -> bytes:
-    """The line saying that puts wrote session lines up to ``last`` of ``epoch``."""
-    return _dumps({"written": {"epoch": epoch, "last": last}})
+def written_record(epoch: int, spans: Sequence[tuple[int, int]]) -> bytes:
+    """The line saying that puts wrote session lines ``spans`` (``(first, last)``) of ``epoch``."""
+    pairs: list[list[int]] = []
+    for first, last in sorted(spans):
+        if pairs and first <= pairs[-1][1] + 1:  # adjacent: one span
+            pairs[-1][1] = max(pairs[-1][1], last)
+        else:
+            pairs.append([first, last])
+    last = pairs[-1][1] if pairs else 0
+    return _dumps({"written": {"epoch": epoch, "last": last, "spans": pairs}})
 
 
 def blobs_record(values: Iterable[tuple[BlobKey, Any]]) -> bytes:
@@ -310,6 +335,19 @@ class Intent:
     checkpoint: str | None = None
     """The checkpoint whose record finishes it (None: an older release's, finished by any)."""
     digest: str | None = None
+    carried: tuple[int, ...] = ()
+    """Lines among them that hold another door's messages: not the put's own."""
+
+    def own(self) -> list[tuple[int, int]]:
+        """The lines ``(first, last)`` that are the put's own (the carried ones left out)."""
+        spans, start = [], self.first
+        for number in sorted(n for n in self.carried if self.first <= n <= self.last):
+            if number > start:
+                spans.append((start, number - 1))
+            start = number + 1
+        if start <= self.last:
+            spans.append((start, self.last))
+        return spans
 
 
 class Record:
@@ -366,6 +404,8 @@ class SideIndex:
     newest_ids: dict[str, str] = field(default_factory=dict)
     written: dict[int, int] = field(default_factory=dict)
     """Per epoch, the last session line a finished put wrote: lines past it no such put wrote."""
+    written_spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    """Per epoch, the session lines ``(first, last)`` finished puts wrote: no other door's."""
     pending: list[Intent] = field(default_factory=list)
     """Intents whose checkpoint has not come (yet, or ever: its put was killed), oldest first."""
     bad: list[tuple[int, bytes, SessionFormatError]] = field(default_factory=list)
@@ -426,13 +466,21 @@ class SideIndex:
 
     def _finish(self, checkpoint_id: str) -> None:
         """The intents root checkpoint ``checkpoint_id`` finishes: its own, and older releases'."""
-        still = []
+        still, own = [], []
         for intent in self.pending:
-            if intent.checkpoint in (None, checkpoint_id):
-                self.written[intent.epoch] = max(self.written.get(intent.epoch, 0), intent.last)
+            if intent.checkpoint is None:
+                self._written(intent.epoch, intent.own())
+            elif intent.checkpoint == checkpoint_id:
+                own.append(intent)
             else:
                 still.append(intent)
+        if own:  # announced again when another writer moved the session first: the last landed
+            self._written(own[-1].epoch, own[-1].own())
         self.pending = still
+
+    def _written(self, epoch: int, spans: Sequence[tuple[int, int]]) -> None:
+        self.written_spans.setdefault(epoch, []).extend(spans)
+        self.written[epoch] = max(self.written.get(epoch, 0), 0, *(last for _, last in spans))
 
     def _take_whole(self, number: int, line: bytes) -> None:
         kind, body = _parsed(self.log, number, line)
@@ -451,13 +499,19 @@ class SideIndex:
                 ]
                 if body.get("base") is not None:
                     self.bases[body["epoch"]] = int(body["base"])
+                else:  # a rewrite done again (its session moved): the last archive says
+                    self.bases.pop(body["epoch"], None)
             elif kind == "intent":
                 epoch, first, last = int(body["epoch"]), int(body["first"]), int(body["last"])
                 checkpoint, digest = body.get("checkpoint"), body.get("digest")
-                self.pending.append(Intent(epoch, first, last, checkpoint, digest))
+                carried = tuple(int(n) for n in body.get("carried", ()))
+                self.pending.append(Intent(epoch, first, last, checkpoint, digest, carried))
             elif kind == "written":
                 epoch, last = int(body["epoch"]), int(body["last"])
-                self.written[epoch] = max(self.written.get(epoch, 0), last)
+                spans = body.get("spans")
+                if spans is None:  # an older release: every line up to it
+                    spans = [[1, last]]
+                self._written(epoch, [(int(first), int(end)) for first, end in spans])
             elif kind == "blobs":
                 for ns, channel, version, value in body["values"]:
                     self._blobs[(ns, channel, _version(version))] = (value, None)
@@ -538,14 +592,19 @@ class SideIndex:
 
         None if it keeps them otherwise (or has none).
         """
+        found = self.messages_value(checkpoint_id, serde)
+        if not isinstance(found, dict) or "session" not in found or "after" in found:
+            return None
+        return [int(number) for number in found["session"]]
+
+    def messages_value(self, checkpoint_id: str, serde: SerializerProtocol) -> Any:
+        """Root checkpoint ``checkpoint_id``'s messages as stored (encoded); None if none."""
         record = self.checkpoint("", checkpoint_id)
         if record is None:
             return None
         version = decode_value(serde, record["state"])["channel_versions"].get("messages")
         found = None if version is None else self.blob(("", "messages", version))
-        if found is None or "session" not in found[0] or "after" in found[0]:
-            return None
-        return [int(number) for number in found[0]["session"]]
+        return None if found is None else found[0]
 
     # --- pruning ------------------------------------------------------------------
 
@@ -579,7 +638,7 @@ class SideIndex:
                     needed.append(((ns, channel, version), found[0]))
         lines = [blobs_record(needed)] if needed else []
         pending = {(i.epoch, i.first, i.last, i.checkpoint) for i in self.pending}
-        lines += [written_record(epoch, last) for epoch, last in sorted(self.written.items())]
+        lines += [written_record(e, spans) for e, spans in sorted(self.written_spans.items())]
         lines += [line for _, line, _ in self.bad]  # not ours to judge: kept as they are
         for record_ in self.records:
             try:

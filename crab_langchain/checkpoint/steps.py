@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from crab_langchain.log import SessionLog
 from crab_langchain.storage import Chunk, Cursor
 
-__all__ = ["Append", "Blocking", "Read", "Replace", "Steps", "arun", "run"]
+__all__ = ["Append", "AppendAt", "Blocking", "Read", "Replace", "ReplaceAt", "Steps", "arun", "run"]
 
 T = TypeVar("T")
 
@@ -68,6 +68,36 @@ class Replace:
 
 
 @dataclass(frozen=True)
+class AppendAt:
+    """``log.append_at(lines, at)``: the cursor past them, or None (the log moved: not written)."""
+
+    log: SessionLog
+    lines: Sequence[bytes]
+    at: Cursor
+
+    def run(self) -> Cursor | None:
+        return self.log.append_at(self.lines, self.at)
+
+    async def arun(self) -> Cursor | None:
+        return await self.log.aappend_at(self.lines, self.at)
+
+
+@dataclass(frozen=True)
+class ReplaceAt:
+    """``log.replace_at(lines, at)``: whether replaced (not if the log moved since ``at``)."""
+
+    log: SessionLog
+    lines: Sequence[bytes]
+    at: Cursor
+
+    def run(self) -> bool:
+        return self.log.replace_at(self.lines, self.at)
+
+    async def arun(self) -> bool:
+        return await self.log.areplace_at(self.lines, self.at)
+
+
+@dataclass(frozen=True)
 class Blocking:
     """Any other storage work, ``call()``: in a worker thread when async."""
 
@@ -80,7 +110,7 @@ class Blocking:
         return await asyncio.to_thread(self.call)
 
 
-Step = Read | Append | Replace | Blocking
+Step = Read | Append | AppendAt | Replace | ReplaceAt | Blocking
 Steps = Generator[Step, Any, T]
 """A piece of work: yields storage calls, is sent their results, returns its own."""
 

@@ -32,6 +32,9 @@ class Base(NamedTuple):
     """The working context's version then: a clear or a reload makes it stale."""
     line: int
     messages: list[BaseMessage]
+    unseen: frozenset[str] = frozenset()
+    """Ids of another door's messages in the session up to ``line`` that ``messages`` lacks:
+    written after LangGraph was told the conversation, so never removed by it."""
 
 
 class Thread:
@@ -56,6 +59,9 @@ class Thread:
         """The message lists of this saver's last puts, and where the session stood after each."""
         self.handed: Base | None = None
         """The messages this saver last handed out as the newest checkpoint's, and where."""
+        self.first_told: tuple[str, int, frozenset[str]] | None = None
+        """``(checkpoint id, epoch, message ids)`` first handed out as the newest checkpoint's:
+        what every run that read it was told at least (later readers may be told more)."""
         self._told: tuple[tuple[int, Cursor | None], Session] | None = None
 
     def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:

@@ -299,8 +299,32 @@ class SessionStorage(ABC):
         """
 
     @abstractmethod
+    def append_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        """:meth:`append` only if the log still ends where ``at`` read it.
+
+        The check and the write are one atomic step (no hold needed): a
+        writer that must know where its lines land (a checkpoint saver's
+        intent says so) learns instead that the log moved.
+
+        Returns:
+            The cursor past the block, or None when the log moved since ``at``
+            (written to or replaced): then nothing was written.
+        """
+
+    @abstractmethod
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
         """Replace the whole log atomically: readers see the old or the new one."""
+
+    @abstractmethod
+    def replace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        """:meth:`replace` only if the log still ends where ``at`` read it.
+
+        A rewrite computed from what was read never drops a line written
+        after the read: the check and the replacement are one atomic step.
+
+        Returns:
+            True if replaced; False (nothing changed) when the log moved since ``at``.
+        """
 
     @abstractmethod
     def delete(self, name: str) -> bool:
@@ -344,6 +368,14 @@ class SessionStorage(ABC):
         """Async :meth:`append`."""
         return await asyncio.to_thread(self.append, name, lines, after)
 
+    async def aappend_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        """Async :meth:`append_at`."""
+        return await asyncio.to_thread(self.append_at, name, lines, at)
+
     async def areplace(self, name: str, lines: Sequence[bytes]) -> None:
         """Async :meth:`replace`."""
         await asyncio.to_thread(self.replace, name, lines)
+
+    async def areplace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        """Async :meth:`replace_at`."""
+        return await asyncio.to_thread(self.replace_at, name, lines, at)

@@ -471,6 +471,14 @@ class DirectoryStorage(SessionStorage):
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
+        return self._append(name, lines, after, only_at=False)
+
+    def append_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        return self._append(name, lines, at, only_at=True)
+
+    def _append(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None, *, only_at: bool
+    ) -> Cursor | None:
         path = self._file(name)
         block = b"".join(line + b"\n" for line in lines)
         log = self._acquire(name, exclusive=True, verified=False)
@@ -484,6 +492,8 @@ class DirectoryStorage(SessionStorage):
             if not vouched:  # the file may not end with a newline: look
                 size, block = self._mend_tail(path, fd, size, block)
             follows = vouched or _continues(fd, identity, size, after, exact=True)
+            if only_at and not follows:
+                return None  # moved since: nothing written
             data = b"\n" + block if vouched and _unterminated(after) else block
             self._write_block(path, log, fd, _Record(record.token, size, size + len(data)), data)
             mtime_ns = os.fstat(fd).st_mtime_ns
@@ -510,12 +520,20 @@ class DirectoryStorage(SessionStorage):
         _set_record(log, _Record(pending.token, 0, 0), fsync=False)
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
+        self._replace(name, lines, None)
+
+    def replace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        return self._replace(name, lines, at)
+
+    def _replace(self, name: str, lines: Sequence[bytes], at: Cursor | None) -> bool:
         path = self._file(name)
         data = b"".join(line + b"\n" for line in lines)
         with self._held(name, exclusive=True) as log:
             assert log is not None
             if not os.path.lexists(path):
                 raise FileNotFoundError(errno.ENOENT, "no such session file", path)
+            if at is not None and not self._ends_at(path, log, at):
+                return False
             # One rewrite at a time holds the lock, so the temporary file can have a
             # fixed name: one that a killed rewrite left is simply replaced.
             tmp = os.path.join(self.root, f".{name}.new")
@@ -531,6 +549,19 @@ class DirectoryStorage(SessionStorage):
             _fsync_dir(self.root)
             log.close_append()  # it holds the replaced file
             _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+        return True
+
+    def _ends_at(self, path: str, log: _OpenLog, at: Cursor) -> bool:
+        """Whether the file (locked) still ends where ``at`` read it: nothing written since.
+
+        A dead writer's unfinished block or torn tail is set aside first, as
+        an append does: it is not a write, and would never go away.
+        """
+        fd, held = self._append_fd(log, path)
+        record = log.record()
+        size = self._finish_unfinished(path, log, fd, record, held.st_size)
+        size, _ = self._mend_tail(path, fd, size, b"")
+        return _continues(fd, (held.st_dev, held.st_ino, record.token), size, at, exact=True)
 
     def delete(self, name: str) -> bool:
         path = self._path(name)

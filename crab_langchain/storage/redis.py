@@ -133,18 +133,31 @@ return 1
 """
 )
 
-# KEYS: lines, meta, writes. ARGV: write id, ttl, lines... -> {length, token}.
+# Whether the log still ends where a reader left it (ARGV[3] its token, ARGV[4] its
+# length; length -1: wherever it ends).
+_ENDS_AT = """
+local function ends_at()
+  if ARGV[4] == '-1' then return true end
+  local token = redis.call('HGET', KEYS[2], 'token') or ''
+  return token == ARGV[3] and redis.call('LLEN', KEYS[1]) == tonumber(ARGV[4])
+end
+"""
+
+# KEYS: lines, meta, writes. ARGV: write id, ttl, token, length, lines... ->
+# {length, token}, length -1 (nothing written) if the log does not end at ARGV[3..4].
 # The meta hash keeps each recent write id's result ('w:<id>' -> length); the
 # writes sorted set, their server times, to forget them after _WRITE_ID_MS.
 _APPEND = (
     _PUSH
     + _SESSION_TYPES
+    + _ENDS_AT
     + f"""
 local id = 'w:' .. ARGV[1]
 local done = redis.call('HGET', KEYS[2], id)
 if done then return {{tonumber(done), redis.call('HGET', KEYS[2], 'token')}} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
-local length = push(3)
+if not ends_at() then return {{-1, redis.call('HGET', KEYS[2], 'token')}} end
+local length = push(5)
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('HSET', KEYS[2], id, length)
@@ -159,15 +172,18 @@ return {{length, redis.call('HGET', KEYS[2], 'token')}}
 """
 )
 
-# KEYS: lines, meta, writes. ARGV: new token, ttl, lines...
+# KEYS: lines, meta, writes. ARGV: new token, ttl, token, length, lines... -> 1, or 0
+# (nothing changed) if the log does not end at ARGV[3..4].
 _REPLACE = (
     _PUSH
     + _SESSION_TYPES
+    + _ENDS_AT
     + f"""
 if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then return 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
+if not ends_at() then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-push(3)
+push(5)
 redis.call('HSET', KEYS[2], 'token', ARGV[1])
 touch()
 return 1
@@ -521,7 +537,7 @@ class RedisStorage(SessionStorage):
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
-        keys, args = self._append_call(name, lines)
+        keys, args = self._append_call(name, lines, None)
         with _session_errors(self.location(name)):
             reply = self._run(lambda: self._script("append", keys, args))
         return _appended(reply, len(lines), after)
@@ -531,15 +547,31 @@ class RedisStorage(SessionStorage):
     ) -> Cursor | None:
         if not self.native_async:
             return await super().aappend(name, lines, after)
-        keys, args = self._append_call(name, lines)
+        keys, args = self._append_call(name, lines, None)
         with _session_errors(self.location(name)):
             reply = await self._acall("append", keys, args)
         return _appended(reply, len(lines), after)
 
-    def _append_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
+    def append_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        keys, args = self._append_call(name, lines, at)
+        with _session_errors(self.location(name)):
+            reply = self._run(lambda: self._script("append", keys, args))
+        return _appended(reply, len(lines), at)
+
+    async def aappend_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        if not self.native_async:
+            return await super().aappend_at(name, lines, at)
+        keys, args = self._append_call(name, lines, at)
+        with _session_errors(self.location(name)):
+            reply = await self._acall("append", keys, args)
+        return _appended(reply, len(lines), at)
+
+    def _append_call(
+        self, name: str, lines: Sequence[bytes], at: Cursor | None
+    ) -> tuple[list[str], list[Any]]:
         if not lines:
             raise ValueError("nothing to append")
-        return self._family(name), [_token(), self._ttl_ms, *lines]
+        return self._family(name), [_token(), self._ttl_ms, *_end(at), *lines]
 
     def _family(self, name: str) -> list[str]:
         """The keys a write of log ``name`` touches: its own three first, then its family's."""
@@ -549,7 +581,7 @@ class RedisStorage(SessionStorage):
         return self._keys.family(name)
 
     def replace(self, name: str, lines: Sequence[bytes]) -> None:
-        keys, args = self._replace_call(name, lines)
+        keys, args = self._replace_call(name, lines, None)
         with _session_errors(self.location(name)):
             self._run(lambda: self._script("replace", keys, args))
 
@@ -557,14 +589,28 @@ class RedisStorage(SessionStorage):
         if not self.native_async:
             await super().areplace(name, lines)
             return
-        keys, args = self._replace_call(name, lines)
+        keys, args = self._replace_call(name, lines, None)
         with _session_errors(self.location(name)):
             await self._acall("replace", keys, args)
 
-    def _replace_call(self, name: str, lines: Sequence[bytes]) -> tuple[list[str], list[Any]]:
+    def replace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        keys, args = self._replace_call(name, lines, at)
+        with _session_errors(self.location(name)):
+            return bool(self._run(lambda: self._script("replace", keys, args)))
+
+    async def areplace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        if not self.native_async:
+            return await super().areplace_at(name, lines, at)
+        keys, args = self._replace_call(name, lines, at)
+        with _session_errors(self.location(name)):
+            return bool(await self._acall("replace", keys, args))
+
+    def _replace_call(
+        self, name: str, lines: Sequence[bytes], at: Cursor | None
+    ) -> tuple[list[str], list[Any]]:
         if not lines:
             raise ValueError("a log holds at least its header line")
-        return self._family(name), [_token(), self._ttl_ms, *lines]
+        return self._family(name), [_token(), self._ttl_ms, *_end(at), *lines]
 
     def delete(self, name: str) -> bool:
         keys = self._keys.session(check_name(name))
@@ -696,6 +742,14 @@ _PASSING = (
 def _backoff(attempt: int) -> float:
     """Seconds before resend ``attempt + 1``: exponential, capped, with full jitter."""
     return random.uniform(0, min(_BACKOFF_CAP, 0.01 * 2**attempt))
+
+
+def _end(at: Cursor | None) -> list[Any]:
+    """The scripts' ``token, length`` arguments: where the log must end (-1: anywhere)."""
+    if at is None:
+        return [b"", -1]
+    token = at.identity if isinstance(at.identity, bytes) else b"\0"  # not ours: never there
+    return [token, at.offset]
 
 
 def _appended(reply: Any, count: int, after: Cursor | None) -> Cursor | None:

@@ -73,7 +73,7 @@ COMPACT_MARKER_KEY = "crab_marker"
 """``additional_kwargs`` key holding, beside :data:`COMPACT_SUMMARY_KEY`, what else
 the marker said: crabtalk's ``title`` and ``archived_at`` (2026-04-03 on)."""
 
-Plugins = pluggy.PluginManager | Iterable[object] | None
+Plugins = pluggy.PluginManager | Callable[[], pluggy.PluginManager] | Iterable[object] | None
 
 # From this many messages or lines on, async calls convert or parse them in a
 # worker thread: thousands at once would stall the event loop.
@@ -119,7 +119,9 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             name: the log's name, or None for a session whose log is found by
                 ``locate`` (on the first read or write) or created by ``create``
                 (on the first write).
-            plugins: a plugin manager, or plugins to register on a new one.
+            plugins: a plugin manager, plugins to register on a new one, or a
+                function giving the manager when first needed (a store's: its
+                entry points load then, off the event loop in async calls).
             strict: write only the spec's keys (LangChain-only fields are then
                 not kept).
             locate: finds the log's name (None while there is none).
@@ -136,8 +138,11 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._locate = locate
         self._create = create
         self.strict = strict
-        self._plugins = _manager(plugins)
-        self._hook = self._plugins.hook
+        if callable(plugins) and not isinstance(plugins, pluggy.PluginManager):
+            self._plugin_source: Callable[[], pluggy.PluginManager] | None = plugins
+            self._manager: pluggy.PluginManager | None = None
+        else:
+            self._plugin_source, self._manager = None, _manager(plugins)
         self._lock = threading.RLock()
         self._context = WorkingContext()
         self._injected: tuple[object, list[BaseMessage]] | None = None
@@ -188,8 +193,25 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         self._refresh()
         return self._with_injected()
 
+    @property
+    def _plugins(self) -> pluggy.PluginManager:
+        if self._manager is None:
+            assert self._plugin_source is not None
+            self._manager = self._plugin_source()
+        return self._manager
+
+    @property
+    def _hook(self) -> Any:
+        return self._plugins.hook
+
+    async def _aplugins_ready(self) -> None:
+        """Get the plugin manager off the event loop, if it is still to be had."""
+        if self._manager is None:
+            await asyncio.to_thread(lambda: self._plugins)
+
     async def aget_messages(self) -> list[BaseMessage]:
         """Async :attr:`messages`; storage I/O never blocks the event loop."""
+        await self._aplugins_ready()
         await self._arefresh()
         return self._with_injected()
 
@@ -215,6 +237,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     async def aadd_messages(self, messages: Sequence[MessageLikeRepresentation]) -> None:
         """Async :meth:`add_messages`; storage I/O never blocks the event loop."""
+        await self._aplugins_ready()
         given = _as_messages(messages)
         if len(given) >= _OFF_LOOP_FROM:
             batch = await asyncio.to_thread(self._prepare, given)
@@ -234,6 +257,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
     async def aclear(self) -> None:
         """Async :meth:`clear`; storage I/O never blocks the event loop."""
+        await self._aplugins_ready()
         await self._aon_log(SessionLog.aclear)
         self._reset()
 
@@ -612,7 +636,7 @@ def _archived(entry: Entry) -> BaseMessage | None:
     return from_crab_message(entry)
 
 
-def _manager(plugins: Plugins) -> pluggy.PluginManager:
+def _manager(plugins: pluggy.PluginManager | Iterable[object] | None) -> pluggy.PluginManager:
     if isinstance(plugins, pluggy.PluginManager):
         return plugins
     return make_plugin_manager(plugins)

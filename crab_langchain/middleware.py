@@ -118,6 +118,7 @@ class CrabHooksMiddleware(AgentMiddleware[Any, Any, Any]):
         self, request: ModelRequest[Any], handler: AsyncHandler
     ) -> ModelResponse[Any]:
         """Async :meth:`wrap_model_call`; the session is read off the event loop."""
+        await self.store.aready()
         if not self._asked():
             return await handler(request)
         session = await asyncio.to_thread(self._session, _thread_id())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -105,10 +106,31 @@ class SessionStore:
         else:
             self.root = backend.root if isinstance(backend, DirectoryStorage) else None
         self.storage: SessionStorage = backend
-        self.plugin_manager: pluggy.PluginManager = make_plugin_manager(
-            plugins, entry_points=entry_points
-        )
+        self._plugins = list(plugins or ())
+        # Registered now, so a bad plugin fails here; the entry points are scanned (an I/O
+        # walk of every installed package) on first use, off the event loop in async code.
+        manager = make_plugin_manager(self._plugins, entry_points=False)
+        self._manager: pluggy.PluginManager | None = None if entry_points else manager
+        self._manager_lock = threading.Lock()
         self.strict = strict
+
+    @property
+    def plugin_manager(self) -> pluggy.PluginManager:
+        """The store's plugins: the default one, the entry points' and those given, in order.
+
+        The ``crab_langchain`` entry points are loaded on first use (async
+        doors load them off the event loop: :meth:`aready`).
+        """
+        if self._manager is None:
+            with self._manager_lock:
+                if self._manager is None:
+                    self._manager = make_plugin_manager(self._plugins, entry_points=True)
+        return self._manager
+
+    async def aready(self) -> None:
+        """Do off the event loop what the store does on first use (load its entry points)."""
+        if self._manager is None:
+            await asyncio.to_thread(lambda: self.plugin_manager)
 
     @classmethod
     def from_url(
@@ -141,6 +163,31 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"SessionStore({self.storage.describe()!r})"
+
+    @classmethod
+    async def afrom_url(
+        cls, url: str | os.PathLike[str], plugins: Iterable[object] | None = None, **options: Any
+    ) -> SessionStore:
+        """Async :meth:`from_url`: connecting and loading plugins happen off the event loop.
+
+        Args:
+            url: as for :meth:`from_url`.
+            plugins: as for :meth:`from_url`.
+            **options: as for :meth:`from_url`.
+
+        Returns:
+            The store, ready: its first use does no blocking I/O for them.
+
+        Raises:
+            StorageUnavailableError: the server cannot be reached.
+        """
+
+        def opened() -> SessionStore:
+            store = cls.from_url(url, plugins, **options)
+            _ = store.plugin_manager  # the entry points, loaded here
+            return store
+
+        return await asyncio.to_thread(opened)
 
     def close(self) -> None:
         """Release what the storage holds open (descriptors, connections); reopened when used."""
@@ -245,7 +292,7 @@ class SessionStore:
             session,
             storage=self.storage,
             name=name,
-            plugins=self.plugin_manager,
+            plugins=lambda: self.plugin_manager,  # the entry points load on first use
             strict=self.strict,
             locate=lambda: self.find(session.id, session.agent),
             create=self._create,

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from typing import Any
 
+import pluggy
 import pytest
 from agents import CONFIG, chat_agent, human
 from backends import Backend, backend  # noqa: F401 - the fixture
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage
 
 from crab_langchain import SessionStore
 from crab_langchain.checkpoint import CrabSaver
+from crab_langchain.middleware import CrabHooksMiddleware
 
 
 def options(backend: Backend) -> dict[str, str]:
@@ -33,6 +40,53 @@ async def test_afrom_conn_string_opens_and_closes_a_saver(backend: Backend):
         await chat_agent(saver).ainvoke(human("q"), CONFIG)
     history = backend.store().get_session_history("alice-1")
     assert history.messages[0].content == "q"
+
+
+class EntryPointScans:
+    """Which threads scanned the installed packages for plugins (an I/O walk)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.threads: list[int] = []
+        real = pluggy.PluginManager.load_setuptools_entrypoints
+
+        def recorded(manager: Any, group: str, name: str | None = None) -> int:
+            self.threads.append(threading.get_ident())
+            return real(manager, group, name)
+
+        monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", recorded)
+
+
+async def test_stores_built_in_a_running_loop_scan_for_plugins_off_it(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+):
+    scans = EntryPointScans(monkeypatch)
+    loop_thread = threading.get_ident()
+    store = SessionStore.from_url(backend.url, **options(backend))  # entry points on
+    assert scans.threads == []  # not when built
+    await chat_agent(CrabSaver(store)).ainvoke(human("q"), CONFIG)
+    assert len(scans.threads) == 1
+    assert loop_thread not in scans.threads
+    ready = await SessionStore.afrom_url(backend.url, **options(backend))
+    assert len(scans.threads) == 2
+    assert loop_thread not in scans.threads
+    async with CrabSaver.afrom_conn_string(backend.url, **options(backend)) as saver:
+        await chat_agent(saver).ainvoke(human("q2"), {"configurable": {"thread_id": "t2"}})
+    assert len(scans.threads) == 3
+    assert loop_thread not in scans.threads
+    hooked = SessionStore.from_url(backend.url, **options(backend))
+    model = FakeMessagesListChatModel(responses=[AIMessage("a")])
+    agent = create_agent(model, [], middleware=[CrabHooksMiddleware(hooked)])
+    await agent.ainvoke(human("q3"), {"configurable": {"thread_id": "t3"}})
+    assert len(scans.threads) == 4
+    assert loop_thread not in scans.threads
+    chained = SessionStore.from_url(backend.url, **options(backend))
+    history = chained.get_session_history("t4")  # LangChain's factory, called on the loop
+    await history.aadd_messages([AIMessage("h")])
+    assert [m.content for m in await history.aget_messages()] == ["h"]
+    assert len(scans.threads) == 5
+    assert loop_thread not in scans.threads
+    for each in (store, ready, hooked, chained):
+        await each.aclose()
 
 
 def test_a_store_is_a_context_manager(tmp_path):

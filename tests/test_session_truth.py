@@ -26,6 +26,7 @@ from backends import OPEN_STORE, Backend, backend  # noqa: F401 - the fixture
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.base import empty_checkpoint
+from redis_servers import RedisServer, redis_binaries_missing
 
 from crab_langchain import SessionFormatError, SessionStore
 from crab_langchain.checkpoint import CrabSaver
@@ -537,3 +538,38 @@ def test_a_fork_keeps_history_lines_it_never_saw_and_drops_the_branch_it_leaves(
     assert stored == ["q0", REPLY, "q-fork", "h", reply(2)]  # q1's turn archived, h kept
     cold = chat_agent(CrabSaver(backend.store())).get_state(CONFIG).values["messages"]
     assert texts(cold) == stored
+
+
+@pytest.mark.skipif(redis_binaries_missing() is not None, reason="no redis-server")
+def test_a_side_log_evicted_by_redis_allkeys_lru_leaves_the_conversation(tmp_path: Path):
+    """A real eviction: ``maxmemory`` lowered under ``allkeys-lru`` until the side log goes."""
+    with RedisServer(tmp_path / "redis") as server, contextlib.closing(server.client()) as raw:
+        store = SessionStore.from_url(server.url, entry_points=False)
+        raw.mset({f"filler:{n}": b"x" * 1000 for n in range(2000)})  # as old as the side log
+        agent = chat_agent(CrabSaver(store))
+        for turn in range(3):
+            agent.invoke(human(f"q{turn}"), CONFIG)
+        name = store.find(THREAD)
+        assert name is not None
+        keys = store.storage._keys  # type: ignore[attr-defined]
+        side = keys.session(companion_name(name, "checkpoints"))
+        kept = [*keys.session(name), keys.by_time, keys.by_name]
+        time.sleep(2.1)  # Redis tells key ages apart to the second
+        raw.touch(*kept)  # the conversation is in use; the side log is not
+        raw.config_set("maxmemory-policy", "allkeys-lru")
+        raw.config_set("maxmemory-samples", 10)
+        used = int(raw.info("memory")["used_memory"])
+        while raw.exists(side[0]):
+            used -= 20_000
+            raw.config_set("maxmemory", used)
+            raw.set("trigger", b"")  # eviction runs as commands come
+        assert raw.exists(*kept) == len(kept)  # the conversation's keys are still there
+        expected = ["q0", REPLY, "q1", reply(1), "q2", reply(2)]
+        with pytest.warns(MissingSideLogWarning, match="side log is gone"):
+            state = agent.get_state(CONFIG).values["messages"]
+        assert texts(state) == expected
+        raw.config_set("maxmemory", 0)  # room again for the next turn
+        agent.invoke(human("q3"), CONFIG)
+        assert session_texts(store) == [*expected, "q3", reply(3)]  # appended, nothing cut
+        cold = chat_agent(CrabSaver(SessionStore.from_url(server.url, entry_points=False)))
+        assert texts(cold.get_state(CONFIG).values["messages"]) == [*expected, "q3", reply(3)]

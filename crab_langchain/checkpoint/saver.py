@@ -195,7 +195,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             The saver.
         """
         own = {key: kwargs.pop(key) for key in ("agent", "created_by", "serde") if key in kwargs}
-        store = await asyncio.to_thread(lambda: SessionStore.from_url(conn_string, **kwargs))
+        store = await SessionStore.afrom_url(conn_string, **kwargs)
         async with store:
             yield cls(store, **own)
 
@@ -228,7 +228,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Async :meth:`get_tuple`."""
-        return await arun(self._get(config))
+        return await self._arun(self._get(config))
 
     def list(
         self,
@@ -263,9 +263,9 @@ class CrabSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async :meth:`list`."""
-        for found in await arun(self._listed(config, filter, before, limit)):
+        for found in await self._arun(self._listed(config, filter, before, limit)):
             with _skipped_if_bad():
-                yield await arun(self._tuple(*found))
+                yield await self._arun(self._tuple(*found))
 
     def put(
         self,
@@ -373,7 +373,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Async :meth:`copy_thread`."""
-        await arun(self._copy(source_thread_id, target_thread_id))
+        await self._arun(self._copy(source_thread_id, target_thread_id))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that runs ``run_ids`` made, in every thread.
@@ -456,6 +456,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
                     raise
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
+    async def _arun(self, steps: Steps[T]) -> T:
+        """:func:`arun`, the store ready first (its first use does blocking I/O: not here)."""
+        await self.store.aready()
+        return await arun(steps)
+
     async def _aheld(self, config: RunnableConfig, work: Callable[[Thread], Steps[T]]) -> T:
         """Async :meth:`_held`: the hold is never kept across an await of the caller's.
 
@@ -482,11 +487,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
     ) -> T:
         for attempt in range(_DELETED_RETRIES):
             try:
-                thread = await arun(self._writable(config))
+                thread = await self._arun(self._writable(config))
                 async with self.store.storage.ahold(thread.session.name):
                     if abandoned.is_set():
                         raise _AbandonedError
-                    return await arun(work(thread))
+                    return await self._arun(work(thread))
             except FileNotFoundError:  # as in _held
                 self._forget(_thread_id(config))
                 if attempt == _DELETED_RETRIES - 1:

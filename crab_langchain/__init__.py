@@ -7,6 +7,8 @@ Quick start::
     chain = RunnableWithMessageHistory(prompt | model, store.get_session_history, ...)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
     NESTED_LINE_KEY,
@@ -15,7 +17,6 @@ from crab_langchain.convert import (
     mark_auto_injected,
     to_crab_message,
 )
-from crab_langchain.history import COMPACT_MARKER_KEY, COMPACT_SUMMARY_KEY, CrabChatMessageHistory
 from crab_langchain.hooks import (
     CrabHookSpecs,
     DefaultPlugin,
@@ -45,7 +46,27 @@ from crab_langchain.store import SessionInfo, SessionStore, default_root
 from crab_langchain.transfer import CopyResult, SessionConflictError, copy_session, copy_sessions
 from crab_langchain.verify import FileReport, LogReport, verify_file, verify_log
 
+if TYPE_CHECKING:
+    from crab_langchain.history import (
+        COMPACT_MARKER_KEY,
+        COMPACT_SUMMARY_KEY,
+        CrabChatMessageHistory,
+    )
+
 __version__ = "0.1.0"
+
+# The chat history is LangChain's deprecated door (BaseChatMessageHistory goes in
+# langchain-core 2.0): loaded on first use, so the v1 doors never load it.
+_FROM_HISTORY = ("COMPACT_MARKER_KEY", "COMPACT_SUMMARY_KEY", "CrabChatMessageHistory")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_HISTORY:
+        from crab_langchain import history  # noqa: PLC0415 - see above
+
+        return getattr(history, name)
+    raise AttributeError(f"module 'crab_langchain' has no attribute {name!r}")
+
 
 __all__ = [
     "AUTO_INJECTED_KEY",

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -38,6 +36,7 @@ from langchain_core.messages import (
 
 from crab_langchain.context import WorkingContext, read_context
 from crab_langchain.convert import from_crab_message
+from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
@@ -58,6 +57,9 @@ from crab_langchain.models import (
 )
 from crab_langchain.naming import session_id_of
 from crab_langchain.storage import Chunk, Cursor, DirectoryStorage, Durability, SessionStorage
+
+if TYPE_CHECKING:
+    from crab_langchain.store import SessionStore
 
 __all__ = [
     "COMPACT_MARKER_KEY",
@@ -143,10 +145,9 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             self._manager: pluggy.PluginManager | None = None
         else:
             self._plugin_source, self._manager = None, _manager(plugins)
-        self._lock = threading.RLock()
+        self._lock = ForkSafeLock(threading.RLock)
         self._context = WorkingContext()
         self._injected: tuple[object, list[BaseMessage]] | None = None
-        _HISTORIES.add(self)
 
     @classmethod
     def from_file(
@@ -572,23 +573,6 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             return True
 
 
-_HISTORIES: weakref.WeakSet[CrabChatMessageHistory] = weakref.WeakSet()
-
-
-def _new_locks_in_child() -> None:
-    """In a forked child, each history gets a new lock.
-
-    Another thread of the parent may have held one at the fork; that thread
-    does not exist in the child, so the lock would never be released there.
-    """
-    for history in list(_HISTORIES):
-        history._lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks_in_child)
-
-
 def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMessage]:
     # A str is a sequence too: "hello" would be five one-letter messages.
     if isinstance(messages, (str, bytes, BaseMessage, Mapping)) or not isinstance(
@@ -634,6 +618,25 @@ def _archived(entry: Entry) -> BaseMessage | None:
             marked[COMPACT_MARKER_KEY] = entry.model_dump(exclude={"compact"})
         return HumanMessage(content=entry.compact, additional_kwargs=marked)
     return from_crab_message(entry)
+
+
+def history_of(
+    store: SessionStore, session: Session, name: str | None = None
+) -> CrabChatMessageHistory:
+    """A history of ``session`` in ``store``: on log ``name``, or found (or made) when first used.
+
+    What :meth:`SessionStore.get_session_history` hands out: the store finds
+    and creates sessions; the history follows one.
+    """
+    return CrabChatMessageHistory(
+        session,
+        storage=store.storage,
+        name=name,
+        plugins=lambda: store.plugin_manager,  # the entry points load on first use
+        strict=store.strict,
+        locate=lambda: store.find(session.id, session.agent),
+        create=store.create_log,
+    )
 
 
 def _manager(plugins: pluggy.PluginManager | Iterable[object] | None) -> pluggy.PluginManager:

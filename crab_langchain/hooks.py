@@ -14,7 +14,7 @@ built-in :class:`DefaultPlugin` decides only what no other plugin decided.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import pluggy
 from langchain_core.messages import BaseMessage
@@ -41,6 +41,7 @@ __all__ = [
     "DefaultPlugin",
     "ReadBack",
     "ReadOnlyMessages",
+    "asked",
     "drops",
     "hookimpl",
     "hookspec",
@@ -212,24 +213,50 @@ def filter_result_problem(result: object) -> str | None:
     return f"a {type(result).__name__}; expected True, False or None"
 
 
-def wrong_result(
+def asked(
     manager: pluggy.PluginManager,
     name: str,
     kwargs: Mapping[str, Any],
     problem: Callable[[object], str | None],
-) -> TypeError:
-    """The error for hook ``name`` returning what ``problem`` objects to, naming the plugin.
+    *,
+    first: bool = False,
+) -> list[Any]:
+    """Every plugin's answer to hook ``name`` (None left out), each checked as it comes.
 
-    A hook's combined results do not say which plugin returned what, so on
-    this error path (and only there) each implementation is asked again, alone.
+    Each implementation is asked once, in pluggy's own order (the last
+    registered first, ``tryfirst``/``trylast`` kept), through its public
+    ``get_hookimpls``: so a result ``problem`` objects to names the plugin
+    that gave it, and no plugin is asked twice. ``first``: stop at the first
+    answer (a ``firstresult`` hook). The default plugin's filter wrapper is
+    left to the caller (:func:`verdict_of`); another plugin's hook wrapper
+    needs pluggy's own call: then the combined results are checked, and the
+    error cannot name a plugin.
+
+    Raises:
+        TypeError: an answer ``problem`` objects to, naming hook and plugin.
     """
-    for impl in getattr(manager.hook, name).get_hookimpls():
-        if impl.hookwrapper or impl.wrapper:
+    caller = getattr(manager.hook, name)
+    impls = [i for i in caller.get_hookimpls() if not isinstance(i.plugin, DefaultPlugin)]
+    if any(impl.hookwrapper or impl.wrapper for impl in impls):
+        combined = caller(**kwargs)
+        results = ([] if combined is None else [combined]) if first else list(combined)
+        for result in results:
+            why = problem(result)
+            if why:
+                raise TypeError(f"{name} returned {why} (a plugin behind a hook wrapper)")
+        return results
+    results = []
+    for impl in reversed(impls):  # pluggy calls the last of the list first
+        result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+        if result is None:
             continue
-        why = problem(impl.function(*(kwargs[arg] for arg in impl.argnames)))
+        why = problem(result)
         if why:
-            return TypeError(f"{name} of plugin {_plugin_name(impl.plugin)} returned {why}")
-    return TypeError(f"{name} returned an unexpected result")
+            raise TypeError(f"{name} of plugin {_plugin_name(impl.plugin)} returned {why}")
+        results.append(result)
+        if first:
+            break
+    return results
 
 
 def _plugin_name(plugin: object) -> str:
@@ -261,10 +288,8 @@ def injected_messages(
             or None (naming it).
     """
     kwargs = {"session": session, "history": ReadOnlyMessages(history)}
-    results = manager.hook.crab_inject_messages(**kwargs)
-    if any(inject_result_problem(result) for result in results):
-        raise wrong_result(manager, "crab_inject_messages", kwargs, inject_result_problem)
-    return [_marked(message) for result in results for message in result or ()]
+    results = asked(manager, "crab_inject_messages", kwargs, inject_result_problem)
+    return [_marked(message) for result in results for message in result]
 
 
 def _marked(message: BaseMessage) -> BaseMessage:
@@ -395,10 +420,9 @@ def verdict_of(
         TypeError: a plugin returned something other than a bool or None (naming it).
     """
     kwargs = {"session": session, "message": message}
-    verdict = manager.hook.crab_filter_message(**kwargs)
-    if verdict is not None and not isinstance(verdict, bool):
-        raise wrong_result(manager, "crab_filter_message", kwargs, filter_result_problem)
-    return verdict
+    verdicts = asked(manager, "crab_filter_message", kwargs, filter_result_problem, first=True)
+    verdict = cast("bool | None", verdicts[0]) if verdicts else None
+    return default_verdict(message.auto_injected) if verdict is None else verdict
 
 
 def _kept(batch: list[Encoded]) -> Batch | None:

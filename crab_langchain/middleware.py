@@ -14,7 +14,6 @@ session the plugins are told about is the thread's session.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -32,10 +31,12 @@ from langgraph.config import get_config
 
 from crab_langchain.context import WorkingContext
 from crab_langchain.convert import is_auto_injected
+from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import has_impls, injected_messages
 from crab_langchain.log import SessionLog
 from crab_langchain.models import Session
 from crab_langchain.naming import check_agent
+from crab_langchain.storage import Chunk, Cursor
 from crab_langchain.store import SessionStore
 
 __all__ = ["CrabHooksMiddleware"]
@@ -90,7 +91,7 @@ class CrabHooksMiddleware(AgentMiddleware[Any, Any, Any]):
         self.agent = agent
         self.created_by = created_by
         self._threads: OrderedDict[str, _FollowedSession] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def __repr__(self) -> str:
         return f"CrabHooksMiddleware({self.store!r}, agent={self.agent!r})"
@@ -164,37 +165,54 @@ class _FollowedSession:
         self._unwritten = unwritten  # what is told while the store holds no such session
         self._log: SessionLog | None = None
         self._context = WorkingContext()
-        # Held across the read: model calls of one thread rarely overlap, and then they wait.
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()  # guards the two above; never held across I/O
 
     def session(self) -> Session:
         """The session as stored now: header fields, file, working context.
 
+        Read without the lock; what was read is taken only if no other
+        reader moved on meanwhile (else read on from there).
+
         Raises:
             SessionFormatError: the session is malformed (naming the line).
         """
-        with self._lock:
-            log, chunk = self._located(), None
-            if log is not None:
-                try:
-                    chunk = log.read(self._context.cursor)
-                except FileNotFoundError:  # deleted since: it may be written again
-                    log = self._log = None
+        while True:
+            with self._lock:
+                known, cursor = self._log, self._context.cursor
+            log, chunk = self._read(known, cursor)
+            with self._lock:
+                if self._context.cursor != cursor or self._log != known:
+                    continue  # another reader took its read first
+                if log is None:
+                    self._log = None
                     self._context.reset()
-            if log is not None and chunk is not None:
-                self._context.take(log, chunk)
-            meta = self._context.meta
-            if log is None or meta is None:
-                return self._unwritten.model_copy(deep=True)  # plugins may change what they get
-            # Copies: a plugin that edits what it is told changes nothing told later.
-            history = [message.model_copy() for message in self._context.crab_messages()]
-            return Session.from_meta(self._unwritten.id, meta, file_path=log.path, history=history)
+                    return self._unwritten.model_copy(deep=True)  # plugins may change it
+                self._log = log
+                if chunk is not None:
+                    self._context.take(log, chunk)
+                return self._told(log)
 
-    def _located(self) -> SessionLog | None:
-        if self._log is None:
+    def _read(
+        self, log: SessionLog | None, cursor: Cursor | None
+    ) -> tuple[SessionLog | None, Chunk | None]:
+        """The session's log (found if not known yet) and its lines past ``cursor``."""
+        if log is None:
             name = self._store.find(self._unwritten.id, self._unwritten.agent)
-            self._log = None if name is None else SessionLog(self._store.storage, name)
-        return self._log
+            if name is None:
+                return None, None
+            log, cursor = SessionLog(self._store.storage, name), None
+        try:
+            return log, log.read(cursor)
+        except FileNotFoundError:  # deleted since: it may be written again
+            return None, None
+
+    def _told(self, log: SessionLog) -> Session:
+        meta = self._context.meta
+        if meta is None:
+            return self._unwritten.model_copy(deep=True)
+        # Copies: a plugin that edits what it is told changes nothing told later.
+        history = [message.model_copy() for message in self._context.crab_messages()]
+        return Session.from_meta(self._unwritten.id, meta, file_path=log.path, history=history)
 
 
 def _thread_id() -> str | None:

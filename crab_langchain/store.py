@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from crab_langchain.history import CrabChatMessageHistory
+from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import make_plugin_manager
 from crab_langchain.log import meta_of
 from crab_langchain.models import Session, SessionFormatError, SessionMeta
@@ -36,6 +35,9 @@ from crab_langchain.storage import (
     companion_name,
     open_storage,
 )
+
+if TYPE_CHECKING:
+    from crab_langchain.history import CrabChatMessageHistory
 
 __all__ = ["SessionInfo", "SessionStore", "default_root"]
 
@@ -111,7 +113,7 @@ class SessionStore:
         # walk of every installed package) on first use, off the event loop in async code.
         manager = make_plugin_manager(self._plugins, entry_points=False)
         self._manager: pluggy.PluginManager | None = None if entry_points else manager
-        self._manager_lock = threading.Lock()
+        self._manager_lock = ForkSafeLock()
         self.strict = strict
 
     @property
@@ -284,19 +286,18 @@ class SessionStore:
         """
         session = _new_session(session_id, agent, created_by)
         found = self.find(session.id, agent)
-        return found if found is not None or not create else self._create(session)
+        return found if found is not None or not create else self.create_log(session)
 
     def _history(self, session: Session, name: str | None = None) -> CrabChatMessageHistory:
-        """A history of ``session``, on log ``name`` or, without it, found when first used."""
-        return CrabChatMessageHistory(
-            session,
-            storage=self.storage,
-            name=name,
-            plugins=lambda: self.plugin_manager,  # the entry points load on first use
-            strict=self.strict,
-            locate=lambda: self.find(session.id, session.agent),
-            create=self._create,
-        )
+        """A history of ``session``, on log ``name`` or, without it, found when first used.
+
+        The history is LangChain's deprecated door: its module (and LangChain's
+        ``BaseChatMessageHistory``) is loaded only when one is asked for, so
+        the v1 doors stand without it.
+        """
+        from crab_langchain.history import history_of  # noqa: PLC0415 - see above
+
+        return history_of(self, session, name)
 
     def find(self, session_id: str, agent: str = "crab") -> str | None:
         """The file name holding ``(agent, session_id)``, or None.
@@ -351,8 +352,15 @@ class SessionStore:
                 shown = reason if where in reason else f"{where}: {reason}"
                 warnings.warn(f"skipping {shown}", stacklevel=4)
 
-    def _create(self, session: Session) -> str:
-        """Find or create the file of ``session``; return its name."""
+    def create_log(self, session: Session) -> str:
+        """The name of the log of ``session``: found, or created now (plugins told so).
+
+        Args:
+            session: the session's id, agent and creator.
+
+        Returns:
+            The log's name in :attr:`storage`.
+        """
         with self.storage.creation_lock():
             existing = self.find(session.id, session.agent)
             return existing if existing is not None else self._create_locked(session)

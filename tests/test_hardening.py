@@ -14,21 +14,25 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import AGENTS_MISSING, run_python
 from langchain_core.messages import AIMessage, HumanMessage
 from test_durability import HEADER, session_file
 from test_durability import SESSION as NAME
 
 from crab_langchain import (
     CrabChatMessageHistory,
+    Session,
     SessionFormatError,
     SessionStore,
     TornTailWarning,
     hookimpl,
+    make_plugin_manager,
 )
+from crab_langchain.hooks import injected_messages
 from crab_langchain.storage import DirectoryStorage
 from crab_langchain.storage.directory import lock_file_name
 
@@ -461,6 +465,67 @@ def test_a_filter_hook_returning_a_message_is_named(tmp_path):
     assert history.file_path is None
 
 
+class CountsItsCalls:
+    """A plugin with a side effect: each call counts."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    @hookimpl
+    def crab_inject_messages(self):
+        self.calls += 1
+        return self.answer
+
+    @hookimpl
+    def crab_filter_message(self):
+        self.calls += 1
+        return self.answer
+
+
+def test_a_plugin_returning_garbage_is_named_without_asking_any_plugin_twice(tmp_path):
+    fine, bad = CountsItsCalls([HumanMessage("fine")]), CountsItsCalls("garbage")
+    store = SessionStore(tmp_path, [fine, bad], entry_points=False)
+    with pytest.raises(TypeError, match="crab_inject_messages of plugin 'CountsItsCalls'"):
+        _ = store.get_session_history("s").messages
+    assert bad.calls == 1  # it is asked first (registered last), and once
+    with pytest.raises(TypeError, match="crab_filter_message of plugin 'CountsItsCalls'"):
+        store.get_session_history("s").add_messages([HumanMessage("one")])
+    assert bad.calls == 2
+    assert fine.calls == 0  # a firstresult hook stops at the first answer, here a bad one
+
+
+class Early:
+    @hookimpl(tryfirst=True)
+    def crab_inject_messages(self):
+        return [HumanMessage("early")]
+
+
+class Late:
+    @hookimpl(trylast=True)
+    def crab_inject_messages(self):
+        return [HumanMessage("late")]
+
+
+class Plain:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @hookimpl
+    def crab_inject_messages(self):
+        return [HumanMessage(self.text)]
+
+
+def test_plugins_are_asked_in_pluggys_own_order():
+    plugins = [Late(), Plain("first registered"), Early(), Plain("last registered")]
+    manager = make_plugin_manager(plugins, entry_points=False)
+    pluggys = manager.hook.crab_inject_messages(session=None, history=[])
+    session = Session(id="s", agent="crab", created_at=datetime.now(timezone.utc))
+    ours = injected_messages(manager, session, [])
+    assert [m.content for m in ours] == [m.content for r in pluggys for m in r]
+    assert ours[0].content == "early"
+
+
 # --- 6. hostile structure gets SessionFormatError -------------------------------------------
 
 HOSTILE_LINES = {
@@ -596,6 +661,61 @@ def test_a_child_forked_while_a_thread_holds_a_history_lock_works(tmp_path):
     out = run_python(FORK_DURING_ADD, str(tmp_path)).splitlines()
     assert out[0] == "0"
     assert sorted(eval(out[1])) == sorted(["before", "parent", "child"])
+
+
+FORK_WHILE_EVERY_LOCK_IS_HELD = """
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[2])
+from agents import CONFIG, chat_agent, human
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore
+from crab_langchain.checkpoint import CrabSaver
+from crab_langchain.middleware import CrabHooksMiddleware
+store = SessionStore(sys.argv[1])  # entry points on: its plugins' lock too
+saver = CrabSaver(store)
+agent = chat_agent(saver)
+agent.invoke(human("q0"), CONFIG)
+middleware = CrabHooksMiddleware(store)
+middleware._session("t")
+history = store.get_session_history("h")
+history.add_messages([HumanMessage("a")])
+store._manager = None  # the plugins are still to be loaded, under their lock
+(thread,) = saver._threads.values()
+locks = [saver._lock, thread.lock, middleware._lock, store._manager_lock, history._lock]
+locks += [followed._lock for followed in middleware._threads.values()]
+held, release = threading.Event(), threading.Event()
+def hold_every_lock():
+    for lock in locks:
+        lock.acquire()
+    held.set()
+    release.wait()
+    for lock in locks:
+        lock.release()
+holder = threading.Thread(target=hold_every_lock)
+holder.start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a lock still held would hang the child: it dies instead
+    agent.invoke(human("child"), CONFIG)
+    history.add_messages([HumanMessage("b")])
+    middleware._session("t")
+    os._exit(0)
+release.set()
+holder.join()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+print([m.content for m in store.get_session_history("h").messages])
+"""
+
+
+@POSIX_ONLY
+@pytest.mark.skipif(AGENTS_MISSING, reason="needs the langgraph and agents extras")
+def test_a_child_forked_while_other_threads_hold_every_lock_uses_every_door(tmp_path):
+    """The saver's, a thread's, the middleware's, the store's and the history's locks."""
+    tests = Path(__file__).parent
+    out = run_python(FORK_WHILE_EVERY_LOCK_IS_HELD, str(tmp_path), str(tests)).splitlines()
+    assert out == ["0", "['a', 'b']"]
 
 
 # --- 11 and 12. values JSON cannot hold, and what users hit first ------------------------------

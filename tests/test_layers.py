@@ -7,6 +7,10 @@ change that bends a layer fails here, whatever it imports at run time.
 from __future__ import annotations
 
 import ast
+import functools
+import subprocess
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -24,10 +28,9 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
-def imports_of(path: Path) -> set[str]:
-    """The package's modules that ``path`` imports, anywhere in it."""
+def _package_modules(nodes: Iterable[ast.AST]) -> set[str]:
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for alias in node.names:
                 submodule = f"{node.module}.{alias.name}"
@@ -37,13 +40,40 @@ def imports_of(path: Path) -> set[str]:
     return {name for name in found if name.startswith("crab_langchain")}
 
 
-def graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports (a package stands for its __init__)."""
-    return {name: imports_of(path) & MODULES.keys() - {name} for name, path in MODULES.items()}
+def imports_of(path: Path) -> set[str]:
+    """The package's modules that ``path`` imports, anywhere in it (functions, TYPE_CHECKING)."""
+    return _package_modules(ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def loads_of(path: Path) -> set[str]:
+    """The package's modules that importing ``path`` loads: its module-level imports.
+
+    An import inside a function is deferred to its call; one under ``if
+    TYPE_CHECKING:`` is for type checkers only.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return _package_modules(node for node in tree.body if not _is_type_checking(node))
+
+
+def _is_type_checking(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in (
+        "TYPE_CHECKING",
+        "typing.TYPE_CHECKING",
+    )
+
+
+@functools.cache
+def graph(*, loaded: bool = False) -> dict[str, frozenset[str]]:
+    """Module -> the package modules it imports (``loaded``: loads when imported), built once."""
+    edges = loads_of if loaded else imports_of
+    return {
+        name: frozenset(edges(path) & MODULES.keys() - {name}) for name, path in MODULES.items()
+    }
 
 
 def test_there_is_no_import_cycle():
-    edges = graph()
+    """Not when loading (a deferred import of a higher layer's module is no cycle)."""
+    edges = graph(loaded=True)
     done: set[str] = set()
 
     def visit(name: str, path: list[str]) -> None:
@@ -62,9 +92,9 @@ def test_there_is_no_import_cycle():
         visit(name, [])
 
 
-def reaches(name: str) -> set[str]:
-    """Every package module ``name`` imports, directly or through others."""
-    edges, seen, todo = graph(), set(), [name]
+def reaches(name: str, *, loaded: bool = False) -> set[str]:
+    """Every package module ``name`` imports, directly or through others (``loaded``: loads)."""
+    edges, seen, todo = graph(loaded=loaded), set(), [name]
     while todo:
         for target in edges[todo.pop()]:
             if target not in seen:
@@ -83,7 +113,6 @@ def reaches(name: str) -> set[str]:
         ("crab_langchain.log", "crab_langchain.hooks"),
         ("crab_langchain.context", "crab_langchain.history"),
         ("crab_langchain.context", "crab_langchain.hooks"),
-        ("crab_langchain.history", "crab_langchain.store"),
         ("crab_langchain.storage", "crab_langchain.log"),
         ("crab_langchain.store", "crab_langchain.checkpoint"),
         ("crab_langchain.history", "crab_langchain.checkpoint"),
@@ -96,6 +125,50 @@ def reaches(name: str) -> set[str]:
 )
 def test_a_lower_layer_never_imports_a_higher_one(lower: str, upper: str):
     assert upper not in reaches(lower)
+
+
+def test_the_store_knows_nothing_of_the_history_but_the_one_door_to_it():
+    """The store finds and creates sessions; the history module builds histories on them.
+
+    Loading the store loads no history; only the method that hands one out
+    imports it, when called.
+    """
+    assert "crab_langchain.history" not in reaches("crab_langchain.store", loaded=True)
+    tree = ast.parse(MODULES["crab_langchain.store"].read_text(encoding="utf-8"))
+    deferred = {
+        function.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        and "crab_langchain.history" in _package_modules(ast.walk(function))
+    }
+    assert deferred == {"_history"}
+    assert "crab_langchain.store" in imports_of(MODULES["crab_langchain.history"])
+
+
+@pytest.mark.parametrize("adapter", ["crab_langchain.checkpoint", "crab_langchain.middleware"])
+def test_the_v1_doors_load_neither_the_history_nor_its_base_class(adapter: str):
+    """In a fresh interpreter, as a user's program starts."""
+    pytest.importorskip("langgraph.checkpoint.base")
+    pytest.importorskip("langchain.agents")
+    code = (
+        f"import sys, {adapter}\n"
+        "print(sorted(m for m in ('crab_langchain.history', 'langchain_core.chat_history')"
+        " if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+    assert "crab_langchain.history" not in reaches(adapter, loaded=True)
+
+
+def test_the_package_loads_the_history_on_first_use():
+    code = (
+        "import sys, crab_langchain\n"
+        "print('crab_langchain.history' in sys.modules)\n"
+        "crab_langchain.CrabChatMessageHistory\n"
+        "print('crab_langchain.history' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ session file, and no later request.
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -345,3 +347,33 @@ def test_what_a_plugin_is_told_is_read_only_in_effect(tmp_path: Path):
     assert [m.content for m in graph.get_state(CONFIG).values["messages"]] == expected
     assert [m.content for m in store.get_session_history("alice-1").stored_messages()] == expected
     assert all("edited" not in str(m.content) for request in model.requests for m in request)
+
+
+def test_the_middleware_holds_no_lock_while_it_reads_a_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A read stuck on the storage keeps no other reader of the thread waiting."""
+    store = SessionStore(tmp_path, entry_points=False)
+    store.get_session_history("t").add_messages([HumanMessage("one")])
+    middleware = CrabHooksMiddleware(store)
+    real, stuck, freed = store.storage.read, threading.Event(), threading.Event()
+
+    def read(name: str, cursor: Any) -> Any:
+        if threading.current_thread().name == "stuck":
+            stuck.set()
+            assert freed.wait(timeout=30), "never freed"
+        return real(name, cursor)
+
+    monkeypatch.setattr(store.storage, "read", read)
+    told: list[Session] = []
+    slow = threading.Thread(target=lambda: told.append(middleware._session("t")), name="stuck")
+    slow.start()
+    assert stuck.wait(timeout=30)
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+        fast = other.submit(middleware._session, "t").result(timeout=10)  # not kept waiting
+    assert [m.content for m in fast.history] == ["one"]
+    store.get_session_history("t").add_messages([HumanMessage("two")])
+    freed.set()
+    slow.join(timeout=30)
+    assert [m.content for m in told[0].history] == ["one", "two"]  # it read on, from the top
+    assert [m.content for m in middleware._session("t").history] == ["one", "two"]

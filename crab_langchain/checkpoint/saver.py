@@ -85,6 +85,7 @@ from crab_langchain.checkpoint.steps import (
 from crab_langchain.checkpoint.thread import Base, Thread
 from crab_langchain.context import context_of
 from crab_langchain.convert import decode_line, encode, marker_line, too_deep
+from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
@@ -162,7 +163,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         self.agent = agent
         self.created_by = created_by
         self._threads: OrderedDict[str, Thread] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def __repr__(self) -> str:
         return f"CrabSaver({self.store!r}, agent={self.agent!r})"

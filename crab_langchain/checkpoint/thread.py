@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
@@ -11,6 +10,7 @@ from langchain_core.messages import BaseMessage
 
 from crab_langchain.checkpoint.sidelog import SIDE_KIND, SideIndex, check_side_header
 from crab_langchain.context import WorkingContext
+from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.log import SessionLog, split_header
 from crab_langchain.models import Session, SessionFormatError
 from crab_langchain.storage import Chunk, Cursor, companion_name
@@ -49,7 +49,7 @@ class Thread:
         self.thread_id = thread_id
         self.session = session
         self.side = SessionLog(session.storage, companion_name(session.name, SIDE_KIND))
-        self.lock = threading.Lock()  # guards what follows; never held across I/O
+        self.lock = ForkSafeLock()  # guards what follows; never held across I/O
         self.index = SideIndex(self.side)
         self.side_cursor: Cursor | None = None
         self.side_identity: str | None = None

@@ -717,11 +717,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
             else:
                 values[channel] = decode_value(self.serde, encoded)
         checkpoint_id, parent = record["id"], record["parent"]
-        if (newest or SESSION_ALONE in record) and isinstance(values.get(MESSAGES), list):
-            told = frozenset(m.id for m in values[MESSAGES] if isinstance(m, BaseMessage) and m.id)
-            with thread.lock:
+        told = values.get(MESSAGES)
+        if (newest or SESSION_ALONE in record) and isinstance(told, list):
+            with thread.lock:  # the ids are read only by a rewrite (_seen_by): a pointer here
                 if thread.first_told is None or thread.first_told[0] != checkpoint_id:
-                    thread.first_told = (checkpoint_id, index.epoch, told)
+                    thread.first_told = (checkpoint_id, index.epoch, list(told))
         writes = [
             (w.task_id, w.channel, decode_value(self.serde, w.value))
             for w in index.ordered_writes(ns, checkpoint_id)
@@ -1134,7 +1134,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         with thread.lock:
             first, epoch = thread.first_told, thread.index.epoch
         if first is not None and first[0] == parent and first[1] == epoch:
-            seen |= first[2]
+            seen |= {m.id for m in first[2] if isinstance(m, BaseMessage) and m.id}
         return seen
 
     def _rewrite(
@@ -1157,58 +1157,40 @@ class CrabSaver(BaseCheckpointSaver[str]):
         drops what another wrote and the run never saw.
         """
         while True:
-            kept = yield from self._rewritten(
-                thread, messages, base, landed=landed, seen=seen, checkpoint_id=checkpoint_id
-            )
-            if kept is not None:
-                break  # else replaced by another writer meanwhile (a history's clear): once more
+            chunk = yield Read(thread.session, None)
+            header, body = split_header(thread.session.location, chunk.lines)
+            with thread.lock:
+                epoch = thread.index.epoch
+                puts = list(thread.index.written_spans.get(epoch, []))
+            foreign = self._foreign(thread, body, puts, landed)
+            held = {message.id for message in messages if message.id}
+            told = held | seen
+            unseen = [n for n, _ in body if n in foreign and foreign[n] not in told]
+            others = [_with_id(text, foreign[n]) for n, text in body if n in unseen]
+            kept = 0 if base is None else bisect.bisect_right(body, base.line, key=lambda i: i[0])
+            shifted = kept and body[kept - 1][0] != kept + 1  # blank lines: numbers would shift
+            fork, kept = (None, 0) if shifted else (base, kept)
+            fresh = messages if fork is None else messages[len(fork.messages) :]
+            first = [_marker(fresh[0])] if self._summary(fresh) else []
+            lines, _ = self._lines_of(thread, fresh[1:] if first else fresh)
+            new = [*first, *lines]
+            start = 2 + kept  # the first new line's number
+            # Another door's messages the run holds, written again: still not a put's own.
+            ids = set(foreign.values())
+            carried = [start + i for i, line in enumerate(new) if _message_id(line) in ids]
+            announced = intent_record(epoch + 1, start, new, checkpoint_id, carried)
+            archive = archive_record(epoch, body[kept:], fork.line if fork is not None else None)
+            owned = _clipped(puts, 1 + kept)  # the kept lines are whose they were
+            kept_lines = [written_record(epoch + 1, owned)] if owned else []
+            records = [archive, *kept_lines, *([announced] if new else [])]
+            yield from self._append_side(thread, records)
+            prefix = [line for _, line in body[:kept]]
+            if (yield from self._replaced(thread, [header, *prefix, *new, *others], chunk.cursor)):
+                break
+            # else another writer replaced the session meanwhile (a history's clear): once more
         with thread.lock:
             thread.context.reset()
         yield from self._read_session(thread)
-        return kept
-
-    def _rewritten(
-        self,
-        thread: Thread,
-        messages: Messages,
-        base: Base | None,
-        *,
-        landed: Spans,
-        seen: set[str],
-        checkpoint_id: str,
-    ) -> Steps[frozenset[str] | None]:
-        chunk = yield Read(thread.session, None)
-        header, body = split_header(thread.session.location, chunk.lines)
-        with thread.lock:
-            epoch = thread.index.epoch
-            puts = list(thread.index.written_spans.get(epoch, []))
-        foreign = self._foreign(thread, body, puts, landed)
-        held = {message.id for message in messages if message.id}
-        unseen = [
-            n for n, _ in body if n in foreign and foreign[n] not in held and foreign[n] not in seen
-        ]
-        others = [_with_id(text, foreign[n]) for n, text in body if n in unseen]
-        kept = 0 if base is None else bisect.bisect_right(body, base.line, key=lambda i: i[0])
-        if kept and body[kept - 1][0] != kept + 1:  # blank lines between: numbers would shift
-            base, kept = None, 0
-        if base is not None:
-            messages = messages[len(base.messages) :]
-        first = [_marker(messages[0])] if self._summary(messages) else []
-        lines, _ = self._lines_of(thread, messages[1:] if first else messages)
-        new = [*first, *lines]
-        start = 2 + kept  # the first new line's number
-        # Another door's messages the run holds, written again: still not a put's own.
-        ids = set(foreign.values())
-        carried = [start + i for i, line in enumerate(new) if _message_id(line) in ids]
-        announced = intent_record(epoch + 1, start, new, checkpoint_id, carried)
-        archive = archive_record(epoch, body[kept:], base.line if base is not None else None)
-        owned = _clipped(puts, 1 + kept)  # the kept lines are whose they were
-        kept_lines = [written_record(epoch + 1, owned)] if owned else []
-        records = [archive, *kept_lines, *([announced] if new else [])]
-        yield from self._append_side(thread, records)
-        prefix = [line for _, line in body[:kept]]
-        if not (yield from self._replaced(thread, [header, *prefix, *new, *others], chunk.cursor)):
-            return None
         return frozenset(foreign[n] for n in unseen)
 
     def _foreign(

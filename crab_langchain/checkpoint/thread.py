@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage
 
@@ -59,8 +59,8 @@ class Thread:
         """The message lists of this saver's last puts, and where the session stood after each."""
         self.handed: Base | None = None
         """The messages this saver last handed out as the newest checkpoint's, and where."""
-        self.first_told: tuple[str, int, frozenset[str]] | None = None
-        """``(checkpoint id, epoch, message ids)`` first handed out as the newest checkpoint's:
+        self.first_told: tuple[str, int, list[Any]] | None = None
+        """``(checkpoint id, epoch, messages)`` first handed out as the newest checkpoint's:
         what every run that read it was told at least (later readers may be told more)."""
         self._told: tuple[tuple[int, Cursor | None], Session] | None = None
 

@@ -76,6 +76,8 @@ class Subject:
     size: Callable[[Any], int]
     state_schema: Any = None
     cleanup: Callable[[], None] = field(default=lambda: None)
+    counts: dict[str, int] | None = None
+    """Requests sent to the server and commits that found a log moved, so far (Redis)."""
 
 
 def crab_directory(root: Path) -> Subject:
@@ -93,8 +95,29 @@ def crab_redis(url: str) -> Subject:
 
     from crab_langchain import SessionStore
     from crab_langchain.checkpoint import CrabSaver
+    from crab_langchain.storage.redis import RedisStorage
 
     prefix = f"bench-savers-{uuid.uuid4().hex[:8]}"
+    counts = {"sent": 0, "moved": 0}
+
+    class CountingRedis(redis.Redis):  # type: ignore[type-arg]
+        """Counts every request: each is one round trip to the server."""
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            counts["sent"] += 1
+            return super().execute_command(*args, **options)
+
+    def open_saver() -> Any:
+        storage = RedisStorage(CountingRedis.from_url(url), prefix=prefix, url=url)
+        commit = storage.commit
+
+        def counted_commit(*args: Any) -> Any:
+            done = commit(*args)
+            counts["moved"] += done is None  # a failed attempt: another writer moved first
+            return done
+
+        storage.commit = counted_commit  # type: ignore[method-assign]
+        return CrabSaver(SessionStore(backend=storage, entry_points=False))
 
     def size(_saver: Any) -> int:
         with redis.Redis.from_url(url) as client:
@@ -106,11 +129,7 @@ def crab_redis(url: str) -> Subject:
             for key in client.scan_iter(match=f"{prefix}*", count=10_000):
                 client.unlink(key)
 
-    return Subject(
-        open=lambda: CrabSaver(SessionStore.from_url(url, prefix=prefix, entry_points=False)),
-        size=size,
-        cleanup=cleanup,
-    )
+    return Subject(open=open_saver, size=size, cleanup=cleanup, counts=counts)
 
 
 def _payload(client: Any, key: bytes) -> int:
@@ -243,19 +262,27 @@ def conversation(
     saver = made.open()
     graph = agent(saver, turns, made.state_schema)
     ms, in_saver, stored, reads = [], [], {}, {}
+    sent, moved = [], 0
     spent = [0.0]
+    counts = made.counts or {"sent": 0, "moved": 0}
     with timed_saver(saver, spent):
         for turn in range(1, turns + 1):
             spent[0] = 0.0
+            before = dict(counts)
             start = time.perf_counter()
             graph.invoke({"messages": [question(turn)]}, CONFIG)
             ms.append((time.perf_counter() - start) * 1000)
             in_saver.append(spent[0] * 1000)
+            sent.append(counts["sent"] - before["sent"])
+            moved += counts["moved"] - before["moved"]
             if turn in marks:
                 stored[turn] = made.size(saver)
             if turn in read_at:
                 reads[turn] = cold_reads(made, name)
-    return {"ms": ms, "in_saver_ms": in_saver, "bytes": stored, "reads": reads}
+    row = {"ms": ms, "in_saver_ms": in_saver, "bytes": stored, "reads": reads}
+    if made.counts is not None:
+        row["round_trips"] = {"per_turn": sent, "failed_commits": moved}
+    return row
 
 
 def cold_reads(made: Subject, name: str) -> dict[str, float]:

@@ -28,7 +28,7 @@ from crab_langchain.models import (
     SessionMeta,
     parse_entry,
 )
-from crab_langchain.storage import Chunk, Cursor, SessionStorage
+from crab_langchain.storage import Change, Chunk, Committed, Cursor, SessionStorage
 
 __all__ = [
     "NumberedLines",
@@ -181,6 +181,17 @@ class SessionLog:
     async def areplace_at(self, lines: Sequence[bytes], at: Cursor) -> bool:
         """Async :meth:`replace_at`."""
         return await self.storage.areplace_at(self.name, lines, at)
+
+    def commit(self, side: SessionLog, change: Change) -> Committed | None:
+        """Write ``change`` to this log and ``side`` (kept beside it) at once, or nothing.
+
+        See :meth:`~crab_langchain.storage.SessionStorage.commit`.
+        """
+        return self.storage.commit(self.name, side.name, change)
+
+    async def acommit(self, side: SessionLog, change: Change) -> Committed | None:
+        """Async :meth:`commit`."""
+        return await self.storage.acommit(self.name, side.name, change)
 
     def delete(self) -> bool:
         """Remove the log; False if there was none."""

@@ -122,8 +122,72 @@ BLOCKING = (
     "read",
     "append",
     "append_at",
+    "commit",
 )
-BLOCKING_TOO = ("replace", "replace_at", "delete", "hold", "creation_lock")
+BLOCKING_TOO = ("replace", "replace_at", "delete", "creation_lock")
+
+
+STORAGE_CALLS = (*BLOCKING, *BLOCKING_TOO, "sizes")
+
+
+def count_storage_calls(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every storage call made from now on, by name; a commit that wrote nothing as "moved"."""
+    calls: list[str] = []
+    inside = threading.local()  # a storage's own calls to itself are part of the outer one
+    for method in STORAGE_CALLS:
+        real = getattr(store.storage, method)
+
+        def spy(*args: Any, __real: Any = real, __method: str = method, **kwargs: Any) -> Any:
+            outer = not getattr(inside, "busy", False)
+            inside.busy = True
+            try:
+                result = __real(*args, **kwargs)
+            finally:
+                inside.busy = not outer
+            if outer:
+                calls.append("moved" if __method == "commit" and result is None else __method)
+            return result
+
+        monkeypatch.setattr(store.storage, method, spy)
+    return calls
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_an_agent_turn_is_eight_storage_calls_none_of_them_failed(
+    backend: Backend, durability: str, monkeypatch: pytest.MonkeyPatch
+):
+    """No hold, no lease, no retry: a turn reads once and each put or write is one call.
+
+    On Redis each storage call is one script, one round trip (counted at the client too).
+    """
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store))
+    agent.invoke(human("q0"), CONFIG, durability=durability)  # the thread's logs exist
+    calls = count_storage_calls(store, monkeypatch)
+    sent: list[str] = []
+    if backend.is_redis:
+        client = store.storage.client  # type: ignore[attr-defined]
+        real = client.execute_command
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            sent.append(str(args[0]))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(client, "execute_command", counted)
+    agent.invoke(human("q1"), CONFIG, durability=durability)
+    # get_tuple reads side log, session, side log; each of three puts is one commit, and
+    # each of two put_writes one append. None found a log moved ("moved").
+    expected = ["read"] * 3 + ["append"] * 2 + ["commit"] * 3
+    assert sorted(calls) == sorted(expected), " ".join(calls)
+    if backend.is_redis:
+        assert len(sent) == len(calls)
+    messages = agent.get_state(CONFIG).values["messages"]
+    assert [(m.type, m.content[:7]) for m in messages] == [
+        ("human", "q0"),
+        ("ai", "reply 0"),
+        ("human", "q1"),
+        ("ai", "reply 1"),
+    ]
 
 
 async def test_async_runs_do_no_blocking_storage_io_on_the_event_loop(

@@ -26,10 +26,6 @@ from crab_langchain.checkpoint import CrabSaver
 from crab_langchain.verify import verify_file, verify_log
 
 TESTS = Path(__file__).parent
-# A writer killed while holding a thread keeps the others out until its lease ends (10 s by
-# default): the tests' writers hold a shorter one.
-SHORT_LEASE = {"hold_lease": 1.0}
-
 # argv: url, prefix, tests dir, writer name, turns, durability. Prints one JSON line per
 # acknowledged put: {"id": checkpoint id, "messages": [message ids]}.
 AGENT_WRITER = (
@@ -49,8 +45,7 @@ class Acknowledging(CrabSaver):
         print(json.dumps({"id": checkpoint["id"], "messages": ids}), flush=True)
         return stored
 
-options = {"hold_lease": 1.0} if url.startswith("redis") else {}
-agent = chat_agent(Acknowledging(open_store(url, prefix, **options)), turns=10_000)
+agent = chat_agent(Acknowledging(open_store(url, prefix)), turns=10_000)
 for turn in range(int(turns)):
     agent.invoke(human(f"{writer}/{turn}"), CONFIG, durability=durability)
 print("done", flush=True)
@@ -83,7 +78,7 @@ def acknowledged(output: str) -> list[dict[str, Any]]:
 
 def assert_intact(backend: Backend, acks: list[dict[str, Any]]) -> CrabSaver:
     """Every acknowledged checkpoint is there, whole; the session is clean."""
-    saver = CrabSaver(backend.store(**SHORT_LEASE if backend.is_redis else {}))
+    saver = CrabSaver(backend.store())
     for ack in acks:
         config = {"configurable": {"thread_id": "alice-1", "checkpoint_id": ack["id"]}}
         found = saver.get_tuple(config)

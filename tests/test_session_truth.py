@@ -145,13 +145,15 @@ from crab_langchain.checkpoint import CrabSaver
 store = open_store(sys.argv[1], sys.argv[2])
 agent = chat_agent(CrabSaver(store))
 agent.invoke(human("q0"), CONFIG)
-storage, append_at = store.storage, store.storage.append_at
-def append_then_die(name, lines, at):
-    cursor = append_at(name, lines, at)
-    if name.endswith(".jsonl"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return cursor
-storage.append_at = append_then_die
+import dataclasses
+storage, commit = store.storage, store.storage.commit
+def commit_then_die(name, side, change):
+    if not change.lines:
+        return commit(name, side, change)
+    # What a directory killed between a put's session lines and its record holds.
+    commit(name, side, dataclasses.replace(change, after=()))
+    os.kill(os.getpid(), signal.SIGKILL)
+storage.commit = commit_then_die
 agent.invoke(human("q1"), CONFIG)
 """
 )
@@ -306,7 +308,10 @@ async def test_fifty_cancelled_puts_cost_their_own_lines_not_a_copy(backend: Bac
         chunk = store.storage.read(name, None)
         return sum(len(line) for _, line in chunk.lines) if chunk else 0
 
-    assert side_bytes("cancelled") <= 2 * side_bytes("plain")
+    # A put begun before its caller was cancelled lands (its commit is one step), and the
+    # next turn archives its one line: that costs records, never a copy of the session
+    # (which would be about 150 kB here).
+    assert side_bytes("cancelled") <= 3 * side_bytes("plain")
     assert texts(store.get_session_history("cancelled").messages) == texts(
         store.get_session_history("plain").messages
     )
@@ -416,7 +421,7 @@ def test_delete_thread_racing_writers_leaves_nothing_of_the_thread(backend: Back
         assert sorted(p.name for p in Path(backend.url).iterdir() if THREAD in p.name) == []
     else:
         client = store.storage.client  # type: ignore[attr-defined]
-        keys = [key for key in client.scan_iter(match=f"{backend.prefix}:*") if b"hold" not in key]
+        keys = list(client.scan_iter(match=f"{backend.prefix}:*"))
         assert [k for k in keys if THREAD.encode() in k] == []
 
 
@@ -494,21 +499,21 @@ def test_remove_message_of_a_history_line_added_after_the_last_put_removes_it(ba
 def test_a_history_append_between_a_puts_read_and_its_write_keeps_both_in_place(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ):
-    """The put's conditional append loses the race, reads on and announces its lines again."""
+    """The put's commit loses the race, reads on and decides again."""
     store = backend.store()
     agent = chat_agent(CrabSaver(store))
     agent.invoke(human("q0"), CONFIG)
     history = backend.store().get_session_history(THREAD)
-    real = store.storage.append_at
+    real = store.storage.commit
     raced: list[bool] = []
 
-    def history_first(name: str, lines: Any, at: Any) -> Any:
-        if name.endswith(".jsonl") and not raced:
+    def history_first(name: str, side: str, change: Any) -> Any:
+        if change.lines and not raced:
             raced.append(True)
             history.add_messages([HumanMessage("in between")])
-        return real(name, lines, at)
+        return real(name, side, change)
 
-    monkeypatch.setattr(store.storage, "append_at", history_first)
+    monkeypatch.setattr(store.storage, "commit", history_first)
     agent.invoke(human("q1"), CONFIG)
     assert raced
     expected = ["q0", REPLY, "in between", "q1", reply(1)]
@@ -560,10 +565,12 @@ def test_a_side_log_evicted_by_redis_allkeys_lru_leaves_the_conversation(tmp_pat
         raw.config_set("maxmemory-samples", 10)
         used = int(raw.info("memory")["used_memory"])
         while raw.exists(side[0]):
-            used -= 20_000
+            # Fine steps: a step past what the side log frees would evict the next-oldest
+            # keys in the same go, the conversation's.
+            used -= 2_000
             raw.config_set("maxmemory", used)
             raw.set("trigger", b"")  # eviction runs as commands come
-        assert raw.exists(*kept) == len(kept)  # the conversation's keys are still there
+        assert [k for k in kept if not raw.exists(k)] == []  # the conversation's keys stay
         expected = ["q0", REPLY, "q1", reply(1), "q2", reply(2)]
         with pytest.warns(MissingSideLogWarning, match="side log is gone"):
             state = agent.get_state(CONFIG).values["messages"]

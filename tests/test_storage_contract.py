@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crab_langchain.storage import SessionStorage
+from crab_langchain.storage import Change, SessionStorage, companion_name
 from crab_langchain.storage.directory import lock_file_name
 
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
@@ -116,6 +116,110 @@ async def test_async_conditional_writes_do_what_the_sync_ones_do(storage, log):
     aclose = getattr(storage, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+SIDE = companion_name(LOG, "checkpoints")
+SIDE_HEADER = b'{"crab_checkpoints":1}'
+PENDING = b'{"writes":{"n":1}}'
+RECORD = b'{"checkpoint":{"n":2}}'
+
+
+@pytest.fixture
+def pair(storage, log) -> tuple[str, str]:
+    storage.create(SIDE, SIDE_HEADER)
+    return log, SIDE
+
+
+def test_commit_writes_both_logs_in_order_and_says_where_they_stand(storage, pair):
+    session, side = storage.read(LOG, None), storage.read(SIDE, None)
+    change = Change(
+        session.cursor, side.cursor, [LINE_A, LINE_B], before=[b'{"i":1}'], after=[RECORD]
+    )
+    done = storage.commit(LOG, SIDE, change)
+    assert done is not None
+    assert all_lines(storage, LOG) == [HEADER, LINE_A, LINE_B]
+    assert all_lines(storage, SIDE) == [SIDE_HEADER, b'{"i":1}', RECORD]
+    assert done.session is not None
+    assert done.session.lines == 3
+    assert storage.read(LOG, done.session) is None  # nothing past it
+    assert done.side is not None
+    assert [line for _, line in done.side.lines] == [b'{"i":1}', RECORD]
+    assert storage.read(SIDE, done.side.cursor) is None
+
+
+def test_commit_writes_nothing_if_the_session_moved(storage, pair):
+    session, side = storage.read(LOG, None), storage.read(SIDE, None)
+    storage.append(LOG, [LINE_C])  # a chat history's append, after the put read
+    change = Change(session.cursor, side.cursor, [LINE_A], before=[b'{"i":1}'], after=[RECORD])
+    assert storage.commit(LOG, SIDE, change) is None
+    assert all_lines(storage, LOG) == [HEADER, LINE_C]
+    assert all_lines(storage, SIDE) == [SIDE_HEADER]  # not even the intent
+
+
+def test_commit_passes_pending_writes_by_but_not_another_record(storage, pair):
+    session, side = storage.read(LOG, None), storage.read(SIDE, None)
+    storage.append(SIDE, [PENDING])
+    change = Change(session.cursor, side.cursor, [LINE_A], after=[RECORD], passing=b'{"writes":')
+    done = storage.commit(LOG, SIDE, change)
+    assert done is not None
+    assert [line for _, line in done.side.lines] == [PENDING, RECORD]  # what moved, told
+    assert all_lines(storage, SIDE) == [SIDE_HEADER, PENDING, RECORD]
+    storage.append(SIDE, [b'{"checkpoint":{"n":3}}'])  # another put's record: it bears
+    later = Change(done.session, done.side.cursor, [LINE_B], passing=b'{"writes":')
+    assert storage.commit(LOG, SIDE, later) is None
+    assert all_lines(storage, LOG) == [HEADER, LINE_A]
+    strict = Change(done.session, done.side.cursor, [LINE_B])  # no passing: nothing may move
+    assert storage.commit(LOG, SIDE, strict) is None
+
+
+def test_commit_replaces_the_session_or_the_side_log_only_as_read(storage, pair):
+    storage.append(LOG, [LINE_A])
+    session, side = storage.read(LOG, None), storage.read(SIDE, None)
+    rewrite = Change(session.cursor, side.cursor, [HEADER, LINE_C], replace=True, before=[RECORD])
+    done = storage.commit(LOG, SIDE, rewrite)
+    assert done is not None
+    assert all_lines(storage, LOG) == [HEADER, LINE_C]
+    assert all_lines(storage, SIDE) == [SIDE_HEADER, RECORD]
+    assert storage.commit(LOG, SIDE, rewrite) is None  # replaced since: its cursor is stale
+    side = storage.read(SIDE, None)
+    pruned = Change(None, side.cursor, before=[SIDE_HEADER], side_replace=True)
+    assert storage.commit(LOG, SIDE, pruned) is not None
+    assert all_lines(storage, SIDE) == [SIDE_HEADER]
+    assert all_lines(storage, LOG) == [HEADER, LINE_C]  # not checked, not written
+    assert storage.commit(LOG, SIDE, pruned) is None  # the side log was replaced since
+
+
+def test_commit_to_a_missing_log_raises_and_writes_nothing(storage, pair):
+    session = storage.read(LOG, None)
+    storage.delete(SIDE)
+    with pytest.raises(FileNotFoundError):
+        storage.commit(LOG, SIDE, Change(session.cursor, None, [LINE_A], after=[RECORD]))
+    assert all_lines(storage, LOG) == [HEADER]
+    assert not storage.exists(SIDE)
+
+
+async def test_async_commit_does_what_the_sync_one_does(storage, pair):
+    session, side = await storage.aread(LOG, None), await storage.aread(SIDE, None)
+    change = Change(session.cursor, side.cursor, [LINE_A], after=[RECORD])
+    assert await storage.acommit(LOG, SIDE, change) is not None
+    assert await storage.acommit(LOG, SIDE, change) is None  # moved: by itself
+    assert all_lines(storage, LOG) == [HEADER, LINE_A]
+    aclose = getattr(storage, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def test_a_change_that_could_not_be_checked_is_refused():
+    with pytest.raises(ValueError, match="only where it was read"):
+        Change(None, None, [LINE_A])
+    with pytest.raises(ValueError, match="side log replaced"):
+        Change(None, None, before=[SIDE_HEADER], side_replace=True)
+
+
+def test_deleting_a_session_deletes_the_logs_beside_it(storage, pair):
+    assert storage.delete(LOG) is True
+    assert not storage.exists(LOG)
+    assert not storage.exists(SIDE)
 
 
 def test_append_to_a_missing_log_raises_and_creates_nothing(storage, log):

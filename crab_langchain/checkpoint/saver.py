@@ -18,8 +18,12 @@ How a new message list reaches the session:
   checkpoint): the session's lines go to the side log as an archived epoch,
   then the session is replaced by the new context, atomically.
 
-Writers of one thread hold it (:meth:`~crab_langchain.storage.SessionStorage.hold`)
-for a ``put``; readers take what was appended since they last read.
+Writers of one thread take turns through the storage's own atomic step
+(:meth:`~crab_langchain.storage.SessionStorage.commit`): a ``put`` writes its
+session lines and side-log records only if both logs stand where it last
+read them (pending writes aside); otherwise it reads what is new and decides
+again. Nobody holds a thread, waits on a lease or polls; readers take what
+was appended since they last read.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -58,6 +62,7 @@ from crab_langchain.checkpoint.sealed import Sealer
 from crab_langchain.checkpoint.sidelog import (
     EMPTY,
     SIDE_KIND,
+    WRITES_PREFIX,
     BadRecordWarning,
     Kept,
     Record,
@@ -74,10 +79,9 @@ from crab_langchain.checkpoint.sidelog import (
 )
 from crab_langchain.checkpoint.steps import (
     Append,
-    AppendAt,
     Blocking,
+    Commit,
     Read,
-    ReplaceAt,
     Steps,
     arun,
     run,
@@ -97,7 +101,7 @@ from crab_langchain.hooks import (
 from crab_langchain.log import NumberedLines, SessionLog, header_identity, split_header
 from crab_langchain.models import SessionFormatError
 from crab_langchain.naming import check_agent
-from crab_langchain.storage import Chunk, Cursor, companion_name
+from crab_langchain.storage import Change, Chunk, Committed, Cursor, companion_name
 from crab_langchain.store import SessionStore
 
 __all__ = ["CrabSaver", "MissingSideLogWarning"]
@@ -118,9 +122,17 @@ _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary s
 # ... and opens it so; the title of its marker is the summary's own first sentence.
 _SUMMARY_PREFACE = "Here is a summary of the conversation to date:"
 _KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
-_DELETED_RETRIES = 8  # a thread deleted again and again under one write: give up after this
+_DELETED_RETRIES = 100  # a thread deleted again and again under one write: give up after this
 _LINE_IDS = uuid.UUID("5d1c0f0e-6b8a-4c55-9a53-6372616274a1")  # ids of messages stored without
 SESSION_ALONE = "session_alone"  # marks the checkpoint made from a session with no side log
+
+
+class View(NamedTuple):
+    """Where a put read a thread's two logs: what its decision rests on."""
+
+    at: Cursor | None
+    side_at: Cursor | None
+    epoch: int
 
 
 class MissingSideLogWarning(UserWarning):
@@ -291,7 +303,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             TypeError: a message cannot be written, or a plugin returned
                 something unusable; nothing of the checkpoint is stored.
         """
-        return self._held(
+        return self._write(
             config, lambda thread: self._put(thread, config, checkpoint, metadata, new_versions)
         )
 
@@ -303,7 +315,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Async :meth:`put`."""
-        return await self._aheld(
+        return await self._awrite(
             config, lambda thread: self._put(thread, config, checkpoint, metadata, new_versions)
         )
 
@@ -324,7 +336,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
             task_id: the task that wrote them.
             task_path: the task's path, which orders writes within a step.
         """
-        self._held(
+        self._write(
             config, lambda thread: self._put_writes(thread, config, writes, task_id, task_path)
         )
 
@@ -336,7 +348,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Async :meth:`put_writes`."""
-        await self._aheld(
+        await self._awrite(
             config, lambda thread: self._put_writes(thread, config, writes, task_id, task_path)
         )
 
@@ -347,12 +359,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
             thread_id: the thread (a session id under the saver's agent).
         """
         self._forget(thread_id)
-        name = self.store.session_name(thread_id, self.agent)
-        if name is None:
-            return
-        # Held, so no put of ours is half-way through it: none can leave a side log behind.
-        with self.store.storage.hold(name):
-            self.store.delete_session(thread_id, self.agent)
+        # A put landing meanwhile finds its logs gone and writes the thread anew, whole.
+        self.store.delete_session(thread_id, self.agent)
         self._forget(thread_id)
 
     async def adelete_thread(self, thread_id: str) -> None:
@@ -431,26 +439,25 @@ class CrabSaver(BaseCheckpointSaver[str]):
         number = 0 if current is None else int(str(current).split(".")[0])
         return f"{number + 1:010}.{secrets.token_hex(3)}"
 
-    # --- writing, one thread's writers at a time -----------------------------------
+    # --- writing: whole, or not at all ------------------------------------------
 
-    def _held(
+    def _write(
         self,
         config: RunnableConfig,
         work: Callable[[Thread], Steps[T]],
         abandoned: threading.Event | None = None,
     ) -> T:
-        """``work`` on the thread ``config`` names, holding it (created if new).
+        """``work`` on the thread ``config`` names (created if new).
 
         Raises:
-            _AbandonedError: ``abandoned`` was set before the hold was had; nothing written.
+            _AbandonedError: ``abandoned`` was set before the work began; nothing written.
         """
         for attempt in range(_DELETED_RETRIES):
             try:
                 thread = run(self._writable(config))
-                with self.store.storage.hold(thread.session.name):
-                    if abandoned is not None and abandoned.is_set():
-                        raise _AbandonedError
-                    return run(work(thread))
+                if abandoned is not None and abandoned.is_set():
+                    raise _AbandonedError
+                return run(work(thread))
             except FileNotFoundError:  # the thread was deleted under it: write it anew
                 self._forget(_thread_id(config))
                 if attempt == _DELETED_RETRIES - 1:
@@ -462,19 +469,18 @@ class CrabSaver(BaseCheckpointSaver[str]):
         await self.store.aready()
         return await arun(steps)
 
-    async def _aheld(self, config: RunnableConfig, work: Callable[[Thread], Steps[T]]) -> T:
-        """Async :meth:`_held`: the hold is never kept across an await of the caller's.
+    async def _awrite(self, config: RunnableConfig, work: Callable[[Thread], Steps[T]]) -> T:
+        """Async :meth:`_write`: once begun, the work goes on to its end.
 
-        On a directory the hold is had and let go of inside one blocking call
-        (no worker thread is needed to release it). Once the thread is held
-        the work goes on to its end even if the caller is cancelled, so a put
-        is whole or absent; a caller cancelled before that leaves nothing.
+        A caller cancelled before the work began leaves nothing; after, the
+        work finishes anyway (its one commit lands whole or not at all), so a
+        put is never left half-told to this saver's view of the thread.
         """
         abandoned = threading.Event()
         if self.store.storage.native_async:
-            running = self._anative_held(config, work, abandoned)
+            running = self._anative_write(config, work, abandoned)
         else:
-            running = asyncio.to_thread(self._held, config, work, abandoned)
+            running = asyncio.to_thread(self._write, config, work, abandoned)
         task = asyncio.ensure_future(running)
         task.add_done_callback(_observed)
         try:
@@ -483,17 +489,16 @@ class CrabSaver(BaseCheckpointSaver[str]):
             abandoned.set()
             raise
 
-    async def _anative_held(
+    async def _anative_write(
         self, config: RunnableConfig, work: Callable[[Thread], Steps[T]], abandoned: threading.Event
     ) -> T:
         for attempt in range(_DELETED_RETRIES):
             try:
                 thread = await self._arun(self._writable(config))
-                async with self.store.storage.ahold(thread.session.name):
-                    if abandoned.is_set():
-                        raise _AbandonedError
-                    return await self._arun(work(thread))
-            except FileNotFoundError:  # as in _held
+                if abandoned.is_set():
+                    raise _AbandonedError
+                return await self._arun(work(thread))
+            except FileNotFoundError:  # as in _write
                 self._forget(_thread_id(config))
                 if attempt == _DELETED_RETRIES - 1:
                     raise
@@ -546,24 +551,29 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     # --- reading ------------------------------------------------------------------
 
-    def _refresh(self, thread: Thread, *, held: bool = False) -> Steps[None]:
-        """Bring ``thread`` up to its logs (``held``: by a writer holding the thread).
+    def _refresh(self, thread: Thread) -> Steps[None]:
+        """Bring ``thread`` up to its logs.
 
-        A reader reads the session between two reads of the side log: a
-        rewrite archives the session's lines in the side log before it
-        replaces them, so if no archive appeared meanwhile, the session read
-        belongs to the epoch the side log says. A holder needs no second
-        look: rewrites hold the thread too.
+        The session is read between two reads of the side log: a rewrite
+        archives the session's lines in the side log as it replaces them, so
+        if no archive appeared meanwhile, the session read belongs to the
+        epoch the side log says.
         """
+        # A thread deleted and made anew while it was read, or a side log a put made
+        # for the session just deleted (it deletes it again at once): read both again.
+        mismatches = 0
         while True:
             yield from self._read_side(thread)
             epoch = thread.index.epoch
             yield from self._read_session(thread)
-            if not held:
-                yield from self._read_side(thread)
-            if held or thread.index.epoch == epoch:
-                _check_owner(thread)
-                return
+            yield from self._read_side(thread)
+            if thread.index.epoch == epoch:
+                if _owned(thread) or mismatches == _MOVES:
+                    _check_owner(thread)
+                    return
+                mismatches += 1
+                with thread.lock:
+                    thread.forget_side()
             with thread.lock:
                 thread.context.reset()
 
@@ -837,13 +847,10 @@ class CrabSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Steps[RunnableConfig]:
-        yield from self._refresh(thread, held=True)
+        if thread.context.cursor is None:  # never read by this saver: its decision needs it
+            yield from self._refresh(thread)
         ns = _ns(config)
         given = checkpoint["channel_values"]
-        # The session follows the newest checkpoint: one older than it (a concurrent run's,
-        # landing late) keeps its messages beside it, as any other value.
-        newest = thread.index.newest(ns)
-        follows = ns == "" and (newest is None or checkpoint["id"] > newest)
         values: dict[str, list[Any]] = {}
         # Every other value is encoded first: one that cannot be leaves the session untouched.
         for channel, version in new_versions.items():
@@ -856,25 +863,40 @@ class CrabSaver(BaseCheckpointSaver[str]):
             encoded_metadata = self._encode(get_checkpoint_metadata(config, metadata))
         encoded_state = self._encode(state)
         parent = config["configurable"].get("checkpoint_id")
-        if ns == "" and isinstance(given.get(MESSAGES), list) and MESSAGES in new_versions:
-            value, version = given[MESSAGES], new_versions[MESSAGES]
-            stored = yield from (
-                self._store_messages(thread, value, checkpoint["id"], parent)
-                if follows
-                else self._beside(thread, value)
+
+        def record(messages: dict[str, Any] | None = None) -> bytes:
+            if messages is not None:
+                values[MESSAGES] = [MESSAGES, new_versions[MESSAGES], messages]
+            stored = [values[channel] for channel in new_versions if channel in values]
+            return checkpoint_record(
+                ns, checkpoint["id"], parent, encoded_metadata, encoded_state, stored
             )
-            encoded = stored if stored is not None else self._encoded(thread, MESSAGES, value)
-            values[MESSAGES] = [MESSAGES, version, encoded]
-        record = checkpoint_record(
-            ns,
-            checkpoint["id"],
-            parent,
-            encoded_metadata,
-            encoded_state,
-            [values[channel] for channel in new_versions if channel in values],
-        )
-        yield from self._append_side(thread, [record])
-        return _config(thread.thread_id, ns, checkpoint["id"])
+
+        done = _config(thread.thread_id, ns, checkpoint["id"])
+        if not (ns == "" and isinstance(given.get(MESSAGES), list) and MESSAGES in new_versions):
+            yield from self._append_record(thread, record())
+            return done
+        for _ in range(_MOVES):
+            # What this attempt decides on: its commit lands only if neither log moved
+            # past it meanwhile (other puts of this process read on, too).
+            with thread.lock:
+                view = View(thread.context.cursor, thread.side_cursor, thread.index.epoch)
+                newest = thread.index.newest(ns)
+            # The session follows the newest checkpoint: one older than it (a concurrent
+            # run's, landing late) keeps its messages beside it, as any other value.
+            if newest is None or checkpoint["id"] > newest:
+                stored = yield from self._store_messages(
+                    thread, view, given[MESSAGES], checkpoint["id"], parent, record=record
+                )
+                if stored:
+                    return done
+                yield from self._refresh(thread)  # another writer moved on: decide again
+            else:
+                beside = self._beside(thread, given[MESSAGES])
+                encoded = beside or self._encoded(thread, MESSAGES, given[MESSAGES])
+                yield from self._append_record(thread, record(encoded))
+                return done
+        raise RuntimeError(f"{thread.session.location}: kept changing while a put wrote it")
 
     def _encoded(self, thread: Thread, channel: str, value: Any) -> dict[str, Any]:
         with _nested_at(f"channel {channel!r}"):
@@ -899,22 +921,43 @@ class CrabSaver(BaseCheckpointSaver[str]):
         ]
         checkpoint_id = config["configurable"]["checkpoint_id"]
         record = writes_record(_ns(config), checkpoint_id, task_id, task_path, items)
+        # Pending writes bear on no put's decision: a put racing this one passes them
+        # by, and the next read takes them (nothing to read back now).
         yield from self._append_side(thread, [record])
 
     def _append_side(self, thread: Thread, lines: Sequence[bytes]) -> Steps[None]:
+        """Append ``lines`` to the side log, taking them if nothing came between.
+
+        For pending writes, which bear on no put's decision: a put racing
+        this one passes them by, and the next read takes them.
+        """
+        yield from self._ensure_side(thread)
+        cursor = thread.side_cursor
+        after = yield Append(thread.side, lines, cursor)
+        if after is not None and cursor is not None:
+            thread.take_side(cursor, Chunk(list(enumerate(lines, cursor.lines + 1)), after))
+
+    def _append_record(self, thread: Thread, record: bytes) -> Steps[None]:
+        """Append a checkpoint's ``record`` to the side log, and take what the log holds since."""
+        yield from self._ensure_side(thread)
+        for _ in range(_MOVES):
+            side_at = thread.side_cursor
+            change = Change(None, side_at, after=[record], passing=WRITES_PREFIX)
+            committed = yield Commit(thread.session, thread.side, change)
+            if committed is not None:
+                yield from self._take(thread, side_at, committed)
+                return
+            yield from self._read_side(thread)  # another checkpoint came first: after it
+        raise RuntimeError(f"{thread.side.location}: kept changing while a put wrote it")
+
+    def _ensure_side(self, thread: Thread) -> Steps[None]:
+        """Create the thread's side log if it has none (and read it)."""
         if thread.side_cursor is None:
             header = yield Blocking(thread.session.header_line)
             yield Blocking(lambda: _create_side(thread, header))
             yield from self._read_side(thread)
-        cursor = thread.side_cursor
-        after = yield Append(thread.side, lines, cursor)
-        if after is not None and cursor is not None:
-            chunk = Chunk(list(enumerate(lines, cursor.lines + 1)), after)
-            if thread.take_side(cursor, chunk):
-                return
-        yield from self._read_side(thread)
 
-    def _beside(self, thread: Thread, messages: Messages) -> Steps[dict[str, Any] | None]:
+    def _beside(self, thread: Thread, messages: Messages) -> dict[str, Any] | None:
         """The messages of a put older than the newest checkpoint, kept beside the session.
 
         They continue the session as it stood at some line (a concurrent run
@@ -928,47 +971,74 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if "json" not in after and "messages" not in after:
             return None  # not lines: kept whole, by the serializer
         return {**_place(base.epoch, base.line, base.unseen), "after": after}
-        yield  # a generator of storage calls, though it needs none
 
     def _store_messages(
-        self, thread: Thread, messages: Messages, checkpoint_id: str, parent: str | None
-    ) -> Steps[dict[str, Any] | None]:
-        """Make ``messages`` the session's working context; the place that holds them.
+        self,
+        thread: Thread,
+        view: View,
+        messages: Messages,
+        checkpoint_id: str,
+        parent: str | None,
+        *,
+        record: Callable[[dict[str, Any]], bytes],
+    ) -> Steps[bool]:
+        """Make ``messages`` the session's working context, with the checkpoint's ``record``.
 
         The session is the truth: lines another writer (a chat history)
         appended past the last put's are kept, after the new messages; only
         lines of a killed put of this saver's (announced, never finished)
-        are removed. None (and nothing written) if ``messages`` holds
-        something else than messages.
+        are removed. ``record`` is given the place that holds the messages
+        (or, if ``messages`` holds something else, their encoding). False,
+        and nothing written, if either log moved since this saver read it.
         """
         base = self._base_of(thread, messages)
         fresh = messages if base is None else messages[len(base.messages) :]
         if not all(isinstance(item, BaseMessage) for item in fresh):
-            return None
+            yield from self._append_record(
+                thread, record(self._encoded(thread, MESSAGES, messages))
+            )
+            return True
         landed = yield from self._landed(thread)
         written = thread.index.written.get(thread.index.epoch, 0)
         continues = base is not None and base.line >= written
         if continues and landed:  # a killed put's lines: gone, and nothing else
-            yield from self._cut(thread, landed)
-        unseen: frozenset[str] = frozenset()
+            if not (yield from self._cut(thread, view, landed)):
+                return False  # moved: decide again
+            # The lines up to ``base`` are as they were: go on from there.
+            yield from self._refresh(thread)
+            with thread.lock:
+                view = View(thread.context.cursor, thread.side_cursor, thread.index.epoch)
+        if view.side_at is None:
+            yield from self._ensure_side(thread)
+            return False  # decide again, with it
         if continues:
             assert base is not None
-            first = yield from self._append_messages(thread, [], fresh, checkpoint_id)
-            unseen = base.unseen | self._between(thread, base.line, first)
+            place = yield from self._append_messages(
+                thread, view, [], fresh, checkpoint_id, record=record, base=base
+            )
         elif self._summary(messages) and not landed:
             marker = _marker(messages[0])
-            yield from self._append_messages(thread, [marker], messages[1:], checkpoint_id)
+            place = yield from self._append_messages(
+                thread, view, [marker], messages[1:], checkpoint_id, record=record, base=None
+            )
         else:
             seen = yield from self._seen_by(thread, parent)
-            unseen = yield from self._rewrite(
-                thread, messages, base, landed=landed, seen=seen, checkpoint_id=checkpoint_id
+            place = yield from self._rewrite(
+                thread,
+                view,
+                messages,
+                base,
+                landed=landed,
+                seen=seen,
+                checkpoint_id=checkpoint_id,
+                record=record,
             )
+        if place is None:
+            return False
         with thread.lock:
-            cursor, epoch = thread.context.cursor, thread.index.epoch
-            assert cursor is not None
             version = thread.context.version
-            thread.puts.append(Base(epoch, version, cursor.lines, list(messages), unseen))
-        return _place(epoch, cursor.lines, unseen)
+            thread.puts.append(Base(place.epoch, version, place.line, list(messages), place.unseen))
+        return True
 
     def _between(self, thread: Thread, after: int, before: int | None) -> frozenset[str]:
         """Ids of the working context's messages on lines past ``after``, before ``before``.
@@ -1036,41 +1106,83 @@ class CrabSaver(BaseCheckpointSaver[str]):
             if lines_digest(body.get(n, b"") for n in range(i.first, i.last + 1)) == i.digest
         ]
 
-    def _cut(self, thread: Thread, landed: Spans) -> Steps[None]:
-        """Remove the lines ``landed`` from the session; every other line stays where it is."""
-        while True:
-            chunk = yield Read(thread.session, None)
-            header, body = split_header(thread.session.location, chunk.lines)
-            kept = [line for number, line in body if not _within(number, landed)]
-            if (yield from self._replaced(thread, [header, *kept], chunk.cursor)):
-                break
+    def _cut(self, thread: Thread, view: View, landed: Spans) -> Steps[bool]:
+        """Remove the lines ``landed`` from the session; every other line stays where it is.
+
+        Only if neither log moved since ``view``: a put still at work (on a
+        directory its intent is written before its lines) finishes first, and
+        its record tells that the lines are its own.
+        """
+        assert view.at is not None  # landed lines were read
+        chunk = yield Read(thread.session, None)
+        if (chunk.cursor.identity, chunk.cursor.lines) != (view.at.identity, view.at.lines):
+            return False
+        header, body = split_header(thread.session.location, chunk.lines)
+        kept = [line for number, line in body if not _within(number, landed)]
+        change = Change(
+            chunk.cursor, view.side_at, [header, *kept], replace=True, passing=WRITES_PREFIX
+        )
+        if (yield Commit(thread.session, thread.side, change)) is None:
+            return False
         with thread.lock:
             thread.context.reset()
-        yield from self._read_session(thread)
+        return True
 
     def _append_messages(
-        self, thread: Thread, first: Lines, messages: Sequence[BaseMessage], checkpoint_id: str
-    ) -> Steps[int | None]:
-        """Append the lines of ``first`` and ``messages``; the number of the first (None: none)."""
+        self,
+        thread: Thread,
+        view: View,
+        first: Lines,
+        messages: Sequence[BaseMessage],
+        checkpoint_id: str,
+        *,
+        record: Callable[[dict[str, Any]], bytes],
+        base: Base | None,
+    ) -> Steps[Base | None]:
+        """Append the lines of ``first`` and ``messages`` with ``record``, in one commit.
+
+        Returns where the session then stands (``messages`` left empty); None,
+        and nothing written, if either log moved since this saver read it.
+        """
         lines, read_back = self._lines_of(thread, messages)
         if first:
             lines, read_back = [*first, *lines], None
+        at, side_at, epoch = view
+        assert at is not None  # read before any write
+        unseen = (
+            frozenset()
+            if base is None
+            else base.unseen | self._between(thread, base.line, at.lines + 1)
+        )
+        place = Base(epoch, -1, at.lines + len(lines), [], unseen)
+        finished = record(_place(epoch, place.line, unseen))
         if not lines:
+            yield from self._append_record(thread, finished)
+            return place
+        # The intent says where the lines go: a directory killed after it tells on them.
+        announced = intent_record(epoch, at.lines + 1, lines, checkpoint_id)
+        change = Change(
+            at, side_at, lines, before=[announced], after=[finished], passing=WRITES_PREFIX
+        )
+        committed = yield Commit(thread.session, thread.side, change)
+        if committed is None:
             return None
-        for _ in range(_MOVES):
-            cursor = thread.context.cursor
-            assert cursor is not None  # read before any write
-            announced = intent_record(thread.index.epoch, cursor.lines + 1, lines, checkpoint_id)
-            yield from self._append_side(thread, [announced])
-            # Where the intent says, or nowhere: another door appended meanwhile? Announce again.
-            after = yield AppendAt(thread.session, lines, cursor)
-            if after is None:
-                yield from self._read_session(thread)
-                continue
-            if not self._took_appended(thread, cursor, lines, read_back, after):
-                yield from self._read_session(thread)
-            return cursor.lines + 1
-        raise RuntimeError(f"{thread.session.location}: kept changing while a put appended")
+        yield from self._take(thread, side_at, committed)
+        if committed.session is not None and not self._took_appended(
+            thread, at, lines, read_back, committed.session
+        ):
+            yield from self._read_session(thread)
+        return place
+
+    def _take(self, thread: Thread, side_at: Cursor | None, committed: Committed) -> Steps[None]:
+        """Take what a commit says of the side log (or read both logs, if it cannot say)."""
+        if committed.side is None:  # a resent commit's, whose first reply was lost: read
+            with thread.lock:
+                thread.context.reset()
+                thread.forget_side()
+            yield from self._refresh(thread)
+        elif not thread.take_side(side_at, committed.side):
+            yield from self._read_side(thread)
 
     def _took_appended(
         self,
@@ -1140,58 +1252,71 @@ class CrabSaver(BaseCheckpointSaver[str]):
     def _rewrite(
         self,
         thread: Thread,
+        view: View,
         messages: Messages,
         base: Base | None,
         *,
         landed: Spans,
         seen: set[str],
         checkpoint_id: str,
-    ) -> Steps[frozenset[str]]:
-        """Archive the session's lines in the side log, then replace them by ``messages``.
+        record: Callable[[dict[str, Any]], bytes],
+    ) -> Steps[Base | None]:
+        """Archive the session's lines in the side log and replace them by ``messages``, at once.
 
         A fork continuing ``base`` (an earlier state of this epoch) keeps the
         lines up to it as they are and archives only those after it: a
         branch left behind costs its own lines. Lines no put wrote whose
         messages are neither in ``messages`` nor ``seen`` (the ids the put's
         run was told of, see ``_seen_by``) stay, after ``messages``: no door
-        drops what another wrote and the run never saw.
+        drops what another wrote and the run never saw. None, and nothing
+        written, if either log moved since this saver read it.
         """
-        while True:
-            chunk = yield Read(thread.session, None)
-            header, body = split_header(thread.session.location, chunk.lines)
-            with thread.lock:
-                epoch = thread.index.epoch
-                puts = list(thread.index.written_spans.get(epoch, []))
-            foreign = self._foreign(thread, body, puts, landed)
-            held = {message.id for message in messages if message.id}
-            told = held | seen
-            unseen = [n for n, _ in body if n in foreign and foreign[n] not in told]
-            others = [_with_id(text, foreign[n]) for n, text in body if n in unseen]
-            kept = 0 if base is None else bisect.bisect_right(body, base.line, key=lambda i: i[0])
-            shifted = kept and body[kept - 1][0] != kept + 1  # blank lines: numbers would shift
-            fork, kept = (None, 0) if shifted else (base, kept)
-            fresh = messages if fork is None else messages[len(fork.messages) :]
-            first = [_marker(fresh[0])] if self._summary(fresh) else []
-            lines, _ = self._lines_of(thread, fresh[1:] if first else fresh)
-            new = [*first, *lines]
-            start = 2 + kept  # the first new line's number
-            # Another door's messages the run holds, written again: still not a put's own.
-            ids = set(foreign.values())
-            carried = [start + i for i, line in enumerate(new) if _message_id(line) in ids]
-            announced = intent_record(epoch + 1, start, new, checkpoint_id, carried)
-            archive = archive_record(epoch, body[kept:], fork.line if fork is not None else None)
-            owned = _clipped(puts, 1 + kept)  # the kept lines are whose they were
-            kept_lines = [written_record(epoch + 1, owned)] if owned else []
-            records = [archive, *kept_lines, *([announced] if new else [])]
-            yield from self._append_side(thread, records)
-            prefix = [line for _, line in body[:kept]]
-            if (yield from self._replaced(thread, [header, *prefix, *new, *others], chunk.cursor)):
-                break
-            # else another writer replaced the session meanwhile (a history's clear): once more
+        at, side_at, epoch = view
+        with thread.lock:
+            puts = list(thread.index.written_spans.get(epoch, []))
+        chunk = yield Read(thread.session, None)
+        if at is None or (chunk.cursor.identity, chunk.cursor.lines) != (at.identity, at.lines):
+            return None  # moved since the thread was read
+        header, body = split_header(thread.session.location, chunk.lines)
+        foreign = self._foreign(thread, body, puts, landed)
+        told = {message.id for message in messages if message.id} | seen
+        unseen = [n for n, _ in body if n in foreign and foreign[n] not in told]
+        others = [_with_id(text, foreign[n]) for n, text in body if n in unseen]
+        kept = 0 if base is None else bisect.bisect_right(body, base.line, key=lambda i: i[0])
+        shifted = kept and body[kept - 1][0] != kept + 1  # blank lines: numbers would shift
+        fork, kept = (None, 0) if shifted else (base, kept)
+        fresh = messages if fork is None else messages[len(fork.messages) :]
+        first = [_marker(fresh[0])] if self._summary(fresh) else []
+        lines, _ = self._lines_of(thread, fresh[1:] if first else fresh)
+        new = [*first, *lines]
+        start = 2 + kept  # the first new line's number
+        # Another door's messages the run holds, written again: still not a put's own.
+        ids = set(foreign.values())
+        carried = [start + i for i, line in enumerate(new) if _message_id(line) in ids]
+        announced = intent_record(epoch + 1, start, new, checkpoint_id, carried)
+        archive = archive_record(epoch, body[kept:], fork.line if fork is not None else None)
+        owned = _clipped(puts, 1 + kept)  # the kept lines are whose they were
+        kept_lines = [written_record(epoch + 1, owned)] if owned else []
+        session = [header, *(line for _, line in body[:kept]), *new, *others]
+        left = frozenset(foreign[n] for n in unseen)
+        place = Base(epoch + 1, -1, len(session), [], left)
+        change = Change(
+            chunk.cursor,
+            side_at,
+            session,
+            replace=True,
+            before=[archive, *kept_lines, *([announced] if new else [])],
+            after=[record(_place(place.epoch, place.line, left))],
+            passing=WRITES_PREFIX,
+        )
+        committed = yield Commit(thread.session, thread.side, change)
+        if committed is None:
+            return None
+        yield from self._take(thread, side_at, committed)
         with thread.lock:
             thread.context.reset()
         yield from self._read_session(thread)
-        return frozenset(foreign[n] for n in unseen)
+        return place
 
     def _foreign(
         self, thread: Thread, body: NumberedLines, puts: Spans, landed: Spans
@@ -1208,22 +1333,6 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 continue
             foreign[number] = _message_id(line) or _line_id(thread, epoch, number)
         return foreign
-
-    def _replaced(self, thread: Thread, lines: Lines, at: Cursor) -> Steps[bool]:
-        """Replace the session by ``lines`` if no other writer replaced it since ``at``.
-
-        Lines appended since (a chat history's) are kept after ``lines``: a
-        rewrite drops nothing written after its read. False, and nothing
-        changed, if the session was replaced meanwhile: read it again.
-        """
-        for _ in range(_MOVES):
-            if (yield ReplaceAt(thread.session, lines, at)):
-                return True
-            chunk = yield Read(thread.session, at)
-            if chunk is None or chunk.reset:
-                return False
-            lines, at = [*lines, *(line for _, line in chunk.lines)], chunk.cursor
-        raise RuntimeError(f"{thread.session.location}: kept changing while a put rewrote it")
 
     def _without_dropped(self, thread: Thread, value: Any) -> Any:
         """``value`` without the messages plugins drop (lists and dicts looked into)."""
@@ -1281,30 +1390,38 @@ class CrabSaver(BaseCheckpointSaver[str]):
         thread = run(self._thread(_config(thread_id, "", None), create=False))
         if thread is None:
             return
-        with self.store.storage.hold(thread.session.name):
-            # Pruning leaves the conversation as it is: only a roll-back reads it.
-            run(self._refresh(thread, held=True) if roll_back else self._read_side(thread))
+        for _ in range(_MOVES):
+            run(self._refresh(thread))
             if thread.side_cursor is None:
                 return  # a session with no checkpoints (a chat history's)
             kept = keep(thread.index)
             if kept is None:
                 thread.side.delete()
+                break
+            identity = header_identity(thread.session.header_line())
+            header = side_header(thread.session.name, identity)
+            lines = [header, *thread.index.kept_lines(kept, self.serde)]
+            session = run(self._rolled_back(thread, kept)) if roll_back else None
+            # Written only if nothing was added to either log since it was read (no
+            # pending write either: it would be dropped), else read again.
+            if session is None:
+                change = Change(None, thread.side_cursor, before=lines, side_replace=True)
             else:
-                identity = header_identity(thread.session.header_line())
-                header = side_header(thread.session.name, identity)
-                lines = thread.index.kept_lines(kept, self.serde)
-                session = run(self._rolled_back(thread, kept)) if roll_back else None
-                if session is None:
-                    thread.side.replace([header, *lines])
-                else:
-                    thread.side.replace([header, *lines, *session[1]])
-                    if not run(self._replaced(thread, session[0], session[2])):
-                        raise RuntimeError(
-                            f"{thread.session.location}: replaced while a run was rolled back"
-                        )
-            with thread.lock:
-                thread.forget_side()
-                thread.context.reset()
+                change = Change(
+                    session[2],
+                    thread.side_cursor,
+                    session[0],
+                    replace=True,
+                    before=[*lines, *session[1]],
+                    side_replace=True,
+                )
+            if thread.session.commit(thread.side, change) is not None:
+                break
+        else:
+            raise RuntimeError(f"{thread.session.location}: kept changing while it was pruned")
+        with thread.lock:
+            thread.forget_side()
+            thread.context.reset()
 
     def _rolled_back(self, thread: Thread, kept: Kept) -> Steps[tuple[Lines, Lines, Cursor] | None]:
         """``(session lines, side-log records, where read)`` without puts past the newest kept.
@@ -1521,10 +1638,15 @@ def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(metadata.get(key) == value for key, value in wanted.items())
 
 
+def _owned(thread: Thread) -> bool:
+    """Whether the side log read belongs to the session read (or either is unread)."""
+    identity, header = thread.side_identity, thread.context.header
+    return identity is None or header is None or identity == header_identity(header)
+
+
 def _check_owner(thread: Thread) -> None:
     """Raise if the side log read belongs to another incarnation of the session."""
-    identity, header = thread.side_identity, thread.context.header
-    if identity is None or header is None or identity == header_identity(header):
+    if _owned(thread):
         return
     raise SessionFormatError(
         f"the side log {thread.side.location} belongs to an earlier session of this name, "
@@ -1535,10 +1657,13 @@ def _check_owner(thread: Thread) -> None:
 
 
 def _create_side(thread: Thread, session_header: bytes, *, exist_ok: bool = True) -> None:
-    """Create the thread's side log, never without its session (deleted meanwhile: neither).
+    """Create the thread's side log for the session whose header is ``session_header``.
+
+    Never without that session: if it was deleted (or deleted and made
+    anew) meanwhile, the side log just made goes too.
 
     Raises:
-        FileNotFoundError: the session is gone.
+        FileNotFoundError: the session is gone, or is another one now.
         FileExistsError: the side log exists, and not ``exist_ok``.
     """
     try:
@@ -1546,6 +1671,11 @@ def _create_side(thread: Thread, session_header: bytes, *, exist_ok: bool = True
     except FileExistsError:
         if not exist_ok:
             raise
-    if not thread.session.storage.exists(thread.session.name):
+        return
+    try:
+        same = thread.session.header_line() == session_header
+    except FileNotFoundError:
+        same = False
+    if not same:
         thread.side.delete()
         raise FileNotFoundError(2, "the session was deleted", thread.session.location)

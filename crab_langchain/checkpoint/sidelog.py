@@ -222,6 +222,10 @@ def checkpoint_record(  # noqa: PLR0917 - the record's fields, in its order
     return _dumps({"checkpoint": {**body, "state": state, "values": values}})
 
 
+WRITES_PREFIX = b'{"writes":'
+"""How every :func:`writes_record` line starts: pending writes, which bear on no put's decision."""
+
+
 def writes_record(
     ns: str, checkpoint_id: str, task_id: str, task_path: str, items: list[list[Any]]
 ) -> bytes:

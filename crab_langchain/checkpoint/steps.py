@@ -17,9 +17,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from crab_langchain.log import SessionLog
-from crab_langchain.storage import Chunk, Cursor
+from crab_langchain.storage import Change, Chunk, Committed, Cursor
 
-__all__ = ["Append", "AppendAt", "Blocking", "Read", "Replace", "ReplaceAt", "Steps", "arun", "run"]
+__all__ = [
+    "Append",
+    "Blocking",
+    "Commit",
+    "Read",
+    "Steps",
+    "arun",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -54,47 +62,18 @@ class Append:
 
 
 @dataclass(frozen=True)
-class Replace:
-    """``log.replace(lines)``."""
+class Commit:
+    """``session.commit(side, change)``: where both logs stand, or None (moved: not written)."""
 
-    log: SessionLog
-    lines: Sequence[bytes]
+    session: SessionLog
+    side: SessionLog
+    change: Change
 
-    def run(self) -> None:
-        self.log.replace(self.lines)
+    def run(self) -> Committed | None:
+        return self.session.commit(self.side, self.change)
 
-    async def arun(self) -> None:
-        await self.log.areplace(self.lines)
-
-
-@dataclass(frozen=True)
-class AppendAt:
-    """``log.append_at(lines, at)``: the cursor past them, or None (the log moved: not written)."""
-
-    log: SessionLog
-    lines: Sequence[bytes]
-    at: Cursor
-
-    def run(self) -> Cursor | None:
-        return self.log.append_at(self.lines, self.at)
-
-    async def arun(self) -> Cursor | None:
-        return await self.log.aappend_at(self.lines, self.at)
-
-
-@dataclass(frozen=True)
-class ReplaceAt:
-    """``log.replace_at(lines, at)``: whether replaced (not if the log moved since ``at``)."""
-
-    log: SessionLog
-    lines: Sequence[bytes]
-    at: Cursor
-
-    def run(self) -> bool:
-        return self.log.replace_at(self.lines, self.at)
-
-    async def arun(self) -> bool:
-        return await self.log.areplace_at(self.lines, self.at)
+    async def arun(self) -> Committed | None:
+        return await self.session.acommit(self.side, self.change)
 
 
 @dataclass(frozen=True)
@@ -110,7 +89,7 @@ class Blocking:
         return await asyncio.to_thread(self.call)
 
 
-Step = Read | Append | AppendAt | Replace | ReplaceAt | Blocking
+Step = Read | Append | Commit | Blocking
 Steps = Generator[Step, Any, T]
 """A piece of work: yields storage calls, is sent their results, returns its own."""
 

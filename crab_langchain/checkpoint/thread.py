@@ -65,10 +65,17 @@ class Thread:
         self._told: tuple[tuple[int, Cursor | None], Session] | None = None
 
     def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
-        """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile."""
+        """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile.
+
+        A reader that moved on within the chunk (it took a record appended
+        since ``cursor``) is no obstacle: the lines past it are taken.
+        """
         with self.lock:
             if self.side_cursor != cursor:
-                return False
+                now = self.side_cursor
+                if chunk is None or now is None or not _within(now, cursor, chunk):
+                    return False
+                chunk = Chunk([line for line in chunk.lines if line[0] > now.lines], chunk.cursor)
             if chunk is None:
                 return True
             try:
@@ -118,3 +125,13 @@ class Thread:
         with self.lock:
             self._told = (state, told)
         return told
+
+
+def _within(now: Cursor, cursor: Cursor | None, chunk: Chunk) -> bool:
+    """Whether ``now`` stands inside ``chunk`` (read past ``cursor``) of the same log."""
+    return (
+        cursor is not None
+        and not chunk.reset
+        and now.identity == cursor.identity == chunk.cursor.identity
+        and cursor.lines <= now.lines <= chunk.cursor.lines
+    )

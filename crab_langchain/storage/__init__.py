@@ -15,7 +15,9 @@ from urllib.parse import unquote, urlsplit
 
 from crab_langchain.storage.base import (
     COMPANION_KINDS,
+    Change,
     Chunk,
+    Committed,
     Cursor,
     SessionStorage,
     StorageUnavailableError,
@@ -31,7 +33,9 @@ from crab_langchain.storage.directory import DirectoryStorage, Durability
 __all__ = [
     "COMPANION_KINDS",
     "REDIS_SCHEMES",
+    "Change",
     "Chunk",
+    "Committed",
     "Cursor",
     "DirectoryStorage",
     "Durability",

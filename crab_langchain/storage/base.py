@@ -8,12 +8,11 @@ implementation; a shared backend implements the same few operations.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,9 @@ from urllib.parse import unquote, unquote_plus
 
 __all__ = [
     "COMPANION_KINDS",
+    "Change",
     "Chunk",
+    "Committed",
     "Cursor",
     "SessionStorage",
     "StorageUnavailableError",
@@ -64,6 +65,58 @@ class Cursor:
     lines: int
     identity: Hashable
     check: Hashable = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """Writes to a session and to the log beside it that land together or not at all.
+
+    Nothing is written unless the session ends at ``at`` (None: the session is
+    neither checked nor written) and the side log ends at ``side_at``, or
+    only lines starting with ``passing`` follow it there (lines that do not
+    bear on the writer's decision: another writer's pending writes). Then,
+    in this order, so that a directory killed part-way says what it was
+    doing: ``before`` is appended to the side log (with ``side_replace``, the
+    side log becomes ``before``, its header first); ``lines`` are appended
+    to the session (with ``replace``, the session becomes ``lines``, its
+    header first); ``after`` is appended to the side log.
+    """
+
+    at: Cursor | None
+    side_at: Cursor | None
+    lines: Sequence[bytes] = ()
+    replace: bool = False
+    before: Sequence[bytes] = ()
+    after: Sequence[bytes] = ()
+    side_replace: bool = False
+    passing: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.side_replace and (not self.before or self.after or self.side_at is None):
+            raise ValueError("a side log replaced is its header and records, read first")
+        if self.replace and (not self.lines or self.at is None):
+            raise ValueError("a session replaced is its header and lines, read first")
+        if self.lines and self.at is None:
+            raise ValueError("lines are written to a session only where it was read to")
+
+    def passes(self, moved: Chunk | None) -> bool:
+        """Whether the side log, having moved by ``moved`` past ``side_at``, may be written."""
+        if moved is None:
+            return True
+        if moved.reset or not self.passing:
+            return False
+        return all(line.startswith(self.passing) for _, line in moved.lines)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Where a session and its side log stand after a :class:`Change`."""
+
+    session: Cursor | None
+    """Past the session's new lines (its whole new text if replaced); None: read it again."""
+    side: Chunk | None
+    """The side log's lines past ``side_at`` (all of it, ``reset``, if replaced or not
+    checked), the change's own among them; None: read it again."""
 
 
 @dataclass
@@ -328,30 +381,31 @@ class SessionStorage(ABC):
 
     @abstractmethod
     def delete(self, name: str) -> bool:
-        """Remove a log; False if there was none."""
+        """Remove a log (a session with its companion logs, at once); False if there was none."""
 
     @abstractmethod
     def creation_lock(self) -> AbstractContextManager[None]:
         """Serialize finding-or-creating logs across threads and processes."""
 
-    def hold(self, name: str) -> AbstractContextManager[None]:
-        """Hold log ``name`` alone for a change spanning several calls (read, then write).
+    @abstractmethod
+    def commit(self, name: str, side: str, change: Change) -> Committed | None:
+        """Write ``change`` to session ``name`` and the log ``side`` kept beside it, or nothing.
 
-        Excludes other holders of ``name`` in every thread and process; plain
-        reads and writes are not held back. By default the storage-wide
-        :meth:`creation_lock`; storages hold one name at a time.
+        The one step by which writers of one session take turns: the checks
+        and the writes are atomic with respect to every other writer of
+        either log (a ``flock`` held inside this one call, one Redis script),
+        and nobody waits on a lease or polls. A writer that gets None reads
+        what is new and decides again.
+
+        Returns:
+            Where both logs stand after it (None fields: written, but read
+            them again to learn where); None when the session did not end at
+            ``change.at`` or the side log moved past ``change.side_at``:
+            nothing was written.
+
+        Raises:
+            FileNotFoundError: either log does not exist.
         """
-        return self.creation_lock()
-
-    @contextlib.asynccontextmanager
-    async def ahold(self, name: str) -> AsyncIterator[None]:
-        """Async :meth:`hold`: waiting for it never blocks the event loop."""
-        with contextlib.ExitStack() as held:
-            await asyncio.to_thread(lambda: held.enter_context(self.hold(name)))
-            try:
-                yield
-            finally:
-                await asyncio.to_thread(held.close)
 
     def close(self) -> None:  # noqa: B027 - most storages hold nothing to release
         """Release what the storage holds open (it reopens what it needs later)."""
@@ -379,3 +433,7 @@ class SessionStorage(ABC):
     async def areplace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
         """Async :meth:`replace_at`."""
         return await asyncio.to_thread(self.replace_at, name, lines, at)
+
+    async def acommit(self, name: str, side: str, change: Change) -> Committed | None:
+        """Async :meth:`commit`."""
+        return await asyncio.to_thread(self.commit, name, side, change)

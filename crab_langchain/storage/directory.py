@@ -49,13 +49,18 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from crab_langchain.storage.base import (
+    COMPANION_KINDS,
+    Change,
     Chunk,
+    Committed,
     Cursor,
     SessionStorage,
     TornTailWarning,
     check_name,
+    companion_name,
     is_json_object,
     numbered_lines,
+    owner_of,
 )
 
 try:
@@ -63,7 +68,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DirectoryStorage", "Durability", "hold_file_name", "lock_file_name"]
+__all__ = ["DirectoryStorage", "Durability", "lock_file_name"]
 
 Durability = Literal["flush", "fsync"]
 
@@ -74,7 +79,6 @@ _READ_BLOCK = 1 << 30  # bytes asked of one pread
 _CHECKED_TAIL = 256
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_HOLD_FLAGS = os.O_RDWR | os.O_CREAT
 
 
 def lock_file_name(name: str) -> str:
@@ -82,8 +86,8 @@ def lock_file_name(name: str) -> str:
     return f".{name}.lock"
 
 
-def hold_file_name(name: str) -> str:
-    """The file locked by :meth:`DirectoryStorage.hold` of log ``name``."""
+def _legacy_hold_name(name: str) -> str:
+    """The file earlier versions locked while a checkpoint saver wrote ``name``."""
     return f".{name}.hold"
 
 
@@ -479,26 +483,37 @@ class DirectoryStorage(SessionStorage):
     def _append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None, *, only_at: bool
     ) -> Cursor | None:
-        path = self._file(name)
-        block = b"".join(line + b"\n" for line in lines)
         log = self._acquire(name, exclusive=True, verified=False)
         assert log is not None  # writers always get their lock file
         try:
-            fd, held = self._append_fd(log, path)
-            record = log.record()
-            identity = (held.st_dev, held.st_ino, record.token)
-            size = self._finish_unfinished(path, log, fd, record, held.st_size)
-            vouched = _at_end_of(held, identity, after) and size == held.st_size
-            if not vouched:  # the file may not end with a newline: look
-                size, block = self._mend_tail(path, fd, size, block)
-            follows = vouched or _continues(fd, identity, size, after, exact=True)
-            if only_at and not follows:
-                return None  # moved since: nothing written
-            data = b"\n" + block if vouched and _unterminated(after) else block
-            self._write_block(path, log, fd, _Record(record.token, size, size + len(data)), data)
-            mtime_ns = os.fstat(fd).st_mtime_ns
+            return self._append_locked(name, log, lines, after, only_at=only_at)
         finally:
             _release(log)
+
+    def _append_locked(
+        self,
+        name: str,
+        log: _OpenLog,
+        lines: Sequence[bytes],
+        after: Cursor | None,
+        *,
+        only_at: bool,
+    ) -> Cursor | None:
+        path = self._file(name)
+        block = b"".join(line + b"\n" for line in lines)
+        fd, held = self._append_fd(log, path)
+        record = log.record()
+        identity = (held.st_dev, held.st_ino, record.token)
+        size = self._finish_unfinished(path, log, fd, record, held.st_size)
+        vouched = _at_end_of(held, identity, after) and size == held.st_size
+        if not vouched:  # the file may not end with a newline: look
+            size, block = self._mend_tail(path, fd, size, block)
+        follows = vouched or _continues(fd, identity, size, after, exact=True)
+        if only_at and not follows:
+            return None  # moved since: nothing written
+        data = b"\n" + block if vouched and _unterminated(after) else block
+        self._write_block(path, log, fd, _Record(record.token, size, size + len(data)), data)
+        mtime_ns = os.fstat(fd).st_mtime_ns
         if not follows or after is None or not isinstance(after.check, _Check):
             return None
         check = _next_check(after.check, data, mtime_ns, unterminated=False)
@@ -526,30 +541,64 @@ class DirectoryStorage(SessionStorage):
         return self._replace(name, lines, at)
 
     def _replace(self, name: str, lines: Sequence[bytes], at: Cursor | None) -> bool:
-        path = self._file(name)
-        data = b"".join(line + b"\n" for line in lines)
         with self._held(name, exclusive=True) as log:
             assert log is not None
-            if not os.path.lexists(path):
-                raise FileNotFoundError(errno.ENOENT, "no such session file", path)
-            if at is not None and not self._ends_at(path, log, at):
-                return False
-            # One rewrite at a time holds the lock, so the temporary file can have a
-            # fixed name: one that a killed rewrite left is simply replaced.
-            tmp = os.path.join(self.root, f".{name}.new")
+            return self._replace_locked(name, log, lines, at)
+
+    def _replace_locked(
+        self, name: str, log: _OpenLog, lines: Sequence[bytes], at: Cursor | None
+    ) -> bool:
+        path = self._file(name)
+        data = b"".join(line + b"\n" for line in lines)
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, "no such session file", path)
+        if at is not None and not self._ends_at(path, log, at):
+            return False
+        # One rewrite at a time holds the lock, so the temporary file can have a
+        # fixed name: one that a killed rewrite left is simply replaced.
+        tmp = os.path.join(self.root, f".{name}.new")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            _write_synced(_open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), data, path)
+            os.replace(tmp, path)
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            try:
-                _write_synced(_open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), data, path)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(self.root)
-            log.close_append()  # it holds the replaced file
-            _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+            raise
+        _fsync_dir(self.root)
+        log.close_append()  # it holds the replaced file
+        _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
         return True
+
+    def commit(self, name: str, side: str, change: Change) -> Committed | None:
+        # The session's own lock for the whole change: its other writers (a put, a
+        # history's append) wait, so the checks still hold when the writes land.
+        # The side log's records go through its own lock, as every writer's do.
+        with self._held(name, exclusive=True) as log:
+            assert log is not None
+            if not self.exists(side):  # checked first: nothing is written without it
+                raise FileNotFoundError(errno.ENOENT, "no such log", self._file(side))
+            if change.at is not None and not self._ends_at(self._file(name), log, change.at):
+                return None
+            if change.side_at is not None and not change.passes(self.read(side, change.side_at)):
+                return None
+            if change.side_replace:
+                assert change.side_at is not None  # Change checks
+                if not self.replace_at(side, change.before, change.side_at):
+                    return None
+            elif change.before:
+                self.append(side, change.before)
+            session = change.at
+            if change.lines and change.replace:
+                self._replace_locked(name, log, change.lines, None)
+                session = None  # a new file: its cursor comes from reading it
+            elif change.lines:
+                session = self._append_locked(name, log, change.lines, change.at, only_at=True)
+            if change.after:
+                self.append(side, change.after)
+        read_from = None if change.side_replace else change.side_at
+        return Committed(session, self.read(side, read_from))
 
     def _ends_at(self, path: str, log: _OpenLog, at: Cursor) -> bool:
         """Whether the file (locked) still ends where ``at`` read it: nothing written since.
@@ -567,8 +616,13 @@ class DirectoryStorage(SessionStorage):
         path = self._path(name)
         try:
             with self._held(name, exclusive=True):
+                # Its companions first, under its lock: a commit (which takes it) never
+                # finds the session without its side log, nor makes one for it after.
+                if owner_of(name) is None:
+                    for kind in COMPANION_KINDS:
+                        self.delete(companion_name(name, kind))
                 path.unlink()
-                for leftover in (path.name + ".torn", hold_file_name(name)):
+                for leftover in (path.name + ".torn", _legacy_hold_name(name)):
                     with contextlib.suppress(FileNotFoundError):
                         path.with_name(leftover).unlink()
                 with contextlib.suppress(FileNotFoundError):
@@ -605,33 +659,6 @@ class DirectoryStorage(SessionStorage):
             yield
         finally:
             os.close(fd)
-
-    @contextlib.contextmanager
-    def hold(self, name: str) -> Iterator[None]:
-        # A file of its own: the log's lock file is locked by each append and
-        # replace, which the holder makes (flock excludes other descriptors
-        # of this process too, so threads wait as processes do).
-        self._ensure_root()
-        path = os.path.join(self.root, hold_file_name(check_name(name)))
-        while True:
-            fd = _open_file(path, _HOLD_FLAGS)
-            try:
-                _lock(fd, exclusive=True)
-            except BaseException:
-                os.close(fd)
-                raise
-            if _linked(fd):
-                break
-            os.close(fd)  # removed while we waited (its session was deleted): take the new one
-        try:
-            yield
-        finally:
-            try:
-                if not os.path.lexists(self._file(name)):  # no session: leave no hold file
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            finally:
-                os.close(fd)
 
     # --- locking ---------------------------------------------------------------
 

@@ -36,7 +36,7 @@ import os
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -51,7 +51,9 @@ from redis.commands.core import AsyncScript
 from crab_langchain.models import SessionFormatError
 from crab_langchain.storage.base import (
     COMPANION_KINDS,
+    Change,
     Chunk,
+    Committed,
     Cursor,
     SessionStorage,
     StorageUnavailableError,
@@ -76,7 +78,6 @@ _WRITE_ID_MS = 120_000
 _ATTEMPTS = 10  # per call, while the connection keeps dropping
 _BACKOFF_CAP = 0.5  # seconds
 _CREATION_LOCK_SECONDS = 30.0
-_HOLD_LEASE_SECONDS = 10.0  # a put holds its thread for milliseconds
 _CREATION_LOCK_POLL = 0.005  # seconds between tries: creating a session takes about 1 ms
 _NO_SESSION = "CRAB_NO_SESSION"
 
@@ -172,6 +173,90 @@ return {{length, redis.call('HGET', KEYS[2], 'token')}}
 """
 )
 
+# Push ARGV[first..last] onto list KEYS[k], counting their bytes in KEYS[k + 1].
+_PUSH_RANGE = f"""
+local function push_range(k, first, last)
+  local size = 0
+  for i = first, last, {_PUSH_BATCH} do
+    redis.call('RPUSH', KEYS[k], unpack(ARGV, i, math.min(i + {_PUSH_BATCH - 1}, last)))
+  end
+  for i = first, last do size = size + #ARGV[i] + 1 end
+  redis.call('HINCRBY', KEYS[k + 1], 'bytes', size)
+end
+-- Whether log k (its lines and meta keys) ends at token ARGV[t], length ARGV[t + 1].
+local function ends(k, t)
+  return (redis.call('HGET', KEYS[k + 1], 'token') or '') == ARGV[t]
+    and redis.call('LLEN', KEYS[k]) == tonumber(ARGV[t + 1])
+end
+"""
+
+# KEYS: the session's lines, meta, writes; the side log's; the rest of the family.
+# ARGV: 1 write id, 2 ttl, 3-4 session token and length (-1: not checked, not written),
+# 5-6 side token and length (-1: not checked), 7 passing prefix, 8 session mode
+# ('a' append, 'r' replace), 9 side mode, 10-11 new session and side tokens,
+# 12-14 how many before, lines and after items follow, then those items.
+# -> {0} if the session or side log moved (nothing written); {2} if this write id was
+# done before (a resend: read both again); else {1, session token, length, side token,
+# length, first, side lines from first} (first: where the side log was read from).
+_COMMIT = (
+    _PUSH_RANGE
+    + _SESSION_TYPES
+    + f"""
+local id = 'w:' .. ARGV[1]
+if redis.call('HEXISTS', KEYS[2], id) == 1 then return {{2}} end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[4]) == 0 then
+  return redis.error_reply('{_NO_SESSION}')
+end
+if ARGV[4] ~= '-1' and not ends(1, 3) then return {{0}} end
+local from = 0
+if ARGV[6] ~= '-1' then
+  from = tonumber(ARGV[6])
+  if (redis.call('HGET', KEYS[5], 'token') or '') ~= ARGV[5] then return {{0}} end
+  local length = redis.call('LLEN', KEYS[4])
+  if length < from then return {{0}} end
+  if length > from then
+    local passing = ARGV[7]
+    if passing == '' then return {{0}} end
+    for _, line in ipairs(redis.call('LRANGE', KEYS[4], from, -1)) do
+      if string.sub(line, 1, #passing) ~= passing then return {{0}} end
+    end
+  end
+end
+local before, lines, after = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local b, l, a = 15, 15 + before, 15 + before + lines
+if ARGV[9] == 'r' then
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+  redis.call('HSET', KEYS[5], 'token', ARGV[11])
+  from = 0
+end
+if before > 0 then push_range(4, b, l - 1) end
+if lines > 0 then
+  if ARGV[8] == 'r' then
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+    redis.call('HSET', KEYS[2], 'token', ARGV[10])
+  end
+  push_range(1, l, a - 1)
+end
+if after > 0 then push_range(4, a, #ARGV) end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('HSET', KEYS[2], id, 1)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - {_WRITE_ID_MS}, 'LIMIT', 0, 64)
+for _, stale in ipairs(old) do
+  redis.call('HDEL', KEYS[2], 'w:' .. stale)
+  redis.call('ZREM', KEYS[3], stale)
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
+end
+return {{1, redis.call('HGET', KEYS[2], 'token'), redis.call('LLEN', KEYS[1]),
+  redis.call('HGET', KEYS[5], 'token'), redis.call('LLEN', KEYS[4]), from,
+  redis.call('LRANGE', KEYS[4], from, -1)}}
+"""
+)
+
 # KEYS: lines, meta, writes. ARGV: new token, ttl, token, length, lines... -> 1, or 0
 # (nothing changed) if the log does not end at ARGV[3..4].
 _REPLACE = (
@@ -206,10 +291,10 @@ return {token, length, first, redis.call('LRANGE', KEYS[1], first, -1)}
 """
 )
 
-# KEYS: lines, meta, writes. 1 if there was a log.
+# KEYS: lines, meta, writes (and those of the logs kept beside it). 1 if there was a log.
 _DELETE = """
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', unpack(KEYS))
 return existed
 """
 
@@ -304,9 +389,11 @@ class _Keys:
         logs = [session, *(companion_name(session, kind) for kind in COMPANION_KINDS)]
         return [key for log in [name, *(n for n in logs if n != name)] for key in self.session(log)]
 
-    def hold(self, name: str) -> str:
-        """The lease key of :meth:`RedisStorage.hold` of log ``name``."""
-        return self.session(name)[0].removesuffix(":lines") + ":hold"
+    def pair(self, name: str, side: str) -> list[str]:
+        """The keys a :meth:`RedisStorage.commit` touches: the session's three, the side
+        log's three, then the rest of their family (whose expiry it refreshes)."""
+        first = [*self.session(name), *self.session(side)]
+        return [*first, *(key for key in self.family(name) if key not in first)]
 
 
 class RedisStorage(SessionStorage):
@@ -319,8 +406,6 @@ class RedisStorage(SessionStorage):
     one, async calls run the sync client in a worker thread. ``prefix`` starts
     every key, so several stores share a server. ``ttl`` (seconds or a
     ``timedelta``) expires a session that long after its last write.
-    ``hold_lease`` (seconds) bounds a :meth:`hold`: a holder killed while
-    holding a session keeps others waiting at most that long.
     """
 
     def __init__(
@@ -331,13 +416,9 @@ class RedisStorage(SessionStorage):
         prefix: str = "crab",
         ttl: float | timedelta | None = None,
         url: str | None = None,
-        hold_lease: float = _HOLD_LEASE_SECONDS,
     ) -> None:
         if not prefix:
             raise ValueError("prefix must be a non-empty string")
-        if not hold_lease > 0:
-            raise ValueError(f"hold_lease must be positive, not {hold_lease!r}")
-        self.hold_lease = hold_lease
         self.client = client
         self.prefix = prefix
         self._ttl_ms = _ttl_ms(ttl)
@@ -366,7 +447,6 @@ class RedisStorage(SessionStorage):
         prefix: str = "crab",
         ttl: float | timedelta | None = None,
         cluster: bool | None = None,
-        hold_lease: float = _HOLD_LEASE_SECONDS,
         **client_options: Any,
     ) -> RedisStorage:
         """Connect to ``url`` (``redis://``, ``rediss://`` or ``unix://``).
@@ -398,7 +478,6 @@ class RedisStorage(SessionStorage):
             prefix=prefix,
             ttl=ttl,
             url=url,
-            hold_lease=hold_lease,
         )
 
     def __repr__(self) -> str:
@@ -612,8 +691,42 @@ class RedisStorage(SessionStorage):
             raise ValueError("a log holds at least its header line")
         return self._family(name), [_token(), self._ttl_ms, *_end(at), *lines]
 
+    def commit(self, name: str, side: str, change: Change) -> Committed | None:
+        keys, args = self._commit_call(name, side, change)
+        with _session_errors(self.location(name)):
+            reply = self._run(lambda: self._script("commit", keys, args))
+        return _committed(reply)
+
+    async def acommit(self, name: str, side: str, change: Change) -> Committed | None:
+        if not self.native_async:
+            return await super().acommit(name, side, change)
+        keys, args = self._commit_call(name, side, change)
+        with _session_errors(self.location(name)):
+            reply = await self._acall("commit", keys, args)
+        return _committed(reply)
+
+    def _commit_call(self, name: str, side: str, change: Change) -> tuple[list[str], list[Any]]:
+        keys = self._keys.pair(check_name(name), check_name(side))
+        modes = [b"r" if change.replace else b"a", b"r" if change.side_replace else b"a"]
+        counts = [len(change.before), len(change.lines), len(change.after)]
+        return keys, [
+            _token(),
+            self._ttl_ms,
+            *_end(change.at),
+            *_end(change.side_at),
+            change.passing,
+            *modes,
+            _token(),
+            _token(),
+            *counts,
+            *change.before,
+            *change.lines,
+            *change.after,
+        ]
+
     def delete(self, name: str) -> bool:
-        keys = self._keys.session(check_name(name))
+        # A session goes with its companions in one script: never one without the other.
+        keys = self._family(name) if owner_of(name) is None else self._keys.session(name)
         existed = self._run(lambda: self._script("delete", keys, []))
         index_keys = [self._keys.by_time, self._keys.by_name]
         self._run(lambda: self._script("index_remove", index_keys, [name, _reversed(name), ""]))
@@ -624,31 +737,6 @@ class RedisStorage(SessionStorage):
         lease = _CREATION_LOCK_SECONDS
         with self._leased(self._keys.lock, "the session-creation lock", lease, lease):
             yield
-
-    @contextlib.contextmanager
-    def hold(self, name: str) -> Iterator[None]:
-        key = self._keys.hold(check_name(name))
-        with self._leased(key, f"the hold on {name!r}", self.hold_lease, 3 * self.hold_lease):
-            yield
-
-    @contextlib.asynccontextmanager
-    async def ahold(self, name: str) -> AsyncIterator[None]:
-        if not self.native_async:
-            async with super().ahold(name):
-                yield
-            return
-        keys, token = [self._keys.hold(check_name(name))], _token()
-        args = [token, int(self.hold_lease * 1000)]
-        deadline = time.monotonic() + 3 * self.hold_lease
-        while not await self._acall("lock", keys, args):
-            if time.monotonic() > deadline:
-                raise TimeoutError(self._not_free(f"the hold on {name!r}", 3 * self.hold_lease))
-            await asyncio.sleep(_CREATION_LOCK_POLL)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(StorageUnavailableError):  # the lease ends it anyway
-                await self._acall("unlock", keys, [token])
 
     @contextlib.contextmanager
     def _leased(self, key: str, what: str, lease: float, patience: float) -> Iterator[None]:
@@ -727,6 +815,7 @@ def _register(client: Any) -> dict[str, Any]:
         "index_remove": _INDEX_REMOVE,
         "lock": _LOCK,
         "unlock": _UNLOCK,
+        "commit": _COMMIT,
     }
     return {name: client.register_script(source) for name, source in scripts.items()}
 
@@ -750,6 +839,19 @@ def _end(at: Cursor | None) -> list[Any]:
         return [b"", -1]
     token = at.identity if isinstance(at.identity, bytes) else b"\0"  # not ours: never there
     return [token, at.offset]
+
+
+def _committed(reply: Any) -> Committed | None:
+    """What the commit script's reply says (see ``_COMMIT``)."""
+    if int(reply[0]) == 0:
+        return None
+    if int(reply[0]) == 2:  # a resend of a commit made: where it landed is not known
+        return Committed(None, None)
+    session_token, session_length, side_token, side_length, first = reply[1:6]
+    side_cursor = Cursor(int(side_length), int(side_length), side_token or b"")
+    side = Chunk(numbered_lines(reply[6], int(first) + 1), side_cursor, reset=int(first) == 0)
+    length = int(session_length)
+    return Committed(Cursor(length, length, session_token or b""), side)
 
 
 def _appended(reply: Any, count: int, after: Cursor | None) -> Cursor | None:

@@ -10,22 +10,46 @@ representation kept. It is fed the chunks a :class:`~crab_langchain.log.SessionL
 reads past its cursor, so a read costs what was appended since the last one;
 crabtalk's form of the same messages (``Session.history``) is derived from it
 when someone asks.
+
+:class:`Follower` is how every door follows a session: the chat history, a
+checkpointer's thread and the middleware read on through it, under one rule
+(no lock held across I/O, a plugin call or an ``await``; a read is taken only
+if nobody moved the context meanwhile). :class:`Followed` is the bounded
+cache each door keeps them in.
 """
 
 from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 from langchain_core.messages import BaseMessage
 
 from crab_langchain.convert import decode_line, is_auto_injected, marker_message, to_crab_message
+from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.log import NumberedLines, SessionLog, last_marker
-from crab_langchain.models import CompactMarker, CrabMessage, SessionFormatError, SessionMeta
+from crab_langchain.models import (
+    CompactMarker,
+    CrabMessage,
+    Session,
+    SessionFormatError,
+    SessionMeta,
+)
+from crab_langchain.steps import Blocking, Read, Steps
 from crab_langchain.storage import Chunk, Cursor
 
-__all__ = ["Numbered", "WorkingContext", "context_of", "read_context"]
+__all__ = [
+    "Followed",
+    "Follower",
+    "Numbered",
+    "ReadOnlyMessages",
+    "WorkingContext",
+    "context_of",
+    "read_context",
+]
 
 Numbered = tuple[list[BaseMessage], list[int]]
 """Messages of a context and the log's line number of each (a marker's, for its summary)."""
@@ -199,3 +223,208 @@ def context_of(
     context = WorkingContext(transform)
     context._take_lines(log, body[last_marker(log, body) :])
     return context.messages, context.lines.tolist()
+
+
+class ReadOnlyMessages(Sequence[BaseMessage]):
+    """A read-only view of a list, so hooks see a conversation without copying it."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[BaseMessage]) -> None:
+        """A view of ``items`` (not a copy)."""
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> BaseMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[BaseMessage]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[BaseMessage]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"ReadOnly({self._items!r})"
+
+
+T = TypeVar("T")
+_OFF_LOOP_FROM = 1000  # lines: an async reader parses a chunk this long in a worker thread
+
+AfterLoad = Callable[[], Any]
+"""Gives the ``crab_after_load`` hook caller (pluggy's), or None: plugins load on first use."""
+
+
+class Follower:
+    """One session log, followed: its working context, read on from where the last read stopped.
+
+    Every door follows a session through one of these. The rule: the lock
+    guards the context and is never held across I/O, a plugin call or an
+    ``await``; a reader reads without it and takes what it read only if the
+    cursor did not move meanwhile (another reader took its read first: it
+    reads on from there). Whoever loads the log from its first line tells
+    the plugins (``crab_after_load``), outside the lock, with a read-only
+    view of the context.
+    """
+
+    def __init__(
+        self,
+        log: SessionLog,
+        session_id: str,
+        *,
+        transform: Callable[[BaseMessage], BaseMessage] | None = None,
+        after_load: AfterLoad | None = None,
+    ) -> None:
+        """Follow ``log``, the session ``session_id`` (nothing is read yet).
+
+        Args:
+            log: the session's log.
+            session_id: the id the session is told with.
+            transform: applied to each message read (see :class:`WorkingContext`).
+            after_load: gives the ``crab_after_load`` hook caller, if plugins are told.
+        """
+        self.log = log
+        self.session_id = session_id
+        self.context = WorkingContext(transform)
+        self.lock = ForkSafeLock()
+        self._after_load = after_load
+        self._told: tuple[tuple[int, Cursor | None], Session] | None = None
+
+    def __repr__(self) -> str:
+        return f"Follower({self.log.location!r})"
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """How far the context was read (None: not yet)."""
+        with self.lock:
+            return self.context.cursor
+
+    def read_on(self) -> Steps[Chunk | None]:
+        """Read what was appended since the last read, and take it; what was read.
+
+        One body for the sync and async doors (:func:`~crab_langchain.steps.run`,
+        :func:`~crab_langchain.steps.arun`).
+
+        Raises:
+            FileNotFoundError: the log does not exist.
+            SessionFormatError: a line is malformed (naming it).
+        """
+        while True:
+            cursor = self.cursor
+            chunk: Chunk | None = yield Read(self.log, cursor)
+            if chunk is not None and len(chunk.lines) >= _OFF_LOOP_FROM:
+                taken = yield Blocking(lambda: self.take(cursor, chunk))  # noqa: B023 - used at once
+            else:
+                taken = self.take(cursor, chunk)
+            if taken:
+                return chunk
+
+    def take(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
+        """Take ``chunk``, read past ``cursor``; False if the context moved on since."""
+        with self.lock:
+            if self.context.cursor != cursor:
+                return False
+            if chunk is None:
+                return True
+            self.context.take(self.log, chunk)
+            loaded = (list(self.context.messages), self._session()) if chunk.reset else None
+        if loaded is not None:
+            self._tell_loaded(*loaded)
+        return True
+
+    def take_appended(
+        self,
+        cursor: Cursor | None,
+        lines: Sequence[bytes],
+        read_back: Sequence[BaseMessage | None] | None,
+        after: Cursor | None,
+    ) -> bool:
+        """Take ``lines``, appended right after ``cursor`` (ending at ``after``), unread.
+
+        False when that cannot be done: others wrote between (``after`` is
+        None) or the context moved meanwhile.
+        """
+        with self.lock:
+            if after is None or cursor is None or self.context.cursor != cursor:
+                return False
+            self.context.take_appended(self.log, lines, read_back, after)
+            return True
+
+    def reset(self) -> None:
+        """Forget what was read: the next read starts from line 1."""
+        with self.lock:
+            self.context.reset()
+
+    def session(self) -> Session:
+        """The session as plugins are told of it: header fields and working context.
+
+        Made once for each state of the context. Raises
+        :class:`SessionFormatError` if the log was not read yet.
+        """
+        with self.lock:
+            return self._session()
+
+    def _session(self) -> Session:
+        state = (self.context.version, self.context.cursor)
+        if self._told is not None and self._told[0] == state:
+            return self._told[1]
+        meta = self.context.meta
+        if meta is None:
+            raise SessionFormatError("the session was not read", path=self.log.location)
+        history = list(self.context.crab_messages())
+        told = Session.from_meta(self.session_id, meta, file_path=self.log.path, history=history)
+        self._told = (state, told)
+        return told
+
+    def _tell_loaded(self, messages: list[BaseMessage], session: Session) -> None:
+        hook = self._after_load() if self._after_load is not None else None
+        if hook is not None and hook.get_hookimpls():
+            hook(session=session, messages=ReadOnlyMessages(messages))
+
+
+class Followed(Generic[T]):
+    """A bounded cache of followed sessions (a :class:`Follower`, or a door's record holding
+    one), the most recently used kept: the one every door keeps its sessions in.
+
+    Each door keeps its own: a checkpointer's view of a session goes with its
+    index of the side log, which another door's reads must not move past.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        """Keep at most ``size`` sessions."""
+        self._size = size
+        self._known: OrderedDict[Hashable, T] = OrderedDict()
+        self._lock = ForkSafeLock()
+
+    def get(self, key: Hashable, make: Callable[[], T | None]) -> T | None:
+        """What is kept under ``key``, or what ``make()`` gives (then kept).
+
+        ``make`` may do I/O (find the session): it is called outside the lock,
+        and returns None when there is nothing to follow (yet).
+        """
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None:
+                self._known.move_to_end(key)
+                return known
+        made = make()
+        if made is None:
+            return None
+        with self._lock:
+            found = self._known.setdefault(key, made)
+            self._known.move_to_end(key)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return found
+
+    def forget(self, key: Hashable, kept: T | None = None) -> None:
+        """Let go of what is kept under ``key`` (its log was deleted): of ``kept``, if given.
+
+        One made anew meanwhile (the session created again) stays.
+        """
+        with self._lock:
+            if kept is None or self._known.get(key) is kept:
+                self._known.pop(key, None)

@@ -34,13 +34,12 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 
-from crab_langchain.context import WorkingContext, read_context
+from crab_langchain.context import Follower, WorkingContext, read_context
 from crab_langchain.convert import from_crab_message
 from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import (
     Batch,
     ReadBack,
-    ReadOnlyMessages,
     has_impls,
     injected_messages,
     make_plugin_manager,
@@ -56,7 +55,8 @@ from crab_langchain.models import (
     SessionMeta,
 )
 from crab_langchain.naming import session_id_of
-from crab_langchain.storage import Chunk, Cursor, DirectoryStorage, Durability, SessionStorage
+from crab_langchain.steps import Steps, arun, run
+from crab_langchain.storage import DirectoryStorage, Durability, SessionStorage
 
 if TYPE_CHECKING:
     from crab_langchain.store import SessionStore
@@ -136,7 +136,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             raise ValueError("a history without a stored log needs `create`")
         self._session = session
         self._storage = storage
-        self._log = None if name is None else SessionLog(storage, name)
+        self._follower = None if name is None else self._follow(SessionLog(storage, name))
         self._locate = locate
         self._create = create
         self.strict = strict
@@ -145,8 +145,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             self._manager: pluggy.PluginManager | None = None
         else:
             self._plugin_source, self._manager = None, _manager(plugins)
-        self._lock = ForkSafeLock(threading.RLock)
-        self._context = WorkingContext()
+        self._lock = ForkSafeLock(threading.RLock)  # guards the two attributes above and below
         self._injected: tuple[object, list[BaseMessage]] | None = None
 
     @classmethod
@@ -253,13 +252,13 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         The log is replaced atomically: a reader sees the old one or the
         cleared one, never a part of either.
         """
-        self._on_log(SessionLog.clear)
+        self._on_log(lambda follower: follower.log.clear())
         self._reset()
 
     async def aclear(self) -> None:
         """Async :meth:`clear`; storage I/O never blocks the event loop."""
         await self._aplugins_ready()
-        await self._aon_log(SessionLog.aclear)
+        await self._aon_log(lambda follower: follower.log.aclear())
         self._reset()
 
     # --- beyond LangChain's interface ----------------------------------------
@@ -279,8 +278,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     def stored_messages(self) -> list[BaseMessage]:
         """The stored working context alone, without asking plugins to inject (a new list)."""
         self._refresh()
-        with self._lock:
-            return list(self._context.messages)
+        return self._stored(self._follower)[0]
 
     def archive(self) -> list[BaseMessage]:
         """Every message the file holds, compacted ones included, in order.
@@ -295,7 +293,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         Raises:
             SessionFormatError: a line is malformed (naming it).
         """
-        return self._on_log(_archive) or []
+        return self._on_log(lambda follower: _archive(follower.log)) or []
 
     def snapshot(self) -> WorkingContext:
         """The stored working context and header as the log holds them now, read afresh.
@@ -307,7 +305,9 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         Raises:
             SessionFormatError: a line is malformed (naming it).
         """
-        return self._on_log(read_context, forget=False) or WorkingContext()
+        return self._on_log(lambda follower: read_context(follower.log), forget=False) or (
+            WorkingContext()
+        )
 
     @property
     def session(self) -> Session:
@@ -354,12 +354,20 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
         return history_html(self)
 
-    # --- the session's log: finding it, losing it -------------------------------
+    # --- the session's log: finding it, following it, losing it -----------------
+
+    def _follow(self, log: SessionLog) -> Follower:
+        return Follower(log, self._session.id, after_load=lambda: self._hook.crab_after_load)
 
     def _current_log(self, *, create: bool) -> SessionLog | None:
         """The session's log: known, found, or (if ``create``) created. May do I/O."""
-        if self._log is not None:
-            return self._log
+        follower = self._current(create=create)
+        return None if follower is None else follower.log
+
+    def _current(self, *, create: bool) -> Follower | None:
+        """The follower of the session's log (see :meth:`_current_log`). May do I/O."""
+        if self._follower is not None:
+            return self._follower
         name = self._locate() if self._locate is not None else None
         if name is None and create:
             assert self._create is not None  # the constructor ensures it
@@ -367,14 +375,14 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
             name = self._create(self._session)
         if name is not None:
             with self._lock:
-                if self._log is None:
-                    self._log = SessionLog(self._storage, name)
-        return self._log
+                if self._follower is None:
+                    self._follower = self._follow(SessionLog(self._storage, name))
+        return self._follower
 
-    async def _acurrent_log(self, *, create: bool) -> SessionLog | None:
-        if self._log is not None:
-            return self._log
-        return await asyncio.to_thread(lambda: self._current_log(create=create))
+    async def _acurrent(self, *, create: bool) -> Follower | None:
+        if self._follower is not None:
+            return self._follower
+        return await asyncio.to_thread(lambda: self._current(create=create))
 
     def _forgot(self, log: SessionLog) -> bool:
         """``log`` was deleted (by anyone): start afresh, if the session can be created again.
@@ -384,107 +392,77 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         if self._create is None:
             return False
         with self._lock:
-            if self._log == log:
-                self._log = None
-                self._reset_locked()
+            if self._follower is not None and self._follower.log == log:
+                self._follower, self._injected = None, None
         return True
 
     def _on_log(
-        self, work: Callable[[SessionLog], T], *, create: bool = False, forget: bool = True
+        self, work: Callable[[Follower], T], *, create: bool = False, forget: bool = True
     ) -> T | None:
-        """``work(log)`` on the session's log; None if there is none and not ``create``.
+        """``work(follower)`` on the session's log; None if there is none and not ``create``.
 
         The one place that copes with a session deleted under us: the history
         then starts afresh (``forget``), finds the log another writer created
         meanwhile or creates one (``create``), and does the work again there.
         """
         for attempt in range(_DELETED_RETRIES):
-            log = self._current_log(create=create)
-            if log is None:
+            follower = self._current(create=create)
+            if follower is None:
                 return None
             try:
-                return work(log)
+                return work(follower)
             except FileNotFoundError:
-                if not forget or attempt == _DELETED_RETRIES - 1 or not self._forgot(log):
+                if not forget or attempt == _DELETED_RETRIES - 1 or not self._forgot(follower.log):
                     raise
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def _aon_log(
-        self, work: Callable[[SessionLog], Awaitable[T]], *, create: bool = False
+        self, work: Callable[[Follower], Awaitable[T]], *, create: bool = False
     ) -> T | None:
         """Async :meth:`_on_log`."""
         for attempt in range(_DELETED_RETRIES):
-            log = await self._acurrent_log(create=create)
-            if log is None:
+            follower = await self._acurrent(create=create)
+            if follower is None:
                 return None
             try:
-                return await work(log)
+                return await work(follower)
             except FileNotFoundError:
-                if attempt == _DELETED_RETRIES - 1 or not self._forgot(log):
+                if attempt == _DELETED_RETRIES - 1 or not self._forgot(follower.log):
                     raise
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _reset(self) -> None:
         with self._lock:
-            self._reset_locked()
-
-    def _reset_locked(self) -> None:
-        self._context.reset()
-        self._injected = None
+            if self._follower is not None:
+                self._follower.reset()
+            self._injected = None
 
     # --- reading ------------------------------------------------------------
 
     def _refresh(self) -> None:
         """Bring the working context up to the log: read only what follows its cursor."""
-        self._on_log(self._read_on)
+        self._on_log(lambda follower: run(follower.read_on()))
 
     async def _arefresh(self) -> None:
-        await self._aon_log(self._aread_on)
+        await self._aon_log(lambda follower: arun(follower.read_on()))
 
-    def _read_on(self, log: SessionLog) -> None:
-        # Until no other caller moved the context while we read, or the history
-        # left this log (another caller found it deleted).
-        while self._log == log:
-            cursor = self._cursor()
-            if self._take(log, cursor, log.read(cursor)):
-                return
-
-    async def _aread_on(self, log: SessionLog) -> None:
-        while self._log == log:  # as _read_on
-            cursor = self._cursor()
-            chunk = await log.aread(cursor)
-            if chunk is not None and len(chunk.lines) >= _OFF_LOOP_FROM:
-                taken = await asyncio.to_thread(self._take, log, cursor, chunk)
-            else:
-                taken = self._take(log, cursor, chunk)
-            if taken:
-                return
-
-    def _cursor(self) -> Cursor | None:
-        with self._lock:
-            return self._context.cursor
-
-    def _take(self, log: SessionLog, cursor: Cursor | None, chunk: Chunk | None) -> bool:
-        """Take ``chunk``, read past ``cursor``; False if the context moved on since."""
-        with self._lock:
-            if self._log != log or self._context.cursor != cursor:
-                return False
-            if chunk is None:
-                return True
-            self._context.take(log, chunk)
-            if not chunk.reset:
-                return True
-            if self._context.meta is not None:  # read from line 1: the header too
-                _take_header(self._session, self._context.meta, log)
-            observed = has_impls(self._hook.crab_after_load)
-            loaded = (self._synced_session(), list(self._context.messages)) if observed else None
-        if loaded is not None:  # the plugins are told outside the lock
-            self._hook.crab_after_load(session=loaded[0], messages=ReadOnlyMessages(loaded[1]))
-        return True
+    def _stored(self, follower: Follower | None) -> tuple[list[BaseMessage], object]:
+        """The stored working context (a new list), and the state it is of."""
+        if follower is None:
+            return [], None
+        with follower.lock:
+            context = follower.context
+            return list(context.messages), (follower, context.version, context.cursor)
 
     def _synced_session(self) -> Session:
-        """The session, its ``history`` brought up to the working context."""
-        self._session.history = self._context.crab_messages()
+        """The session, its header and ``history`` brought up to what was read."""
+        follower = self._follower
+        if follower is None:
+            return self._session
+        with follower.lock:
+            if follower.context.meta is not None:  # read from line 1: the header too
+                _take_header(self._session, follower.context.meta, follower.log)
+            self._session.history = follower.context.crab_messages()
         return self._session
 
     def _with_injected(self) -> list[BaseMessage]:
@@ -494,10 +472,9 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """
         asked = has_impls(self._hook.crab_inject_messages)
         with self._lock:
-            stored = list(self._context.messages)
+            stored, version = self._stored(self._follower)
             if not asked:
                 return stored
-            version = (self._log, self._context.version, self._context.cursor)
             if self._injected is not None and self._injected[0] == version:
                 return [*stored, *self._injected[1]]
             session = self._synced_session()
@@ -520,57 +497,25 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
     def _append(self, lines: list[bytes], read_back: ReadBack) -> None:
         """Append ``lines``; ``read_back`` holds what reading each back gives, where known."""
 
-        def append(log: SessionLog) -> bool:
-            self._read_first(log)
-            after = self._cursor()
-            return self._took_appended(log, after, lines, read_back, log.append(lines, after))
+        def append(follower: Follower) -> bool:
+            run(_read_first(follower))
+            after = follower.cursor
+            return follower.take_appended(
+                after, lines, read_back, follower.log.append(lines, after)
+            )
 
         if not self._on_log(append, create=True):
             self._refresh()  # others wrote too (or nothing read yet): read it all in order
 
     async def _aappend(self, lines: list[bytes], read_back: ReadBack) -> None:
-        async def append(log: SessionLog) -> bool:
-            await self._aread_first(log)
-            after = self._cursor()
-            cursor = await log.aappend(lines, after)
-            return self._took_appended(log, after, lines, read_back, cursor)
+        async def append(follower: Follower) -> bool:
+            await arun(_read_first(follower))
+            after = follower.cursor
+            cursor = await follower.log.aappend(lines, after)
+            return follower.take_appended(after, lines, read_back, cursor)
 
         if not await self._aon_log(append, create=True):
             await self._arefresh()  # others wrote too (or nothing read yet): read it all in order
-
-    def _read_first(self, log: SessionLog) -> None:
-        """Before a first write, read the log: then our lines follow our cursor, unread.
-
-        A malformed line does not stop the write: the log is read again after
-        it, and a compaction marker written now makes that line archived history.
-        """
-        if self._cursor() is None:
-            with contextlib.suppress(SessionFormatError):
-                self._read_on(log)
-
-    async def _aread_first(self, log: SessionLog) -> None:
-        if self._cursor() is None:
-            with contextlib.suppress(SessionFormatError):
-                await self._aread_on(log)
-
-    def _took_appended(
-        self,
-        log: SessionLog,
-        after: Cursor | None,
-        lines: list[bytes],
-        read_back: ReadBack,
-        cursor: Cursor | None,
-    ) -> bool:
-        """Take our own ``lines``, appended right after ``after``, without reading them back.
-
-        False when that cannot be done: others wrote between (``cursor`` is
-        None) or the context moved meanwhile.
-        """
-        with self._lock:
-            if cursor is None or self._log != log or self._context.cursor != after:
-                return False
-            self._context.take_appended(log, lines, read_back, cursor)
-            return True
 
 
 def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMessage]:
@@ -587,6 +532,17 @@ def _as_messages(messages: Sequence[MessageLikeRepresentation]) -> list[BaseMess
     if all(isinstance(message, BaseMessage) for message in messages):
         return list(messages)  # type: ignore[arg-type]
     return convert_to_messages(messages)
+
+
+def _read_first(follower: Follower) -> Steps[None]:
+    """Before a first write, read the log: then our lines follow our cursor, unread.
+
+    A malformed line does not stop the write: the log is read again after
+    it, and a compaction marker written now makes that line archived history.
+    """
+    if follower.cursor is None:
+        with contextlib.suppress(SessionFormatError):
+            yield from follower.read_on()
 
 
 def _take_header(session: Session, meta: SessionMeta, log: SessionLog) -> None:

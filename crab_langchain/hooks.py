@@ -13,13 +13,14 @@ built-in :class:`DefaultPlugin` decides only what no other plugin decided.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast, overload
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 from langchain_core.messages import BaseMessage
 from pydantic import ValidationError
 
+from crab_langchain.context import ReadOnlyMessages
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
     Encoded,
@@ -295,32 +296,6 @@ def injected_messages(
 def _marked(message: BaseMessage) -> BaseMessage:
     extra = {**message.additional_kwargs, AUTO_INJECTED_KEY: True}
     return message.model_copy(update={"additional_kwargs": extra})
-
-
-class ReadOnlyMessages(Sequence[BaseMessage]):
-    """A read-only view of a list, so hooks see a conversation without copying it."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[BaseMessage]) -> None:
-        """A view of ``items`` (not a copy)."""
-        self._items = items
-
-    @overload
-    def __getitem__(self, index: int) -> BaseMessage: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[BaseMessage]: ...
-    def __getitem__(self, index: int | slice) -> Any:
-        return self._items[index]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[BaseMessage]:
-        return iter(self._items)
-
-    def __repr__(self) -> str:
-        return f"ReadOnly({self._items!r})"
 
 
 def persistable(batch: list[Any]) -> list[CrabMessage]:

@@ -14,7 +14,6 @@ session the plugins are told about is the thread's session.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -29,14 +28,13 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
 from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.config import get_config
 
-from crab_langchain.context import WorkingContext
+from crab_langchain.context import Followed, Follower
 from crab_langchain.convert import is_auto_injected
-from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import has_impls, injected_messages
 from crab_langchain.log import SessionLog
 from crab_langchain.models import Session
 from crab_langchain.naming import check_agent
-from crab_langchain.storage import Chunk, Cursor
+from crab_langchain.steps import run
 from crab_langchain.store import SessionStore
 
 __all__ = ["CrabHooksMiddleware"]
@@ -90,8 +88,7 @@ class CrabHooksMiddleware(AgentMiddleware[Any, Any, Any]):
         self.store = store if store is not None else SessionStore()
         self.agent = agent
         self.created_by = created_by
-        self._threads: OrderedDict[str, _FollowedSession] = OrderedDict()
-        self._lock = ForkSafeLock()
+        self._followed: Followed[Follower] = Followed(_KNOWN_THREADS)
 
     def __repr__(self) -> str:
         return f"CrabHooksMiddleware({self.store!r}, agent={self.agent!r})"
@@ -139,80 +136,38 @@ class CrabHooksMiddleware(AgentMiddleware[Any, Any, Any]):
         return request.override(messages=messages)
 
     def _session(self, thread_id: str | None) -> Session:
-        """The session the plugins are told about: the thread's, as stored now."""
-        if thread_id is None:
-            return self._unwritten("")
-        with self._lock:
-            followed = self._threads.get(thread_id)
-            if followed is None:
-                followed = _FollowedSession(self.store, self._unwritten(thread_id))
-                self._threads[thread_id] = followed
-                while len(self._threads) > _KNOWN_THREADS:
-                    self._threads.popitem(last=False)
-            self._threads.move_to_end(thread_id)
-        return followed.session()
-
-    def _unwritten(self, session_id: str) -> Session:
-        now = datetime.now(timezone.utc)
-        return Session(id=session_id, agent=self.agent, created_by=self.created_by, created_at=now)
-
-
-class _FollowedSession:
-    """One thread's session, read from where the last read stopped."""
-
-    def __init__(self, store: SessionStore, unwritten: Session) -> None:
-        self._store = store
-        self._unwritten = unwritten  # what is told while the store holds no such session
-        self._log: SessionLog | None = None
-        self._context = WorkingContext()
-        self._lock = ForkSafeLock()  # guards the two above; never held across I/O
-
-    def session(self) -> Session:
-        """The session as stored now: header fields, file, working context.
-
-        Read without the lock; what was read is taken only if no other
-        reader moved on meanwhile (else read on from there).
+        """The session the plugins are told about: the thread's, as stored now.
 
         Raises:
             SessionFormatError: the session is malformed (naming the line).
         """
-        while True:
-            with self._lock:
-                known, cursor = self._log, self._context.cursor
-            log, chunk = self._read(known, cursor)
-            with self._lock:
-                if self._context.cursor != cursor or self._log != known:
-                    continue  # another reader took its read first
-                if log is None:
-                    self._log = None
-                    self._context.reset()
-                    return self._unwritten.model_copy(deep=True)  # plugins may change it
-                self._log = log
-                if chunk is not None:
-                    self._context.take(log, chunk)
-                return self._told(log)
-
-    def _read(
-        self, log: SessionLog | None, cursor: Cursor | None
-    ) -> tuple[SessionLog | None, Chunk | None]:
-        """The session's log (found if not known yet) and its lines past ``cursor``."""
-        if log is None:
-            name = self._store.find(self._unwritten.id, self._unwritten.agent)
-            if name is None:
-                return None, None
-            log, cursor = SessionLog(self._store.storage, name), None
+        if thread_id is None:
+            return self._unwritten("")
+        follower = self._followed.get(thread_id, lambda: self._follow(thread_id))
+        if follower is None:
+            return self._unwritten(thread_id)
         try:
-            return log, log.read(cursor)
-        except FileNotFoundError:  # deleted since: it may be written again
-            return None, None
-
-    def _told(self, log: SessionLog) -> Session:
-        meta = self._context.meta
+            run(follower.read_on())
+        except FileNotFoundError:  # deleted since: it may be written again, under a new name
+            self._followed.forget(thread_id, follower)
+            return self._unwritten(thread_id)
+        with follower.lock:
+            meta = follower.context.meta
+            # Copies: a plugin that edits what it is told changes nothing told later.
+            history = [message.model_copy() for message in follower.context.crab_messages()]
         if meta is None:
-            return self._unwritten.model_copy(deep=True)
-        # Copies: a plugin that edits what it is told changes nothing told later.
-        history = [message.model_copy() for message in self._context.crab_messages()]
-        return Session.from_meta(self._unwritten.id, meta, file_path=log.path, history=history)
+            return self._unwritten(thread_id)
+        path = follower.log.path
+        return Session.from_meta(thread_id, meta, file_path=path, history=history)
+
+    def _follow(self, thread_id: str) -> Follower | None:
+        """A follower of the thread's session, if the store holds one. Does I/O."""
+        name = self.store.find(thread_id, self.agent)
+        return None if name is None else Follower(SessionLog(self.store.storage, name), thread_id)
+
+    def _unwritten(self, session_id: str) -> Session:
+        now = datetime.now(timezone.utc)
+        return Session(id=session_id, agent=self.agent, created_by=self.created_by, created_at=now)
 
 
 def _thread_id() -> str | None:

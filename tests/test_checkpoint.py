@@ -532,7 +532,7 @@ def test_pruning_and_deleting_runs_leave_a_chat_historys_session_alone(tmp_path:
 
 def test_a_reader_whose_session_read_came_before_the_record_reads_the_line(tmp_path: Path):
     """A reader may read the session, then the side log after a put added a line to both."""
-    from crab_langchain.checkpoint.steps import run
+    from crab_langchain.steps import run
 
     writer = Thread(saver_at(tmp_path))
     writer.put({"messages": turn(0)})
@@ -691,3 +691,24 @@ def test_deep_nesting_on_any_write_is_a_value_error_naming_the_field_and_stores_
     with pytest.raises(ValueError, match=r"AIMessage\.additional_kwargs: a value nested too deep"):
         saver.store.get_session_history(THREAD).add_messages([deep])
     assert sorted((p.name, p.read_bytes()) for p in tmp_path.glob("*.jsonl*")) == before
+
+
+class LoadsTold:
+    """What ``crab_after_load`` is told: the session's id, the view's type, the contents."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, list[Any]]] = []
+
+    @hookimpl
+    def crab_after_load(self, session: Any, messages: Any) -> None:
+        assert not hasattr(messages, "append")  # a view: nothing to change in place
+        self.told.append((session.id, type(messages).__name__, [m.content for m in messages]))
+
+
+def test_every_door_tells_a_load_as_the_one_follower_does(backend: Backend):
+    """The history and the saver follow a session through one piece of code: same hook call."""
+    backend.store().get_session_history("t").add_messages([HumanMessage("a")])
+    loads = LoadsTold()
+    backend.store([loads]).get_session_history("t").messages  # noqa: B018 - the read is the point
+    CrabSaver(backend.store([loads])).get_tuple({"configurable": {"thread_id": "t"}})
+    assert loads.told == [("t", "ReadOnlyMessages", ["a"])] * 2

@@ -680,9 +680,9 @@ middleware._session("t")
 history = store.get_session_history("h")
 history.add_messages([HumanMessage("a")])
 store._manager = None  # the plugins are still to be loaded, under their lock
-(thread,) = saver._threads.values()
-locks = [saver._lock, thread.lock, middleware._lock, store._manager_lock, history._lock]
-locks += [followed._lock for followed in middleware._threads.values()]
+(thread,) = saver._threads._known.values()
+locks = [saver._threads._lock, thread.lock, middleware._followed._lock, store._manager_lock]
+locks += [history._lock, *(followed.lock for followed in middleware._followed._known.values())]
 held, release = threading.Event(), threading.Event()
 def hold_every_lock():
     for lock in locks:

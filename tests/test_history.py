@@ -44,6 +44,7 @@ from crab_langchain import (
 from crab_langchain import history as history_module
 from crab_langchain.convert import to_crab_message
 from crab_langchain.models import parse_entry
+from crab_langchain.steps import run
 from crab_langchain.storage import SessionStorage
 
 PLAIN_FIXTURES = [p for p in FIXTURE_FILES if b'{"compact":' not in p.read_bytes()]
@@ -500,10 +501,10 @@ def test_a_reader_whose_log_another_caller_left_stops_reading_it(backend):
     """One thread reads on while another found the session deleted: the first must not spin."""
     history = backend.store().get_session_history("s1")
     history.add_messages([HumanMessage("before")])
-    log = history._current_log(create=False)
-    assert log is not None
-    assert history._forgot(log)  # what a caller that met the deletion does
-    reader = threading.Thread(target=history._read_on, args=(log,), daemon=True)
+    follower = history._current(create=False)
+    assert follower is not None
+    assert history._forgot(follower.log)  # what a caller that met the deletion does
+    reader = threading.Thread(target=lambda: run(follower.read_on()), daemon=True)
     reader.start()
     reader.join(5)
     assert not reader.is_alive()

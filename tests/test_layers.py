@@ -110,6 +110,8 @@ def reaches(name: str, *, loaded: bool = False) -> set[str]:
         ("crab_langchain.models", "crab_langchain.storage"),
         ("crab_langchain.convert", "crab_langchain.log"),
         ("crab_langchain.log", "crab_langchain.context"),
+        ("crab_langchain.steps", "crab_langchain.context"),
+        ("crab_langchain.storage", "crab_langchain.steps"),
         ("crab_langchain.log", "crab_langchain.hooks"),
         ("crab_langchain.context", "crab_langchain.history"),
         ("crab_langchain.context", "crab_langchain.hooks"),
@@ -204,6 +206,31 @@ def test_the_history_opens_a_directory_only_in_its_convenience_constructor():
         if isinstance(node, ast.Name) and node.id == "DirectoryStorage"
     }
     assert users == {"from_file"}
+
+
+def attribute_calls(path: Path) -> set[str]:
+    """The names of the methods ``path`` calls on anything (``x.take(...)`` gives ``take``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+
+
+@pytest.mark.parametrize(
+    "door",
+    ["crab_langchain.history", "crab_langchain.checkpoint.saver", "crab_langchain.middleware"],
+)
+def test_every_door_follows_its_sessions_through_the_one_follower(door: str):
+    """Reading on is written once (context.Follower): no door feeds a working context itself."""
+    source = MODULES[door].read_text(encoding="utf-8")
+    assert "Follower" in source
+    assert "read_on()" in source
+    for own in ("take", "take_appended"):  # WorkingContext's: only a follower calls them
+        if own in attribute_calls(MODULES[door]):
+            assert f".context.{own}(" not in source, f"{door} feeds a working context itself"
+    assert "OrderedDict" not in source  # its sessions are kept in context.Followed
 
 
 def test_the_library_never_switches_the_garbage_collector_or_reads_reference_counts():

@@ -38,7 +38,6 @@ import secrets
 import threading
 import uuid
 import warnings
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypeVar, cast
@@ -77,7 +76,19 @@ from crab_langchain.checkpoint.sidelog import (
     writes_record,
     written_record,
 )
-from crab_langchain.checkpoint.steps import (
+from crab_langchain.checkpoint.thread import Base, Thread
+from crab_langchain.context import Followed, Follower, context_of
+from crab_langchain.convert import decode_line, encode, marker_line, too_deep
+from crab_langchain.hooks import (
+    Batch,
+    drops,
+    filters_by_default,
+    prepare_writes,
+)
+from crab_langchain.log import NumberedLines, SessionLog, header_identity, split_header
+from crab_langchain.models import SessionFormatError
+from crab_langchain.naming import check_agent
+from crab_langchain.steps import (
     Append,
     Blocking,
     Commit,
@@ -86,21 +97,6 @@ from crab_langchain.checkpoint.steps import (
     arun,
     run,
 )
-from crab_langchain.checkpoint.thread import Base, Thread
-from crab_langchain.context import context_of
-from crab_langchain.convert import decode_line, encode, marker_line, too_deep
-from crab_langchain.forksafe import ForkSafeLock
-from crab_langchain.hooks import (
-    Batch,
-    ReadBack,
-    drops,
-    filters_by_default,
-    has_impls,
-    prepare_writes,
-)
-from crab_langchain.log import NumberedLines, SessionLog, header_identity, split_header
-from crab_langchain.models import SessionFormatError
-from crab_langchain.naming import check_agent
 from crab_langchain.storage import Change, Chunk, Committed, Cursor, companion_name
 from crab_langchain.store import SessionStore
 
@@ -121,7 +117,7 @@ MESSAGES = "messages"
 _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary so
 # ... and opens it so; the title of its marker is the summary's own first sentence.
 _SUMMARY_PREFACE = "Here is a summary of the conversation to date:"
-_KNOWN_THREADS = 1024  # threads whose reading position one saver keeps
+_KNOWN_THREADS = 1024  # threads whose side log one saver keeps indexed
 _DELETED_RETRIES = 100  # a thread deleted again and again under one write: give up after this
 _LINE_IDS = uuid.UUID("5d1c0f0e-6b8a-4c55-9a53-6372616274a1")  # ids of messages stored without
 SESSION_ALONE = "session_alone"  # marks the checkpoint made from a session with no side log
@@ -174,8 +170,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         self.store = store if store is not None else SessionStore()
         self.agent = agent
         self.created_by = created_by
-        self._threads: OrderedDict[str, Thread] = OrderedDict()
-        self._lock = ForkSafeLock()
+        self._threads: Followed[Thread] = Followed(_KNOWN_THREADS)
 
     def __repr__(self) -> str:
         return f"CrabSaver({self.store!r}, agent={self.agent!r})"
@@ -508,23 +503,11 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _thread(self, config: RunnableConfig, *, create: bool) -> Steps[Thread | None]:
         thread_id = _thread_id(config)
-        with self._lock:
-            known = self._threads.get(thread_id)
-            if known is not None:
-                self._threads.move_to_end(thread_id)
-                return known
-        name = yield Blocking(
-            lambda: self.store.session_name(thread_id, self.agent, self.created_by, create=create)
-        )
-        if name is None:
-            return None
-        unseal = None if self._sealer is None else self._sealer.unseal
-        thread = Thread(thread_id, SessionLog(self.store.storage, name), unseal)
-        with self._lock:
-            found = self._threads.setdefault(thread_id, thread)
-            while len(self._threads) > _KNOWN_THREADS:
-                self._threads.popitem(last=False)
-        return found
+        known = self._threads.get(thread_id, lambda: None)  # kept: no I/O
+        if known is not None:
+            return known
+        made: Thread | None = yield Blocking(lambda: self._made(thread_id, create=create))
+        return None if made is None else self._threads.get(thread_id, lambda: made)
 
     def _writable(self, config: RunnableConfig) -> Steps[Thread]:
         """The thread ``config`` names, its session created if it has none yet."""
@@ -532,9 +515,21 @@ class CrabSaver(BaseCheckpointSaver[str]):
         assert thread is not None  # created
         return thread
 
+    def _made(self, thread_id: str, *, create: bool) -> Thread | None:
+        """The thread of session ``thread_id``, found (or, if ``create``, created); None if none."""
+        name = self.store.session_name(thread_id, self.agent, self.created_by, create=create)
+        if name is None:
+            return None
+        unseal = None if self._sealer is None else self._sealer.unseal
+        log = SessionLog(self.store.storage, name)
+        follower = Follower(log, thread_id, transform=unseal, after_load=self._after_load)
+        return Thread(thread_id, follower)
+
+    def _after_load(self) -> Any:
+        return self._hook.crab_after_load
+
     def _forget(self, thread_id: str) -> None:
-        with self._lock:
-            self._threads.pop(thread_id, None)
+        self._threads.forget(thread_id)
 
     def _thread_ids(self, config: RunnableConfig | None) -> Steps[Sequence[str]]:
         if config is not None:
@@ -600,14 +595,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
                 return
 
     def _read_session(self, thread: Thread) -> Steps[None]:
-        while True:
-            cursor = thread.context.cursor
-            chunk = yield Read(thread.session, cursor)
-            if thread.take_session(cursor, chunk):
-                break
-        if chunk is not None and chunk.reset and has_impls(self._hook.crab_after_load):
-            session = thread.hook_session()
-            self._hook.crab_after_load(session=session, messages=list(thread.context.messages))
+        yield from thread.follower.read_on()
 
     @property
     def _hook(self) -> Any:
@@ -1168,9 +1156,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         if committed is None:
             return None
         yield from self._take(thread, side_at, committed)
-        if committed.session is not None and not self._took_appended(
-            thread, at, lines, read_back, committed.session
-        ):
+        if not thread.follower.take_appended(at, lines, read_back, committed.session):
             yield from self._read_session(thread)
         return place
 
@@ -1184,20 +1170,6 @@ class CrabSaver(BaseCheckpointSaver[str]):
         elif not thread.take_side(side_at, committed.side):
             yield from self._read_side(thread)
 
-    def _took_appended(
-        self,
-        thread: Thread,
-        cursor: Cursor | None,
-        lines: Lines,
-        read_back: ReadBack,
-        after: Cursor,
-    ) -> bool:
-        with thread.lock:
-            if thread.context.cursor != cursor:
-                return False
-            thread.context.take_appended(thread.session, lines, read_back, after)
-            return True
-
     def _lines_of(self, thread: Thread, messages: Sequence[BaseMessage]) -> Batch:
         """The session lines for ``messages`` (as plugins decide), and what each reads back as.
 
@@ -1205,7 +1177,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
         written sealed, and read back as it was before sealing.
         """
         plugins, strict = self.store.plugin_manager, self.store.strict
-        batch = prepare_writes(plugins, messages, thread.hook_session, strict=strict)
+        batch = prepare_writes(plugins, messages, thread.follower.session, strict=strict)
         if batch is None:
             return [], None
         if self._sealer is None:
@@ -1348,7 +1320,7 @@ class CrabSaver(BaseCheckpointSaver[str]):
 
     def _drops(self, thread: Thread, message: BaseMessage) -> bool:
         plugins, strict = self.store.plugin_manager, self.store.strict
-        return drops(plugins, thread.hook_session, message, strict=strict)
+        return drops(plugins, thread.follower.session, message, strict=strict)
 
     # --- copying and deleting ---------------------------------------------------------
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage
 
 from crab_langchain.checkpoint.sidelog import SIDE_KIND, SideIndex, check_side_header
-from crab_langchain.context import WorkingContext
-from crab_langchain.forksafe import ForkSafeLock
+from crab_langchain.context import Follower, WorkingContext
 from crab_langchain.log import SessionLog, split_header
-from crab_langchain.models import Session, SessionFormatError
 from crab_langchain.storage import Chunk, Cursor, companion_name
 
 __all__ = ["Base", "Thread"]
@@ -38,23 +35,19 @@ class Base(NamedTuple):
 
 
 class Thread:
-    """What one saver knows of one thread: its two logs, and how far it read each."""
+    """What one saver knows of one thread: its session (followed) and side log, how far read."""
 
-    def __init__(
-        self,
-        thread_id: str,
-        session: SessionLog,
-        unseal: Callable[[BaseMessage], BaseMessage] | None = None,
-    ) -> None:
+    def __init__(self, thread_id: str, follower: Follower) -> None:
         self.thread_id = thread_id
-        self.session = session
-        self.side = SessionLog(session.storage, companion_name(session.name, SIDE_KIND))
-        self.lock = ForkSafeLock()  # guards what follows; never held across I/O
+        self.follower = follower
+        self.session = follower.log
+        self.side = SessionLog(self.session.storage, companion_name(self.session.name, SIDE_KIND))
+        # The session's lock guards the side log's state too: a put decides on both at once.
+        self.lock = follower.lock
         self.index = SideIndex(self.side)
         self.side_cursor: Cursor | None = None
         self.side_identity: str | None = None
         """The identity of the session the side log says it belongs to (None: not said)."""
-        self.context = WorkingContext(unseal)
         self.puts: deque[Base] = deque(maxlen=_RECENT_PUTS)
         """The message lists of this saver's last puts, and where the session stood after each."""
         self.handed: Base | None = None
@@ -62,7 +55,11 @@ class Thread:
         self.first_told: tuple[str, int, list[Any]] | None = None
         """``(checkpoint id, epoch, messages)`` first handed out as the newest checkpoint's:
         what every run that read it was told at least (later readers may be told more)."""
-        self._told: tuple[tuple[int, Cursor | None], Session] | None = None
+
+    @property
+    def context(self) -> WorkingContext:
+        """The session's working context (guarded by :attr:`lock`)."""
+        return self.follower.context
 
     def take_side(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
         """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile.
@@ -95,36 +92,6 @@ class Thread:
     def forget_side(self) -> None:
         """Forget the side log read so far (it is gone, or unreadable): read it afresh."""
         self.index, self.side_cursor, self.side_identity = SideIndex(self.side), None, None
-
-    def take_session(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
-        """As :meth:`take_side`, for the session."""
-        with self.lock:
-            if self.context.cursor != cursor:
-                return False
-            if chunk is not None:
-                self.context.take(self.session, chunk)
-            return True
-
-    def hook_session(self) -> Session:
-        """The session as plugins are told of it: header fields and working context.
-
-        Made once for each state of the context (a put asks for it per message).
-
-        Raises:
-            SessionFormatError: the session was not read yet.
-        """
-        with self.lock:
-            state = (self.context.version, self.context.cursor)
-            if self._told is not None and self._told[0] == state:
-                return self._told[1]
-            meta = self.context.meta
-            history = list(self.context.crab_messages())
-        if meta is None:
-            raise SessionFormatError("the session was not read", path=self.session.location)
-        told = Session.from_meta(self.thread_id, meta, file_path=self.session.path, history=history)
-        with self.lock:
-            self._told = (state, told)
-        return told
 
 
 def _within(now: Cursor, cursor: Cursor | None, chunk: Chunk) -> bool:

@@ -1,8 +1,9 @@
-"""The storage calls a checkpointer's work is made of, run sync or async by one driver.
+"""The storage calls a piece of work is made of, run sync or async by one driver.
 
-The saver writes each operation once, as a generator that yields the storage
-calls it needs (:class:`Read`, :class:`Append`, ...) and is sent back their
-results (or has their errors thrown in). :func:`run` performs the calls
+Work that has a sync and an async twin (a session followed, a checkpointer's
+operations) is written once, as a generator that yields the storage calls it
+needs (:class:`Read`, :class:`Append`, ...) and is sent back their results
+(or has their errors thrown in). :func:`run` performs the calls
 directly; :func:`arun` awaits their async twins, which are native where the
 storage has an async client (Redis) and in a worker thread where it has not.
 So the sync and async twins of every method share one body and cannot drift

@@ -34,7 +34,9 @@ def _missing(*modules: str) -> bool:
 collect_ignore: list[str] = []
 if _missing("langgraph.checkpoint.base", "langgraph.checkpoint.conformance"):
     collect_ignore += [
-        "test_checkpoint.py",
+        "test_saver.py",
+        "test_sidelog.py",
+        "test_thread.py",
         "test_checkpoint_cli.py",
         "test_checkpoint_conformance.py",
         "test_checkpoint_listing.py",
@@ -45,7 +47,7 @@ if AGENTS_MISSING:
     collect_ignore += [
         "test_checkpoint_agents.py",
         "test_checkpoint_durability.py",
-        "test_checkpoint_sealed.py",
+        "test_sealed.py",
         "test_middleware.py",
         "test_saver_conventions.py",
         "test_session_truth.py",

@@ -680,8 +680,8 @@ middleware._session("t")
 history = store.get_session_history("h")
 history.add_messages([HumanMessage("a")])
 store._manager = None  # the plugins are still to be loaded, under their lock
-(thread,) = saver._threads._known.values()
-locks = [saver._threads._lock, thread.lock, middleware._followed._lock, store._manager_lock]
+(thread,) = saver._threads._kept._known.values()
+locks = [saver._threads._kept._lock, thread.lock, middleware._followed._lock, store._manager_lock]
 locks += [history._lock, *(followed.lock for followed in middleware._followed._known.values())]
 held, release = threading.Event(), threading.Event()
 def hold_every_lock():

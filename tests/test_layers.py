@@ -220,7 +220,7 @@ def attribute_calls(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "door",
-    ["crab_langchain.history", "crab_langchain.checkpoint.saver", "crab_langchain.middleware"],
+    ["crab_langchain.history", "crab_langchain.checkpoint.threads", "crab_langchain.middleware"],
 )
 def test_every_door_follows_its_sessions_through_the_one_follower(door: str):
     """Reading on is written once (context.Follower): no door feeds a working context itself."""
@@ -267,7 +267,7 @@ def test_only_the_v1_adapters_import_langgraph_and_langchain():
 
 
 @pytest.mark.parametrize(
-    "adapter", ["crab_langchain.middleware", "crab_langchain.checkpoint.saver"]
+    "adapter", ["crab_langchain.middleware", "crab_langchain.checkpoint.threads"]
 )
 def test_the_v1_adapters_stand_beside_the_history_never_on_it(adapter: str):
     """LangChain v1's doors never depend on the deprecated chat-history base class."""
@@ -279,6 +279,26 @@ def test_the_v1_adapters_stand_beside_the_history_never_on_it(adapter: str):
 
 def test_the_checkpointer_is_an_adapter_beside_the_history():
     """It stands on the store, the log and context layers, the hooks; the history never."""
-    direct = imports_of(MODULES["crab_langchain.checkpoint.saver"])
+    direct = imports_of(MODULES["crab_langchain.checkpoint.threads"])
     assert "crab_langchain.history" not in direct
     assert {"crab_langchain.log", "crab_langchain.context", "crab_langchain.hooks"} <= direct
+
+
+def test_the_saver_module_is_langgraphs_interface_and_nothing_else():
+    """Each method of CrabSaver is one LangGraph declares (or a constructor), a few lines long,
+    and none takes a thread's lock: how a thread is read and written lives in threads.py."""
+    base = pytest.importorskip("langgraph.checkpoint.base").BaseCheckpointSaver
+    source = MODULES["crab_langchain.checkpoint.saver"].read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    (saver,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CrabSaver"]
+    # Beside the interface, the conventions LangGraph's own savers keep.
+    constructors = {"__init__", "__repr__", "from_conn_string", "afrom_conn_string"}
+    constructors |= {"setup", "asetup"}
+    for method in saver.body:
+        if not isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        assert method.name in constructors or hasattr(base, method.name)
+        statements = [s for s in method.body if not isinstance(s, ast.Expr)]  # docstrings aside
+        assert len(statements) <= 6, f"CrabSaver.{method.name} is not a few lines"
+    assert ".lock" not in source
+    assert "Thread" not in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

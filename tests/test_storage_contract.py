@@ -2,7 +2,7 @@
 
 Only the seam's own methods are used, so a test here says what any storage
 promises the history. File-only details (torn tails, flock, permissions) are
-in test_storage.py; Redis-only ones in test_redis_storage.py.
+in test_directory.py; Redis-only ones in test_redis.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CrabSaver's own promises: the files it writes, the hooks, what it reads, bad input.
+"""CrabSaver (``checkpoint/saver.py``): the files it writes, the hooks, what it reads, bad input.
 
 The checkpoints here are put directly (as LangGraph puts them), so each test
 controls exactly what a checkpoint holds; ``test_checkpoint_agents.py`` runs
@@ -24,7 +24,7 @@ from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from crab_langchain import SessionFormatError, SessionStore, hookimpl, mark_auto_injected
 from crab_langchain.checkpoint import CrabSaver, sidelog
-from crab_langchain.checkpoint import saver as saver_module
+from crab_langchain.checkpoint import threads as threads_module
 from crab_langchain.log import header_identity
 from crab_langchain.models import CrabMessage
 from crab_langchain.storage import DirectoryStorage
@@ -509,7 +509,7 @@ def test_earlier_checkpoints_since_the_last_marker_decode_no_line_again(
     ids = put_agent_steps(saver, 20)
     reader = saver_at(tmp_path)
     newest = Thread(reader).messages()
-    monkeypatch.setattr(saver_module, "context_of", None)  # any re-decoding fails
+    monkeypatch.setattr(threads_module, "context_of", None)  # any re-decoding fails
     for back, checkpoint_id in enumerate(reversed(ids)):
         assert Thread(reader).messages(checkpoint_id) == newest[: len(newest) - back]
     listed = list(reader.list({"configurable": {"thread_id": THREAD}}, limit=10))
@@ -536,13 +536,13 @@ def test_a_reader_whose_session_read_came_before_the_record_reads_the_line(tmp_p
 
     writer = Thread(saver_at(tmp_path))
     writer.put({"messages": turn(0)})
-    reader = saver_at(tmp_path)
+    reader = saver_at(tmp_path)._threads
     thread = run(reader._thread(writer.config(), create=False))
     run(reader._refresh(thread))
     writer.put({"messages": [*turn(0), HumanMessage("late", id="late")]})
     run(reader._read_side(thread))  # the record, without the session line it points past
     found = thread.index.checkpoint("", thread.index.newest(""))
-    got = run(reader._tuple(thread, "", found, {}))
+    got = run(reader.tuple_of(thread, "", found, {}))
     assert got.checkpoint["channel_values"]["messages"][-1].content == "late"
 
 

@@ -1,8 +1,8 @@
-"""What the text-only shortcut (``crab_langchain.textonly``) saves, per line and per message.
+"""What the codec's text-only branch (``crab_langchain.convert``) saves, per line and message.
 
 ``python benchmarks/shortcut.py`` prints, in µs, reading one text line and
 writing one text message the long way (the codec and the conversion) and
-through the shortcut. ``crab_langchain/textonly.py`` quotes these numbers.
+through the branch. ``crab_langchain/convert.py`` quotes these numbers.
 """
 
 from __future__ import annotations

@@ -42,8 +42,10 @@ __all__ = [
     "SessionFormatError",
     "SessionMeta",
     "ToolCall",
+    "entry_of",
     "format_rfc3339",
     "parse_entry",
+    "parse_object",
     "parse_rfc3339",
 ]
 
@@ -271,7 +273,20 @@ def parse_entry(line: str | bytes) -> Entry:
 
     Raises :class:`SessionFormatError` (without a location; callers add it).
     """
-    return _entry(_json_object(line))
+    return _entry(parse_object(line))
+
+
+def parse_object(line: str | bytes) -> dict[str, Any]:
+    """The JSON object of line ``line``, parsed once (see :func:`entry_of`).
+
+    Raises :class:`SessionFormatError` (without a location) if it is none.
+    """
+    return _json_object(line)
+
+
+def entry_of(data: dict[str, Any]) -> Entry:
+    """:func:`parse_entry` of the line whose object :func:`parse_object` gave (it is consumed)."""
+    return _entry(data)
 
 
 def _entry(data: dict[str, Any]) -> Entry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from datetime import datetime, timezone
@@ -910,9 +911,8 @@ def test_encode_gives_the_line_and_read_back_of_the_long_way(message: BaseMessag
 @settings(max_examples=300, deadline=None)
 @given(MESSAGES)
 def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
-    from crab_langchain.convert import decode_line
-    from crab_langchain.models import parse_entry
-    from crab_langchain.textonly import parse_text_line, text_message
+    from crab_langchain.convert import _text_message_of, decode_line
+    from crab_langchain.models import parse_entry, parse_object
 
     line = to_crab_message(message).to_line_bytes()
     entry = parse_entry(line)
@@ -920,18 +920,15 @@ def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
     if isinstance(entry, CrabMessage):
         assert decoded == from_crab_message(entry)
         assert type(decoded) is type(from_crab_message(entry))
-    parsed = parse_text_line(line)
-    if parsed is None:
+        assert decoded.model_fields_set == from_crab_message(entry).model_fields_set
+    quick = _text_message_of(parse_object(line))
+    if quick is None:
         assert not is_text_only(entry) or entry.role not in ("user", "assistant", "system")
         return
-    role, content = parsed
-    assert parse_entry(line) == CrabMessage(role=role, content=content)
-    quick = text_message(role, content)
-    if quick is not None:
-        full = from_crab_message(parse_entry(line))
-        assert quick == full
-        assert type(quick) is type(full)
-        assert quick.model_fields_set == full.model_fields_set
+    full = from_crab_message(entry)
+    assert quick == full
+    assert type(quick) is type(full)
+    assert quick.model_fields_set == full.model_fields_set
 
 
 @pytest.mark.parametrize(
@@ -949,11 +946,11 @@ def test_text_line_look_agrees_with_the_full_parser(message: BaseMessage):
     ],
 )
 def test_text_line_look_leaves_every_other_line_to_the_full_parser(line: bytes):
-    from crab_langchain.convert import decode_line
-    from crab_langchain.models import SessionFormatError, parse_entry
-    from crab_langchain.textonly import parse_text_line
+    from crab_langchain.convert import _text_message_of, decode_line
+    from crab_langchain.models import SessionFormatError, parse_entry, parse_object
 
-    assert parse_text_line(line) is None
+    with contextlib.suppress(SessionFormatError):  # not an object: the full parser says why
+        assert _text_message_of(parse_object(line)) is None
     try:
         expected = parse_entry(line)
     except SessionFormatError as error:
@@ -965,3 +962,25 @@ def test_text_line_look_leaves_every_other_line_to_the_full_parser(line: bytes):
     assert decoded == (
         from_crab_message(expected) if isinstance(expected, CrabMessage) else expected
     )
+
+
+def test_each_line_is_parsed_once_text_only_or_not(monkeypatch: pytest.MonkeyPatch):
+    """decode_line parses a line once: the text-only branch and the long way share the parse."""
+    import pydantic_core
+
+    from crab_langchain import models
+    from crab_langchain.convert import decode_line
+
+    parses: list[bytes] = []
+    real = pydantic_core.from_json
+
+    def counted(data: Any, *args: Any, **kwargs: Any) -> Any:
+        parses.append(data)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(models.pydantic_core, "from_json", counted)
+    agent_line = b'{"role":"assistant","content":"hi","langchain":{"id":"lc_run--1"}}'
+    for line in (b'{"role":"user","content":"hi"}', agent_line, b'{"compact":"so far"}'):
+        parses.clear()
+        decode_line(line)
+        assert parses == [line]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cli_helpers import crab, isolated  # noqa: F401 - the fixture
 from langchain_core.messages import AIMessage, HumanMessage
-from test_checkpoint import Thread, turn
+from test_saver import Thread, turn
 
 from crab_langchain import SessionStore
 from crab_langchain.checkpoint import CrabSaver

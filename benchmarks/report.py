@@ -661,14 +661,20 @@ def _saver_notes(results: dict[str, Any]) -> str:
             f"on Redis {_fifth(redis['ms'], 'last'):.1f}."
         )
     if crab is not None and floor is not None:
+        first, last = _fifth(crab["in_saver_ms"], "first"), _fifth(crab["in_saver_ms"], "last")
+        own = (
+            "stays flat"
+            if last <= 1.2 * first
+            else "grows with the conversation (the copies each read hands out, one per "
+            "message, so that LangGraph and its users can change them: issue 24's work)"
+        )
         notes.append(
             "A turn's wall time grows with the conversation for every saver: LangGraph "
             "itself works on the whole message list at each step (the agent with no "
             f"checkpointer goes from {_fifth(floor['ms'], 'first'):.1f} to "
             f"{_fifth(floor['ms'], 'last'):.1f} ms), and a saver's puts run on a second "
-            "thread beside the next step. What CrabSaver's own methods take stays flat: "
-            f"{_fifth(crab['in_saver_ms'], 'first'):.2f} ms of CPU a turn over the first "
-            f"fifth, {_fifth(crab['in_saver_ms'], 'last'):.2f} over the last."
+            f"thread beside the next step. What CrabSaver's own methods take {own}: "
+            f"{first:.2f} ms of CPU a turn over the first fifth, {last:.2f} over the last."
         )
     return "\n\n".join(notes)
 

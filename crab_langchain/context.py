@@ -324,15 +324,17 @@ class Follower:
 
     def take(self, cursor: Cursor | None, chunk: Chunk | None) -> bool:
         """Take ``chunk``, read past ``cursor``; False if the context moved on since."""
+        # Asked first, outside the lock: the session told is built only for a listener.
+        hook = self._listener() if chunk is not None and chunk.reset else None
         with self.lock:
             if self.context.cursor != cursor:
                 return False
             if chunk is None:
                 return True
             self.context.take(self.log, chunk)
-            loaded = (list(self.context.messages), self._session()) if chunk.reset else None
-        if loaded is not None:
-            self._tell_loaded(*loaded)
+            loaded = None if hook is None else (list(self.context.messages), self._session())
+        if hook is not None and loaded is not None:
+            hook(session=loaded[1], messages=ReadOnlyMessages(loaded[0]))
         return True
 
     def take_appended(
@@ -379,10 +381,10 @@ class Follower:
         self._told = (state, told)
         return told
 
-    def _tell_loaded(self, messages: list[BaseMessage], session: Session) -> None:
+    def _listener(self) -> Any:
+        """The ``crab_after_load`` hook caller, if any plugin implements it; else None."""
         hook = self._after_load() if self._after_load is not None else None
-        if hook is not None and hook.get_hookimpls():
-            hook(session=session, messages=ReadOnlyMessages(messages))
+        return hook if hook is not None and hook.get_hookimpls() else None
 
 
 class Followed(Generic[T]):

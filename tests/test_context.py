@@ -182,3 +182,20 @@ def test_followers_of_one_log_in_threads_agree(log: SessionLog):
     for thread in threads:
         thread.join()
     assert contents(follower.context.messages) == [str(n) for n in range(200)]
+
+
+def test_a_load_nobody_listens_to_builds_no_session(log: SessionLog, monkeypatch):
+    """Telling a load costs a conversion of every message: only for a plugin that listens."""
+    import crab_langchain.context as context_module
+
+    converted: list[Any] = []
+    monkeypatch.setattr(context_module, "to_crab_message", converted.append)
+
+    class Unheard:
+        def get_hookimpls(self) -> list[object]:
+            return []
+
+    log.append([line(str(n)) for n in range(50)])
+    run(Follower(log, "7", after_load=Unheard).read_on())
+    run(Follower(log, "7").read_on())
+    assert converted == []

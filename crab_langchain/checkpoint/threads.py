@@ -275,6 +275,9 @@ class Threads:
         for attempt in range(_DELETED_RETRIES):
             try:
                 thread = await self.arun(self._writable(config))
+                # One turn of the loop first: a caller cancelled as it called (its
+                # cancellation not yet delivered) is told before anything is written.
+                await asyncio.sleep(0)
                 if abandoned.is_set():
                     raise _AbandonedError
                 return await self.arun(work(thread))

@@ -37,6 +37,7 @@ from redis_servers import HOST, RedisClusterServers, RedisServer
 
 from crab_langchain import SessionStore, to_crab_message
 from crab_langchain.models import SessionMeta
+from crab_langchain.storage import Change
 from crab_langchain.storage import redis as redis_storage
 from crab_langchain.storage.redis import RedisStorage, StorageUnavailableError
 
@@ -780,6 +781,23 @@ def test_a_resent_append_lands_once_after_many_other_writes(script_storage):
     assert script(keys=keys, args=args) == first
     lines = [line for _, line in script_storage.read("s.jsonl", None).lines]
     assert lines.count(pair_lines(0, 0)[0]) == 1
+
+
+def test_a_resent_commit_lands_once_and_says_to_read_again(script_storage):
+    """A put's commit whose reply was lost, sent again: written once, and the put reads on."""
+    script_storage.create("s.jsonl.checkpoints", b'{"crab_checkpoints":1}')
+    at = script_storage.read("s.jsonl", None).cursor
+    side_at = script_storage.read("s.jsonl.checkpoints", None).cursor
+    change = Change(at, side_at, pair_lines(0, 0), after=[b'{"checkpoint":{}}'])
+    keys, args = script_storage._commit_call("s.jsonl", "s.jsonl.checkpoints", change)
+    script = script_storage._scripts["commit"]
+    script(keys=keys, args=args)  # its reply "lost"
+    script_storage.append("s.jsonl", pair_lines(1, 0))  # another writer, meanwhile
+    assert list(script(keys=keys, args=args)) == [2]  # the resend: done before, read again
+    lines = [line for _, line in script_storage.read("s.jsonl", None).lines]
+    assert lines[1:] == pair_lines(0, 0) + pair_lines(1, 0)
+    side = [line for _, line in script_storage.read("s.jsonl.checkpoints", None).lines]
+    assert side[1:] == [b'{"checkpoint":{}}']
 
 
 # --- a store whose server is gone ---------------------------------------------------------

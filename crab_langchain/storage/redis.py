@@ -97,7 +97,35 @@ for i, key in ipairs(KEYS) do
   end
 end
 """
-_PUSH = f"""
+# Every key of the session's family (the session and the logs kept beside it), so a
+# session and its side log live and expire together, whichever of them was written.
+_TOUCH = """
+local function touch()
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
+  end
+end
+"""
+
+# The meta hash KEYS[2] keeps each recent write id's result ('w:<id>' -> value); the writes
+# sorted set KEYS[3], their server times, to forget them after _WRITE_ID_MS.
+_REMEMBER = f"""
+local function remember(value)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('HSET', KEYS[2], 'w:' .. ARGV[1], value)
+  redis.call('ZADD', KEYS[3], now, ARGV[1])
+  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - {_WRITE_ID_MS}, 'LIMIT', 0, 64)
+  for _, stale in ipairs(old) do
+    redis.call('HDEL', KEYS[2], 'w:' .. stale)
+    redis.call('ZREM', KEYS[3], stale)
+  end
+end
+"""
+
+_PUSH = (
+    f"""
 local function push(first)
   local length, size = 0, 0
   for i = first, #ARGV, {_PUSH_BATCH} do
@@ -107,15 +135,9 @@ local function push(first)
   redis.call('HINCRBY', KEYS[2], 'bytes', size)
   return length
 end
--- Every key of the session's family (the session and the logs kept beside it), so a
--- session and its side log live and expire together, whichever of them was written.
-local function touch()
-  local ttl = tonumber(ARGV[2])
-  if ttl > 0 then
-    for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
-  end
-end
 """
+    + _TOUCH
+)
 
 # KEYS: lines, meta, writes. ARGV: token, ttl, header. 1 if created (now or by
 # this very call before a retry), 0 if the name is taken.
@@ -146,10 +168,10 @@ end
 
 # KEYS: lines, meta, writes. ARGV: write id, ttl, token, length, lines... ->
 # {length, token}, length -1 (nothing written) if the log does not end at ARGV[3..4].
-# The meta hash keeps each recent write id's result ('w:<id>' -> length); the
-# writes sorted set, their server times, to forget them after _WRITE_ID_MS.
+# A resent append finds its write id remembered, with the length it left.
 _APPEND = (
     _PUSH
+    + _REMEMBER
     + _SESSION_TYPES
     + _ENDS_AT
     + f"""
@@ -159,15 +181,7 @@ if done then return {{tonumber(done), redis.call('HGET', KEYS[2], 'token')}} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('{_NO_SESSION}') end
 if not ends_at() then return {{-1, redis.call('HGET', KEYS[2], 'token')}} end
 local length = push(5)
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('HSET', KEYS[2], id, length)
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - {_WRITE_ID_MS}, 'LIMIT', 0, 64)
-for _, stale in ipairs(old) do
-  redis.call('HDEL', KEYS[2], 'w:' .. stale)
-  redis.call('ZREM', KEYS[3], stale)
-end
+remember(length)
 touch()
 return {{length, redis.call('HGET', KEYS[2], 'token')}}
 """
@@ -200,6 +214,8 @@ end
 # length, first, side lines from first} (first: where the side log was read from).
 _COMMIT = (
     _PUSH_RANGE
+    + _REMEMBER
+    + _TOUCH
     + _SESSION_TYPES
     + f"""
 local id = 'w:' .. ARGV[1]
@@ -238,19 +254,8 @@ if lines > 0 then
   push_range(1, l, a - 1)
 end
 if after > 0 then push_range(4, a, #ARGV) end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('HSET', KEYS[2], id, 1)
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - {_WRITE_ID_MS}, 'LIMIT', 0, 64)
-for _, stale in ipairs(old) do
-  redis.call('HDEL', KEYS[2], 'w:' .. stale)
-  redis.call('ZREM', KEYS[3], stale)
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
-end
+remember(1)
+touch()
 return {{1, redis.call('HGET', KEYS[2], 'token'), redis.call('LLEN', KEYS[1]),
   redis.call('HGET', KEYS[5], 'token'), redis.call('LLEN', KEYS[4]), from,
   redis.call('LRANGE', KEYS[4], from, -1)}}

@@ -2,17 +2,14 @@
 
 The LangChain adapter on top of the session log (:mod:`crab_langchain.log`)
 and its working context (:mod:`crab_langchain.context`). What it adds is
-LangChain's interface, the hooks, and locking: data flows one way, a LangChain
+LangChain's interface and the hooks: data flows one way, a LangChain
 message is converted to a line, the hooks decide whether it is written, and
-the log appends it. Reading goes back the same way, incrementally.
-
-Locking: the history's lock guards only its memory (the working context,
-which log it is on, the injected messages) and is never held across I/O or
-a plugin's hook. A
-write or read goes to storage unlocked and is taken into the context only if
-nobody moved the context meanwhile; otherwise the history reads on from where
-the others left it. So an async caller never waits, on the event loop, for a
-thread that is inside a slow storage call.
+the log appends it. Reading goes back the same way, incrementally, through
+the session's :class:`~crab_langchain.context.Follower` (the one piece of
+code every door follows a session with: no lock held across I/O or a
+plugin's hook, a read taken only if nobody moved the context meanwhile).
+The history's own lock guards only which log it is on and the injected
+messages.
 """
 
 from __future__ import annotations

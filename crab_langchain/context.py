@@ -42,6 +42,7 @@ from crab_langchain.steps import Blocking, Read, Steps
 from crab_langchain.storage import Chunk, Cursor
 
 __all__ = [
+    "OFF_LOOP_FROM",
     "Followed",
     "Follower",
     "Numbered",
@@ -252,7 +253,8 @@ class ReadOnlyMessages(Sequence[BaseMessage]):
 
 
 T = TypeVar("T")
-_OFF_LOOP_FROM = 1000  # lines: an async reader parses a chunk this long in a worker thread
+OFF_LOOP_FROM = 1000
+"""Lines (or messages) an async door parses or converts in a worker thread, not on the loop."""
 
 AfterLoad = Callable[[], Any]
 """Gives the ``crab_after_load`` hook caller (pluggy's), or None: plugins load on first use."""
@@ -315,7 +317,7 @@ class Follower:
         while True:
             cursor = self.cursor
             chunk: Chunk | None = yield Read(self.log, cursor)
-            if chunk is not None and len(chunk.lines) >= _OFF_LOOP_FROM:
+            if chunk is not None and len(chunk.lines) >= OFF_LOOP_FROM:
                 taken = yield Blocking(lambda: self.take(cursor, chunk))  # noqa: B023 - used at once
             else:
                 taken = self.take(cursor, chunk)

@@ -31,7 +31,7 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 
-from crab_langchain.context import Follower, WorkingContext, read_context
+from crab_langchain.context import OFF_LOOP_FROM, Follower, WorkingContext, read_context
 from crab_langchain.convert import from_crab_message
 from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import (
@@ -76,7 +76,6 @@ Plugins = pluggy.PluginManager | Callable[[], pluggy.PluginManager] | Iterable[o
 
 # From this many messages or lines on, async calls convert or parse them in a
 # worker thread: thousands at once would stall the event loop.
-_OFF_LOOP_FROM = 1000
 # A session deleted again and again while one call works on it: give up after this.
 _DELETED_RETRIES = 8
 
@@ -236,7 +235,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         """Async :meth:`add_messages`; storage I/O never blocks the event loop."""
         await self._aplugins_ready()
         given = _as_messages(messages)
-        if len(given) >= _OFF_LOOP_FROM:
+        if len(given) >= OFF_LOOP_FROM:
             batch = await asyncio.to_thread(self._prepare, given)
         else:
             batch = self._prepare(given)

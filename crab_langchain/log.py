@@ -154,14 +154,6 @@ class SessionLog:
         """Async :meth:`append`."""
         return await self.storage.aappend(self.name, lines, after)
 
-    def append_at(self, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
-        """Append ``lines`` only if the log still ends at ``at``: the cursor past them, or None."""
-        return self.storage.append_at(self.name, lines, at)
-
-    async def aappend_at(self, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
-        """Async :meth:`append_at`."""
-        return await self.storage.aappend_at(self.name, lines, at)
-
     def create(self, header: bytes, *, created: float | None = None) -> None:
         """Create the log holding just ``header``; ``FileExistsError`` if it exists."""
         self.storage.create(self.name, header, created=created)
@@ -173,14 +165,6 @@ class SessionLog:
     async def areplace(self, lines: Sequence[bytes]) -> None:
         """Async :meth:`replace`."""
         await self.storage.areplace(self.name, lines)
-
-    def replace_at(self, lines: Sequence[bytes], at: Cursor) -> bool:
-        """Replace the log by ``lines`` only if it still ends at ``at``; whether it did."""
-        return self.storage.replace_at(self.name, lines, at)
-
-    async def areplace_at(self, lines: Sequence[bytes], at: Cursor) -> bool:
-        """Async :meth:`replace_at`."""
-        return await self.storage.areplace_at(self.name, lines, at)
 
     def commit(self, side: SessionLog, change: Change) -> Committed | None:
         """Write ``change`` to this log and ``side`` (kept beside it) at once, or nothing.

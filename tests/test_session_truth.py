@@ -244,7 +244,9 @@ async def test_parallel_tool_calls_with_one_worker_complete(tmp_path: Path, work
     assert texts((await agent.aget_state(CONFIG)).values["messages"])[-1] == "Sunny in both."
 
 
-async def test_cancelled_runs_leave_no_hold_and_the_session_is_the_state(backend: Backend):
+async def test_cancelled_runs_leave_the_thread_writable_and_the_session_is_the_state(
+    backend: Backend,
+):
     store = backend.store()
     agent = chat_agent(CrabSaver(store), turns=200)
     for n in range(5):
@@ -256,7 +258,7 @@ async def test_cancelled_runs_leave_no_hold_and_the_session_is_the_state(backend
         with contextlib.suppress(asyncio.CancelledError):  # a run may finish first
             await task
     await asyncio.sleep(0.2)  # puts a cancelled caller left to finish
-    await asyncio.wait_for(agent.ainvoke(human("after"), CONFIG), timeout=30)  # no hold left
+    await asyncio.wait_for(agent.ainvoke(human("after"), CONFIG), timeout=30)  # not stuck
     state = texts((await agent.aget_state(CONFIG)).values["messages"])
     assert state[-2] == "after"
     assert session_texts(backend.store()) == state

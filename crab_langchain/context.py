@@ -28,7 +28,13 @@ from typing import Any, Generic, TypeVar, overload
 
 from langchain_core.messages import BaseMessage
 
-from crab_langchain.convert import decode_line, is_auto_injected, marker_message, to_crab_message
+from crab_langchain.convert import (
+    ReadBack,
+    decode_line,
+    is_auto_injected,
+    marker_message,
+    to_crab_message,
+)
 from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.log import NumberedLines, SessionLog, last_marker
 from crab_langchain.models import (
@@ -71,7 +77,9 @@ class WorkingContext:
                 encrypted messages so); messages taken as written are not passed.
         """
         self.transform = transform
-        self.messages: list[BaseMessage] = []
+        self._messages: list[BaseMessage] = []
+        self._unbuilt: list[Callable[[], BaseMessage]] = []
+        """Calls building the last messages, taken as written and not asked for yet."""
         self.lines = array("q")
         """The log's line number of each message (a marker's, for its summary)."""
         self.start = 0
@@ -89,8 +97,16 @@ class WorkingContext:
         self.meta = None
         self._restart()
 
+    @property
+    def messages(self) -> list[BaseMessage]:
+        """The context's messages (built now where only the call building one was kept)."""
+        if self._unbuilt:
+            self._messages.extend(build() for build in self._unbuilt)
+            self._unbuilt = []
+        return self._messages
+
     def _restart(self, marker: tuple[int, BaseMessage] | None = None) -> None:
-        self.messages, self.lines, self.start = [], array("q"), 0
+        self._messages, self._unbuilt, self.lines, self.start = [], [], array("q"), 0
         if marker is not None:
             self.start = marker[0]
             self._add(*marker)
@@ -143,19 +159,23 @@ class WorkingContext:
         self,
         log: SessionLog,
         lines: Sequence[bytes],
-        read_back: Sequence[BaseMessage | None] | None,
+        read_back: Sequence[ReadBack] | None,
         cursor: Cursor,
     ) -> None:
         """Add ``lines`` just appended (ending at ``cursor``) without reading them back.
 
-        ``read_back`` holds what reading each line gives, where the writer knows it.
+        ``read_back`` holds what reading each line gives, where the writer
+        knows it: a message, or a call that builds it when first asked for.
         """
         first = cursor.lines - len(lines) + 1
         try:
             for index, line in enumerate(lines):
                 known = read_back[index] if read_back else None
-                if known is not None:
+                if isinstance(known, BaseMessage):
                     self._add(first + index, known)
+                elif known is not None:
+                    self._unbuilt.append(known)
+                    self.lines.append(first + index)
                 else:
                     self._take_line(log, first + index, line)
         except BaseException:
@@ -343,7 +363,7 @@ class Follower:
         self,
         cursor: Cursor | None,
         lines: Sequence[bytes],
-        read_back: Sequence[BaseMessage | None] | None,
+        read_back: Sequence[ReadBack] | None,
         after: Cursor | None,
     ) -> bool:
         """Take ``lines``, appended right after ``cursor`` (ending at ``after``), unread.

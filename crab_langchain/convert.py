@@ -59,6 +59,7 @@ __all__ = [
     "DEVELOPER_ROLE_KEY",
     "NESTED_LINE_KEY",
     "Encoded",
+    "ReadBack",
     "check_json",
     "decode_line",
     "encode",
@@ -527,39 +528,73 @@ def _check_text(text: str, where: str) -> None:
 
 _TEXT_CLASSES = {role: _CLASS_OF_ROLE[role] for role in ("user", "assistant", "system")}
 """The roles a line of a role and a text alone reads as a message of (the one table's)."""
+_PLAIN_CLASSES = {role: _CLASS_OF_ROLE[role] for role in (*_TEXT_CLASSES, "tool")}
+"""The roles of a plain line (see ``_plain_message_of``): the one table's, ``developer`` aside."""
+_PLAIN_KEYS = frozenset(("role", "content", "name", "tool_call_id", "langchain"))
 _TEXT_ROLES = {cls: role for role, cls in _TEXT_CLASSES.items()}
-_TEXT_KEYS = frozenset(("role", "content"))
 
 
 def decode_line(line: bytes) -> BaseMessage | CompactMarker | RunEvent:
     """What body line ``line`` stands for: a message line's LangChain message, else the entry.
 
     Equal to ``from_crab_message(parse_entry(line))`` for a message line. The
-    line is parsed once: a text-only line becomes its message at once, any
-    other goes on from the same parsed object.
+    line is parsed once: a plain line (see :func:`_plain_message_of`) becomes
+    its message at once, any other goes on from the same parsed object.
 
     Raises:
         SessionFormatError: the line is malformed (without a location; callers add it).
     """
     data = parse_object(line)
-    message = _text_message_of(data)
+    message = _plain_message_of(data)
     if message is not None:
         return message
     entry = entry_of(data)
     return from_crab_message(entry) if isinstance(entry, CrabMessage) else entry
 
 
-def _text_message_of(data: dict[str, Any]) -> BaseMessage | None:
-    """The message of a line's object holding a role and a text only; None for any other.
+def _plain_message_of(data: dict[str, Any]) -> BaseMessage | None:
+    """The message of a plain line's object; None for any other (it takes the long way).
 
-    What ``from_crab_message(entry_of(data))`` gives, for the roles of ``_TEXT_CLASSES``.
+    A plain line holds a role of ``_PLAIN_CLASSES``, a text, a name (not an
+    assistant's), a tool message's call id, and LangChain's own fields under
+    ``langchain`` (an agent's reply carries its ``id`` there): nearly every
+    line a chain or an agent writes but those with tool calls. Such a line
+    needs no crab message in between: the long way would validate one only
+    to take it apart. Measured with
+    ``benchmarks/shortcut.py`` (one run on the benchmark's machine): a line of
+    an agent's reply takes 13.5 µs this way, 28.2 µs the long way; LangChain's
+    constructor, which both call, is most of what remains. The tests hold it
+    equal to the long way (the message, its class and its fields set).
+
+    Raises:
+        SessionFormatError: the ``langchain`` key holds what no such message takes.
     """
-    if not data.keys() <= _TEXT_KEYS:
+    if not data.keys() <= _PLAIN_KEYS:
         return None
     role, content = data.get("role"), data.get("content", "")
-    if type(role) is str and type(content) is str:
-        return text_message(role, content)
-    return None
+    cls = _PLAIN_CLASSES.get(role) if type(role) is str else None
+    if cls is None or type(content) is not str:
+        return None
+    kwargs: dict[str, Any] = {"content": content}
+    name = data.get("name", "")
+    if type(name) is not str or (name and cls is AIMessage):
+        return None  # an assistant's crab name is not LangChain's: the long way keeps it
+    if name:
+        kwargs["name"] = name
+    call_id = data.get("tool_call_id", "")
+    if cls is ToolMessage and type(call_id) is str:
+        kwargs["tool_call_id"] = call_id
+    elif "tool_call_id" in data:
+        return None  # the long way keeps it (or says what is wrong with it)
+    extension = data.get("langchain")
+    if extension is not None:
+        if type(extension) is not dict or "type" in extension:
+            return None
+        kwargs.update(extension)
+    try:
+        return cls(**kwargs)
+    except (ValidationError, TypeError, ValueError, AttributeError, KeyError) as error:
+        raise SessionFormatError(f"bad 'langchain' extension key: {_reason(error)}") from None
 
 
 def text_message(role: str, content: str) -> BaseMessage | None:
@@ -622,12 +657,19 @@ def _plain_message(message: CrabMessage) -> BaseMessage | None:
     return text_message(message.role, message.content)
 
 
+ReadBack = BaseMessage | Callable[[], BaseMessage] | None
+"""What reading a written line back gives: the message, a call that builds it, or None
+(only parsing can tell)."""
+
+
 class Encoded(NamedTuple):
     """A message ready to store: its line, and what reading that line back gives."""
 
     line: bytes
-    read_back: BaseMessage | None
-    """Equal to ``from_crab_message(parse_entry(line))``; None when only parsing can tell."""
+    read_back: ReadBack
+    """Equal to ``from_crab_message(parse_entry(line))``, or a call building it (the
+    text-only branch builds nothing until the message is first read: see :func:`encode`);
+    None when only parsing can tell."""
     auto_injected: bool
 
 
@@ -635,14 +677,20 @@ def encode(message: BaseMessage, *, strict: bool = False) -> Encoded:
     """Convert ``message`` straight to its line (see :func:`to_crab_message`).
 
     A history needs the line to write and the message a reader of that line
-    gets; for text-only messages both come without building a crab message.
+    gets; for text-only messages both come without building a crab message,
+    and the message is built only when first read (a call in ``read_back``):
+    a bulk add of text spent more than half its time building messages that
+    a reader may never ask for (``benchmarks/run.py``'s bulk add, profiled:
+    52% in LangChain's constructor). The call keeps the role and the text, not
+    ``message``: what the caller does to ``message`` later changes nothing.
     """
     if isinstance(message, BaseMessageChunk):
         message = message_chunk_to_message(message)
     role = _text_only_role(message)
     if role is not None:
         content = str(message.content)
-        return Encoded(text_line(role, content), text_message(role, content), False)
+        build = functools.partial(_TEXT_CLASSES[role], content=content)
+        return Encoded(text_line(role, content), build, False)
     try:
         crab = _general_crab(message, strict)
         read_back = from_crab_message(crab) if reads_back_as_is(crab) else None

@@ -36,7 +36,7 @@ from crab_langchain.convert import from_crab_message
 from crab_langchain.forksafe import ForkSafeLock
 from crab_langchain.hooks import (
     Batch,
-    ReadBack,
+    ReadBacks,
     has_impls,
     injected_messages,
     make_plugin_manager,
@@ -490,7 +490,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
 
         return prepare_writes(self._plugins, given, session, strict=self.strict)
 
-    def _append(self, lines: list[bytes], read_back: ReadBack) -> None:
+    def _append(self, lines: list[bytes], read_back: ReadBacks) -> None:
         """Append ``lines``; ``read_back`` holds what reading each back gives, where known."""
 
         def append(follower: Follower) -> bool:
@@ -503,7 +503,7 @@ class CrabChatMessageHistory(BaseChatMessageHistory):
         if not self._on_log(append, create=True):
             self._refresh()  # others wrote too (or nothing read yet): read it all in order
 
-    async def _aappend(self, lines: list[bytes], read_back: ReadBack) -> None:
+    async def _aappend(self, lines: list[bytes], read_back: ReadBacks) -> None:
         async def append(follower: Follower) -> bool:
             await arun(_read_first(follower))
             after = follower.cursor

@@ -24,6 +24,7 @@ from crab_langchain.context import ReadOnlyMessages
 from crab_langchain.convert import (
     AUTO_INJECTED_KEY,
     Encoded,
+    ReadBack,
     check_json,
     encode,
     is_auto_injected,
@@ -40,7 +41,7 @@ __all__ = [
     "Batch",
     "CrabHookSpecs",
     "DefaultPlugin",
-    "ReadBack",
+    "ReadBacks",
     "ReadOnlyMessages",
     "asked",
     "drops",
@@ -329,11 +330,12 @@ def persistable(batch: list[Any]) -> list[CrabMessage]:
 
 # --- what a writer writes -----------------------------------------------------------
 
-ReadBack = list[BaseMessage | None] | None
-"""What reading each written line back gives, where the writer knows it."""
+ReadBacks = list[ReadBack] | None
+"""What reading each written line back gives (see :data:`~crab_langchain.convert.ReadBack`),
+where the writer knows it."""
 
-Batch = tuple[list[bytes], ReadBack]
-"""The lines to write, and :data:`ReadBack` for them."""
+Batch = tuple[list[bytes], ReadBacks]
+"""The lines to write, and :data:`ReadBacks` for them."""
 
 
 def prepare_writes(

@@ -1328,3 +1328,27 @@ def test_write_refused_by_the_disk_names_the_file_and_leaves_no_partial_line(tmp
     assert out[1] == "0"  # the 100 bytes that did fit were truncated away
     history = CrabChatMessageHistory.from_file(path)
     assert contents(history.messages) == ["kept 1", "kept 2"]
+
+
+def test_a_text_message_added_is_built_when_first_read_and_shares_nothing(backend, monkeypatch):
+    """add_messages keeps a call per text message, not a second message, until someone reads."""
+    history = backend.store().get_session_history("s1")
+    given = [HumanMessage("one"), AIMessage("two")]
+    expected = [HumanMessage("one"), AIMessage("two")]
+    built: list[str] = []
+    real = AIMessage.__init__
+
+    def counted(self: AIMessage, *args: object, **kwargs: object) -> None:
+        built.append(kwargs.get("content", args[0] if args else None))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIMessage, "__init__", counted)
+    history.add_messages(given)
+    assert built == []  # nothing built on the way in
+    given[1].content = "changed by the caller"
+    given[1].additional_kwargs["k"] = 1
+    assert history.messages == expected
+    assert built == ["two"]  # once, when first read
+    assert history.messages[1] is not given[1]
+    history.messages  # noqa: B018 - read again: nothing built again
+    assert built == ["two"]

@@ -76,7 +76,7 @@ from crab_langchain.checkpoint.sidelog import (
 )
 from crab_langchain.checkpoint.thread import Base, Thread
 from crab_langchain.context import Followed, Follower, context_of
-from crab_langchain.convert import decode_line, encode, marker_line, too_deep
+from crab_langchain.convert import ReadBack, decode_line, encode, marker_line, too_deep
 from crab_langchain.hooks import (
     Batch,
     drops,
@@ -970,9 +970,10 @@ class Threads:
             return [], None
         if self._sealer is None:
             return batch
-        kept: list[BaseMessage | None] = [_line_message(line) for line in batch[0]]
-        sealed = [encode(self._sealer.seal(m), strict=strict).line for m in kept if m is not None]
-        return sealed, kept
+        kept = [_line_message(line) for line in batch[0]]
+        sealed = [encode(self._sealer.seal(m), strict=strict).line for m in kept]
+        read_back: list[ReadBack] = [*kept]
+        return sealed, read_back
 
     def _encode(self, value: Any) -> dict[str, Any]:
         """``value`` for the side log: readable JSON where it can be, unless sealed."""

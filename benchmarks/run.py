@@ -331,17 +331,12 @@ def open_among(sessions: int) -> dict[str, float]:
     the directory has settled (its listing is kept from then on).
     """
     from crab_langchain import SessionStore
-    from crab_langchain.naming import SESSION_ID_KEY, file_name
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store = SessionStore(root, entry_points=False)
         store.get_session_history("target").add_messages(messages(100))
-        for n in range(sessions - 1):
-            header = {"agent": "crab", "created_by": "user", "created_at": "2026-01-01T00:00:00Z"}
-            header[SESSION_ID_KEY] = f"other-{n}"
-            name = file_name("crab", 1_767_225_600 + n, f"other-{n}")
-            (root / name).write_text(json.dumps(header) + "\n")
+        _plant_sessions(root, sessions - 1)
         store.find("warm-up")
         time.sleep(2.1)  # past the listing's settling time (time stamps are coarse)
         store.find("warm-up")
@@ -357,6 +352,72 @@ def open_among(sessions: int) -> dict[str, float]:
 
 def _median_ms(call: Callable[[], object]) -> float:
     return _median_us(call, 20) / 1000
+
+
+_MAKER = """
+import sys, time
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore
+store = SessionStore(sys.argv[1], entry_points=False)
+for n in range(int(sys.argv[2])):
+    store.get_session_history(f"busy-{n}").add_messages([HumanMessage("hi")])
+    time.sleep(0.1)
+"""
+
+
+def busy_lookups(counts: tuple[int, ...]) -> list[dict[str, float]]:
+    """ms to find a session by id while another process makes a session every 100 ms.
+
+    For each count of session files: the median and the mean of 150 look-ups
+    of an existing id and of a new one, 10 ms apart, so that the directory
+    has changed between most of them (the case that once cost a scan each).
+    """
+    from crab_langchain import SessionStore
+
+    rows = []
+    for count in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            store = SessionStore(root, entry_points=False)
+            store.get_session_history("target").add_messages(messages(2))
+            _plant_sessions(root, count - 1)
+            store.find("warm-up")
+            maker = subprocess.Popen([sys.executable, "-c", _MAKER, tmp, "40"])
+            time.sleep(1.0)  # its interpreter starts
+            existing, new = [], []
+            try:
+                for n in range(150):
+                    start = time.perf_counter()
+                    assert store.find("target") is not None
+                    existing.append((time.perf_counter() - start) * 1000)
+                    start = time.perf_counter()
+                    assert store.find(f"new-{n}") is None
+                    new.append((time.perf_counter() - start) * 1000)
+                    time.sleep(0.01)
+            finally:
+                maker.kill()
+                maker.wait()
+            rows.append(
+                {
+                    "sessions": count,
+                    "existing_median_ms": statistics.median(existing),
+                    "existing_mean_ms": statistics.mean(existing),
+                    "new_median_ms": statistics.median(new),
+                    "new_mean_ms": statistics.mean(new),
+                }
+            )
+    return rows
+
+
+def _plant_sessions(root: Path, count: int) -> None:
+    """``count`` one-line session files, written as crabtalk would (no store involved)."""
+    from crab_langchain.naming import SESSION_ID_KEY, file_name
+
+    for n in range(count):
+        header = {"agent": "crab", "created_by": "user", "created_at": "2026-01-01T00:00:00Z"}
+        header[SESSION_ID_KEY] = f"other-{n}"
+        name = file_name("crab", 1_767_225_600 + n, f"other-{n}")
+        (root / name).write_text(json.dumps(header) + "\n")
 
 
 def bulk_add(name: str, count: int) -> float:
@@ -516,6 +577,8 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
         results["savers"] = checkpointers(sizes, log, server)
     log(f"open one session among {sizes.sessions:,}")
     results["open_among"] = open_among(sizes.sessions)
+    log("find a session among 1,000 and among many while another process makes sessions")
+    results["busy_lookups"] = busy_lookups((min(1_000, sizes.sessions), sizes.sessions))
     log("write record cost")
     results["write_record"] = write_record_cost(200 if sizes is QUICK else 5_000)
     results["run_seconds"] = time.perf_counter() - started

@@ -14,6 +14,7 @@ import pytest
 from crab_langchain.storage import DirectoryStorage, TornTailWarning
 from crab_langchain.storage import directory as directory_module
 from crab_langchain.storage.directory import lock_file_name
+from crab_langchain.storage.listing import JOURNAL
 
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
 LINE_A = b'{"role":"user","content":"a"}'
@@ -43,7 +44,7 @@ def test_create_refuses_existing_name_and_keeps_it(storage, log):
 
 
 def test_create_leaves_no_temporary_files(storage, log):
-    assert sorted(os.listdir(storage.root)) == [lock_file_name(log), log]
+    assert sorted(os.listdir(storage.root)) == [JOURNAL, lock_file_name(log), log]
 
 
 def test_fresh_root_is_0700_and_files_0600(tmp_path):
@@ -185,7 +186,7 @@ def test_replace_is_atomic_old_file_object_untouched(storage, log):
     with open(storage.root / log, "rb") as old:
         storage.replace(log, [HEADER])
         assert old.read() == HEADER + b"\n" + LINE_A + b"\n"
-    assert sorted(os.listdir(storage.root)) == [lock_file_name(log), log]
+    assert sorted(os.listdir(storage.root)) == [JOURNAL, lock_file_name(log), log]
 
 
 def test_append_after_replace_goes_to_new_file(storage, log):

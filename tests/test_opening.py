@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from crab_langchain import DirectoryStorage, SessionStore
-from crab_langchain.storage import directory
+from crab_langchain.storage import directory, listing
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -133,8 +134,8 @@ def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def settle(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Move the storage's clock on by ``seconds``."""
-    real = directory.time.monotonic
-    monkeypatch.setattr(directory.time, "monotonic", lambda: real() + seconds)
+    real = listing.time.monotonic
+    monkeypatch.setattr(listing.time, "monotonic", lambda: real() + seconds)
 
 
 def test_looking_up_new_ids_scans_once_the_listing_has_settled(
@@ -172,21 +173,118 @@ def test_a_session_another_process_creates_is_found_at_once(
     assert [m.content for m in store.get_session_history("b").messages] == ["from elsewhere"]
 
 
-def test_a_change_in_the_same_time_stamp_tick_is_not_missed(
+def test_a_session_made_in_the_same_time_stamp_tick_is_found_at_once_through_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A file added without changing the directory's stat is seen until the listing settles."""
+    """A session this library makes is in the journal: found though the directory looks the same."""
     store = SessionStore(tmp_path, entry_points=False)
     store.get_session_history("a").add_messages([HumanMessage("hi")])
-    frozen = directory._DirStamp.of(os.stat(tmp_path))  # as a coarse clock would leave it
-    monkeypatch.setattr(directory._DirStamp, "of", classmethod(lambda cls, st: frozen))
+    frozen = listing.DirStamp.of(os.stat(tmp_path))  # as a coarse clock would leave it
+    monkeypatch.setattr(listing.DirStamp, "of", classmethod(lambda cls, st: frozen))
     assert store.find("b") is None
-    assert store.find("b") is None  # a second scan, within the settling time
+    other = SessionStore(tmp_path, entry_points=False)  # another process's store, in effect
+    assert other.find("b") is None
+    scans = count_scans(monkeypatch)
+    other.get_session_history("b").add_messages([AIMessage("same tick")])
+    assert store.find("b") is not None
+    assert scans == []
+
+
+def test_a_file_another_program_adds_in_the_same_tick_is_found_within_the_settling_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A file no journal tells of, added without changing the directory's stat: the next scan."""
+    store = SessionStore(tmp_path, entry_points=False)
+    store.get_session_history("a").add_messages([HumanMessage("hi")])
+    frozen = listing.DirStamp.of(os.stat(tmp_path))  # as a coarse clock would leave it
+    monkeypatch.setattr(listing.DirStamp, "of", classmethod(lambda cls, st: frozen))
+    assert store.find("b") is None
     other = SessionStore(tmp_path / "elsewhere", entry_points=False)
     other.get_session_history("b").add_messages([AIMessage("same tick")])
     (made,) = (tmp_path / "elsewhere").glob("*.jsonl")
     os.rename(made, tmp_path / made.name)
+    settle(monkeypatch, listing.SETTLED)
     assert store.find("b") == made.name
+
+
+def test_a_file_another_program_adds_is_found_at_once_when_the_directory_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The directory changed after the journal last did: not ours to explain, so it is scanned."""
+    store = SessionStore(tmp_path, entry_points=False)
+    store.get_session_history("a").add_messages([HumanMessage("hi")])
+    assert store.find("b") is None
+    other = SessionStore(tmp_path / "elsewhere", entry_points=False)
+    other.get_session_history("b").add_messages([AIMessage("copied in by hand")])
+    (made,) = (tmp_path / "elsewhere").glob("*.jsonl")
+    time.sleep(0.02)  # past the clock tick of the journal's last line
+    os.rename(made, tmp_path / made.name)
+    assert store.find("b") == made.name
+
+
+def test_a_busy_directory_is_not_scanned_per_look_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Another process makes a session every 100 ms; look-ups follow the journal, not scans."""
+    store = SessionStore(tmp_path, entry_points=False)
+    for n in range(50):
+        store.get_session_history(f"old-{n}").add_messages([HumanMessage(str(n))])
+    maker = subprocess.Popen([sys.executable, "-c", _MAKER, str(tmp_path), "10"])
+    try:
+        store.find("warm-up")
+        scans = count_scans(monkeypatch)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert store.find("old-7") is not None
+            assert store.find(f"new-{len(seen)}") is None
+            seen.update(n for n in store.storage.names() if "busy" in n)
+            time.sleep(0.01)
+    finally:
+        maker.wait(timeout=60)
+    assert len(seen) >= 5  # the other process's sessions were seen as they came
+    assert len(scans) <= 1  # at most one scan a settling time (1.5 s here), not one a look-up
+    assert store.find("busy-9") is not None
+    fresh = SessionStore(tmp_path, entry_points=False)
+    assert sorted(store.storage.names()) == sorted(fresh.storage.names())
+
+
+_MAKER = """
+import sys, time
+from langchain_core.messages import HumanMessage
+from crab_langchain import SessionStore
+store = SessionStore(sys.argv[1], entry_points=False)
+for n in range(int(sys.argv[2])):
+    store.get_session_history(f"busy-{n}").add_messages([HumanMessage("hi")])
+    time.sleep(0.1)
+"""
+
+
+def test_a_session_deleted_elsewhere_leaves_the_listing_at_once(tmp_path: Path):
+    store = SessionStore(tmp_path, entry_points=False)
+    for session_id in ("a", "b"):
+        store.get_session_history(session_id).add_messages([HumanMessage(session_id)])
+    before, deleted = store.storage.names(), store.find("a")
+    other = SessionStore(tmp_path, entry_points=False)
+    assert other.delete_session("a")
+    assert len(before) == 2
+    assert store.storage.names() == [name for name in before if name != deleted]
+    assert store.find("a") is None
+
+
+def test_a_journal_grown_past_its_limit_starts_afresh_and_nothing_is_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(listing, "_JOURNAL_LIMIT", 200)
+    store = SessionStore(tmp_path, entry_points=False)
+    other = SessionStore(tmp_path, entry_points=False)
+    for n in range(30):
+        other.get_session_history(f"s{n}").add_messages([HumanMessage(str(n))])
+        assert store.find(f"s{n}") is not None
+        if n % 7 == 0:
+            settle(monkeypatch, listing.SETTLED * (n + 1))  # a scan, which may start afresh
+    assert (tmp_path / listing.JOURNAL).stat().st_size < 400
+    assert len(store.storage.names()) == 30
 
 
 def test_a_settled_listing_finds_every_session_as_a_fresh_scan_does(

@@ -32,15 +32,12 @@ is one is refused by name.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
-import itertools
 import os
 import stat
 import struct
 import threading
-import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -61,6 +58,15 @@ from crab_langchain.storage.base import (
     is_json_object,
     numbered_lines,
     owner_of,
+)
+from crab_langchain.storage.listing import (
+    CREATED,
+    DELETED,
+    DONE,
+    JOURNAL,
+    UNDER_WAY,
+    Names,
+    journal_line,
 )
 
 try:
@@ -134,60 +140,6 @@ class _Check(NamedTuple):
 
 
 _STORAGES: weakref.WeakSet[DirectoryStorage] = weakref.WeakSet()
-_SETTLED = 2.0  # seconds: longer than any file system's time stamp tick (FAT's is 2 s)
-
-
-class _DirStamp(NamedTuple):
-    """What a directory's stat says of its entries."""
-
-    device: int
-    inode: int
-    modified: int
-    changed: int
-    size: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _DirStamp:
-        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-
-
-class _Listing:
-    """A directory's log names as one scan found them, and when that stat was first seen."""
-
-    def __init__(
-        self, stamp: _DirStamp, names: tuple[str, ...], scanned: float, settled: bool
-    ) -> None:
-        self.stamp = stamp
-        self.names = names
-        self.scanned = scanned  # time.monotonic() of the scan that first saw these names
-        self.settled = settled
-        self._index: _SuffixIndex | None = None
-
-    def index(self) -> _SuffixIndex:
-        """The names by suffix, sorted once for a listing that is kept."""
-        if self._index is None:
-            self._index = _SuffixIndex(self.names)
-        return self._index
-
-
-class _SuffixIndex:
-    """Names that end with a suffix, in O(log n): the reversed names, sorted.
-
-    A session is found by the end of its file's name; at 20,000 sessions a
-    pass over every name costs a millisecond, on each new history's first read.
-    """
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self._reversed = sorted(name[::-1] for name in names)
-
-    def ending(self, suffix: str) -> list[str]:
-        key = suffix[::-1]
-        found = []
-        for name in itertools.islice(self._reversed, bisect.bisect_left(self._reversed, key), None):
-            if not name.startswith(key):
-                break
-            found.append(name[::-1])
-        return found
 
 
 def _reset_in_child() -> None:
@@ -248,7 +200,7 @@ class DirectoryStorage(SessionStorage):
         self._paths: dict[str, str] = {}
         self._open: OrderedDict[str, _OpenLog] = OrderedDict()
         self._open_lock = threading.Lock()
-        self._listing: _Listing | None = None
+        self._names = Names(str(self.root), self._scan)
         _STORAGES.add(self)
 
     def close(self) -> None:
@@ -305,39 +257,38 @@ class DirectoryStorage(SessionStorage):
         return self._path(name)
 
     def names(self, *, suffix: str = "") -> list[str]:
-        listing = self._current_listing()
-        if listing is None:
-            return []
-        if suffix and listing.settled:
-            return listing.index().ending(suffix)
-        return [name for name in listing.names if name.endswith(suffix)]
+        listing = self._names.current()
+        return [] if listing is None else listing.ending(suffix)
 
-    def _current_listing(self) -> _Listing | None:
-        """Every log's name: the directory is scanned again only when it changed.
+    @contextlib.contextmanager
+    def _changing(self, name: str, done: bytes) -> Iterator[None]:
+        """Tell the journal that log ``name`` changes, then (unless it fails) ``done``.
 
-        Finding a session by id needs its name, so without this every new
-        session's first read would scan the directory (28 ms at 20,000
-        files). A change is seen in the directory's own stat. Time stamps are
-        coarse, though: a second change in the tick of one made just before
-        a scan leaves the stat as it was. So a listing is trusted without a
-        scan only once a scan made ``_SETTLED`` seconds after it saw the same
-        stat; until then every call scans.
+        See :mod:`~crab_langchain.storage.listing`: readers who see the
+        directory change meanwhile know it is ours, and learn its name at once.
         """
+        self._note(UNDER_WAY, name)
+        sign = DONE
         try:
-            stamp = _DirStamp.of(os.stat(self.root))
-        except FileNotFoundError:
-            return None
-        listing = self._listing
-        if listing is not None and listing.stamp == stamp and listing.settled:
-            return listing
-        now = time.monotonic()
-        names = self._scan()
-        if listing is not None and listing.stamp == stamp and listing.names == names:
-            settled = now - listing.scanned >= _SETTLED
-            self._listing = _Listing(stamp, names, listing.scanned, settled)
-        else:
-            self._listing = _Listing(stamp, names, now, settled=False)
-        return self._listing
+            yield
+            sign = done
+        finally:
+            self._note(sign, name)
+
+    def _note(self, sign: bytes, name: str) -> None:
+        """Append one line to the journal. One that cannot be written costs readers a
+        scan, not a session: the directory's own time stamp says it changed."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = _open_file(os.path.join(self.root, JOURNAL), flags)
+        except OSError:
+            return
+        try:
+            os.write(fd, journal_line(sign, name))  # one write: appended whole
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _scan(self) -> tuple[str, ...]:
         try:
@@ -460,17 +411,18 @@ class DirectoryStorage(SessionStorage):
     def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
         path = self._file(name)
         self._ensure_root()
-        tmp = os.path.join(self.root, f".{name}.{os.urandom(6).hex()}.new")
-        fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            _write_synced(fd, header + b"\n", path)
-            os.link(tmp, path)  # atomic, and fails if the name is taken
-        finally:
-            os.unlink(tmp)
-        with self._held(name, exclusive=True) as log:
-            assert log is not None
-            _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
-        _fsync_dir(self.root)
+        with self._changing(name, CREATED):
+            tmp = os.path.join(self.root, f".{name}.{os.urandom(6).hex()}.new")
+            fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                _write_synced(fd, header + b"\n", path)
+                os.link(tmp, path)  # atomic, and fails if the name is taken
+            finally:
+                os.unlink(tmp)
+            with self._held(name, exclusive=True) as log:
+                assert log is not None
+                _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+            _fsync_dir(self.root)
 
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
@@ -554,6 +506,14 @@ class DirectoryStorage(SessionStorage):
             raise FileNotFoundError(errno.ENOENT, "no such session file", path)
         if at is not None and not self._ends_at(path, log, at):
             return False
+        with self._changing(name, DONE):
+            self._write_over(name, path, data)
+        log.close_append()  # it holds the replaced file
+        _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
+        return True
+
+    def _write_over(self, name: str, path: str, data: bytes) -> None:
+        """Put ``data`` in place of file ``path`` at once (the session's lock held)."""
         # One rewrite at a time holds the lock, so the temporary file can have a
         # fixed name: one that a killed rewrite left is simply replaced.
         tmp = os.path.join(self.root, f".{name}.new")
@@ -567,9 +527,6 @@ class DirectoryStorage(SessionStorage):
                 os.unlink(tmp)
             raise
         _fsync_dir(self.root)
-        log.close_append()  # it holds the replaced file
-        _set_record(log, _Record(_new_token(), 0, 0), fsync=True)
-        return True
 
     def commit(self, name: str, side: str, change: Change) -> Committed | None:
         # The session's own lock for the whole change: its other writers (a put, a
@@ -614,6 +571,10 @@ class DirectoryStorage(SessionStorage):
 
     def delete(self, name: str) -> bool:
         path = self._path(name)
+        with self._changing(name, DELETED):
+            return self._delete(name, path)
+
+    def _delete(self, name: str, path: Path) -> bool:
         try:
             with self._held(name, exclusive=True):
                 # Its companions first, under its lock: a commit (which takes it) never

@@ -530,6 +530,7 @@ _TEXT_CLASSES = {role: _CLASS_OF_ROLE[role] for role in ("user", "assistant", "s
 """The roles a line of a role and a text alone reads as a message of (the one table's)."""
 _PLAIN_CLASSES = {role: _CLASS_OF_ROLE[role] for role in (*_TEXT_CLASSES, "tool")}
 """The roles of a plain line (see ``_plain_message_of``): the one table's, ``developer`` aside."""
+_TEXT_KEYS = frozenset(("role", "content"))
 _PLAIN_KEYS = frozenset(("role", "content", "name", "tool_call_id", "langchain"))
 _TEXT_ROLES = {cls: role for role, cls in _TEXT_CLASSES.items()}
 
@@ -569,7 +570,12 @@ def _plain_message_of(data: dict[str, Any]) -> BaseMessage | None:
     Raises:
         SessionFormatError: the ``langchain`` key holds what no such message takes.
     """
-    if not data.keys() <= _PLAIN_KEYS:
+    keys = data.keys()
+    if keys <= _TEXT_KEYS:  # a role and a text: most lines of a chat
+        role, content = data.get("role"), data.get("content", "")
+        if type(role) is str and type(content) is str and role in _TEXT_CLASSES:
+            return _TEXT_CLASSES[role](content=content)
+    if not keys <= _PLAIN_KEYS:
         return None
     role, content = data.get("role"), data.get("content", "")
     cls = _PLAIN_CLASSES.get(role) if type(role) is str else None

@@ -310,3 +310,18 @@ def test_a_settled_listing_finds_every_session_as_a_fresh_scan_does(
 
 
 AGENTS = ("crab", "other", "none")
+
+
+def test_a_look_up_by_suffix_does_not_walk_every_name():
+    """The index bisects to the names that end so: it never iterates from the first name."""
+
+    class NoWalking(list):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            raise AssertionError("walked the names from the first")
+
+    names = tuple(f"crab_{n}_other-{n}.jsonl" for n in range(2_000))
+    scan = listing.Scan((*names, "crab_7_target.jsonl"))
+    assert scan.ending("target.jsonl") == ["crab_7_target.jsonl"]  # builds the index
+    scan._index._reversed = NoWalking(scan._index._reversed)  # type: ignore[union-attr]
+    assert scan.ending("other-1999.jsonl") == ["crab_1999_other-1999.jsonl"]
+    assert scan.ending("nothing.jsonl") == []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import itertools
 import os
 import time
 from collections.abc import Callable
@@ -145,7 +144,9 @@ class _SuffixIndex:
     def ending(self, suffix: str) -> list[str]:
         key = suffix[::-1]
         found = []
-        for name in itertools.islice(self._reversed, bisect.bisect_left(self._reversed, key), None):
+        # By index, not islice: islice walks to the start, O(n) on every look-up.
+        for at in range(bisect.bisect_left(self._reversed, key), len(self._reversed)):
+            name = self._reversed[at]
             if not name.startswith(key):
                 break
             found.append(name[::-1])

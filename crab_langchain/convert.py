@@ -515,9 +515,11 @@ def _check_text(text: str, where: str) -> None:
 # --- the codec: a line and its LangChain message, a text-only branch -----------------
 #
 # Most lines of a chat are ``{"role":"user","content":"…"}``. Reading and writing
-# those without a CrabMessage between the line and the LangChain message is the
-# library's one speed-motivated path, a branch of this codec (the tests hold it
-# equal to the long way, bytes, types and fields-set alike). Measured with
+# those without a CrabMessage between the line and the LangChain message is a
+# speed-motivated branch of this codec (the tests hold it equal to the long way,
+# bytes, types and fields-set alike), as are the plain lines of an agent
+# (``_plain_message_of``) and the message a text line is read back as, built when
+# first asked for (``encode``). Measured with
 # ``benchmarks/shortcut.py`` on the benchmark's 2-core machine (Python 3.11,
 # pydantic 2.14, langchain-core 1.8): a text line read the long way (parse_entry,
 # then from_crab_message) takes 7.3 µs and through the branch 3.9 µs: 0.34 s of a

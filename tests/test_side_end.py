@@ -208,3 +208,38 @@ def test_a_put_after_a_cold_read_reads_the_rest_first(tmp_path: Path):
     assert len(texts) == 202
     assert texts[:2] == ["q0", "a1"]
     assert texts[-2] == "after the cold read"
+
+
+def test_the_newest_ten_are_listed_from_the_end_as_the_whole_lists_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``get_state_history(limit=10)`` after a restart: the end of the side log, no more."""
+
+    def saver_of() -> CrabSaver:
+        return CrabSaver(SessionStore(backend=CountingDirectory(tmp_path), entry_points=False))
+
+    agent = chat_agent(saver_of(), turns=200)
+    for turn in range(150):
+        agent.invoke(human(f"question {turn}"), CONFIG)
+    root: Any = {"configurable": {"thread_id": THREAD, "checkpoint_ns": ""}}
+    asked: list[dict[str, Any]] = [
+        {"limit": 10},
+        {"limit": 3, "before": {"configurable": {"checkpoint_id": "1f1"}}},
+        {"limit": 5, "filter": {"source": "loop"}},
+        {"limit": 2000},  # more than the end holds: the whole
+    ]
+    whole_size = sum(p.stat().st_size for p in tmp_path.glob("*.checkpoints"))
+    for kwargs in asked:
+        CountingDirectory.side_bytes = 0
+        from_end = list(saver_of().list(root, **kwargs))
+        read = CountingDirectory.side_bytes
+        with monkeypatch.context() as patched:
+            patched.setattr(threads, "_TAIL_LINES", (10**9,))
+            whole = list(saver_of().list(root, **kwargs))
+        assert len(from_end) == len(whole), kwargs
+        for one, other in zip(from_end, whole, strict=True):
+            same(one, other)
+        if kwargs["limit"] == 10:
+            assert read < whole_size / 5  # the newest ten, from the end
+    history = [s.config for s in agent.get_state_history(CONFIG, limit=10)]
+    assert len(history) == 10

@@ -464,27 +464,32 @@ class SideIndex:
     """The line of the last snapshot read (0: none)."""
     _epoch_from: int = 0
     """The epoch a partial index started in (its snapshot's)."""
+    floor: str | None = None
+    """A partial index's first root checkpoint (the one its snapshot went before): every
+    checkpoint of the records before the snapshot is older."""
 
     @classmethod
     def resumed(cls, log: SessionLog, lines: NumberedLines) -> SideIndex | None:
-        """A partial index of the side log's last ``lines``, from their last snapshot on.
+        """A partial index of the side log's last ``lines``, from a snapshot on.
 
         The records after a snapshot hold the newest root checkpoint (a put
         writes one only before a root checkpoint newer than every other),
-        and the snapshot the rest of what reading it needs. None if
+        and the snapshot the rest of what reading it needs. The snapshot is
+        the last one with a few root checkpoints after it (so the newest few
+        are listed from them too), or the first of ``lines``. None if
         ``lines`` hold no snapshot, or a line that is not a record (the
         whole log then says where).
         """
-        starts = [at for at, (_, line) in enumerate(lines) if line.startswith(SNAPSHOT_PREFIX)]
-        if not starts:
+        start = _resume_from(lines)
+        if start is None:
             return None
-        number, line = lines[starts[-1]]
+        number, line = lines[start]
         index = cls(log, partial=True, snapshot_at=number)
         try:
             index._take_snapshot(_parsed(log, number, line)[1])
             with warnings.catch_warnings():
                 warnings.simplefilter("error", BadRecordWarning)
-                index.take(lines[starts[-1] + 1 :])
+                index.take(lines[start + 1 :])
         except (SessionFormatError, BadRecordWarning, ValueError, TypeError, KeyError):
             return None
         return index
@@ -561,6 +566,8 @@ class SideIndex:
         self._take_whole(number, line)
 
     def _take_checkpoint(self, record: Record, ns: str, checkpoint_id: str) -> None:
+        if self.partial and ns == "" and self.floor is None:
+            self.floor = checkpoint_id
         self.checkpoints.setdefault(ns, {})[checkpoint_id] = record
         self._unread.setdefault(ns, []).append(record)
         self.records.append(record)
@@ -765,6 +772,28 @@ class SideIndex:
                 continue
             lines.append(record_.line)
         return lines
+
+
+_ROOT_CHECKPOINT = b'{"checkpoint":{"ns":"",'
+_LISTED_AHEAD = 16
+"""Root checkpoints a partial index holds, at least, where its lines allow: the newest
+few of ``get_state_history`` are read from them too."""
+
+
+def _resume_from(lines: NumberedLines) -> int | None:
+    """Where in ``lines`` a partial index starts: the last snapshot with
+    :data:`_LISTED_AHEAD` root checkpoints after it, or else the first one."""
+    after = 0
+    first = None
+    for at in range(len(lines) - 1, -1, -1):
+        line = lines[at][1]
+        if line.startswith(_ROOT_CHECKPOINT):
+            after += 1
+        elif line.startswith(SNAPSHOT_PREFIX):
+            first = at
+            if after >= _LISTED_AHEAD:
+                return at
+    return first
 
 
 def _strings(found: re.Match[bytes]) -> tuple[str, str]:

@@ -483,11 +483,45 @@ class Threads:
         for thread_id in (yield from self.thread_ids(config)):
             if wanted is not None and len(listed) >= wanted:
                 break
-            thread = yield from self._get_thread(thread_id)
+            room = None if wanted is None else wanted - len(listed)
+            # The newest few of one thread may be read from the side log's end.
+            thread = yield from self._get_thread(thread_id, whole=config is None or room is None)
+            if thread is not None and thread.index.partial:
+                newest = self._newest_from_end(thread, config, filter, before, room)
+                if newest is not None:
+                    listed += newest
+                    continue
+                thread = yield from self._get_thread(thread_id)  # read the side log whole
             if thread is not None:
-                room = None if wanted is None else wanted - len(listed)
                 listed += itertools.islice(self._matching(thread, config, filter, before), room)
         return listed
+
+    def _newest_from_end(
+        self,
+        thread: Thread,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        room: int | None,
+    ) -> Listed | None:
+        """The ``room`` newest checkpoints that match, if a partial index tells them all.
+
+        It does when they are of the root namespace, at least as new as its
+        first checkpoint (every one before it is older), and each is
+        :meth:`_answerable`; None when it does not.
+        """
+        index = thread.index
+        wanted_ns = config["configurable"].get("checkpoint_ns") if config is not None else None
+        if room is None or index.floor is None or wanted_ns != "":
+            return None
+        found = [
+            item
+            for item in itertools.islice(self._matching(thread, config, filter, before), room)
+            if item[2]["id"] >= index.floor
+        ]
+        if len(found) < room or not all(self._answerable(thread, "", i[2]) for i in found):
+            return None
+        return found
 
     def _matching(
         self,

@@ -341,7 +341,9 @@ def _cold_note(results: dict[str, Any]) -> str:
         "messages pile up. crab_langchain parses each line faster (pydantic-core from bytes, "
         "not `json.loads`), but does what the floor does not: it checks each line's keys and "
         "types (a line it cannot read is refused, naming its place), skips run events and "
-        "messages kept for one run, and keeps each message's line number."
+        "messages kept for one run, and keeps each message's line number. Profiled "
+        "(cProfile, one cold load of 100,000 text messages): 53% in LangChain's constructor, "
+        "3.5% parsing the lines, 28% the per-line checks and bookkeeping."
     )
 
 
@@ -378,8 +380,10 @@ def _redis_note(results: dict[str, Any]) -> str:
         f"takes {theirs:.2f} ms a turn and crab_langchain on Redis {ours:.3f}; 50x would need "
         f"{theirs / 50:.3f}. A turn is two round trips to the server, each one script: the "
         "read, which returns only what others appended since (nothing, here), and the "
-        "append; the rest is redis-py's own work per command. Fewer round trips would mean "
-        "not reading before a turn, and missing what another process wrote."
+        "append; the rest is redis-py's own work per command (profiled, cProfile, 300 turns "
+        "at 1,000 messages: 18% waiting for the server, the rest packing, parsing and the "
+        "library's per-turn work). Fewer round trips would mean not reading before a turn, "
+        "and missing what another process wrote."
     )
 
 

@@ -124,17 +124,7 @@ def test_sigkill_during_puts_loses_no_acknowledged_checkpoint(backend: Backend, 
     assert_clean_session(backend, saver.store.find("alice-1") or "")
 
 
-# A known race, open: with durability="async", two processes on one thread can store a
-# checkpoint whose messages read back with two of the other process's in place of its
-# own. Seen in CI twice (Redis Cluster), and about 1 run in 12 on a loaded 2-core machine,
-# at c94b32d as on this commit. Until it is fixed the async runs may fail, and say so.
-_ASYNC_RACE = pytest.mark.xfail(
-    reason="known race with durability='async': a stored checkpoint's messages can differ",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("durability", ["sync", pytest.param("async", marks=_ASYNC_RACE)])
+@pytest.mark.parametrize("durability", ["sync", "async"])
 def test_two_processes_on_one_thread(backend: Backend, durability: str, stress: Any):
     turns = stress(15)
     writers = [start_writer(backend, f"p{n}", turns, durability) for n in range(2)]

@@ -544,6 +544,45 @@ def test_a_fork_keeps_history_lines_it_never_saw_and_drops_the_branch_it_leaves(
     assert texts(cold) == stored
 
 
+def put_as(saver: CrabSaver, checkpoint_id: str, parent: str | None, **values: Any) -> None:
+    """Put a checkpoint with this id whose channels ``values`` are all new, as LangGraph does."""
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = checkpoint_id
+    checkpoint["channel_values"] = dict(values)
+    checkpoint["channel_versions"] = dict.fromkeys(values, checkpoint_id)
+    configurable = {"thread_id": THREAD, "checkpoint_ns": ""}
+    if parent is not None:
+        configurable["checkpoint_id"] = parent
+    metadata: Any = {"source": "loop", "step": 0}
+    saver.put({"configurable": configurable}, checkpoint, metadata, checkpoint["channel_versions"])
+
+
+def test_a_put_after_another_writers_rewrite_keeps_its_own_messages(backend: Backend):
+    """A writer that learned of another's rewrite from the side log alone reads the session anew.
+
+    Writer A's put without messages learns from the side log that B replaced
+    the session (an epoch later), but not what the session now holds. A's
+    next put, older than B's newest checkpoint, keeps its messages beside the
+    session: they must be its own, not B's lines where A's stood.
+    """
+    ids = [empty_checkpoint()["id"] for _ in range(5)]  # time-ordered, as LangGraph's
+    a, b = CrabSaver(backend.store()), CrabSaver(backend.store())
+    q0, a0 = HumanMessage("q0", id="q0"), AIMessage("a0", id="a0")
+    qa, aa, qa2 = (HumanMessage(text, id=text) for text in ("qA", "aA", "qA2"))
+    put_as(a, ids[0], None, messages=[q0, a0])
+    b.get_tuple({"configurable": {"thread_id": THREAD}})
+    put_as(a, ids[1], ids[0], messages=[q0, a0, qa, aa])
+    put_as(b, ids[4], ids[0], messages=[q0, a0, HumanMessage("qB", id="qB")])  # a fork: B's
+    put_as(a, ids[2], ids[1], other=1)  # no messages: A reads only the side log on
+    mine = [q0, a0, qa, aa, qa2]
+    put_as(a, ids[3], ids[2], messages=mine)  # older than B's newest
+    for saver in (a, CrabSaver(backend.store())):
+        found = saver.get_tuple({"configurable": {"thread_id": THREAD, "checkpoint_id": ids[3]}})
+        assert found is not None
+        assert found.checkpoint["channel_values"]["messages"] == mine
+    assert session_texts(backend.store()) == ["q0", "a0", "qB"]  # B's, the newest
+
+
 @pytest.mark.skipif(redis_binaries_missing() is not None, reason="no redis-server")
 def test_a_side_log_evicted_by_redis_allkeys_lru_leaves_the_conversation(tmp_path: Path):
     """A real eviction: ``maxmemory`` lowered under ``allkeys-lru`` until the side log goes."""

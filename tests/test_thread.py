@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crab_langchain.checkpoint.sidelog import SIDE_KIND, side_header
+from crab_langchain.checkpoint.sidelog import SIDE_KIND, archive_record, side_header
 from crab_langchain.checkpoint.thread import Thread
 from crab_langchain.context import Follower
 from crab_langchain.log import SessionLog, header_identity
+from crab_langchain.steps import run
 from crab_langchain.storage import DirectoryStorage, companion_name
 
 HEADER = b'{"agent":"crab","created_by":"user","created_at":"2026-03-23T08:06:51.482913+00:00"}'
@@ -51,3 +52,26 @@ def test_a_side_read_from_a_replaced_side_log_is_not_taken_by_a_reader_past_it(t
     assert thread.take_side(read_at.cursor, moved)
     thread.side.replace([side_header(NAME, header_identity(HEADER))])
     assert not thread.take_side(read_at.cursor, thread.side.read(read_at.cursor))
+
+
+def test_a_side_read_telling_of_a_new_epoch_makes_the_session_be_read_again(tmp_path: Path):
+    """What was read of the session belongs to the epoch it was read in, never to the next.
+
+    Another writer's rewrite replaces the session and archives its lines in
+    one step; a saver that reads only the side log on learns of the new epoch
+    but not of the new lines, so it forgets the old ones rather than take them
+    for the new epoch's.
+    """
+    thread = thread_at(tmp_path)
+    thread.session.append([b'{"role":"user","content":"old epoch"}'])
+    run(thread.follower.read_on())
+    assert thread.take_side(None, thread.side.read(None))
+    read_at = thread.side_cursor
+    thread.side.append([WRITES])  # a pending write bears on no epoch: the context stays
+    assert thread.take_side(read_at, thread.side.read(read_at))
+    assert [m.content for m in thread.context.messages] == ["old epoch"]
+    read_at = thread.side_cursor
+    thread.side.append([archive_record(0, [(2, b'{"role":"user","content":"old epoch"}')])])
+    assert thread.take_side(read_at, thread.side.read(read_at))
+    assert thread.index.epoch == 1
+    assert thread.context.cursor is None  # read again before any decision

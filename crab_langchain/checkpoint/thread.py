@@ -65,9 +65,13 @@ class Thread:
         """Take ``chunk``, read past ``cursor``; False if another reader moved on meanwhile.
 
         A reader that moved on within the chunk (it took a record appended
-        since ``cursor``) is no obstacle: the lines past it are taken.
+        since ``cursor``) is no obstacle: the lines past it are taken. A chunk
+        telling of a new epoch (another writer replaced the session) makes
+        the working context be read again: what was read of the session is
+        the old epoch's, and a decision must never take it for the new one's.
         """
         with self.lock:
+            epoch = self.index.epoch
             if self.side_cursor != cursor:
                 now = self.side_cursor
                 if chunk is None or now is None or not _within(now, cursor, chunk):
@@ -87,6 +91,8 @@ class Thread:
                 self.forget_side()
                 raise
             self.side_cursor = chunk.cursor
+            if self.index.epoch != epoch:
+                self.context.reset()
             return True
 
     def forget_side(self) -> None:

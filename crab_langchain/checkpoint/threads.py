@@ -623,7 +623,7 @@ class Threads:
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Steps[RunnableConfig]:
-        if thread.context.cursor is None:  # never read by this saver: its decision needs it
+        if thread.context.cursor is None:  # never read by this saver: plugins are told of it
             yield from self._refresh(thread)
         ns = _ns(config)
         given = checkpoint["channel_values"]
@@ -653,6 +653,8 @@ class Threads:
             yield from self._append_record(thread, record())
             return done
         for _ in range(_MOVES):
+            if thread.context.cursor is None:  # unread, or of an epoch gone: the decision needs it
+                yield from self._refresh(thread)
             # What this attempt decides on: its commit lands only if neither log moved
             # past it meanwhile (other puts of this process read on, too).
             with thread.lock:
@@ -668,6 +670,9 @@ class Threads:
                     return done
                 yield from self._refresh(thread)  # another writer moved on: decide again
             else:
+                # Checked by no commit (the session may move on meanwhile), so decided on
+                # a session read in the epoch the side log says.
+                yield from self._refresh(thread)
                 beside = self._beside(thread, given[MESSAGES])
                 encoded = beside or self._encoded(thread, MESSAGES, given[MESSAGES])
                 yield from self._append_record(thread, record(encoded))

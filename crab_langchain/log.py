@@ -28,7 +28,7 @@ from crab_langchain.models import (
     SessionMeta,
     parse_entry,
 )
-from crab_langchain.storage import Change, Chunk, Committed, Cursor, SessionStorage
+from crab_langchain.storage import Change, Chunk, Committed, Cursor, SessionStorage, Tail
 
 __all__ = [
     "NumberedLines",
@@ -139,6 +139,17 @@ class SessionLog:
     async def aread(self, cursor: Cursor | None) -> Chunk | None:
         """Async :meth:`read`."""
         return await self.storage.aread(self.name, cursor)
+
+    def read_tail(self, count: int) -> Tail:
+        """The header and the last ``count`` lines (or more), without those before them.
+
+        See :meth:`~crab_langchain.storage.SessionStorage.read_tail`.
+        """
+        return self.storage.read_tail(self.name, count)
+
+    async def aread_tail(self, count: int) -> Tail:
+        """Async :meth:`read_tail`."""
+        return await self.storage.aread_tail(self.name, count)
 
     # --- writing --------------------------------------------------------------
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from crab_langchain.log import SessionLog
-from crab_langchain.storage import Change, Chunk, Committed, Cursor
+from crab_langchain.storage import Change, Chunk, Committed, Cursor, Tail
 
 __all__ = [
     "Append",
     "Blocking",
     "Commit",
     "Read",
+    "ReadTail",
     "Steps",
     "arun",
     "run",
@@ -45,6 +46,20 @@ class Read:
 
     async def arun(self) -> Chunk | None:
         return await self.log.aread(self.cursor)
+
+
+@dataclass(frozen=True)
+class ReadTail:
+    """``log.read_tail(count)``."""
+
+    log: SessionLog
+    count: int
+
+    def run(self) -> Tail:
+        return self.log.read_tail(self.count)
+
+    async def arun(self) -> Tail:
+        return await self.log.aread_tail(self.count)
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,7 @@ class Blocking:
         return await asyncio.to_thread(self.call)
 
 
-Step = Read | Append | Commit | Blocking
+Step = Read | ReadTail | Append | Commit | Blocking
 Steps = Generator[Step, Any, T]
 """A piece of work: yields storage calls, is sent their results, returns its own."""
 

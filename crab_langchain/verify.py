@@ -118,7 +118,7 @@ def _file_lines(path: Path) -> list[tuple[int, bytes]]:
     return list(enumerate([*complete, tail] if tail else complete, start=1))
 
 
-_SIDE_RECORDS = {"checkpoint", "writes", "intent", "archive", "blobs", "written"}
+_SIDE_RECORDS = {"checkpoint", "writes", "intent", "archive", "blobs", "written", "snapshot"}
 
 
 def _check_companion(

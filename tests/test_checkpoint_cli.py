@@ -118,3 +118,17 @@ def test_export_has_a_default_format(tmp_path: Path):
     exported = crab("--root", tmp_path, "export", "s")
     assert exported.returncode == 0, exported.stderr
     assert '"hi"' in exported.stdout
+
+
+def test_verify_takes_a_side_log_with_snapshots_as_sound(tmp_path: Path):
+    from test_side_end import put_counter_steps
+
+    from crab_langchain.checkpoint.sidelog import SNAPSHOT_PREFIX
+
+    root = tmp_path / "sessions"
+    put_counter_steps(CrabSaver(SessionStore(root, entry_points=False)), 150)
+    (side,) = root.glob("*.checkpoints")
+    assert any(line.startswith(SNAPSHOT_PREFIX) for line in side.read_bytes().splitlines())
+    verified = crab("verify", "--root", root)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "1 files checked, 0 with problems" in verified.stderr

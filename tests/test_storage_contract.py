@@ -426,3 +426,46 @@ def test_sizes_are_the_bytes_a_file_of_the_lines_takes(storage, log):
     assert storage.sizes([log, "crab_1_nope.jsonl"]) == [expected, None]
     storage.replace(log, [HEADER, LINE_C])
     assert storage.sizes([log]) == [len(HEADER) + len(LINE_C) + 2]
+
+
+# --- reading a log's end ------------------------------------------------------------
+
+
+def test_a_tail_read_gives_the_header_and_the_last_lines_and_reads_on(storage, log):
+    lines = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * (n % 300)) for n in range(3_000)]
+    storage.append(log, lines)
+    tail = storage.read_tail(log, 10)
+    assert tail.header == HEADER
+    assert not tail.whole
+    assert 10 <= len(tail.lines) < 3_000
+    assert [line for _, line in tail.lines] == lines[-len(tail.lines) :]
+    numbers = [number for number, _ in tail.lines]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    storage.append(log, [LINE_A])
+    on = storage.read(log, tail.cursor)
+    assert on is not None
+    assert not on.reset
+    assert on.lines == [(numbers[-1] + 1, LINE_A)]
+    assert storage.read(log, on.cursor) is None
+    whole = storage.read_tail(log, 5_000)
+    assert whole.whole
+    assert whole.lines == list(enumerate([*lines, LINE_A], 2))
+
+
+def test_a_tail_read_of_a_short_log_is_whole(storage, log):
+    assert storage.read_tail(log, 10).lines == []
+    storage.append(log, [LINE_A, LINE_B])
+    tail = storage.read_tail(log, 10)
+    assert (tail.header, tail.lines, tail.whole) == (HEADER, [(2, LINE_A), (3, LINE_B)], True)
+    with pytest.raises(FileNotFoundError):
+        storage.read_tail("crab_1_missing.jsonl", 10)
+
+
+async def test_the_async_tail_read_is_the_same(storage, log):
+    storage.append(log, [LINE_A, LINE_B, LINE_C])
+    sync, native = storage.read_tail(log, 2), await storage.aread_tail(log, 2)
+    assert (sync.header, sync.lines[-2:], sync.cursor) == (
+        native.header,
+        native.lines[-2:],
+        native.cursor,
+    )

@@ -35,6 +35,15 @@ record, a JSON object with one key:
   ``b`` are here: the lines up to ``b`` are the next epoch's, byte for byte.
 - ``{"blobs": {"ns", "values": [[channel, version, value]]}}``: values kept
   when the checkpoints that stored them were deleted.
+- ``{"snapshot": {"epoch", "bases", "pending", "written", "values"}}``:
+  what a reader of the records after it needs of those before it, to read
+  the newest checkpoint without them (see :meth:`SideIndex.resumed`): the
+  session's epoch, the archived epochs' ``bases`` (``[epoch, base]``), the
+  put intents of this epoch not finished yet, the last line a finished put
+  of this epoch wrote, and the root namespace's channel values that the
+  checkpoint put with it does not give again (``[channel, version, value]``).
+  A put writes one before its root checkpoint's record when the last is
+  ``SNAPSHOT_EVERY`` lines back.
 - ``{"written": {"epoch", "last", "spans"}}``: session lines ``spans``
   (``[first, last]`` pairs) of ``epoch`` were written by puts, ``last`` the
   newest (what their intents said, kept when pruning drops the intents):
@@ -88,6 +97,7 @@ __all__ = [
     "intent_record",
     "lines_digest",
     "side_header",
+    "snapshot_record",
     "writes_record",
     "written_record",
 ]
@@ -222,6 +232,11 @@ def checkpoint_record(  # noqa: PLR0917 - the record's fields, in its order
     return _dumps({"checkpoint": {**body, "state": state, "values": values}})
 
 
+SNAPSHOT_EVERY = 64
+"""Side-log lines between snapshots, at least: what a cold read of the newest checkpoint
+reads, about (its writer puts one when the last is this far back)."""
+SNAPSHOT_PREFIX = b'{"snapshot":'
+
 WRITES_PREFIX = b'{"writes":'
 """How every :func:`writes_record` line starts: pending writes, which bear on no put's decision."""
 
@@ -232,6 +247,29 @@ def writes_record(
     """The line of one ``put_writes`` call: ``items`` are ``[idx, channel, encoded value]``."""
     body = {"ns": ns, "checkpoint": checkpoint_id, "task": task_id, "path": task_path}
     return _dumps({"writes": {**body, "items": items}})
+
+
+def snapshot_record(
+    epoch: int,
+    bases: Mapping[int, int],
+    pending: Sequence[Intent],
+    written: int,
+    values: Sequence[tuple[str, Any, Any]],
+) -> bytes:
+    """The line of a snapshot (see the module's docstring): ``pending`` of ``epoch`` only."""
+    intents = [
+        [i.epoch, i.first, i.last, i.checkpoint, i.digest, list(i.carried)]
+        for i in pending
+        if i.epoch == epoch
+    ]
+    body = {
+        "epoch": epoch,
+        "bases": [[older, base] for older, base in sorted(bases.items())],
+        "pending": intents,
+        "written": written,
+        "values": [list(value) for value in values],
+    }
+    return _dumps({"snapshot": body})
 
 
 def archive_record(epoch: int, body: NumberedLines, base: int | None = None) -> bytes:
@@ -419,11 +457,77 @@ class SideIndex:
     """Per namespace, checkpoint records that do not read: a value sought may be in one."""
     _unread: dict[str, list[Record]] = field(default_factory=dict)
     """Per namespace, the checkpoint records whose values are not in ``_blobs`` yet."""
+    partial: bool = False
+    """Read from a snapshot on (:meth:`resumed`): it knows the newest root checkpoint and
+    what reading it needs, nothing older. Anything else reads the side log whole."""
+    read_whole: bool = False
+    """A partial index that met a line that is not a record: only the whole log tells."""
+    snapshot_at: int = 0
+    """The line of the last snapshot read (0: none)."""
+    _epoch_from: int = 0
+    """The epoch a partial index started in (its snapshot's)."""
+    floor: str | None = None
+    """A partial index's first root checkpoint (the one its snapshot went before): every
+    checkpoint of the records before the snapshot is older."""
+
+    @classmethod
+    def resumed(cls, log: SessionLog, lines: NumberedLines) -> SideIndex | None:
+        """A partial index of the side log's last ``lines``, from a snapshot on.
+
+        The records after a snapshot hold the newest root checkpoint (a put
+        writes one only before a root checkpoint newer than every other),
+        and the snapshot the rest of what reading it needs. The snapshot is
+        the last one with a few root checkpoints after it (so the newest few
+        are listed from them too), or the first of ``lines``. None if
+        ``lines`` hold no snapshot, or a line that is not a record (the
+        whole log then says where).
+        """
+        start = _resume_from(lines)
+        if start is None:
+            return None
+        number, line = lines[start]
+        index = cls(log, partial=True, snapshot_at=number)
+        try:
+            index._take_snapshot(_parsed(log, number, line)[1])
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", BadRecordWarning)
+                index.take(lines[start + 1 :])
+        except (SessionFormatError, BadRecordWarning, ValueError, TypeError, KeyError):
+            return None
+        return index
+
+    def _take_snapshot(self, body: dict[str, Any]) -> None:
+        self._epoch_from = int(body["epoch"])
+        self.bases.update((int(older), int(base)) for older, base in body["bases"])
+        for epoch, first, last, checkpoint, digest, carried in body["pending"]:
+            intent = Intent(int(epoch), int(first), int(last), checkpoint, digest, tuple(carried))
+            self.pending.append(intent)
+        self.written[self._epoch_from] = int(body["written"])
+        for channel, version, value in body["values"]:
+            self._blobs[("", channel, _version(version))] = (value, None)
 
     @property
     def epoch(self) -> int:
         """The session's epoch now: how many times a rewrite replaced it."""
-        return len(self.archives)
+        archived = max(self.archives) + 1 if self.archives else 0
+        return max(self._epoch_from, archived)
+
+    def snapshot(self, values: Mapping[str, Any]) -> bytes:
+        """A snapshot of this (whole) index, with the root namespace's values ``values``
+        (channel to version) where it has them."""
+        assert not self.partial  # a partial index does not know what came before it
+        kept = []
+        for channel, version in values.items():
+            found = self.blob(("", channel, version))
+            if found is not None:
+                kept.append((channel, version, found[0]))
+        epoch = self.epoch
+        return snapshot_record(epoch, self.bases, self.pending, self.written.get(epoch, 0), kept)
+
+    def snapshot_due(self, lines: int) -> bool:
+        """Whether a put's root checkpoint record going after line ``lines`` needs a
+        snapshot before it: the last is :data:`SNAPSHOT_EVERY` lines back or more."""
+        return not self.partial and lines - max(self.snapshot_at, 1) >= SNAPSHOT_EVERY
 
     def take(self, lines: NumberedLines) -> None:
         """Add records ``lines`` (body lines of the side log, after its header).
@@ -436,6 +540,9 @@ class SideIndex:
             try:
                 self._take_line(number, line)
             except SessionFormatError as error:
+                if self.partial:  # its lines are numbered from its end: the whole read names it
+                    self.read_whole = True
+                    continue
                 self.bad.append((number, line, error))
                 warnings.warn(f"skipping {error}", BadRecordWarning, stacklevel=2)
 
@@ -450,6 +557,10 @@ class SideIndex:
             self.writes.setdefault(_strings(found), []).append(record)
             self.records.append(record)
             return
+        if line.startswith(SNAPSHOT_PREFIX):  # for a reader from its end: nothing to take here
+            self.records.append(Record(number, line, "snapshot"))
+            self.snapshot_at = number
+            return
         found = _INTENT.fullmatch(line)
         if found:
             epoch, first, last = (int(number) for number in found.groups()[:3])
@@ -460,6 +571,8 @@ class SideIndex:
         self._take_whole(number, line)
 
     def _take_checkpoint(self, record: Record, ns: str, checkpoint_id: str) -> None:
+        if self.partial and ns == "" and self.floor is None:
+            self.floor = checkpoint_id
         self.checkpoints.setdefault(ns, {})[checkpoint_id] = record
         self._unread.setdefault(ns, []).append(record)
         self.records.append(record)
@@ -519,6 +632,8 @@ class SideIndex:
             elif kind == "blobs":
                 for ns, channel, version, value in body["values"]:
                     self._blobs[(ns, channel, _version(version))] = (value, None)
+            elif kind == "snapshot":
+                self.snapshot_at = number  # what it says, the records before it say too
             else:
                 raise ValueError(f"unknown record {kind!r}")
         except (ValueError, TypeError, KeyError) as error:
@@ -650,6 +765,8 @@ class SideIndex:
             except SessionFormatError:
                 lines.append(record_.line)
                 continue
+            if record_.kind == "snapshot":
+                continue  # of records as they were: the next put writes one anew
             if record_.kind == "intent":
                 announced = (body["epoch"], body["first"], body["last"], body.get("checkpoint"))
                 if announced not in pending:
@@ -660,6 +777,28 @@ class SideIndex:
                 continue
             lines.append(record_.line)
         return lines
+
+
+_ROOT_CHECKPOINT = b'{"checkpoint":{"ns":"",'
+_LISTED_AHEAD = 16
+"""Root checkpoints a partial index holds, at least, where its lines allow: the newest
+few of ``get_state_history`` are read from them too."""
+
+
+def _resume_from(lines: NumberedLines) -> int | None:
+    """Where in ``lines`` a partial index starts: the last snapshot with
+    :data:`_LISTED_AHEAD` root checkpoints after it, or else the first one."""
+    after = 0
+    first = None
+    for at in range(len(lines) - 1, -1, -1):
+        line = lines[at][1]
+        if line.startswith(_ROOT_CHECKPOINT):
+            after += 1
+        elif line.startswith(SNAPSHOT_PREFIX):
+            first = at
+            if after >= _LISTED_AHEAD:
+                return at
+    return first
 
 
 def _strings(found: re.Match[bytes]) -> tuple[str, str]:

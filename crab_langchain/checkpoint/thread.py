@@ -10,7 +10,7 @@ from langchain_core.messages import BaseMessage
 from crab_langchain.checkpoint.sidelog import SIDE_KIND, SideIndex, check_side_header
 from crab_langchain.context import Follower, WorkingContext
 from crab_langchain.log import SessionLog, split_header
-from crab_langchain.storage import Chunk, Cursor, companion_name
+from crab_langchain.storage import Chunk, Cursor, Tail, companion_name
 
 __all__ = ["Base", "Thread"]
 
@@ -94,6 +94,28 @@ class Thread:
             if self.index.epoch != epoch:
                 self.context.reset()
             return True
+
+    def take_whole(self, chunk: Chunk | None) -> None:
+        """Take ``chunk``, the whole side log, in place of a partial index (if still there)."""
+        with self.lock:
+            if not self.index.partial or chunk is None:
+                return
+            header, body = split_header(self.side.location, chunk.lines)
+            identity = check_side_header(self.side, header)
+            index = SideIndex(self.side)
+            index.take(body)
+            if index.epoch != self.index.epoch:  # an archive since: as in take_side
+                self.context.reset()
+            self.index, self.side_cursor, self.side_identity = index, chunk.cursor, identity
+
+    def take_tail(self, tail: Tail, index: SideIndex) -> None:
+        """Take ``index``, made from ``tail`` (the side log's end), unless another reader
+        took the side log meanwhile."""
+        with self.lock:
+            if self.side_cursor is not None:
+                return
+            self.side_identity = check_side_header(self.side, tail.header)
+            self.index, self.side_cursor = index, tail.cursor
 
     def forget_side(self) -> None:
         """Forget the side log read so far (it is gone, or unreadable): read it afresh."""

@@ -59,6 +59,7 @@ from crab_langchain.checkpoint.sealed import Sealer
 from crab_langchain.checkpoint.sidelog import (
     EMPTY,
     SIDE_KIND,
+    SNAPSHOT_EVERY,
     WRITES_PREFIX,
     BadRecordWarning,
     Kept,
@@ -90,6 +91,7 @@ from crab_langchain.steps import (
     Blocking,
     Commit,
     Read,
+    ReadTail,
     Steps,
     arun,
     run,
@@ -114,6 +116,9 @@ _SUMMARY_SOURCE = "summarization"  # SummarizationMiddleware marks its summary s
 _SUMMARY_PREFACE = "Here is a summary of the conversation to date:"
 _KNOWN_THREADS = 1024  # threads whose side log one saver keeps indexed
 _DELETED_RETRIES = 100  # a thread deleted again and again under one write: give up after this
+_TAIL_LINES = (2 * SNAPSHOT_EVERY, 16 * SNAPSHOT_EVERY)
+"""Side-log lines a cold read of the newest checkpoint reads from the end, and then, if
+they hold no snapshot, reads again."""
 _LINE_IDS = uuid.UUID("5d1c0f0e-6b8a-4c55-9a53-6372616274a1")  # ids of messages stored without
 SESSION_ALONE = "session_alone"  # marks the checkpoint made from a session with no side log
 
@@ -334,19 +339,30 @@ class Threads:
 
     # --- reading ------------------------------------------------------------------
 
-    def _refresh(self, thread: Thread) -> Steps[None]:
-        """Bring ``thread`` up to its logs.
+    def _refresh(self, thread: Thread, *, whole: bool = True) -> Steps[None]:
+        """Bring ``thread`` up to its logs (its side log read whole, unless not ``whole``).
 
         The session is read between two reads of the side log: a rewrite
         archives the session's lines in the side log as it replaces them, so
         if no archive appeared meanwhile, the session read belongs to the
-        epoch the side log says.
+        epoch the side log says. Not ``whole``, a side log not read yet is
+        read from its last snapshot on (see :meth:`SideIndex.resumed`).
         """
+        while whole and thread.index.partial:
+            # Read whole, then taken in one step: a put or a write racing this one
+            # meanwhile finds the partial index (and reads whole too), never none.
+            try:
+                chunk = yield Read(thread.side, None)
+            except FileNotFoundError:
+                with thread.lock:
+                    thread.forget_side()
+                break
+            thread.take_whole(chunk)
         # A thread deleted and made anew while it was read, or a side log a put made
         # for the session just deleted (it deletes it again at once): read both again.
         mismatches = 0
         while True:
-            yield from self._read_side(thread)
+            yield from self._read_side(thread, whole=whole)
             epoch = thread.index.epoch
             yield from self._read_session(thread)
             yield from self._read_side(thread)
@@ -360,7 +376,9 @@ class Threads:
             with thread.lock:
                 thread.context.reset()
 
-    def _read_side(self, thread: Thread) -> Steps[None]:
+    def _read_side(self, thread: Thread, *, whole: bool = True) -> Steps[None]:
+        if not whole and thread.side_cursor is None and (yield from self._read_side_end(thread)):
+            return
         while True:
             cursor = thread.side_cursor
             try:
@@ -382,6 +400,28 @@ class Threads:
             if thread.take_side(cursor, chunk):
                 return
 
+    def _read_side_end(self, thread: Thread) -> Steps[bool]:
+        """Read the side log from its last snapshot on, if its end holds one; else False.
+
+        A cold read of the newest checkpoint then costs the records since,
+        not every checkpoint before them. The end is read once more, longer,
+        if it holds no snapshot (many pending writes since); a side log whose
+        end holds none (an older release's) is then read whole.
+        """
+        for count in _TAIL_LINES:
+            try:
+                tail = yield ReadTail(thread.side, count)
+            except FileNotFoundError:
+                return False  # read again the usual way, which says what that means
+            if tail.whole:  # the whole log, read at once
+                chunk = Chunk([(1, tail.header), *tail.lines], tail.cursor, reset=True)
+                return thread.take_side(None, chunk)
+            index = SideIndex.resumed(thread.side, tail.lines)
+            if index is not None:
+                thread.take_tail(tail, index)
+                return True
+        return False
+
     def _read_session(self, thread: Thread) -> Steps[None]:
         yield from thread.follower.read_on()
 
@@ -390,19 +430,47 @@ class Threads:
         return self.store.plugin_manager.hook
 
     def get(self, config: RunnableConfig) -> Steps[CheckpointTuple | None]:
-        thread = yield from self._get_thread(_thread_id(config))
+        thread = yield from self._get_thread(_thread_id(config), whole=False)
         if thread is None:
             return None
         ns = _ns(config)
-        checkpoint_id = get_checkpoint_id(config) or thread.index.newest(ns)
-        record = thread.index.checkpoint(ns, checkpoint_id) if checkpoint_id else None
-        if record is None and ns == "":
-            record = _session_record(thread, checkpoint_id)
+        record = _record_of(thread, ns, get_checkpoint_id(config))
+        if thread.index.partial and not self._answerable(thread, ns, record):
+            thread = yield from self._get_thread(_thread_id(config))  # read the side log whole
+            if thread is None:
+                return None
+            record = _record_of(thread, ns, get_checkpoint_id(config))
         if record is None:
             return None
         found = yield from self.tuple_of(thread, ns, record, {})
         # As LangGraph's savers: a config naming its checkpoint is given back as it came.
         return found._replace(config=config) if get_checkpoint_id(config) else found
+
+    def _answerable(self, thread: Thread, ns: str, record: dict[str, Any] | None) -> bool:
+        """Whether a partial index (see :meth:`SideIndex.resumed`) tells all of ``record``.
+
+        It does for the newest root checkpoint, and one close to it, when every
+        value it has is among the records read or the snapshot, and its
+        messages are in the session's epoch now (not in an archived one).
+        """
+        index = thread.index
+        if record is None or ns != "" or index.read_whole:
+            return False
+        try:
+            state = decode_value(self.serde, record["state"])
+            for channel, version in state["channel_versions"].items():
+                found = index.blob(("", channel, version))
+                if found is None:
+                    return False
+                if isinstance(found[0], dict) and "session" in found[0]:
+                    epoch, line = (int(number) for number in found[0]["session"])
+                    while epoch < index.epoch and index.bases.get(epoch, -1) >= line:
+                        epoch += 1
+                    if epoch != index.epoch:
+                        return False
+        except SessionFormatError:
+            return False  # the whole log says where
+        return True
 
     def listed(
         self,
@@ -421,11 +489,45 @@ class Threads:
         for thread_id in (yield from self.thread_ids(config)):
             if wanted is not None and len(listed) >= wanted:
                 break
-            thread = yield from self._get_thread(thread_id)
+            room = None if wanted is None else wanted - len(listed)
+            # The newest few of one thread may be read from the side log's end.
+            thread = yield from self._get_thread(thread_id, whole=config is None or room is None)
+            if thread is not None and thread.index.partial:
+                newest = self._newest_from_end(thread, config, filter, before, room)
+                if newest is not None:
+                    listed += newest
+                    continue
+                thread = yield from self._get_thread(thread_id)  # read the side log whole
             if thread is not None:
-                room = None if wanted is None else wanted - len(listed)
                 listed += itertools.islice(self._matching(thread, config, filter, before), room)
         return listed
+
+    def _newest_from_end(
+        self,
+        thread: Thread,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        room: int | None,
+    ) -> Listed | None:
+        """The ``room`` newest checkpoints that match, if a partial index tells them all.
+
+        It does when they are of the root namespace, at least as new as its
+        first checkpoint (every one before it is older), and each is
+        :meth:`_answerable`; None when it does not.
+        """
+        index = thread.index
+        wanted_ns = config["configurable"].get("checkpoint_ns") if config is not None else None
+        if room is None or index.floor is None or wanted_ns != "":
+            return None
+        found = [
+            item
+            for item in itertools.islice(self._matching(thread, config, filter, before), room)
+            if item[2]["id"] >= index.floor
+        ]
+        if len(found) < room or not all(self._answerable(thread, "", i[2]) for i in found):
+            return None
+        return found
 
     def _matching(
         self,
@@ -460,14 +562,17 @@ class Threads:
                     if not filter or _matches(metadata, filter):
                         yield (thread, ns, record, bodies)
 
-    def _get_thread(self, thread_id: str) -> Steps[Thread | None]:
-        """The thread, brought up to its logs; None if it has none (or they were just deleted)."""
+    def _get_thread(self, thread_id: str, *, whole: bool = True) -> Steps[Thread | None]:
+        """The thread, brought up to its logs; None if it has none (or they were just deleted).
+
+        Not ``whole``: a side log not read yet may be read from its last snapshot on.
+        """
         config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
         thread = yield from self._thread(config, create=False)
         if thread is None:
             return None
         try:
-            yield from self._refresh(thread)
+            yield from self._refresh(thread, whole=whole)
         except FileNotFoundError:  # deleted meanwhile
             self.forget(thread_id)
             return None
@@ -623,7 +728,7 @@ class Threads:
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Steps[RunnableConfig]:
-        if thread.context.cursor is None:  # never read by this saver: plugins are told of it
+        if thread.context.cursor is None or thread.index.partial:  # its decision needs all
             yield from self._refresh(thread)
         ns = _ns(config)
         given = checkpoint["channel_values"]
@@ -649,8 +754,10 @@ class Threads:
             )
 
         done = _config(thread.thread_id, ns, checkpoint["id"])
+        carried = {c: v for c, v in checkpoint["channel_versions"].items() if c not in new_versions}
+        snapshot = _snapshots(thread, checkpoint["id"], carried) if ns == "" else _no_snapshot
         if not (ns == "" and isinstance(given.get(MESSAGES), list) and MESSAGES in new_versions):
-            yield from self._append_record(thread, record())
+            yield from self._append_record(thread, record(), snapshot)
             return done
         for _ in range(_MOVES):
             if thread.context.cursor is None:  # unread, or of an epoch gone: the decision needs it
@@ -664,7 +771,13 @@ class Threads:
             # run's, landing late) keeps its messages beside it, as any other value.
             if newest is None or checkpoint["id"] > newest:
                 stored = yield from self._store_messages(
-                    thread, view, given[MESSAGES], checkpoint["id"], parent, record=record
+                    thread,
+                    view,
+                    given[MESSAGES],
+                    checkpoint["id"],
+                    parent,
+                    record=record,
+                    snapshot=snapshot,
                 )
                 if stored:
                     return done
@@ -718,12 +831,18 @@ class Threads:
         if after is not None and cursor is not None:
             thread.take_side(cursor, Chunk(list(enumerate(lines, cursor.lines + 1)), after))
 
-    def _append_record(self, thread: Thread, record: bytes) -> Steps[None]:
-        """Append a checkpoint's ``record`` to the side log, and take what the log holds since."""
+    def _append_record(
+        self, thread: Thread, record: bytes, snapshot: Snapshot | None = None
+    ) -> Steps[None]:
+        """Append a checkpoint's ``record`` to the side log, and take what the log holds since.
+
+        ``snapshot`` gives the snapshot to go before it, if one is due.
+        """
         yield from self._ensure_side(thread)
         for _ in range(_MOVES):
             side_at = thread.side_cursor
-            change = Change(None, side_at, after=[record], passing=WRITES_PREFIX)
+            before = snapshot(side_at) if snapshot is not None else []
+            change = Change(None, side_at, before=before, after=[record], passing=WRITES_PREFIX)
             committed = yield Commit(thread.session, thread.side, change)
             if committed is not None:
                 yield from self._take(thread, side_at, committed)
@@ -762,8 +881,10 @@ class Threads:
         parent: str | None,
         *,
         record: Callable[[dict[str, Any]], bytes],
+        snapshot: Snapshot,
     ) -> Steps[bool]:
-        """Make ``messages`` the session's working context, with the checkpoint's ``record``.
+        """Make ``messages`` the session's working context, with the checkpoint's ``record``
+        (and ``snapshot``'s, if one is due: see :func:`_snapshots`).
 
         The session is the truth: lines another writer (a chat history)
         appended past the last put's are kept, after the new messages; only
@@ -776,7 +897,7 @@ class Threads:
         fresh = messages if base is None else messages[len(base.messages) :]
         if not all(isinstance(item, BaseMessage) for item in fresh):
             yield from self._append_record(
-                thread, record(self._encoded(thread, MESSAGES, messages))
+                thread, record(self._encoded(thread, MESSAGES, messages)), snapshot
             )
             return True
         landed = yield from self._landed(thread)
@@ -795,12 +916,19 @@ class Threads:
         if continues:
             assert base is not None
             place = yield from self._append_messages(
-                thread, view, [], fresh, checkpoint_id, record=record, base=base
+                thread, view, [], fresh, checkpoint_id, record=record, snapshot=snapshot, base=base
             )
         elif self._summary(messages) and not landed:
             marker = _marker(messages[0])
             place = yield from self._append_messages(
-                thread, view, [marker], messages[1:], checkpoint_id, record=record, base=None
+                thread,
+                view,
+                [marker],
+                messages[1:],
+                checkpoint_id,
+                record=record,
+                snapshot=snapshot,
+                base=None,
             )
         else:
             seen = yield from self._seen_by(thread, parent)
@@ -813,6 +941,7 @@ class Threads:
                 seen=seen,
                 checkpoint_id=checkpoint_id,
                 record=record,
+                snapshot=snapshot,
             )
         if place is None:
             return False
@@ -918,6 +1047,7 @@ class Threads:
         checkpoint_id: str,
         *,
         record: Callable[[dict[str, Any]], bytes],
+        snapshot: Snapshot,
         base: Base | None,
     ) -> Steps[Base | None]:
         """Append the lines of ``first`` and ``messages`` with ``record``, in one commit.
@@ -938,13 +1068,12 @@ class Threads:
         place = Base(epoch, -1, at.lines + len(lines), [], unseen)
         finished = record(_place(epoch, place.line, unseen))
         if not lines:
-            yield from self._append_record(thread, finished)
+            yield from self._append_record(thread, finished, snapshot)
             return place
         # The intent says where the lines go: a directory killed after it tells on them.
         announced = intent_record(epoch, at.lines + 1, lines, checkpoint_id)
-        change = Change(
-            at, side_at, lines, before=[announced], after=[finished], passing=WRITES_PREFIX
-        )
+        before = [*snapshot(side_at), announced]
+        change = Change(at, side_at, lines, before=before, after=[finished], passing=WRITES_PREFIX)
         committed = yield Commit(thread.session, thread.side, change)
         if committed is None:
             return None
@@ -1026,6 +1155,7 @@ class Threads:
         seen: set[str],
         checkpoint_id: str,
         record: Callable[[dict[str, Any]], bytes],
+        snapshot: Snapshot,
     ) -> Steps[Base | None]:
         """Archive the session's lines in the side log and replace them by ``messages``, at once.
 
@@ -1071,7 +1201,7 @@ class Threads:
             side_at,
             session,
             replace=True,
-            before=[archive, *kept_lines, *([announced] if new else [])],
+            before=[*snapshot(side_at), archive, *kept_lines, *([announced] if new else [])],
             after=[record(_place(place.epoch, place.line, left))],
             passing=WRITES_PREFIX,
         )
@@ -1357,6 +1487,44 @@ def _line_id(thread: Thread, epoch: int, line: int) -> str:
     while epoch > 0 and thread.index.bases.get(epoch - 1, -1) >= line:
         epoch -= 1
     return str(uuid.uuid5(_LINE_IDS, f"{thread.session.name}\n{epoch}\n{line}"))
+
+
+Snapshot = Callable[[Cursor | None], list[bytes]]
+"""What goes before a put's records written after side-log cursor ``side_at``: a snapshot,
+if one is due, or nothing."""
+
+
+def _snapshots(thread: Thread, checkpoint_id: str, carried: Mapping[str, Any]) -> Snapshot:
+    """A put's :data:`Snapshot` for root checkpoint ``checkpoint_id``, whose channels
+    ``carried`` (channel to version) keep values an earlier checkpoint stored.
+
+    One goes before the record of a root checkpoint newer than every other,
+    when the last snapshot is :data:`SNAPSHOT_EVERY` lines back: the records
+    after it then hold the newest root checkpoint.
+    """
+
+    def snapshot(side_at: Cursor | None) -> list[bytes]:
+        with thread.lock:
+            index = thread.index
+            newest = index.newest("")
+            if side_at is None or index.partial or (newest is not None and checkpoint_id <= newest):
+                return []
+            return [index.snapshot(carried)] if index.snapshot_due(side_at.lines) else []
+
+    return snapshot
+
+
+def _no_snapshot(side_at: Cursor | None) -> list[bytes]:
+    return []
+
+
+def _record_of(thread: Thread, ns: str, checkpoint_id: str | None) -> dict[str, Any] | None:
+    """The record of checkpoint ``checkpoint_id`` of namespace ``ns`` (None: the newest)."""
+    checkpoint_id = checkpoint_id or thread.index.newest(ns)
+    record = thread.index.checkpoint(ns, checkpoint_id) if checkpoint_id else None
+    if record is None and ns == "":
+        record = _session_record(thread, checkpoint_id)
+    return record
 
 
 def _session_record(thread: Thread, checkpoint_id: str | None) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ __all__ = [
     "Cursor",
     "SessionStorage",
     "StorageUnavailableError",
+    "Tail",
     "TornTailWarning",
     "check_name",
     "companion_name",
@@ -127,6 +128,20 @@ class Chunk:
     cursor: Cursor
     reset: bool = False
     """True when ``lines`` start at line 1 (first read, or the log was replaced)."""
+
+
+@dataclass
+class Tail:
+    """A log's header and its last lines, read without the lines before them."""
+
+    header: bytes
+    lines: list[tuple[int, bytes]]
+    """The last lines (blank ones left out), numbered on from ``whole``'s numbering or not
+    (see :meth:`SessionStorage.read_tail`)."""
+    cursor: Cursor
+    """Past the last line: reading on from it gives what was appended since."""
+    whole: bool
+    """True when ``lines`` are every line after the header, numbered from 2."""
 
 
 def check_name(name: str) -> str:
@@ -339,6 +354,23 @@ class SessionStorage(ABC):
         line is not returned (it may still be being written).
         """
 
+    def read_tail(self, name: str, count: int) -> Tail:
+        """The header and the last ``count`` lines (or more) of a log, in one read.
+
+        For a reader that needs only the newest records of a long log. The
+        lines are numbered in order, and reading on from ``cursor`` numbers
+        what follows on from them; unless ``whole``, the numbers need not be
+        the lines' places in the log (a directory cannot tell them without
+        reading every line). This default reads the whole log.
+
+        Raises:
+            FileNotFoundError: there is no such log.
+        """
+        chunk = self.read(name, None)
+        if chunk is None or not chunk.lines:
+            raise FileNotFoundError(2, "no such log", self.location(name))
+        return Tail(chunk.lines[0][1], chunk.lines[1:], chunk.cursor, whole=True)
+
     @abstractmethod
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
@@ -415,6 +447,10 @@ class SessionStorage(ABC):
     async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
         """Async :meth:`read`."""
         return await asyncio.to_thread(self.read, name, cursor)
+
+    async def aread_tail(self, name: str, count: int) -> Tail:
+        """Async :meth:`read_tail`."""
+        return await asyncio.to_thread(self.read_tail, name, count)
 
     async def aappend(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None

@@ -52,6 +52,7 @@ from crab_langchain.storage.base import (
     Committed,
     Cursor,
     SessionStorage,
+    Tail,
     TornTailWarning,
     check_name,
     companion_name,
@@ -83,6 +84,7 @@ _OPEN_LOGS = 32  # sessions whose descriptors are kept open, per storage
 _TAIL_BLOCK = 65536
 _READ_BLOCK = 1 << 30  # bytes asked of one pread
 _CHECKED_TAIL = 256
+_UNCOUNTED = 1 << 40  # the first number of a tail read's lines (see read_tail)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -351,6 +353,38 @@ class DirectoryStorage(SessionStorage):
             # unless one made it while we read: then read again, under its lock.
             if log is not None or not os.path.lexists(self._lock_path(name)):
                 return chunk
+
+    def read_tail(self, name: str, count: int) -> Tail:
+        # Read back from the end in growing blocks: what a long side log's newest
+        # records cost is theirs, not the log's. A file does not say how many lines
+        # it has, so the lines are numbered from _UNCOUNTED on. A file with an unfinished block,
+        # a torn or unterminated last line, or no lock file of ours is read whole.
+        tail = self._tail(name, count)
+        return super().read_tail(name, count) if tail is None else tail
+
+    def _tail(self, name: str, count: int) -> Tail | None:
+        path = self._file(name)
+        with self._held(name, exclusive=False) as log:
+            if log is None or log.record().pending:
+                return None
+            fd = _open_file(path, os.O_RDONLY)
+            try:
+                found = _tail_of(fd, count)
+                if found is None:
+                    return None
+                header, lines, size, whole = found
+                held = os.fstat(fd)
+                identity = (held.st_dev, held.st_ino, log.record().token)
+                end = os.pread(fd, min(_CHECKED_TAIL, size), max(0, size - _CHECKED_TAIL))
+            finally:
+                os.close(fd)
+        # Numbered far past any line a whole read numbers (unless it is whole): a
+        # reader never takes a line of one numbering for a line of the other.
+        first = 2 if whole else _UNCOUNTED
+        numbered = numbered_lines(lines, first)
+        last = first - 1 + len(lines)
+        check = _Check(held.st_mtime_ns, header + b"\n", end)
+        return Tail(header, numbered, Cursor(size, last, identity, check), whole)
 
     def _unchanged_since(self, name: str, path: str, cursor: Cursor) -> bool:
         """Whether nothing changed since ``cursor``: a chat turn's read, without the lock.
@@ -961,6 +995,28 @@ def _next_check(known: _Check | None, data: bytes, mtime_ns: int, unterminated: 
         return _Check(mtime_ns, data[:end], data[-_CHECKED_TAIL:], unterminated)
     tail = (known.tail + data)[-_CHECKED_TAIL:]
     return _Check(mtime_ns, known.header, tail, unterminated)
+
+
+def _tail_of(fd: int, count: int) -> tuple[bytes, list[bytes], int, bool] | None:
+    """``(header, last lines, size, whole)`` of the file open as ``fd``; None if it
+    does not end with a newline (or has no header line): then it is read whole."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, min(size, _TAIL_BLOCK), 0)
+    header_end = head.find(b"\n")
+    if header_end < 0 or os.pread(fd, 1, size - 1) != b"\n":
+        return None
+    start, block = size, _TAIL_BLOCK
+    data = b""
+    while start > header_end + 1 and data.count(b"\n") <= count:
+        step = min(block, start - header_end - 1)
+        start -= step
+        data = _pread_all(fd, step, start) + data
+        block *= 4
+    lines = data.split(b"\n")[:-1]
+    whole = start == header_end + 1
+    if not whole:
+        lines = lines[1:][-count:]  # the first is cut off where the read began
+    return head[:header_end], lines, size, whole
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:

@@ -57,6 +57,7 @@ from crab_langchain.storage.base import (
     Cursor,
     SessionStorage,
     StorageUnavailableError,
+    Tail,
     check_name,
     companion_name,
     numbered_lines,
@@ -293,6 +294,19 @@ if token and token == ARGV[1] then first = tonumber(ARGV[2]) end
 if first > length then first = 0 end
 if first == length then return {token, length} end
 return {token, length, first, redis.call('LRANGE', KEYS[1], first, -1)}
+"""
+)
+
+# KEYS: lines, meta. ARGV: count. nil if no log; else {token, length, header, first,
+# items}: the header and the last ``count`` lines (first: where they start, from 0).
+_TAIL = (
+    _SESSION_TYPES
+    + """
+local length = redis.call('LLEN', KEYS[1])
+if length == 0 then return false end
+local first = math.max(1, length - tonumber(ARGV[1]))
+return {redis.call('HGET', KEYS[2], 'token'), length, redis.call('LINDEX', KEYS[1], 0), first,
+  redis.call('LRANGE', KEYS[1], first, -1)}
 """
 )
 
@@ -587,6 +601,27 @@ class RedisStorage(SessionStorage):
         with _session_errors(self.location(name)):
             return self._chunk(name, await self._acall("read", keys, args))
 
+    def read_tail(self, name: str, count: int) -> Tail:
+        keys = self._keys.session(check_name(name))[:2]
+        with _session_errors(self.location(name)):
+            reply = self._run(lambda: self._script("tail", keys, [count]))
+        return self._tail(name, reply)
+
+    async def aread_tail(self, name: str, count: int) -> Tail:
+        if not self.native_async:
+            return await super().aread_tail(name, count)
+        keys = self._keys.session(check_name(name))[:2]
+        with _session_errors(self.location(name)):
+            reply = await self._acall("tail", keys, [count])
+        return self._tail(name, reply)
+
+    def _tail(self, name: str, reply: Any) -> Tail:
+        if reply is None:
+            raise FileNotFoundError(2, "no such session", self.location(name))
+        token, length, header, first = reply[0] or b"", int(reply[1]), reply[2], int(reply[3])
+        lines = numbered_lines(reply[4], first + 1)
+        return Tail(header, lines, Cursor(length, length, token), whole=first == 1)
+
     def _read_call(self, name: str, cursor: Cursor | None) -> tuple[list[str], list[Any]]:
         keys = self._keys.session(check_name(name))[:2]
         if cursor is None or not isinstance(cursor.identity, bytes):
@@ -815,6 +850,7 @@ def _register(client: Any) -> dict[str, Any]:
         "append": _APPEND,
         "replace": _REPLACE,
         "read": _READ,
+        "tail": _TAIL,
         "delete": _DELETE,
         "index_add": _INDEX_ADD,
         "index_remove": _INDEX_REMOVE,

@@ -51,6 +51,7 @@ if AGENTS_MISSING:
         "test_middleware.py",
         "test_saver_conventions.py",
         "test_session_truth.py",
+        "test_side_end.py",
     ]
 
 

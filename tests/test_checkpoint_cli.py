@@ -121,7 +121,7 @@ def test_export_has_a_default_format(tmp_path: Path):
 
 
 def test_verify_takes_a_side_log_with_snapshots_as_sound(tmp_path: Path):
-    from test_side_end import put_counter_steps
+    from side_logs import put_counter_steps
 
     from crab_langchain.checkpoint.sidelog import SNAPSHOT_PREFIX
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 from agents import chat_agent, human, summarizing_agent
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
-from langgraph.checkpoint.base import CheckpointTuple, empty_checkpoint
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
+from langgraph.checkpoint.base import CheckpointTuple
+from side_logs import put_counter_steps
 
 from crab_langchain import SessionStore
 from crab_langchain.checkpoint import CrabSaver, threads
@@ -46,24 +47,6 @@ class CountingDirectory(DirectoryStorage):
                 len(line) for _, line in tail.lines
             )
         return tail
-
-
-def put_counter_steps(saver: CrabSaver, steps: int) -> None:
-    """200 messages, then ``steps`` checkpoints that change a counter and not the messages."""
-    messages: list[BaseMessage] = [
-        HumanMessage(f"q{n}") if n % 2 == 0 else AIMessage(f"a{n}") for n in range(200)
-    ]
-    config: Any = {"configurable": {"thread_id": THREAD, "checkpoint_ns": ""}}
-    versions: dict[str, Any] = {}
-    for step in range(steps + 1):
-        changed = ["messages", "counter"] if step == 0 else ["counter"]
-        for channel in changed:
-            versions[channel] = saver.get_next_version(versions.get(channel), None)
-        checkpoint = empty_checkpoint()
-        checkpoint["channel_values"] = {"messages": messages, "counter": step}
-        checkpoint["channel_versions"] = dict(versions)
-        new_versions = {channel: versions[channel] for channel in changed}
-        config = saver.put(config, checkpoint, {"step": step}, new_versions)
 
 
 def cold_read(root: Path) -> tuple[CheckpointTuple, int]:

@@ -264,6 +264,30 @@ async def test_cancelled_runs_leave_the_thread_writable_and_the_session_is_the_s
     assert session_texts(backend.store()) == state
 
 
+async def test_history_appends_among_cancelled_runs_stay(backend: Backend):
+    """The two doors together across cancellations: a cancelled run's put may land late,
+    beside or after a chat history's append; the append stays in the conversation."""
+    store = backend.store()
+    agent = chat_agent(CrabSaver(store), turns=200)
+    history = backend.store().get_session_history(THREAD)
+    await agent.ainvoke(human("warm-up"), CONFIG)
+    for n in range(20):
+        task = asyncio.ensure_future(agent.ainvoke(human(f"q{n}"), CONFIG))
+        await asyncio.sleep(0.001 * (n % 7))
+        task.cancel()
+        if n % 5 == 0:
+            await history.aadd_messages([HumanMessage(f"from the history {n}")])
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.2)  # puts a cancelled caller left to finish
+    await asyncio.wait_for(agent.ainvoke(human("after"), CONFIG), timeout=30)
+    state = texts((await agent.aget_state(CONFIG)).values["messages"])
+    appended = [f"from the history {n}" for n in range(0, 20, 5)]
+    assert [text for text in state if str(text).startswith("from the history")] == appended
+    assert state[-2] == "after"
+    assert session_texts(backend.store()) == state
+
+
 # --- cancelled puts -------------------------------------------------------------------------------
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crab_langchain.checkpoint.sidelog import SIDE_KIND, archive_record, side_header
+from crab_langchain.checkpoint.sidelog import (
+    SIDE_KIND,
+    SideIndex,
+    archive_record,
+    side_header,
+    snapshot_record,
+)
 from crab_langchain.checkpoint.thread import Thread
 from crab_langchain.context import Follower
 from crab_langchain.log import SessionLog, header_identity
@@ -73,5 +79,27 @@ def test_a_side_read_telling_of_a_new_epoch_makes_the_session_be_read_again(tmp_
     read_at = thread.side_cursor
     thread.side.append([archive_record(0, [(2, b'{"role":"user","content":"old epoch"}')])])
     assert thread.take_side(read_at, thread.side.read(read_at))
+    assert thread.index.epoch == 1
+    assert thread.context.cursor is None  # read again before any decision
+
+
+def test_a_whole_read_replacing_a_partial_index_of_an_older_epoch_reads_the_session_again(
+    tmp_path: Path,
+):
+    """As a side read telling of a new epoch: the partial index read from the side log's
+    end was of epoch 0; the whole log, read later, says another writer made epoch 1."""
+    thread = thread_at(tmp_path)
+    thread.session.append([b'{"role":"user","content":"old epoch"}'])
+    run(thread.follower.read_on())
+    thread.side.append([snapshot_record(0, {}, [], 0, [])])
+    tail = thread.side.read_tail(10)
+    partial = SideIndex.resumed(thread.side, tail.lines)
+    assert partial is not None
+    thread.take_tail(tail, partial)
+    assert thread.index.partial
+    assert thread.context.cursor is not None
+    thread.side.append([archive_record(0, [(2, b'{"role":"user","content":"old epoch"}')])])
+    thread.take_whole(thread.side.read(None))
+    assert not thread.index.partial
     assert thread.index.epoch == 1
     assert thread.context.cursor is None  # read again before any decision

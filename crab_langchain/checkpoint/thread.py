@@ -104,9 +104,7 @@ class Thread:
             identity = check_side_header(self.side, header)
             index = SideIndex(self.side)
             index.take(body)
-            if index.epoch != self.index.epoch:  # an archive since: as in take_side
-                self.context.reset()
-            self.index, self.side_cursor, self.side_identity = index, chunk.cursor, identity
+            self._replace_index(index, chunk.cursor, identity)
 
     def take_tail(self, tail: Tail, index: SideIndex) -> None:
         """Take ``index``, made from ``tail`` (the side log's end), unless another reader
@@ -114,8 +112,17 @@ class Thread:
         with self.lock:
             if self.side_cursor is not None:
                 return
-            self.side_identity = check_side_header(self.side, tail.header)
-            self.index, self.side_cursor = index, tail.cursor
+            self._replace_index(index, tail.cursor, check_side_header(self.side, tail.header))
+
+    def _replace_index(self, index: SideIndex, cursor: Cursor, identity: str | None) -> None:
+        """Hold ``index`` (read up to ``cursor``) in place of the one held, under the lock.
+
+        As in :meth:`take_side`, an index of another epoch makes the working
+        context be read again.
+        """
+        if index.epoch != self.index.epoch:
+            self.context.reset()
+        self.index, self.side_cursor, self.side_identity = index, cursor, identity
 
     def forget_side(self) -> None:
         """Forget the side log read so far (it is gone, or unreadable): read it afresh."""

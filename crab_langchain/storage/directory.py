@@ -357,8 +357,9 @@ class DirectoryStorage(SessionStorage):
     def read_tail(self, name: str, count: int) -> Tail:
         # Read back from the end in growing blocks: what a long side log's newest
         # records cost is theirs, not the log's. A file does not say how many lines
-        # it has, so the lines are numbered from _UNCOUNTED on. A file with an unfinished block,
-        # a torn or unterminated last line, or no lock file of ours is read whole.
+        # it has, so a tail that is not the whole file is numbered from _UNCOUNTED on.
+        # A file with an unfinished block, a torn or unterminated last line, or no lock
+        # file of ours is read whole.
         tail = self._tail(name, count)
         return super().read_tail(name, count) if tail is None else tail
 

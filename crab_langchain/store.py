@@ -146,15 +146,20 @@ class SessionStore:
         entry_points: bool = True,
         **options: Any,
     ) -> SessionStore:
-        """A store at ``url``: ``redis://``, ``rediss://``, ``unix://`` or a directory.
+        """A store at ``url``: ``redis://``, ``rediss://``, ``unix://``, ``postgresql://``
+        or a directory.
 
         A Redis URL opens a :class:`~crab_langchain.storage.redis.RedisStorage`
         (the ``redis`` extra), on a single server or a Redis Cluster (asked of
         the server; ``cluster=True`` or ``False`` says so). ``prefix`` starts
         its keys (``"crab"`` by default); ``ttl`` (seconds) expires a session that long after its
-        last write. A path or ``file://`` URL opens a directory. Other
-        ``options`` go to the backend (redis-py's client options, or
-        ``durability`` for a directory).
+        last write. A PostgreSQL URL opens a
+        :class:`~crab_langchain.storage.postgres.PostgresStorage` (the
+        ``postgres`` extra) whose tables live in schema ``prefix`` (``"crab"``
+        by default): run :meth:`setup` once. A path or ``file://`` URL opens a
+        directory. Other ``options`` go to the backend (redis-py's client
+        options, psycopg's connection options, or ``durability`` for a
+        directory).
         """
         backend = open_storage(url, prefix=prefix, ttl=ttl, **options)
         try:
@@ -190,6 +195,22 @@ class SessionStore:
             return store
 
         return await asyncio.to_thread(opened)
+
+    def setup(self) -> None:
+        """Make what the backend needs before first use: PostgreSQL's schema and tables.
+
+        Idempotent, and safe from many processes at once; a directory and
+        Redis need nothing. Run it once per database (and schema), as
+        LangGraph's savers ask of theirs.
+
+        Raises:
+            StorageUnavailableError: the server cannot be reached.
+        """
+        self.storage.setup()
+
+    async def asetup(self) -> None:
+        """Async :meth:`setup`."""
+        await self.storage.asetup()
 
     def close(self) -> None:
         """Release what the storage holds open (descriptors, connections); reopened when used."""

@@ -1,9 +1,9 @@
 """One behaviour suite, every backend: the ``backend`` fixture and what tests ask of it.
 
-A test that takes ``backend`` runs three times: on a directory, on a real
-Redis server and on a real three-node Redis Cluster (see
-``redis_servers.py``). It makes stores with ``backend.store()`` (each call a
-new store object on the same sessions, as another worker would have), reads
+A test that takes ``backend`` runs four times: on a directory, on a real
+Redis server, on a real three-node Redis Cluster (see ``redis_servers.py``)
+and on a real PostgreSQL server, in a schema of its own (``postgres_servers.py``).
+It makes stores with ``backend.store()`` (each call a new store object on the same sessions, as another worker would have), reads
 the raw lines with ``backend.lines(...)`` and seeds crabtalk's own files with
 ``backend.put(...)``. Subprocesses open the same sessions with
 ``SessionStore.from_url(*backend.argv)`` (see ``OPEN_STORE``).
@@ -24,7 +24,7 @@ from crab_langchain import CrabChatMessageHistory, SessionStore
 from crab_langchain.storage import DirectoryStorage, SessionStorage
 from crab_langchain.transfer import copy_session
 
-BACKENDS = ["directory", "redis", "redis-cluster"]
+BACKENDS = ["directory", "redis", "redis-cluster", "postgres"]
 
 # For subprocess code: `store = open_store(sys.argv[1], sys.argv[2])` (argv from backend.argv).
 OPEN_STORE = """
@@ -68,8 +68,13 @@ class Backend:
         self._storages: list[SessionStorage] = []
 
     @property
-    def is_redis(self) -> bool:
+    def is_server(self) -> bool:
+        """Whether the sessions live on a server (no files)."""
         return self.kind != "directory"
+
+    @property
+    def is_redis(self) -> bool:
+        return self.kind.startswith("redis")
 
     @property
     def argv(self) -> list[str]:
@@ -92,6 +97,41 @@ class Backend:
         name = what if isinstance(what, str) else log_name(what)
         chunk = self.storage().read(name, None)
         return [] if chunk is None else [line for _, line in chunk.lines]
+
+    def raw_bytes(self, name: str) -> bytes:
+        """Log ``name`` as the server holds it, read around the storage: its lines, each
+        followed by a newline (what its file would hold). A directory's file is read as is."""
+        if self.kind == "directory":
+            return (Path(self.url) / name).read_bytes()
+        if self.kind == "postgres":
+            import psycopg
+            from psycopg import sql
+
+            query = sql.SQL(
+                "SELECT l.line FROM {}.logs g JOIN {}.lines l ON l.incarnation = g.incarnation"
+                " WHERE g.name = %s ORDER BY l.number"
+            ).format(sql.Identifier(self.prefix or ""), sql.Identifier(self.prefix or ""))
+            with psycopg.connect(self.url) as conn:
+                rows = conn.execute(query, [name]).fetchall()
+            return b"".join(bytes(row[0]) + b"\n" for row in rows)
+        storage = self.storage()
+        key = storage.location(name).rsplit(" ", 1)[1]  # a Redis location is "<url> <key>"
+        items = storage.client.lrange(key, 0, -1)  # type: ignore[attr-defined]
+        return b"".join(item + b"\n" for item in items)
+
+    def server_rows(self) -> dict[str, int]:
+        """PostgreSQL: how many rows the schema's logs and lines tables hold."""
+        import psycopg
+        from psycopg import sql
+
+        counts = {}
+        with psycopg.connect(self.url) as conn:
+            for table in ("logs", "lines"):
+                query = sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier(self.prefix or "", table)
+                )
+                counts[table] = conn.execute(query).fetchone()[0]  # type: ignore[index]
+        return counts
 
     def put(self, source: Path) -> str:
         """Store the session file ``source`` (a crabtalk fixture) here; return its log name."""
@@ -154,10 +194,13 @@ def log_name(history: CrabChatMessageHistory) -> str:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """The test's sessions on a directory, on Redis, then on Redis Cluster."""
+    """The test's sessions on a directory, on Redis, on Redis Cluster, then on PostgreSQL."""
     kind = request.param
     if kind == "directory":
         made = Backend(kind, str(tmp_path / "sessions"), None)
+    elif kind == "postgres":
+        made = Backend(kind, request.getfixturevalue("postgres_url"), None)
+        made.prefix = request.getfixturevalue("postgres_schema")
     else:
         url = request.getfixturevalue("redis_url" if kind == "redis" else "redis_cluster_url")
         made = Backend(kind, url, request.getfixturevalue("redis_prefix"))

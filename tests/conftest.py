@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import pytest
 from hypothesis import settings
+from postgres_servers import PostgresServer, postgres_missing
 from redis_servers import (
     RedisClusterServers,
     RedisServer,
@@ -203,6 +204,42 @@ def delete_prefixed(servers: RedisServer | RedisClusterServers, prefix: str) -> 
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
                 pipe.unlink(key)
             pipe.execute()
+
+
+# --- PostgreSQL: one private server for the session, a schema per test ------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL for the session; skipped where none can start (failed under CI)."""
+    reason = postgres_missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the PostgreSQL tests may not skip: {reason}", pytrace=False)
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The session server's URL (the test user, trusted on loopback)."""
+    return postgres_server.url
+
+
+@pytest.fixture
+def postgres_schema(postgres_server: PostgresServer) -> Iterator[str]:
+    """A schema no other test uses, set up; dropped afterwards."""
+    from crab_langchain.storage.postgres import PostgresStorage
+
+    schema = "t" + uuid.uuid4().hex[:12]
+    storage = PostgresStorage.from_url(postgres_server.url, schema=schema)
+    try:
+        storage.setup()
+    finally:
+        storage.close()
+    yield schema
+    postgres_server.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 # Every backend's behaviour suite: a test taking `backend` runs on each (see backends.py).

@@ -158,13 +158,23 @@ def test_an_agent_turn_is_eight_storage_calls_none_of_them_failed(
 ):
     """No hold, no lease, no retry: a turn reads once and each put or write is one call.
 
-    On Redis each storage call is one script, one round trip (counted at the client too).
+    On Redis each storage call is one script, one round trip (counted at the client too);
+    on PostgreSQL one transaction.
     """
     store = backend.store()
     agent = chat_agent(CrabSaver(store))
     agent.invoke(human("q0"), CONFIG, durability=durability)  # the thread's logs exist
     calls = count_storage_calls(store, monkeypatch)
     sent: list[str] = []
+    if backend.kind == "postgres":  # each storage call one transaction
+        for run in ("_run", "_arun"):
+            real_run = getattr(store.storage, run)
+
+            def counted_run(body: Any, __real: Any = real_run, __run: str = run) -> Any:
+                sent.append(__run)
+                return __real(body)
+
+            monkeypatch.setattr(store.storage, run, counted_run)
     if backend.is_redis:
         client = store.storage.client  # type: ignore[attr-defined]
         real = client.execute_command
@@ -179,7 +189,7 @@ def test_an_agent_turn_is_eight_storage_calls_none_of_them_failed(
     # each of two put_writes one append. None found a log moved ("moved").
     expected = ["read"] * 3 + ["append"] * 2 + ["commit"] * 3
     assert sorted(calls) == sorted(expected), " ".join(calls)
-    if backend.is_redis:
+    if backend.is_server:
         assert len(sent) == len(calls)
     messages = agent.get_state(CONFIG).values["messages"]
     assert [(m.type, m.content[:7]) for m in messages] == [

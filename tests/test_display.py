@@ -287,10 +287,11 @@ def test_image_block_is_a_placeholder_not_its_data(backend: Backend):
 
 def test_header_names_session_agent_file_and_count(backend: Backend):
     history = written(backend, [HumanMessage("a"), AIMessage("b")], agent="crab")
-    if backend.is_redis:  # no file: where it is, the server and the key
+    if backend.is_server:  # no file: where it is, the server and the key
         assert history.file_path is None
         assert history.location is not None
-        assert history.location.startswith(f"{backend.url} {backend.prefix}:")
+        place = f"{backend.prefix}.logs " if backend.kind == "postgres" else f"{backend.prefix}:"
+        assert history.location.startswith(f"{backend.url} {place}")
         where = history.location
         shown = f"at={where!r}"
     else:

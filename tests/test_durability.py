@@ -106,7 +106,7 @@ def id_of(name: str) -> str:
 
 def opened(backend: Backend, name: str = SESSION) -> CrabChatMessageHistory:
     """A history on the existing log ``name``, read once: by path for a file, else by its id."""
-    if not backend.is_redis:
+    if not backend.is_server:
         return CrabChatMessageHistory.from_file(Path(backend.url) / name)
     history = backend.store().get_session_history(id_of(name))
     history.session  # noqa: B018 - read it now, as from_file does
@@ -356,7 +356,7 @@ def test_recycled_lists_always_hold_the_current_context(backend):
     others = backend.store()
     examples = itertools.count()
 
-    @settings(max_examples=30 if backend.is_redis else 80, deadline=None)
+    @settings(max_examples=30 if backend.is_server else 80, deadline=None)
     @given(ops=OPS)
     def check(ops):
         session_id = f"s{next(examples)}"
@@ -471,7 +471,7 @@ def test_four_processes_500_turns_each_on_one_session(tmp_path, backend, stress)
     lines = only_log(backend)
     SessionMeta.from_line(lines[0])
     check_writers(lines[1:], ["0", "1", "2", "3"], turns=turns)  # exactly 8 x turns lines
-    if not backend.is_redis:
+    if not backend.is_server:
         assert not list(Path(backend.url).glob("*.torn"))
     reader = backend.store().get_session_history("s")
     assert [to_line(m) for m in reader.messages] == lines[1:]
@@ -615,6 +615,24 @@ class ServerPause:
             node.client_unpause()
 
 
+class TableLock(ServerPause):
+    """PostgreSQL: the sync methods refuse to run; holding locks the logs table from another
+    connection (ACCESS EXCLUSIVE: reads wait too) until released."""
+
+    def __init__(self, storage: Any, monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
+        super().__init__(storage, monkeypatch, [])
+        import psycopg
+
+        self.conn = psycopg.connect(backend.url)
+        self.table = f'"{backend.prefix}".logs'
+
+    def hold(self) -> None:
+        self.conn.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.conn.commit()
+
+
 async def held_call(gate: ThreadGate | ServerPause, call: Any) -> Any:
     """Await ``call`` while its storage work is held: meanwhile the loop must run on."""
     gate.hold()
@@ -630,7 +648,7 @@ async def held_call(gate: ThreadGate | ServerPause, call: Any) -> Any:
 
 @pytest.fixture
 def redis_nodes(backend, request) -> Iterator[list[Any]]:
-    """A plain client on every server of a Redis backend (none for a directory)."""
+    """A plain client on every server of a Redis backend (none for another)."""
     if not backend.is_redis:
         yield []
         return
@@ -645,7 +663,8 @@ def redis_nodes(backend, request) -> Iterator[list[Any]]:
 
 
 async def test_async_calls_keep_the_event_loop_running(backend, monkeypatch, redis_nodes):
-    # Redis: redis.asyncio, and never the sync methods. A directory: the sync ones, in a thread.
+    # Redis: redis.asyncio, PostgreSQL: psycopg's async connections, and never the sync
+    # methods. A directory: the sync ones, in a thread.
     store = backend.store()
     history = store.get_session_history("s")
     history.add_messages([HumanMessage("one")])  # created: what follows only reads and writes
@@ -653,6 +672,9 @@ async def test_async_calls_keep_the_event_loop_running(backend, monkeypatch, red
     if backend.is_redis:
         assert store.storage.native_async
         gate: ThreadGate | ServerPause = ServerPause(store.storage, monkeypatch, redis_nodes)
+    elif backend.kind == "postgres":
+        assert store.storage.native_async
+        gate = TableLock(store.storage, monkeypatch, backend)
     else:
         gate = ThreadGate(store.storage, monkeypatch)
 
@@ -944,7 +966,7 @@ def test_more_sessions_than_cached_descriptors_round_robin(tmp_path):
 
 
 def test_close_releases_descriptors_and_appending_reopens(backend):
-    counted = not backend.is_redis  # a directory's descriptors; a server's connections are pooled
+    counted = not backend.is_server  # a directory's descriptors; a server's connections are pooled
     if counted and not PROC_FD.is_dir():
         pytest.skip("counts descriptors in /proc")
     store = backend.store()

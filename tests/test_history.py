@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from backends import OPEN_STORE, Backend
+from backends import OPEN_STORE, Backend, log_name
 from conftest import FIXTURE_FILES, FIXTURES, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,14 +99,10 @@ def log_bytes(backend: Backend, what: CrabChatMessageHistory | str) -> bytes:
     A Redis list holds the lines a file would, blank ones included, so its
     items each followed by a newline compare byte for byte with a file.
     """
-    storage = storage_of(backend)
-    location = storage.location(what) if isinstance(what, str) else what.location
-    assert location is not None, "the session has no log yet"
-    if not backend.is_redis:
-        return Path(location).read_bytes()
-    key = location.rsplit(" ", 1)[1]  # a Redis location is "<url> <key>"
-    items = storage.client.lrange(key, 0, -1)  # type: ignore[attr-defined]
-    return b"".join(item + b"\n" for item in items)
+    if isinstance(what, str):
+        return backend.raw_bytes(what)
+    assert what.location is not None, "the session has no log yet"
+    return backend.raw_bytes(log_name(what))
 
 
 def log_lines(backend: Backend, what: CrabChatMessageHistory | str) -> list[bytes]:
@@ -120,7 +116,7 @@ def seed_raw(backend: Backend, name: str, data: bytes) -> bytes:
     through the storage, which does not validate them (an unterminated last
     line becomes a whole item there, as no Redis writer can leave half a line).
     """
-    if not backend.is_redis:
+    if not backend.is_server:
         root = Path(backend.url)
         root.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
@@ -137,7 +133,7 @@ def seed_raw(backend: Backend, name: str, data: bytes) -> bytes:
 
 def expected_file_path(backend: Backend, name: str) -> Path | None:
     """What ``file_path`` says for log ``name``: its file, or None on Redis."""
-    return None if backend.is_redis else Path(backend.url) / name
+    return None if backend.is_server else Path(backend.url) / name
 
 
 def open_fixture(backend: Backend, fixture: Path, plugins=()) -> CrabChatMessageHistory:
@@ -230,7 +226,7 @@ def test_location_is_none_until_first_write(backend):
     [name] = store.storage.names()
     assert history.location == store.storage.location(name)
     assert history.file_path == expected_file_path(backend, name)
-    if backend.is_redis:
+    if backend.is_server:
         assert backend.prefix in history.location
     else:
         assert history.location == str(history.file_path)
@@ -268,7 +264,7 @@ def test_clear_before_any_write_creates_nothing(backend):
     assert history.location is None
     assert history.file_path is None
     assert store.storage.names() == []
-    if not backend.is_redis:
+    if not backend.is_server:
         assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
 
 
@@ -384,7 +380,7 @@ async def test_async_api_does_no_blocking_storage_io_on_the_event_loop(backend, 
     await history.aclear()
     assert await history.aget_messages() == []
     assert on_loop == []
-    assert store.storage.native_async == backend.is_redis
+    assert store.storage.native_async == backend.is_server
 
 
 def test_session_fields(backend):
@@ -397,7 +393,7 @@ def test_session_fields(backend):
     assert session.created_at.tzinfo is not None
     assert before - timedelta(seconds=1) <= session.created_at <= datetime.now(timezone.utc)
     assert session.file_path == history.file_path
-    assert (session.file_path is None) == backend.is_redis
+    assert (session.file_path is None) == backend.is_server
     assert session.history == [CrabMessage(role="user", content="hi")]
     header = json.loads(log_lines(backend, history)[0])
     assert header["agent"] == "bot"
@@ -981,7 +977,7 @@ def test_failed_first_write_creates_no_file(backend):
     assert history.location is None
     assert history.file_path is None
     assert store.storage.names() == []
-    if not backend.is_redis:
+    if not backend.is_server:
         assert not store.root.exists() or list(store.root.glob("*.jsonl")) == []
 
 
@@ -1259,7 +1255,7 @@ def test_reader_sees_two_clears_by_another_instance(backend):
     writer.add_messages([HumanMessage("old")])
     reader = backend.store().get_session_history("s1")
     assert reader.messages == [HumanMessage("old")]
-    reader_inode = None if backend.is_redis else writer.file_path.stat().st_ino
+    reader_inode = None if backend.is_server else writer.file_path.stat().st_ino
     for _ in range(20):  # clear until the file system hands the reader's inode back
         writer.clear()
         if reader_inode is None or writer.file_path.stat().st_ino == reader_inode:
@@ -1286,7 +1282,7 @@ def test_any_messages_written_read_back_equal_by_a_new_store(backend):
     runs = iter(range(1_000_000))
 
     # Inside the test so each backend sets its own budget: a Redis round trip costs more.
-    @settings(max_examples=30 if backend.is_redis else 60, deadline=None)
+    @settings(max_examples=30 if backend.is_server else 60, deadline=None)
     @given(batches=st.lists(st.lists(MESSAGES, min_size=1, max_size=4), min_size=1, max_size=3))
     def written_and_read_back(batches):
         session_id = f"prop-{next(runs)}"  # a session neither store has seen

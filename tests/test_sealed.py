@@ -24,10 +24,35 @@ def encrypted(key: bytes = KEY) -> EncryptedSerializer:
     return EncryptedSerializer.from_pycryptodome_aes(key=key)
 
 
+def postgres_rows(backend: Backend) -> list[bytes]:
+    """Every row of every table of the backend's schema, as text."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(backend.url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            [backend.prefix],
+        ).fetchall()
+        found = []
+        for (table,) in tables:
+            query = sql.SQL("SELECT t::text FROM {} t").format(
+                sql.Identifier(backend.prefix, table)
+            )
+            found += [row[0].encode() for row in conn.execute(query)]
+        for (line,) in conn.execute(
+            sql.SQL("SELECT line FROM {}").format(sql.Identifier(backend.prefix, "lines"))
+        ):
+            found.append(bytes(line))
+    return found
+
+
 def stored_bytes(backend: Backend, store: SessionStore) -> bytes:
-    """Every byte the thread's backend holds: files, or every key's value."""
-    if not backend.is_redis:
+    """Every byte the thread's backend holds: files, every key's value, or every table's rows."""
+    if not backend.is_server:
         return b"".join(p.read_bytes() for p in Path(backend.url).iterdir() if p.is_file())
+    if backend.kind == "postgres":
+        return b"\n".join(postgres_rows(backend))
     client = store.storage.client  # type: ignore[attr-defined]
     found = []
     for key in client.scan_iter(match=f"{backend.prefix}:*"):

@@ -83,7 +83,8 @@ class CrabSaver(BaseCheckpointSaver[str]):
         As LangGraph's own savers: ``with CrabSaver.from_conn_string(url) as saver:``.
 
         Args:
-            conn_string: a directory path, ``file://``, ``redis://``, ``rediss://`` or ``unix://``.
+            conn_string: a directory path, ``file://``, ``redis://``, ``rediss://``, ``unix://``
+                or ``postgresql://`` (then call :meth:`setup` once).
             **kwargs: ``agent``, ``created_by`` and ``serde`` go to the saver; the
                 rest to :meth:`SessionStore.from_url` (``prefix``, ``ttl``, ...).
 
@@ -108,13 +109,16 @@ class CrabSaver(BaseCheckpointSaver[str]):
             yield cls(store, **own)
 
     def setup(self) -> None:
-        """Nothing to create: sessions and side logs are made as threads are written.
+        """Make what the store's backend needs first (PostgreSQL's tables); idempotent.
 
-        Here for generic LangGraph code that calls it on any saver; idempotent.
+        Sessions and side logs themselves are made as threads are written; a
+        directory and Redis need nothing, as LangGraph's generic code expects.
         """
+        self.store.setup()
 
     async def asetup(self) -> None:
         """Async :meth:`setup`."""
+        await self.store.asetup()
 
     # --- the interface --------------------------------------------------------
 

@@ -33,6 +33,7 @@ from crab_langchain.storage.directory import DirectoryStorage, Durability
 
 __all__ = [
     "COMPANION_KINDS",
+    "POSTGRES_SCHEMES",
     "REDIS_SCHEMES",
     "Change",
     "Chunk",
@@ -54,6 +55,9 @@ __all__ = [
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 """URL schemes that :func:`open_storage` opens as Redis."""
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+"""URL schemes that :func:`open_storage` opens as PostgreSQL."""
+
 
 def open_storage(
     url: str | os.PathLike[str],
@@ -62,15 +66,28 @@ def open_storage(
     ttl: float | timedelta | None = None,
     **options: Any,
 ) -> SessionStorage:
-    """The storage at ``url``: a Redis URL, a ``file://`` URL or a directory path.
+    """The storage at ``url``: a Redis or PostgreSQL URL, a ``file://`` URL or a directory path.
 
-    ``prefix`` (default ``"crab"``) and ``ttl`` apply to Redis only, and
-    are refused for a directory; other ``options`` go to
-    :meth:`RedisStorage.from_url <crab_langchain.storage.redis.RedisStorage.from_url>`
-    or to :class:`DirectoryStorage` (``durability``).
+    ``prefix`` (default ``"crab"``) starts a Redis store's keys and names a
+    PostgreSQL store's schema; it and ``ttl`` are refused for a directory.
+    Other ``options`` go to
+    :meth:`RedisStorage.from_url <crab_langchain.storage.redis.RedisStorage.from_url>`,
+    :meth:`PostgresStorage.from_url <crab_langchain.storage.postgres.PostgresStorage.from_url>`
+    or :class:`DirectoryStorage` (``durability``).
     """
     text = os.fspath(url)
     scheme = url_scheme(text)
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            from crab_langchain.storage.postgres import PostgresStorage  # noqa: PLC0415
+        except ImportError as error:
+            raise ImportError(
+                f"{public_url(text)}: PostgreSQL needs the 'postgres' extra: "
+                "pip install 'crab-langchain[postgres]'"
+            ) from error
+        if prefix is not None:
+            options["schema"] = prefix
+        return PostgresStorage.from_url(text, ttl=ttl, **options)
     if scheme in REDIS_SCHEMES:
         try:
             from crab_langchain.storage.redis import RedisStorage  # noqa: PLC0415 - an extra
@@ -86,7 +103,8 @@ def open_storage(
         raise ValueError(f"not a directory path or a URL with a scheme: {SUPPORTED}")
     if prefix is not None or ttl is not None:
         raise ValueError(
-            f"{public_url(text)}: prefix and ttl are for Redis; a directory has neither"
+            f"{public_url(text)}: prefix and ttl are for Redis and PostgreSQL; "
+            "a directory has neither"
         )
     if scheme == "file":
         text = unquote(urlsplit(text).path)
@@ -94,6 +112,6 @@ def open_storage(
 
 
 SUPPORTED = (
-    "give a directory path, file://, redis://, rediss:// or unix:// "
+    "give a directory path, file://, redis://, rediss://, unix:// or postgresql:// "
     "(for Redis Sentinel or another client, pass RedisStorage(client) as the backend)"
 )

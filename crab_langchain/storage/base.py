@@ -206,7 +206,8 @@ def _split_userinfo(url: str) -> tuple[str, str, str, str]:
     urlsplit: a password holding ``/``, ``?`` or ``#`` that nobody
     percent-encoded would be read as path, query or fragment there, and
     shown. What follows its first ``:`` is the secret; without a ``:`` all
-    of it is, unless the query holds ``password=`` (then it is a user name).
+    of it is (Redis' ``redis://password@host``), unless the query holds
+    ``password=`` or the URL is PostgreSQL's (then it is a user name).
     """
     scheme = url_scheme(url)
     head = url[: len(scheme) + 3]
@@ -216,7 +217,7 @@ def _split_userinfo(url: str) -> tuple[str, str, str, str]:
     user, colon, password = userinfo.partition(":")
     if colon:
         return head, f"{user}:***", password, rest
-    if _QUERY_PASSWORD.search(rest):
+    if _QUERY_PASSWORD.search(rest) or scheme in ("postgresql", "postgres"):
         return head, userinfo, "", rest
     return head, "***", userinfo, rest
 
@@ -441,6 +442,13 @@ class SessionStorage(ABC):
 
     def close(self) -> None:  # noqa: B027 - most storages hold nothing to release
         """Release what the storage holds open (it reopens what it needs later)."""
+
+    def setup(self) -> None:  # noqa: B027 - most storages need nothing made first
+        """Make what the storage needs before its first use (a database's tables); idempotent."""
+
+    async def asetup(self) -> None:
+        """Async :meth:`setup`."""
+        await asyncio.to_thread(self.setup)
 
     # --- async twins ----------------------------------------------------------
 

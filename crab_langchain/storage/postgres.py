@@ -1,0 +1,878 @@
+"""Session logs in PostgreSQL: a row per log, a row per line, the lines' bytes as a file's.
+
+A log (a session, or a side log kept beside one) is a row of ``logs``: its
+name, the *incarnation* its lines are filed under, how many lines it has and
+the bytes its file would have. Its lines are rows of ``lines``, keyed by
+incarnation and place, each holding exactly the bytes of one line of the
+JSONL file, so a session moves between a directory, Redis and PostgreSQL
+unchanged. Replacing a log files its new lines under a new incarnation (from a
+sequence), so a reader's cursor never continues into a different log, and a
+reader that read the row and its lines in one statement always sees a whole
+log: lines of one incarnation are only ever added at its end.
+
+Every operation is one transaction. Writers of one session take turns on its
+``logs`` row (``SELECT ... FOR UPDATE``, rows locked in name order), the
+database's own lock, held only for the transaction: nobody polls and a writer
+killed mid-transaction leaves nothing behind. Each write carries a random
+write id, stored with it, so a call resent after its connection dropped (the
+reply of a ``COMMIT`` lost) finds its id and answers as the first time instead
+of writing twice.
+
+The tables live in one schema (``crab`` by default), created by
+:meth:`PostgresStorage.setup`, never as a side effect of reading or writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from crab_langchain.storage.base import (
+    Change,
+    Chunk,
+    Committed,
+    Cursor,
+    SessionStorage,
+    StorageUnavailableError,
+    Tail,
+    check_name,
+    numbered_lines,
+    owner_of,
+    public_url,
+    url_secrets,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresStorage", "StorageNotSetUpError"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+"""The version of the tables :meth:`PostgresStorage.setup` creates."""
+
+_ATTEMPTS = 12  # per call, while the connection keeps dropping (a restart takes a second or two)
+_BACKOFF_CAP = 1.0  # seconds
+_WRITE_ID_SECONDS = 120  # far past any resend: ours give up within seconds
+_FORGET_EVERY = 64  # about one write in this many forgets the write ids past their time
+_CONNECT_TIMEOUT = 10  # seconds, for the first connection from_url makes
+_POOL_TIMEOUT = 10.0  # seconds a call waits for a connection from the pool
+
+
+class StorageNotSetUpError(RuntimeError):
+    """The database has no crab-langchain tables (or older ones): run ``setup()`` once."""
+
+
+# One statement each; {names} are the schema's tables, quoted by psycopg.sql.
+_LIVE = "(expires IS NULL OR expires > now())"
+
+_SETUP = [
+    "CREATE SCHEMA IF NOT EXISTS {schema}",
+    "CREATE TABLE IF NOT EXISTS {version} (version integer NOT NULL)",
+]
+_MIGRATIONS = {
+    1: [
+        "CREATE SEQUENCE {incarnations}",
+        # name: the log; family: the session it belongs to (its own name for a session);
+        # listed: named by listings (sessions, not the logs beside them).
+        """CREATE TABLE {logs} (
+            name text COLLATE "C" PRIMARY KEY,
+            family text COLLATE "C" NOT NULL,
+            listed boolean NOT NULL,
+            incarnation bigint NOT NULL UNIQUE,
+            length integer NOT NULL,
+            bytes bigint NOT NULL,
+            created double precision NOT NULL,
+            expires timestamptz
+        )""",
+        "CREATE INDEX ON {logs} (created DESC, name) WHERE listed",
+        # Finding a session by how its name ends is a prefix search of the reversed name.
+        "CREATE INDEX ON {logs} ((reverse(name)) text_pattern_ops) WHERE listed",
+        "CREATE INDEX ON {logs} (family)",
+        "CREATE INDEX ON {logs} (expires) WHERE expires IS NOT NULL",
+        """CREATE TABLE {lines} (
+            incarnation bigint NOT NULL,
+            number integer NOT NULL,
+            line bytea NOT NULL,
+            PRIMARY KEY (incarnation, number)
+        )""",
+        """CREATE TABLE {writes} (
+            id bytea PRIMARY KEY,
+            incarnation bigint NOT NULL,
+            length integer NOT NULL,
+            made timestamptz NOT NULL DEFAULT now()
+        )""",
+        "CREATE INDEX ON {writes} (made)",
+    ]
+}
+
+_STATEMENTS = {
+    # A log's row and its lines from a place on, in one statement: one snapshot.
+    "read": f"""
+        SELECT g.incarnation, g.length, l.number, l.line FROM {{logs}} g
+        LEFT JOIN {{lines}} l ON l.incarnation = g.incarnation AND l.number < g.length
+          AND l.number >= CASE WHEN g.incarnation = %(incarnation)s AND %(offset)s <= g.length
+                               THEN %(offset)s ELSE 0 END
+        WHERE g.name = %(name)s AND {_LIVE} ORDER BY l.number""",
+    "tail": f"""
+        SELECT g.incarnation, g.length, h.line, l.number, l.line FROM {{logs}} g
+        JOIN {{lines}} h ON h.incarnation = g.incarnation AND h.number = 0
+        LEFT JOIN {{lines}} l ON l.incarnation = g.incarnation AND l.number < g.length
+          AND l.number >= greatest(1, g.length - %(count)s)
+        WHERE g.name = %(name)s AND {_LIVE} ORDER BY l.number""",
+    "lines": """
+        SELECT number, line FROM {lines}
+        WHERE incarnation = %(incarnation)s AND number >= %(first)s AND number < %(end)s
+        ORDER BY number""",
+    "headers": f"""
+        SELECT g.name, l.line FROM {{logs}} g JOIN {{lines}} l
+          ON l.incarnation = g.incarnation AND l.number = 0
+        WHERE g.name = ANY(%(names)s) AND {_LIVE}""",
+    "sizes": f"SELECT name, bytes FROM {{logs}} WHERE name = ANY(%(names)s) AND {_LIVE}",
+    "exists": f"SELECT 1 FROM {{logs}} WHERE name = %(name)s AND {_LIVE}",
+    "names": f"SELECT name FROM {{logs}} WHERE listed AND {_LIVE} ORDER BY created DESC, name",
+    "names_ending": f"""
+        SELECT name FROM {{logs}}
+        WHERE listed AND reverse(name) LIKE %(pattern)s AND {_LIVE}
+        ORDER BY created DESC, name""",
+    # Writers take turns on the rows of the logs they write, locked in name order.
+    "lock": f"""
+        SELECT name, incarnation, length FROM {{logs}}
+        WHERE name = ANY(%(names)s) AND {_LIVE} ORDER BY name FOR UPDATE""",
+    "done": "SELECT incarnation, length FROM {writes} WHERE id = %(id)s",
+    "remember": """
+        INSERT INTO {writes} (id, incarnation, length)
+        VALUES (%(id)s, %(incarnation)s, %(length)s)""",
+    "forget": f"DELETE FROM {{writes}} WHERE made < now() - interval '{_WRITE_ID_SECONDS} seconds'",
+    "add_lines": """
+        INSERT INTO {lines} (incarnation, number, line)
+        SELECT %(incarnation)s, %(first)s + u.n - 1, u.line
+        FROM unnest(%(lines)s::bytea[]) WITH ORDINALITY AS u(line, n)""",
+    "grow": """
+        UPDATE {logs} SET length = %(length)s, bytes = bytes + %(size)s WHERE name = %(name)s""",
+    "renew": """
+        WITH old AS (SELECT incarnation FROM {logs} WHERE name = %(name)s),
+        gone AS (DELETE FROM {lines} WHERE incarnation = (SELECT incarnation FROM old))
+        UPDATE {logs} SET incarnation = nextval(%(sequence)s::regclass), length = 0, bytes = 0
+        WHERE name = %(name)s RETURNING incarnation""",
+    "refresh": "UPDATE {logs} SET expires = now() + %(ttl)s WHERE family = %(family)s",
+    # A log whose time ran out is gone as soon as someone wants its name.
+    "clear_expired": """
+        WITH gone AS (DELETE FROM {logs} WHERE family = %(family)s
+                      AND expires IS NOT NULL AND expires <= now() RETURNING incarnation)
+        DELETE FROM {lines} WHERE incarnation IN (SELECT incarnation FROM gone)""",
+    "create": """
+        INSERT INTO {logs} (name, family, listed, incarnation, length, bytes, created, expires)
+        VALUES (%(name)s, %(family)s, %(listed)s, nextval(%(sequence)s::regclass), 0, 0,
+                %(created)s, now() + %(ttl)s::interval)
+        ON CONFLICT (name) DO NOTHING RETURNING incarnation""",
+    "delete": """
+        WITH gone AS (DELETE FROM {logs} WHERE name = %(name)s OR family = %(family)s
+                      RETURNING name, incarnation, """
+    + _LIVE
+    + """ AS live),
+        lines_gone AS (DELETE FROM {lines} WHERE incarnation IN (SELECT incarnation FROM gone))
+        SELECT live FROM gone WHERE name = %(name)s""",
+    "sweep": """
+        WITH gone AS (DELETE FROM {logs} WHERE family IN (
+                        SELECT family FROM {logs} WHERE expires IS NOT NULL AND expires <= now())
+                      RETURNING name, listed, incarnation),
+        lines_gone AS (DELETE FROM {lines} WHERE incarnation IN (SELECT incarnation FROM gone))
+        SELECT count(*) FROM gone WHERE listed""",
+}
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One statement of a body (see :meth:`PostgresStorage._run`); ``rows``: fetch its rows."""
+
+    statement: sql.Composed
+    params: dict[str, Any]
+    rows: bool = True
+
+
+_Body = Generator[_Query, "list[tuple[Any, ...]]", T]
+"""A piece of work in one transaction: it yields its statements and is sent their rows
+(none for a statement whose rows it does not ask for)."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    name: str
+    incarnation: int
+    length: int
+
+
+def _incarnation(cursor: Cursor | None) -> int:
+    """The incarnation a cursor read (-1, never one, for a cursor of another storage)."""
+    return cursor.identity if cursor is not None and isinstance(cursor.identity, int) else -1
+
+
+def _ends_at(row: _Row, at: Cursor) -> bool:
+    return row.incarnation == _incarnation(at) and row.length == at.offset
+
+
+def _size(lines: Sequence[bytes]) -> int:
+    return sum(len(line) + 1 for line in lines)
+
+
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _ttl_seconds(ttl: float | timedelta | None) -> float | None:
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if seconds is not None and seconds <= 0:
+        raise ValueError(f"ttl must be positive, not {ttl!r}")
+    return seconds
+
+
+def _family(name: str) -> str:
+    owner = owner_of(name)
+    return name if owner is None else owner[0]
+
+
+class PostgresStorage(SessionStorage):
+    """Session logs in PostgreSQL, through psycopg 3 connection pools.
+
+    Most code opens one with :meth:`from_url` or
+    :meth:`SessionStore.from_url <crab_langchain.SessionStore.from_url>`
+    and runs :meth:`setup` once. ``pool`` serves the sync API; ``async_pool``
+    the async one (``aget_messages``...), natively: an
+    :class:`~psycopg_pool.AsyncConnectionPool`, or a function making one for
+    each event loop. Without one, async calls run the sync pool in a worker
+    thread. A pool passed in stays the caller's to close. ``schema`` names
+    the schema holding the tables; ``ttl`` (seconds or a ``timedelta``)
+    expires a session, with the logs beside it, that long after its last write.
+    """
+
+    names_newest_first = True
+
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        *,
+        async_pool: AsyncConnectionPool[Any] | Callable[[], AsyncConnectionPool[Any]] | None = None,
+        schema: str = "crab",
+        ttl: float | timedelta | None = None,
+        url: str | None = None,
+    ) -> None:
+        if not isinstance(schema, str) or not schema or "\0" in schema:
+            raise ValueError(f"not a schema name: {schema!r}")
+        self._pool: ConnectionPool[Any] | None = pool
+        self._reopen: Callable[[], ConnectionPool[Any]] | None = None
+        self._pool_lock = threading.Lock()
+        self.schema = schema
+        seconds = _ttl_seconds(ttl)
+        self.ttl = timedelta(seconds=seconds) if seconds is not None else None
+        self._url = public_url(url) if url else "postgresql://(a pool)"
+        self._secrets = url_secrets(url) if url else set()
+        self._tables = {
+            table: sql.Identifier(schema, table)
+            for table in ("logs", "lines", "writes", "version", "incarnations")
+        }
+        self._sequence = f"{sql.Identifier(schema).as_string()}.incarnations"
+        self._statements = {key: self._compose(text) for key, text in _STATEMENTS.items()}
+        self._owns_async = callable(async_pool)
+        self._open_async: Callable[[], AsyncConnectionPool[Any]] | None = (
+            async_pool if callable(async_pool) or async_pool is None else lambda: async_pool
+        )
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncConnectionPool[Any]
+        ] = weakref.WeakKeyDictionary()
+        self.native_async = async_pool is not None
+        self._writes = 0
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        schema: str = "crab",
+        ttl: float | timedelta | None = None,
+        max_size: int = 8,
+        **connection_options: Any,
+    ) -> PostgresStorage:
+        """Connect to ``url`` (``postgresql://`` or ``postgres://``) with pools of its own.
+
+        Args:
+            url: a libpq connection URL.
+            schema: the schema holding the tables.
+            ttl: how long a session lives after its last write (None: for ever).
+            max_size: connections per pool at most.
+            **connection_options: passed to each psycopg connection.
+
+        Returns:
+            The storage; run :meth:`setup` once per database and schema.
+
+        Raises:
+            StorageUnavailableError: the server cannot be reached or refused the login.
+        """
+        shown, secrets = public_url(url), url_secrets(url)
+        options = {**connection_options, "autocommit": True}
+        with _translated(shown, secrets):
+            # A first connection of our own, so a refusal says why (a pool would only time out).
+            psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT, **options).close()
+
+        def sync_pool() -> ConnectionPool[Any]:
+            return ConnectionPool(
+                url, kwargs=options, min_size=1, max_size=max_size, timeout=_POOL_TIMEOUT
+            )
+
+        def async_pool() -> AsyncConnectionPool[Any]:
+            return AsyncConnectionPool(
+                url,
+                kwargs=options,
+                min_size=1,
+                max_size=max_size,
+                timeout=_POOL_TIMEOUT,
+                open=False,
+            )
+
+        storage = cls(sync_pool(), async_pool=async_pool, schema=schema, ttl=ttl, url=url)
+        storage._reopen = sync_pool
+        return storage
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({self._url!r}, schema={self.schema!r})"
+
+    def describe(self) -> str:
+        return f"{self._url} (schema {self.schema!r})"
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        """The sync connection pool (one the storage opened is opened again after close)."""
+        with self._pool_lock:
+            if self._pool is None:
+                assert self._reopen is not None  # only a pool of our own is ever dropped
+                self._pool = self._reopen()
+            return self._pool
+
+    def close(self) -> None:
+        """Close the pool if the storage opened it (a pool passed in stays open).
+
+        The storage opens a new one when it is used again.
+        """
+        with self._pool_lock:
+            pool = self._pool if self._reopen is not None else None
+            if pool is not None:
+                self._pool = None
+        if pool is not None:
+            pool.close()
+
+    async def aclose(self) -> None:
+        """Close the running event loop's async pool, if the storage opened it."""
+        found = self._async.pop(asyncio.get_running_loop(), None)
+        if found is not None and self._owns_async:
+            await found.close()
+
+    # --- the tables -----------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create the schema and its tables, or bring older ones up to date; idempotent.
+
+        Safe to run from many processes at once: they take turns on an advisory lock.
+
+        Raises:
+            StorageNotSetUpError: the tables were made by a newer crab-langchain.
+            StorageUnavailableError: the server cannot be reached.
+        """
+        self._run(self._setup_body)
+
+    async def asetup(self) -> None:
+        """Async :meth:`setup`."""
+        await self._arun(self._setup_body)
+
+    def _setup_body(self) -> _Body[None]:
+        # One setup at a time per database: CREATE ... IF NOT EXISTS races with itself.
+        yield _Query(
+            self._compose("SELECT pg_advisory_xact_lock(hashtext('crab-langchain setup'))"), {}
+        )
+        for text in _SETUP:
+            yield _Query(self._compose(text), {}, rows=False)
+        rows = yield _Query(self._compose("SELECT max(version) FROM {version}"), {})
+        found = (rows[0][0] if rows else None) or 0
+        if found > SCHEMA_VERSION:
+            raise StorageNotSetUpError(
+                f"{self.describe()}: the tables are version {found}, made by a newer "
+                f"crab-langchain (this one knows version {SCHEMA_VERSION}): upgrade it"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for text in _MIGRATIONS[version]:
+                yield _Query(self._compose(text), {}, rows=False)
+            insert = self._compose("INSERT INTO {version} (version) VALUES (%(version)s)")
+            yield _Query(insert, {"version": version}, rows=False)
+
+    def sweep(self) -> int:
+        """Remove every session whose time ran out (see ``ttl``), with the logs beside it.
+
+        Expired sessions are invisible at once; this frees their rows. Run it
+        from a periodic job (a creation reusing a name removes that one too).
+
+        Returns:
+            How many sessions were removed.
+        """
+        return self._run(self._sweep_body)
+
+    async def asweep(self) -> int:
+        """Async :meth:`sweep`."""
+        return await self._arun(self._sweep_body)
+
+    def _sweep_body(self) -> _Body[int]:
+        rows = yield self._query("sweep")
+        yield self._query("forget", rows=False)
+        return int(rows[0][0]) if rows else 0
+
+    def _compose(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(**self._tables, schema=sql.Identifier(self.schema))
+
+    def _query(self, key: str, rows: bool = True, **params: Any) -> _Query:
+        return _Query(self._statements[key], params, rows)
+
+    # --- names and places -----------------------------------------------------
+
+    def location(self, name: str) -> str:
+        return f"{self._url} {self.schema}.logs {check_name(name)!r}"
+
+    def path(self, name: str) -> None:
+        check_name(name)  # refused as everywhere, though no file will ever hold it
+
+    def names(self, *, suffix: str = "") -> list[str]:
+        if not suffix:
+            rows = self._run(lambda: self._one(self._query("names")))
+        else:
+            pattern = _like_prefix(suffix[::-1])
+            rows = self._run(lambda: self._one(self._query("names_ending", pattern=pattern)))
+        return [row[0] for row in rows]
+
+    def exists(self, name: str) -> bool:
+        check_name(name)
+        return bool(self._run(lambda: self._one(self._query("exists", name=name))))
+
+    def read_header(self, name: str) -> bytes:
+        header = self.read_headers([name])[0]
+        if isinstance(header, Exception):
+            raise header
+        return header
+
+    def read_headers(self, names: Sequence[str]) -> list[bytes | Exception]:
+        wanted = [check_name(name) for name in names]
+        rows = self._run(lambda: self._one(self._query("headers", names=wanted)))
+        found = {row[0]: bytes(row[1]) for row in rows}
+        return [
+            found[name]
+            if name in found
+            else FileNotFoundError(2, "no such session", self.location(name))
+            for name in wanted
+        ]
+
+    def sizes(self, names: Sequence[str]) -> list[int | None]:
+        wanted = [check_name(name) for name in names]
+        rows = self._run(lambda: self._one(self._query("sizes", names=wanted)))
+        found = {row[0]: int(row[1]) for row in rows}
+        return [found.get(name) for name in wanted]
+
+    # --- reading --------------------------------------------------------------
+
+    def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
+        return self._run(lambda: self._read_body(name, cursor))
+
+    async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
+        if not self.native_async:
+            return await super().aread(name, cursor)
+        return await self._arun(lambda: self._read_body(name, cursor))
+
+    def _read_body(self, name: str, cursor: Cursor | None) -> _Body[Chunk | None]:
+        offset = cursor.offset if cursor is not None else 0
+        rows = yield self._query(
+            "read", name=check_name(name), incarnation=_incarnation(cursor), offset=offset
+        )
+        if not rows:
+            raise FileNotFoundError(2, "no such session", self.location(name))
+        incarnation, length = rows[0][0], rows[0][1]
+        first = offset if _incarnation(cursor) == incarnation and offset <= length else 0
+        if first == length:
+            return None
+        lines = (bytes(line) for *_, number, line in rows if number is not None)
+        end = Cursor(length, length, incarnation)
+        return Chunk(numbered_lines(lines, first + 1), end, reset=first == 0)
+
+    def read_tail(self, name: str, count: int) -> Tail:
+        return self._run(lambda: self._tail_body(name, count))
+
+    async def aread_tail(self, name: str, count: int) -> Tail:
+        if not self.native_async:
+            return await super().aread_tail(name, count)
+        return await self._arun(lambda: self._tail_body(name, count))
+
+    def _tail_body(self, name: str, count: int) -> _Body[Tail]:
+        rows = yield self._query("tail", name=check_name(name), count=count)
+        if not rows:
+            raise FileNotFoundError(2, "no such log", self.location(name))
+        incarnation, length, header = rows[0][0], rows[0][1], bytes(rows[0][2])
+        kept = [(number, bytes(line)) for *_, number, line in rows if number is not None]
+        first = kept[0][0] if kept else length
+        lines = numbered_lines((line for _, line in kept), first + 1)
+        return Tail(header, lines, Cursor(length, length, incarnation), whole=first <= 1)
+
+    # --- writing --------------------------------------------------------------
+
+    def create(self, name: str, header: bytes, *, created: float | None = None) -> None:
+        self._run(self._writing(lambda write: self._create_body(write, name, header, created)))
+
+    def _create_body(
+        self, write: bytes, name: str, header: bytes, created: float | None
+    ) -> _Body[None]:
+        if (yield self._query("done", id=write)):
+            return  # created by this very call before its connection dropped
+        family = _family(check_name(name))
+        yield self._query("clear_expired", rows=False, family=family)
+        rows = yield self._query(
+            "create",
+            name=name,
+            family=family,
+            listed=owner_of(name) is None,
+            sequence=self._sequence,
+            created=created if created is not None else time.time(),
+            ttl=self.ttl,
+        )
+        if not rows:
+            raise FileExistsError(17, "session exists", self.location(name))
+        yield from self._grow(write, _Row(name, rows[0][0], 0), [header])
+
+    def append(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
+        return self._run(self._writing(lambda write: self._append_body(write, name, lines, after)))
+
+    async def aappend(
+        self, name: str, lines: Sequence[bytes], after: Cursor | None = None
+    ) -> Cursor | None:
+        if not self.native_async:
+            return await super().aappend(name, lines, after)
+        return await self._arun(
+            self._writing(lambda write: self._append_body(write, name, lines, after))
+        )
+
+    def append_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        return self._run(
+            self._writing(lambda write: self._append_body(write, name, lines, at, check=True))
+        )
+
+    async def aappend_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
+        if not self.native_async:
+            return await super().aappend_at(name, lines, at)
+        return await self._arun(
+            self._writing(lambda write: self._append_body(write, name, lines, at, check=True))
+        )
+
+    def _append_body(
+        self,
+        write: bytes,
+        name: str,
+        lines: Sequence[bytes],
+        after: Cursor | None,
+        *,
+        check: bool = False,
+    ) -> _Body[Cursor | None]:
+        if not lines:
+            raise ValueError("nothing to append")
+        locked = yield from self._locked(write, [name])
+        if locked is None:  # a resend of an append made: what it left
+            done = yield self._query("done", id=write)
+            row = _Row(name, done[0][0], done[0][1])
+        elif check and after is not None and not _ends_at(locked[0], after):
+            return None
+        else:
+            row = yield from self._grow(write, locked[0], lines)
+        if after is None or after.identity != row.incarnation:
+            return None
+        if after.offset != row.length - len(lines):
+            return None
+        return Cursor(row.length, row.length, row.incarnation)
+
+    def replace(self, name: str, lines: Sequence[bytes]) -> None:
+        self._run(self._writing(lambda write: self._replace_body(write, name, lines, None)))
+
+    async def areplace(self, name: str, lines: Sequence[bytes]) -> None:
+        if not self.native_async:
+            await super().areplace(name, lines)
+            return
+        await self._arun(self._writing(lambda write: self._replace_body(write, name, lines, None)))
+
+    def replace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        return self._run(self._writing(lambda write: self._replace_body(write, name, lines, at)))
+
+    async def areplace_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> bool:
+        if not self.native_async:
+            return await super().areplace_at(name, lines, at)
+        return await self._arun(
+            self._writing(lambda write: self._replace_body(write, name, lines, at))
+        )
+
+    def _replace_body(
+        self, write: bytes, name: str, lines: Sequence[bytes], at: Cursor | None
+    ) -> _Body[bool]:
+        if not lines:
+            raise ValueError("a log holds at least its header line")
+        locked = yield from self._locked(write, [name])
+        if locked is None:
+            return True  # a resend of a replacement made
+        if at is not None and not _ends_at(locked[0], at):
+            return False
+        yield from self._grow(write, (yield from self._renew(locked[0])), lines)
+        return True
+
+    def commit(self, name: str, side: str, change: Change) -> Committed | None:
+        return self._run(self._writing(lambda write: self._commit_body(write, name, side, change)))
+
+    async def acommit(self, name: str, side: str, change: Change) -> Committed | None:
+        if not self.native_async:
+            return await super().acommit(name, side, change)
+        return await self._arun(
+            self._writing(lambda write: self._commit_body(write, name, side, change))
+        )
+
+    def _commit_body(
+        self, write: bytes, name: str, side: str, change: Change
+    ) -> _Body[Committed | None]:
+        locked = yield from self._locked(write, [name, side])
+        if locked is None:
+            return Committed(None, None)  # a resend of a commit made: read both again
+        session, log = locked
+        if change.at is not None and not _ends_at(session, change.at):
+            return None
+        first = 0
+        if change.side_at is not None:
+            if not (yield from self._side_passes(log, change)):
+                return None
+            first = change.side_at.offset
+        if change.side_replace:
+            log, first = (yield from self._renew(log)), 0
+        log = yield from self._grow(write, log, change.before, remember=False)
+        if change.replace:
+            session = yield from self._renew(session)
+        session = yield from self._grow(write, session, change.lines, remember=False)
+        log = yield from self._grow(write, log, change.after)
+        rows = yield self._lines(log, first)
+        side_chunk = Chunk(
+            numbered_lines((bytes(line) for _, line in rows), first + 1),
+            Cursor(log.length, log.length, log.incarnation),
+            reset=first == 0,
+        )
+        return Committed(Cursor(session.length, session.length, session.incarnation), side_chunk)
+
+    def _side_passes(self, log: _Row, change: Change) -> _Body[bool]:
+        at = cast("Cursor", change.side_at)
+        if log.incarnation != _incarnation(at) or log.length < at.offset:
+            return False
+        if log.length == at.offset:
+            return True
+        rows = yield self._lines(log, at.offset)
+        moved = Chunk([(number + 1, bytes(line)) for number, line in rows], at)
+        return change.passes(moved)
+
+    def delete(self, name: str) -> bool:
+        check_name(name)
+        family = name if owner_of(name) is None else ""  # a session goes with its companions
+        rows = self._run(lambda: self._one(self._query("delete", name=name, family=family)))
+        return bool(rows and rows[0][0])
+
+    @contextlib.contextmanager
+    def creation_lock(self) -> Iterator[None]:
+        # A session-level advisory lock: the server queues the waiters and frees the lock
+        # if this process dies. On a connection of its own, not the pool's: waiters holding
+        # pooled connections would starve the holder of the one it needs to create.
+        key = f"crab-langchain creation {self.schema}"
+        pool = self.pool
+        conninfo = pool.conninfo if isinstance(pool.conninfo, str) else pool.conninfo()
+        kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else (pool.kwargs or dict)()
+        with _translated(self._url, self._secrets):
+            conn = psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
+        with conn, _translated(self._url, self._secrets):
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [key])
+            yield  # closing the connection frees the lock
+
+    # --- the bodies' shared steps ----------------------------------------------
+
+    def _locked(self, write: bytes, names: list[str]) -> _Body[list[_Row] | None]:
+        """Lock the rows of ``names`` for this transaction: None if ``write`` was made
+        before (a resend); ``FileNotFoundError`` if a log is missing."""
+        rows = yield self._query("lock", names=[check_name(name) for name in names])
+        if (yield self._query("done", id=write)):
+            return None
+        found = {row[0]: _Row(*row) for row in rows}
+        for name in names:
+            if name not in found:
+                raise FileNotFoundError(2, "no such session", self.location(name))
+        return [found[name] for name in names]
+
+    def _grow(
+        self, write: bytes, row: _Row, lines: Sequence[bytes], *, remember: bool = True
+    ) -> _Body[_Row]:
+        """Append ``lines`` to the locked log ``row``; with ``remember``, end the write."""
+        grown = _Row(row.name, row.incarnation, row.length + len(lines))
+        if lines:
+            add = self._query(
+                "add_lines", False, incarnation=row.incarnation, first=row.length, lines=lines
+            )
+            yield add
+            size = _size(lines)
+            yield self._query("grow", False, name=row.name, length=grown.length, size=size)
+            if self.ttl is not None:  # a session and the logs beside it live and expire together
+                yield self._query("refresh", False, ttl=self.ttl, family=_family(row.name))
+        if remember:
+            yield self._query(
+                "remember", False, id=write, incarnation=grown.incarnation, length=grown.length
+            )
+            self._writes += 1
+            if self._writes % _FORGET_EVERY == 0:
+                yield self._query("forget", False)
+        return grown
+
+    def _renew(self, row: _Row) -> _Body[_Row]:
+        """Empty log ``row`` under a new incarnation (its lines go)."""
+        rows = yield self._query("renew", name=row.name, sequence=self._sequence)
+        return _Row(row.name, rows[0][0], 0)
+
+    def _lines(self, row: _Row, first: int) -> _Query:
+        return self._query("lines", incarnation=row.incarnation, first=first, end=row.length)
+
+    @staticmethod
+    def _one(query: _Query) -> _Body[list[tuple[Any, ...]]]:
+        return (yield query)
+
+    @staticmethod
+    def _writing(body: Callable[[bytes], _Body[T]]) -> Callable[[], _Body[T]]:
+        """``body`` with a write id, made once: every resend of the call carries the same."""
+        write = os.urandom(12)
+        return lambda: body(write)
+
+    # --- running bodies ---------------------------------------------------------
+
+    def _run(self, body: Callable[[], _Body[T]]) -> T:
+        """Run ``body()`` in one transaction, again while the connection drops."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with _translated(self._url, self._secrets), self.pool.connection() as conn:
+                    return _drive(conn, body())
+            except StorageUnavailableError:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                self.pool.check()  # the other idle connections died with this one
+                time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _arun(self, body: Callable[[], _Body[T]]) -> T:
+        """Async :meth:`_run` on the running loop's pool."""
+        pool = await self._async_pool()
+        for attempt in range(_ATTEMPTS):
+            try:
+                with _translated(self._url, self._secrets):
+                    async with pool.connection() as conn:
+                        return await _adrive(conn, body())
+            except StorageUnavailableError:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                await pool.check()
+                await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _async_pool(self) -> AsyncConnectionPool[Any]:
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            assert self._open_async is not None  # callers check native_async first
+            found = self._async[loop] = self._open_async()
+            with _translated(self._url, self._secrets):
+                await found.open()
+        return found
+
+
+def _drive(conn: psycopg.Connection[Any], body: _Body[T]) -> T:
+    """Run ``body``'s statements on ``conn`` in one transaction, in a pipeline: a statement
+    whose rows the body does not ask for goes with the next that does."""
+    with conn.pipeline(), conn.transaction(), _settled(body):
+        reply: list[tuple[Any, ...]] = []
+        while True:
+            try:
+                query = body.send(reply)
+            except StopIteration as done:
+                return cast("T", done.value)
+            cursor = conn.execute(query.statement, query.params)
+            reply = cursor.fetchall() if query.rows else []
+
+
+async def _adrive(conn: psycopg.AsyncConnection[Any], body: _Body[T]) -> T:
+    """Async :func:`_drive`."""
+    async with conn.pipeline(), conn.transaction():
+        with _settled(body):
+            reply: list[tuple[Any, ...]] = []
+            while True:
+                try:
+                    query = body.send(reply)
+                except StopIteration as done:
+                    return cast("T", done.value)
+                cursor = await conn.execute(query.statement, query.params)
+                reply = await cursor.fetchall() if query.rows else []
+
+
+@contextlib.contextmanager
+def _settled(body: _Body[Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        body.close()
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before resend ``attempt + 1``: exponential, capped, with full jitter."""
+    return random.uniform(0, min(_BACKOFF_CAP, 0.02 * 2**attempt))
+
+
+@contextlib.contextmanager
+def _translated(where: str, secrets: set[str]) -> Iterator[None]:
+    """psycopg's errors as the seam's: an unreachable server, a full disk, no tables.
+
+    The server's words are kept (they name what failed) with any password cut out.
+    """
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as error:
+        raise StorageNotSetUpError(
+            f"{where}: no crab-langchain tables here ({_words(error, secrets)}): "
+            "run store.setup() (or saver.setup(), or `crab-sessions --root URL setup`) once"
+        ) from None
+    except psycopg.errors.DiskFull as error:
+        raise OSError(
+            errno.ENOSPC, f"the PostgreSQL server's disk is full: {error}", where
+        ) from None
+    except (psycopg.OperationalError, psycopg.errors.TransactionRollback) as error:
+        # A dropped connection, a server restarting, a deadlock broken by the server: the
+        # transaction was rolled back (or, if its COMMIT's reply was lost, its write id says so).
+        raise StorageUnavailableError(f"{where}: {_words(error, secrets)}") from None
+    except psycopg.InterfaceError as error:
+        raise StorageUnavailableError(f"{where}: {_words(error, secrets)}") from None
+
+
+def _words(error: Exception, secrets: set[str]) -> str:
+    """The error's first line (the server's others quote the statement), no password in it."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    text = f"{type(error).__name__}: {first}"
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

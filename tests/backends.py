@@ -3,7 +3,8 @@
 A test that takes ``backend`` runs four times: on a directory, on a real
 Redis server, on a real three-node Redis Cluster (see ``redis_servers.py``)
 and on a real PostgreSQL server, in a schema of its own (``postgres_servers.py``).
-It makes stores with ``backend.store()`` (each call a new store object on the same sessions, as another worker would have), reads
+It makes stores with ``backend.store()`` (each call a new store object on the
+same sessions, as another worker would have), reads
 the raw lines with ``backend.lines(...)`` and seeds crabtalk's own files with
 ``backend.put(...)``. Subprocesses open the same sessions with
 ``SessionStore.from_url(*backend.argv)`` (see ``OPEN_STORE``).

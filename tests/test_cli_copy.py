@@ -93,10 +93,15 @@ def cluster(redis_cluster_url: str, redis_prefix: str) -> Redis:
     return Redis(redis_cluster_url, redis_prefix)
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture
+def postgres(postgres_url: str, postgres_schema: str) -> Redis:
+    return Redis(postgres_url, postgres_schema)
+
+
+@pytest.fixture(params=["redis", "cluster", "postgres"])
 def server(request: pytest.FixtureRequest) -> Redis:
-    """The test's Redis: a single server, then a three-node cluster."""
-    return request.getfixturevalue("redis" if request.param == "redis" else "cluster")
+    """The test's server: Redis, a three-node Redis Cluster, then PostgreSQL (a schema)."""
+    return request.getfixturevalue(request.param)
 
 
 # --- round trips ------------------------------------------------------------------

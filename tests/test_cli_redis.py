@@ -85,11 +85,18 @@ def redis(redis_url: str, redis_prefix: str, sessions: Path) -> Redis:
     return seeded(redis_url, redis_prefix, sessions)
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
-def server(request: pytest.FixtureRequest, redis_prefix: str, sessions: Path) -> Redis:
-    """The fixtures' sessions on a single server, then on a three-node cluster."""
-    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
-    return seeded(url, redis_prefix, sessions)
+@pytest.fixture(params=["redis", "redis-cluster", "postgres"])
+def server(request: pytest.FixtureRequest, sessions: Path) -> Redis:
+    """The fixtures' sessions on a single server, a three-node cluster, then PostgreSQL
+    (its ``--prefix`` names a schema)."""
+    if request.param == "postgres":
+        url, prefix = request.getfixturevalue("postgres_url"), "postgres_schema"
+    else:
+        url = request.getfixturevalue(
+            "redis_url" if request.param == "redis" else "redis_cluster_url"
+        )
+        prefix = "redis_prefix"
+    return seeded(url, request.getfixturevalue(prefix), sessions)
 
 
 def location(redis: Redis, name: str) -> str:

@@ -18,6 +18,7 @@ from crab_langchain import display
 from crab_langchain.cli import PROG
 from crab_langchain.log import SessionLog
 from crab_langchain.storage import (
+    POSTGRES_SCHEMES,
     REDIS_SCHEMES,
     DirectoryStorage,
     SessionStorage,
@@ -114,7 +115,7 @@ def root_type() -> click.Path:
         def convert(
             self, value: Any, param: click.Parameter | None, ctx: click.Context | None
         ) -> Any:
-            if isinstance(value, str) and is_redis(value):
+            if isinstance(value, str) and is_server(value):
                 return value
             if isinstance(value, str) and "://" in value:
                 local = local_path(value)  # a file:// URL; any other scheme is refused, named
@@ -191,12 +192,21 @@ def opened(root: Root, *, create: bool = False) -> Iterator[SessionStorage]:
 
 
 def server_errors() -> tuple[type[Exception], ...]:
-    """What a Redis server's failure raises: the seam's error, and redis-py's own."""
+    """What a server's failure raises: the seam's errors, and redis-py's own."""
+    found: tuple[type[Exception], ...] = (StorageUnavailableError,)
     try:
         from redis.exceptions import RedisError  # noqa: PLC0415 - the 'redis' extra
     except ImportError:
-        return (StorageUnavailableError,)
-    return (StorageUnavailableError, RedisError)
+        pass
+    else:
+        found += (RedisError,)
+    try:
+        from crab_langchain.storage.postgres import StorageNotSetUpError  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        found += (StorageNotSetUpError,)
+    return found
 
 
 def listed(
@@ -279,8 +289,9 @@ def progress(items: Sequence[T], label: str) -> Iterator[T]:
         yield from bar
 
 
-def is_redis(text: str) -> bool:
-    return url_scheme(text) in REDIS_SCHEMES
+def is_server(text: str) -> bool:
+    """Whether ``text`` is a server's URL (Redis or PostgreSQL), whose sessions have a prefix."""
+    return url_scheme(text) in (*REDIS_SCHEMES, *POSTGRES_SCHEMES)
 
 
 def local_path(text: str) -> Path | None:

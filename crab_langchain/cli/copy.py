@@ -15,11 +15,12 @@ from crab_langchain.cli.common import (
     CliError,
     Given,
     hidden,
-    is_redis,
+    is_server,
     local_path,
     not_found,
     open_url,
     plural,
+    server_errors,
     usage_error,
     warnings_to_stderr,
 )
@@ -119,6 +120,7 @@ def run_copy(
     force: bool = False,
 ) -> None:
     """Copy SRC's sessions (or the one ``session_id`` names) to DST; exit 1 if any failed."""
+    refusals: tuple[type[Exception], ...] = (CliError, ConnectionError, *server_errors())
     try:
         failed = _copy(
             source,
@@ -129,7 +131,7 @@ def run_copy(
             as_json=as_json,
             force=force,
         )
-    except (CliError, ConnectionError) as error:  # ConnectionError: StorageUnavailableError
+    except refusals as error:
         raise CliError(hidden(str(error), (source, target))) from None
     if failed:
         raise SystemExit(1)
@@ -174,7 +176,7 @@ def _side_prefixes(
     for option, value in (("--prefix", prefix), ("--dst-prefix", dst_prefix)):
         if value == "":
             raise usage_error(f"{option} must not be empty")
-    src_redis, dst_redis = is_redis(source), is_redis(target)
+    src_redis, dst_redis = is_server(source), is_server(target)
     if dst_prefix is not None and not dst_redis:
         raise CliError(f"--dst-prefix is for a Redis DST, and {public_url(target)} is not one")
     if prefix is not None and not (src_redis or dst_redis):
@@ -204,7 +206,9 @@ def _copy_target(text: str, prefix: str | None) -> SessionStorage:
     path = local_path(text)
     if path is not None and path.exists() and not path.is_dir():
         raise CliError(f"{path}: not a directory (DST is a sessions directory or a Redis URL)")
-    return open_url(text, prefix)
+    storage = open_url(text, prefix)
+    storage.setup()  # PostgreSQL's tables, made where they are missing
+    return storage
 
 
 def _same_place(a: SessionStorage, b: SessionStorage) -> bool:

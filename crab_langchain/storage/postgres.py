@@ -241,6 +241,12 @@ def _ttl_seconds(ttl: float | timedelta | None) -> float | None:
     return seconds
 
 
+def _identifier(*parts: str) -> sql.SQL:
+    """``parts`` quoted as one identifier, in a statement that also takes parameters: psycopg
+    reads every ``%`` of such a statement as a placeholder's, quoted names' included."""
+    return sql.SQL(sql.Identifier(*parts).as_string().replace("%", "%%"))
+
+
 def _family(name: str) -> str:
     owner = owner_of(name)
     return name if owner is None else owner[0]
@@ -282,7 +288,7 @@ class PostgresStorage(SessionStorage):
         self._url = public_url(url) if url else "postgresql://(a pool)"
         self._secrets = url_secrets(url) if url else set()
         self._tables = {
-            table: sql.Identifier(schema, table)
+            table: _identifier(schema, table)
             for table in ("logs", "lines", "writes", "version", "incarnations")
         }
         self._sequence = f"{sql.Identifier(schema).as_string()}.incarnations"
@@ -330,7 +336,7 @@ class PostgresStorage(SessionStorage):
 
         def sync_pool() -> ConnectionPool[Any]:
             return ConnectionPool(
-                url, kwargs=options, min_size=1, max_size=max_size, timeout=_POOL_TIMEOUT
+                url, kwargs=options, min_size=1, max_size=max_size, timeout=_POOL_TIMEOUT, open=True
             )
 
         def async_pool() -> AsyncConnectionPool[Any]:
@@ -438,7 +444,7 @@ class PostgresStorage(SessionStorage):
         return int(rows[0][0]) if rows else 0
 
     def _compose(self, text: str) -> sql.Composed:
-        return sql.SQL(text).format(**self._tables, schema=sql.Identifier(self.schema))
+        return sql.SQL(text).format(**self._tables, schema=_identifier(self.schema))
 
     def _query(self, key: str, rows: bool = True, **params: Any) -> _Query:
         return _Query(self._statements[key], params, rows)
@@ -807,28 +813,26 @@ def _drive(conn: psycopg.Connection[Any], body: _Body[T]) -> T:
     """Run ``body``'s statements on ``conn`` in one transaction, in a pipeline: a statement
     whose rows the body does not ask for goes with the next that does."""
     with conn.pipeline(), conn.transaction(), _settled(body):
-        reply: list[tuple[Any, ...]] = []
-        while True:
-            try:
-                query = body.send(reply)
-            except StopIteration as done:
-                return cast("T", done.value)
-            cursor = conn.execute(query.statement, query.params)
-            reply = cursor.fetchall() if query.rows else []
+        try:
+            query = next(body)
+            while True:
+                cursor = conn.execute(query.statement, query.params)
+                query = body.send(cursor.fetchall() if query.rows else [])
+        except StopIteration as done:
+            return cast("T", done.value)
 
 
 async def _adrive(conn: psycopg.AsyncConnection[Any], body: _Body[T]) -> T:
     """Async :func:`_drive`."""
     async with conn.pipeline(), conn.transaction():
         with _settled(body):
-            reply: list[tuple[Any, ...]] = []
-            while True:
-                try:
-                    query = body.send(reply)
-                except StopIteration as done:
-                    return cast("T", done.value)
-                cursor = await conn.execute(query.statement, query.params)
-                reply = await cursor.fetchall() if query.rows else []
+            try:
+                query = next(body)
+                while True:
+                    cursor = await conn.execute(query.statement, query.params)
+                    query = body.send(await cursor.fetchall() if query.rows else [])
+            except StopIteration as done:
+                return cast("T", done.value)
 
 
 @contextlib.contextmanager

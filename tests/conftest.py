@@ -53,6 +53,7 @@ if AGENTS_MISSING:
         "test_saver_conventions.py",
         "test_session_truth.py",
         "test_side_end.py",
+        "test_moving.py",
     ]
 
 

@@ -368,8 +368,8 @@ def test_a_password_is_never_printed_when_copying(
 @pytest.mark.parametrize(
     ("args", "status", "says"),
     [
-        (["{dir}", "{dir}/other", "--prefix", "p"], 1, "--prefix is for Redis"),
-        (["{url}", "{dir}/other", "--dst-prefix", "p"], 1, "--dst-prefix is for a Redis DST"),
+        (["{dir}", "{dir}/other", "--prefix", "p"], 1, "--prefix is for Redis or PostgreSQL"),
+        (["{url}", "{dir}/other", "--dst-prefix", "p"], 1, "--dst-prefix is for a Redis or"),
         (["{dir}", "{url}", "--prefix", "{prefix}", "--agent", "crab"], 2, "--agent"),
         (["{dir}/" + SEVEN, "{url}", "--prefix", "{prefix}", "--id", "7"], 2, "--id"),
         (["{dir}", "http://example.com/x"], 1, "unsupported URL scheme 'http'"),

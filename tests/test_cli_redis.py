@@ -288,7 +288,7 @@ def test_repair_refuses_a_redis_root_in_one_line(redis: Redis) -> None:
 def test_prefix_is_for_a_redis_root_only(sessions: Path) -> None:
     nowhere = "redis://127.0.0.1:1/0"  # refused before any connection is tried
     for args in (["--root", sessions, "--prefix", "p", "list"], ["show", "7", "--prefix", "p"]):
-        assert_one_line_error(crab(*args), "--prefix is for a Redis --root", "is a directory")
+        assert_one_line_error(crab(*args), "--prefix is for a server --root", "is a directory")
     empty = crab("--root", nowhere, "--prefix", "", "list")
     assert empty.returncode == 2
     assert "--prefix must not be empty" in empty.stderr

@@ -18,6 +18,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without it
     raise needs_extra("crab_langchain.checkpoint", "langgraph") from error
 
+from crab_langchain.checkpoint.moving import ThreadMoved, copy_threads
 from crab_langchain.checkpoint.saver import MESSAGES, CrabSaver, MissingSideLogWarning
 
-__all__ = ["MESSAGES", "CrabSaver", "MissingSideLogWarning"]
+__all__ = ["MESSAGES", "CrabSaver", "MissingSideLogWarning", "ThreadMoved", "copy_threads"]

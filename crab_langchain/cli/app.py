@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import click
 
 from crab_langchain.cli import PROG
+from crab_langchain.cli.checkpoints import add_import_checkpoints
 from crab_langchain.cli.common import (
     PREFIX_HELP,
     ROOT_HELP,
@@ -61,11 +62,14 @@ def build_cli() -> click.Group:
     def group(ctx: click.Context, root: GivenRoot, prefix: str | None) -> None:
         """Look at, check and move crabtalk sessions (JSONL lines).
 
-        Works on a sessions directory as SessionStore keeps it, or on sessions
+        Works on a sessions directory as SessionStore keeps it, on sessions
         in Redis or Redis Cluster: --root redis://HOST:PORT/DB (rediss:// for
         TLS, unix:// for a socket), with --prefix P for the key prefix
-        (default: crab). list, show, export, import, verify and delete work on either;
-        repair mends torn tails of files, which Redis never has. Errors are
+        (default: crab), or in PostgreSQL: --root postgresql://USER@HOST/DB,
+        with --prefix P for the schema (default: crab). list, show, export,
+        import, verify and delete work on each; repair mends torn tails of
+        files, which a server never has. import-checkpoints moves LangGraph
+        threads in from SqliteSaver or PostgresSaver. Errors are
         one line on stderr; the exit status is 1 for a problem with the
         sessions and 2 for a wrong command line.
         """
@@ -79,6 +83,7 @@ def build_cli() -> click.Group:
         add_verify,
         add_repair,
         add_copy,
+        add_import_checkpoints,
         add_delete,
         add_demo,
     )

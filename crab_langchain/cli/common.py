@@ -67,12 +67,13 @@ def warnings_to_stderr(*, quiet: bool = False) -> Iterator[None]:
 
 
 ROOT_HELP = (
-    "Sessions directory, or a Redis URL (redis://, rediss://, unix://; a server or a cluster)"
+    "Sessions directory, a Redis URL (redis://, rediss://, unix://; a server or a cluster)"
+    " or a PostgreSQL URL (postgresql://)"
     " (default: $CRABTALK_HOME/sessions, else ~/.crabtalk/sessions)."
 )
 
 
-PREFIX_HELP = "Redis key prefix, with a Redis --root (default: crab)."
+PREFIX_HELP = "Redis key prefix, or PostgreSQL schema, with a server --root (default: crab)."
 
 
 COMMAND_ROOT_HELP = ROOT_HELP + " Also accepted before the command."
@@ -94,7 +95,8 @@ class Given:
 
 @dataclass(frozen=True)
 class Root:
-    """Where the sessions are: a directory (``path``), or a Redis ``url`` and key ``prefix``."""
+    """Where the sessions are: a directory (``path``), or a server ``url`` and ``prefix``
+    (a Redis key prefix, a PostgreSQL schema)."""
 
     path: Path | None = None
     url: str | None = None
@@ -145,7 +147,7 @@ def resolve_root(given: Given, own_root: GivenRoot, own_prefix: str | None) -> R
         return Root(url=root, prefix=prefix)
     path = root or default_root()
     if prefix is not None:
-        raise CliError(f"--prefix is for a Redis --root, and {path} is a directory")
+        raise CliError(f"--prefix is for a server --root, and {path} is a directory")
     return Root(path=path)
 
 

@@ -178,9 +178,13 @@ def _side_prefixes(
             raise usage_error(f"{option} must not be empty")
     src_redis, dst_redis = is_server(source), is_server(target)
     if dst_prefix is not None and not dst_redis:
-        raise CliError(f"--dst-prefix is for a Redis DST, and {public_url(target)} is not one")
+        raise CliError(
+            f"--dst-prefix is for a Redis or PostgreSQL DST, and {public_url(target)} is not one"
+        )
     if prefix is not None and not (src_redis or dst_redis):
-        raise CliError("--prefix is for Redis, and neither SRC nor DST is a Redis URL")
+        raise CliError(
+            "--prefix is for Redis or PostgreSQL, and neither SRC nor DST is a server URL"
+        )
     return (
         prefix if src_redis else None,
         (dst_prefix if dst_prefix is not None else prefix) if dst_redis else None,

@@ -18,6 +18,11 @@ The Redis rows (crab_langchain on Redis, and langchain-community's
 RedisChatMessageHistory) share one private ``redis-server`` that the run
 starts on a free loopback port without persistence and stops at the end; if
 ``redis-server`` or redis-py is missing, those rows say so and are skipped.
+The PostgreSQL rows (crab_langchain on PostgreSQL and langchain-postgres'
+PostgresChatMessageHistory; CrabSaver on PostgreSQL and PostgresSaver) share
+one private PostgreSQL the same way (the tests' ``PostgresServer``: Debian's
+package, ``initdb`` in a temporary directory, the server's defaults but for
+``fsync=off`` and ``synchronous_commit=off``, the same for both).
 
 ``python benchmarks/run.py`` writes ``benchmarks/RESULTS.md``,
 ``benchmarks/results.json``, ``benchmarks/chat_loop.png`` and ``benchmarks/savers.png``;
@@ -70,8 +75,15 @@ MEMORY = "InMemoryChatMessageHistory"
 MEMORY_COPY = "InMemoryChatMessageHistory (list copied)"
 RAW = "raw append"
 NAIVE = "naive floor (json.loads + constructors)"
-CHAT_BACKENDS = (CRAB, CRAB_FSYNC, CRAB_REDIS, FILE, SQLITE, REDIS, MEMORY, MEMORY_COPY, RAW)
+CRAB_POSTGRES = "crab_langchain (PostgreSQL)"
+POSTGRES = "PostgresChatMessageHistory"
+CHAT_BACKENDS = (
+    CRAB, CRAB_FSYNC, CRAB_REDIS, CRAB_POSTGRES, FILE, SQLITE, REDIS, POSTGRES, MEMORY,
+    MEMORY_COPY, RAW,
+)  # fmt: skip
 REDIS_BACKENDS = (CRAB_REDIS, REDIS)
+POSTGRES_BACKENDS = (CRAB_POSTGRES, POSTGRES)
+POSTGRES_URL_ENV = "CRAB_BENCH_POSTGRES_URL"
 # The private server's URL; writer subprocesses inherit it.
 REDIS_URL_ENV = "CRAB_BENCH_REDIS_URL"
 REDIS_ARGS = '--save "" --appendonly no'  # what RedisServer runs it with
@@ -179,6 +191,34 @@ def _redis_prefill(history: Any, count: int) -> None:
     pipe.execute()
 
 
+def _postgres_url() -> str:
+    return os.environ[POSTGRES_URL_ENV]
+
+
+def _postgres_name(root: Path) -> str:
+    """The schema (crab) or table (PostgresChatMessageHistory) of one measurement."""
+    return f"bench_{root.name}".lower().replace("-", "_")
+
+
+def crab_postgres_history(root: Path) -> Any:
+    from crab_langchain import SessionStore
+
+    store = SessionStore.from_url(_postgres_url(), prefix=_postgres_name(root), entry_points=False)
+    store.setup()
+    return store.get_session_history("bench")
+
+
+def postgres_history(root: Path) -> Any:
+    import psycopg
+    from langchain_postgres import PostgresChatMessageHistory
+
+    conn = psycopg.connect(_postgres_url())
+    table = _postgres_name(root)
+    PostgresChatMessageHistory.create_tables(conn, table)
+    session = "00000000-0000-4000-8000-000000000001"  # it takes UUIDs only
+    return PostgresChatMessageHistory(table, session, sync_connection=conn)
+
+
 def memory_history(root: Path) -> Any:
     from langchain_core.chat_history import InMemoryChatMessageHistory
 
@@ -239,6 +279,8 @@ def open_backend(name: str, root: Path) -> Any:
         CRAB: lambda: crab_history(root),
         CRAB_FSYNC: lambda: crab_history(root, "fsync"),
         CRAB_REDIS: lambda: crab_redis_history(root),
+        CRAB_POSTGRES: lambda: crab_postgres_history(root),
+        POSTGRES: lambda: postgres_history(root),
         FILE: lambda: file_history(root),
         SQLITE: lambda: sqlite_history(root),
         REDIS: lambda: redis_history(root),
@@ -257,6 +299,8 @@ def workspace(name: str) -> Iterator[Path]:
         finally:
             if name in REDIS_BACKENDS:
                 _drop_keys(_redis_prefix(Path(tmp)))
+            if name in POSTGRES_BACKENDS:
+                _drop_postgres(_postgres_name(Path(tmp)))
 
 
 def _drop_keys(prefix: str) -> None:
@@ -267,6 +311,20 @@ def _drop_keys(prefix: str) -> None:
         keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
         for start in range(0, len(keys), 1_000):
             client.unlink(*keys[start : start + 1_000])
+
+
+def _drop_postgres(name: str) -> None:
+    """Drop a measurement's schema or table, so the server holds one measurement at a time."""
+    import psycopg
+
+    with psycopg.connect(_postgres_url(), autocommit=True) as conn:
+        # PostgresChatMessageHistory leaves its connection in the transaction its read began.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND state = 'idle in transaction'"
+        )
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'DROP TABLE IF EXISTS "{name}"')
 
 
 # --- measuring --------------------------------------------------------------
@@ -565,16 +623,18 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results["machine"] = machine()
     results["versions"] = versions()
-    with private_redis(log) as server:
-        results["redis"] = server
+    with private_redis(log) as server, private_postgres(log) as postgres:
+        results["redis"], results["postgres"] = server, postgres
         skip = {} if server["available"] else dict.fromkeys(REDIS_BACKENDS, server["reason"])
+        if not postgres["available"]:
+            skip.update(dict.fromkeys(POSTGRES_BACKENDS, postgres["reason"]))
         loop, notes = chat_loops(sizes, log, skip)
         results["chat_loop"] = {"lengths": list(sizes.lengths), "ms_per_turn": loop, "notes": notes}
         results["cold_load"] = cold_loads(sizes, log, skip)
         results["bulk_add"] = bulk_adds(sizes, log, skip)
         results["concurrent"] = concurrency(sizes, log, _estimate(loop[FILE], sizes), skip)
         results["memory"] = memory(sizes, log, skip)
-        results["savers"] = checkpointers(sizes, log, server)
+        results["savers"] = checkpointers(sizes, log, server, postgres)
     log(f"open one session among {sizes.sessions:,}")
     results["open_among"] = open_among(sizes.sessions)
     log("find a session among 1,000 and among many while another process makes sessions")
@@ -587,14 +647,15 @@ def run(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def checkpointers(
-    sizes: Sizes, log: Callable[[str], None], server: dict[str, Any]
+    sizes: Sizes, log: Callable[[str], None], server: dict[str, Any], postgres: dict[str, Any]
 ) -> dict[str, Any]:
     """The checkpointers' part (``savers.py``; imported here, so writer processes skip it)."""
     sys.path.insert(0, str(Path(__file__).parent))
     import savers
 
     redis_url = os.environ.get(REDIS_URL_ENV) if server["available"] else None
-    return savers.run(sizes.saver_turns, redis_url, log)
+    postgres_url = os.environ.get(POSTGRES_URL_ENV) if postgres["available"] else None
+    return savers.run(sizes.saver_turns, redis_url, postgres_url, log)
 
 
 def chat_loops(
@@ -635,7 +696,7 @@ def _too_slow(done: list[float | None], lengths: Sequence[int], length: int, siz
 
 def cold_loads(sizes: Sizes, log: Callable[[str], None], skip: Skips) -> dict[str, Any]:
     """Seconds of a cold load for each backend that stores, and the naive floor."""
-    names = (CRAB, CRAB_REDIS, FILE, SQLITE, REDIS)
+    names = (CRAB, CRAB_REDIS, CRAB_POSTGRES, FILE, SQLITE, REDIS, POSTGRES)
     seconds, notes = _each(names, cold_load, sizes.cold, log, "cold load", skip=skip)
     seconds[NAIVE] = naive_floor(sizes.cold)
     log(f"cold load  {NAIVE:34}: {seconds[NAIVE]:.3f} s")
@@ -771,6 +832,27 @@ def private_redis(log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
         server.stop()
 
 
+@contextmanager
+def private_postgres(log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """The PostgreSQL rows' own server for the block; what the results say about it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from postgres_servers import PostgresServer, postgres_missing
+
+    reason = postgres_missing()
+    if reason is not None:
+        log(f"postgres   PostgreSQL rows skipped: {reason}")
+        yield {"available": False, "reason": f"skipped: {reason}"}
+        return
+    with PostgresServer() as server:
+        os.environ[POSTGRES_URL_ENV] = server.url
+        try:
+            version = server.execute("SHOW server_version")[0][0]
+            log(f"postgres   PostgreSQL {version} on {server.url}")
+            yield {"available": True, "server": f"PostgreSQL {version}"}
+        finally:
+            os.environ.pop(POSTGRES_URL_ENV, None)
+
+
 def _start_redis() -> tuple[Any, str | None]:
     """A private redis-server (the tests' RedisServer), or None and why there is none."""
     if shutil.which("redis-server") is None:
@@ -821,6 +903,9 @@ def versions() -> dict[str, str]:
         "SQLAlchemy",
         "redis",
         "hiredis",
+        "psycopg",
+        "langchain-postgres",
+        "langgraph-checkpoint-postgres",
     ):
         try:
             out[dist] = metadata.version(dist)

@@ -15,8 +15,11 @@ For each saver, at each of ``marks`` turns (10, 100 and 500):
   object again), median of three;
 - ``get_state_history(limit=10)``, the same way.
 
-The savers: ``CrabSaver`` on a directory and on Redis (the run's private
-server), ``InMemorySaver``, ``SqliteSaver``, and ``SqliteSaver`` with
+The savers: ``CrabSaver`` on a directory, on Redis and on PostgreSQL (the
+run's private servers), ``InMemorySaver``, ``SqliteSaver``, ``PostgresSaver``
+(langgraph-checkpoint-postgres, on the same server as CrabSaver's rows; its
+bytes are what its rows hold: the checkpoints' JSON, the blobs and the writes,
+as CrabSaver's are its lines), and ``SqliteSaver`` with
 LangGraph's ``DeltaChannel`` for the messages where the installed langgraph
 has it. A floor row runs the same agent with no checkpointer, the whole
 conversation passed in each turn: the agent's own cost per turn.
@@ -43,11 +46,13 @@ from agents import ScriptedModel, weather  # the tests' scripted model and tool
 
 CRAB_DIR = "CrabSaver (directory)"
 CRAB_REDIS = "CrabSaver (Redis)"
+CRAB_POSTGRES = "CrabSaver (PostgreSQL)"
 MEMORY = "InMemorySaver"
 SQLITE = "SqliteSaver"
+POSTGRES = "PostgresSaver"
 SQLITE_DELTA = "SqliteSaver + DeltaChannel messages"
 FLOOR = "no checkpointer (whole conversation passed in)"
-SAVERS = (CRAB_DIR, CRAB_REDIS, MEMORY, SQLITE, SQLITE_DELTA)
+SAVERS = (CRAB_DIR, CRAB_REDIS, CRAB_POSTGRES, MEMORY, SQLITE, POSTGRES, SQLITE_DELTA)
 CONFIG = {"configurable": {"thread_id": "bench"}}
 SAVER_METHODS = ("put", "put_writes", "get_tuple", "list")
 
@@ -132,6 +137,71 @@ def crab_redis(url: str) -> Subject:
     return Subject(open=open_saver, size=size, cleanup=cleanup, counts=counts)
 
 
+def crab_postgres(url: str) -> Subject:
+    from crab_langchain import SessionStore
+    from crab_langchain.checkpoint import CrabSaver
+
+    schema = f"bench_savers_{uuid.uuid4().hex[:8]}"
+    SessionStore.from_url(url, prefix=schema, entry_points=False).setup()
+
+    def size(_saver: Any) -> int:
+        # The bytes its lines hold, a newline each: what files of the same lines would.
+        return _sql_int(
+            url, f'SELECT coalesce(sum(octet_length(line) + 1), 0) FROM "{schema}".lines'
+        )
+
+    return Subject(
+        open=lambda: CrabSaver(SessionStore.from_url(url, prefix=schema, entry_points=False)),
+        size=size,
+        cleanup=lambda: _sql_int(url, f'DROP SCHEMA "{schema}" CASCADE'),
+    )
+
+
+def postgres_saver(url: str) -> Subject:
+    """LangGraph's PostgresSaver in a database of its own (its tables are not in a schema)."""
+    import psycopg
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    database = f"bench_savers_{uuid.uuid4().hex[:8]}"
+    _sql_int(url, f'CREATE DATABASE "{database}"')
+    own = url.rsplit("/", 1)[0] + f"/{database}"
+    connections: list[Any] = []
+
+    def open_saver() -> Any:
+        conn = psycopg.connect(own, autocommit=True, prepare_threshold=0)
+        connections.append(conn)
+        saver = PostgresSaver(conn)
+        saver.setup()
+        return saver
+
+    def size(_saver: Any) -> int:
+        return sum(
+            _sql_int(own, f"SELECT coalesce(sum({expr}), 0) FROM {table}")
+            for table, expr in (
+                ("checkpoints", "octet_length(checkpoint::text) + octet_length(metadata::text)"),
+                ("checkpoint_blobs", "coalesce(octet_length(blob), 0)"),
+                ("checkpoint_writes", "octet_length(blob)"),
+            )
+        )
+
+    def cleanup() -> None:
+        for conn in connections:
+            conn.close()
+        _sql_int(url, f'DROP DATABASE "{database}" WITH (FORCE)')
+
+    return Subject(open=open_saver, size=size, cleanup=cleanup)
+
+
+def _sql_int(url: str, statement: str) -> int:
+    """Run one statement on its own autocommitted connection; its first value, if a number."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        row = cursor.fetchone() if cursor.description else None
+    return int(row[0]) if row and isinstance(row[0], int) else 0
+
+
 def _payload(client: Any, key: bytes) -> int:
     """The bytes a key holds (its items, members and fields; a list item with its newline).
 
@@ -192,11 +262,15 @@ def _files_size(root: Path) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
 
 
-def why_missing(name: str, redis_url: str | None) -> str | None:
+def why_missing(name: str, redis_url: str | None, postgres_url: str | None) -> str | None:
     """Why saver ``name`` cannot be measured here, or None."""
     try:
         if name == CRAB_REDIS and redis_url is None:
             return "skipped: no redis-server for this run"
+        if name in (CRAB_POSTGRES, POSTGRES) and postgres_url is None:
+            return "skipped: no PostgreSQL server for this run"
+        if name == POSTGRES:
+            import langgraph.checkpoint.postgres
         if name in (SQLITE, SQLITE_DELTA):
             import langgraph.checkpoint.sqlite
         if name == SQLITE_DELTA:
@@ -206,10 +280,12 @@ def why_missing(name: str, redis_url: str | None) -> str | None:
     return None
 
 
-def subject(name: str, root: Path, redis_url: str | None) -> Subject:
+def subject(name: str, root: Path, redis_url: str | None, postgres_url: str | None) -> Subject:
     return {
         CRAB_DIR: lambda: crab_directory(root),
         CRAB_REDIS: lambda: crab_redis(str(redis_url)),
+        CRAB_POSTGRES: lambda: crab_postgres(str(postgres_url)),
+        POSTGRES: lambda: postgres_saver(str(postgres_url)),
         MEMORY: memory,
         SQLITE: lambda: sqlite(root),
         SQLITE_DELTA: lambda: sqlite(root, delta=True),
@@ -317,24 +393,27 @@ def floor(turns: int) -> list[float]:
 
 
 def run(
-    read_at: tuple[int, ...], redis_url: str | None, log: Callable[[str], None]
+    read_at: tuple[int, ...],
+    redis_url: str | None,
+    postgres_url: str | None,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Every saver through one conversation of ``max(read_at)`` turns; what ``report`` shows."""
     import tempfile
 
     turns = max(read_at)
     fifths = [turns * k // 5 for k in range(1, 6)]
-    marks = sorted({*read_at, *fifths})
+    marks = sorted({*read_at, *fifths, turns // 2})
     rows: dict[str, Any] = {}
     notes: dict[str, str] = {}
     for name in SAVERS:
-        why = why_missing(name, redis_url)
+        why = why_missing(name, redis_url, postgres_url)
         if why:
             notes[name] = why
             log(f"savers     {name:40}: {why}")
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            made = subject(name, Path(tmp), redis_url)
+            made = subject(name, Path(tmp), redis_url, postgres_url)
             try:
                 rows[name] = conversation(name, made, turns, marks, read_at)
             finally:

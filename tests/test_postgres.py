@@ -215,8 +215,8 @@ def test_a_write_resent_after_its_reply_was_lost_lands_once(
     real = pg._drive
     lost = {"left": 0}
 
-    def reply_lost(conn: Any, body: Any) -> Any:
-        result = real(conn, body)
+    def reply_lost(conn: Any, body: Any, **options: Any) -> Any:
+        result = real(conn, body, **options)
         if lost["left"]:
             lost["left"] -= 1
             raise psycopg.OperationalError("server closed the connection unexpectedly")
@@ -381,3 +381,29 @@ def test_a_session_expires_whole_unless_written_and_sweep_frees_it(
     store.get_session_history("gone").add_messages([HumanMessage("new")])  # a new session
     assert texts(store, "gone") == ["new"]
     store.close()
+
+
+def test_an_event_loop_ending_without_aclose_ends(postgres_url: str, postgres_schema: str) -> None:
+    """asyncio.run returns although the store was never closed: nothing of ours keeps running."""
+    code = (
+        OPEN_STORE
+        + """
+import asyncio, sys
+from langchain_core.messages import HumanMessage
+store = open_store(sys.argv[1], sys.argv[2])
+async def main():
+    history = store.get_session_history("s")
+    await history.aadd_messages([HumanMessage("hi")])
+    return await history.aget_messages()
+print(len(asyncio.run(main())))
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, postgres_url, postgres_schema],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"

@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -153,16 +154,23 @@ _STATEMENTS = {
         SELECT name, incarnation, length FROM {{logs}}
         WHERE name = ANY(%(names)s) AND {_LIVE} ORDER BY name FOR UPDATE""",
     "done": "SELECT incarnation, length FROM {writes} WHERE id = %(id)s",
-    "remember": """
-        INSERT INTO {writes} (id, incarnation, length)
-        VALUES (%(id)s, %(incarnation)s, %(length)s)""",
     "forget": f"DELETE FROM {{writes}} WHERE made < now() - interval '{_WRITE_ID_SECONDS} seconds'",
-    "add_lines": """
-        INSERT INTO {lines} (incarnation, number, line)
-        SELECT %(incarnation)s, %(first)s + u.n - 1, u.line
-        FROM unnest(%(lines)s::bytea[]) WITH ORDINALITY AS u(line, n)""",
+    # Lines appended to a locked log, its row moved on, the write's id kept (if given) and
+    # the expiry of the log and of its family renewed (if there is a ttl): one statement.
     "grow": """
-        UPDATE {logs} SET length = %(length)s, bytes = bytes + %(size)s WHERE name = %(name)s""",
+        WITH added AS (
+            INSERT INTO {lines} (incarnation, number, line)
+            SELECT %(incarnation)s, %(first)s + u.n - 1, u.line
+            FROM unnest(%(lines)s::bytea[]) WITH ORDINALITY AS u(line, n)),
+        remembered AS (
+            INSERT INTO {writes} (id, incarnation, length)
+            SELECT %(id)s, %(incarnation)s, %(length)s WHERE %(id)s::bytea IS NOT NULL),
+        family AS (
+            UPDATE {logs} SET expires = now() + %(ttl)s::interval
+            WHERE family = %(family)s AND name <> %(name)s AND %(ttl)s::interval IS NOT NULL)
+        UPDATE {logs} SET length = %(length)s, bytes = bytes + %(size)s,
+            expires = coalesce(now() + %(ttl)s::interval, expires)
+        WHERE name = %(name)s""",
     "renew": """
         WITH old AS (SELECT incarnation FROM {logs} WHERE name = %(name)s),
         gone AS (DELETE FROM {lines} WHERE incarnation = (SELECT incarnation FROM old))
@@ -199,7 +207,7 @@ _STATEMENTS = {
 class _Query:
     """One statement of a body (see :meth:`PostgresStorage._run`); ``rows``: fetch its rows."""
 
-    statement: sql.Composed
+    statement: bytes
     params: dict[str, Any]
     rows: bool = True
 
@@ -207,6 +215,14 @@ class _Query:
 _Body = Generator[_Query, "list[tuple[Any, ...]]", T]
 """A piece of work in one transaction: it yields its statements and is sent their rows
 (none for a statement whose rows it does not ask for)."""
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A write's id, made once per call, and whether this attempt resends it."""
+
+    id: bytes
+    resent: bool
 
 
 @dataclass(frozen=True)
@@ -258,10 +274,11 @@ class PostgresStorage(SessionStorage):
     Most code opens one with :meth:`from_url` or
     :meth:`SessionStore.from_url <crab_langchain.SessionStore.from_url>`
     and runs :meth:`setup` once. ``pool`` serves the sync API; ``async_pool``
-    the async one (``aget_messages``...), natively: an
-    :class:`~psycopg_pool.AsyncConnectionPool`, or a function making one for
-    each event loop. Without one, async calls run the sync pool in a worker
-    thread. A pool passed in stays the caller's to close. ``schema`` names
+    (an open :class:`~psycopg_pool.AsyncConnectionPool`) the async one
+    (``aget_messages``...), natively. Without one, async calls run the sync
+    pool in a worker thread; a storage from :meth:`from_url` keeps async
+    connections of its own for each event loop instead. A pool passed in
+    stays the caller's to open and close. ``schema`` names
     the schema holding the tables; ``ttl`` (seconds or a ``timedelta``)
     expires a session, with the logs beside it, that long after its last write.
     """
@@ -272,7 +289,7 @@ class PostgresStorage(SessionStorage):
         self,
         pool: ConnectionPool[Any],
         *,
-        async_pool: AsyncConnectionPool[Any] | Callable[[], AsyncConnectionPool[Any]] | None = None,
+        async_pool: AsyncConnectionPool[Any] | None = None,
         schema: str = "crab",
         ttl: float | timedelta | None = None,
         url: str | None = None,
@@ -293,13 +310,11 @@ class PostgresStorage(SessionStorage):
         }
         self._sequence = f"{sql.Identifier(schema).as_string()}.incarnations"
         self._statements = {key: self._compose(text) for key, text in _STATEMENTS.items()}
-        self._owns_async = callable(async_pool)
-        self._open_async: Callable[[], AsyncConnectionPool[Any]] | None = (
-            async_pool if callable(async_pool) or async_pool is None else lambda: async_pool
+        self._async_given = async_pool
+        self._open_async: Callable[[], _LoopConnections] | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = (
+            weakref.WeakKeyDictionary()
         )
-        self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncConnectionPool[Any]
-        ] = weakref.WeakKeyDictionary()
         self.native_async = async_pool is not None
         self._writes = 0
 
@@ -335,22 +350,17 @@ class PostgresStorage(SessionStorage):
             psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT, **options).close()
 
         def sync_pool() -> ConnectionPool[Any]:
-            return ConnectionPool(
+            made: ConnectionPool[Any] = ConnectionPool(
                 url, kwargs=options, min_size=1, max_size=max_size, timeout=_POOL_TIMEOUT, open=True
             )
+            with _translated(shown, secrets):
+                made.wait(_CONNECT_TIMEOUT)  # its first connection ready for the first call
+            return made
 
-        def async_pool() -> AsyncConnectionPool[Any]:
-            return AsyncConnectionPool(
-                url,
-                kwargs=options,
-                min_size=1,
-                max_size=max_size,
-                timeout=_POOL_TIMEOUT,
-                open=False,
-            )
-
-        storage = cls(sync_pool(), async_pool=async_pool, schema=schema, ttl=ttl, url=url)
+        storage = cls(sync_pool(), schema=schema, ttl=ttl, url=url)
         storage._reopen = sync_pool
+        storage._open_async = lambda: _LoopConnections(url, options, keep=max_size)
+        storage.native_async = True
         return storage
 
     def __repr__(self) -> str:
@@ -381,9 +391,9 @@ class PostgresStorage(SessionStorage):
             pool.close()
 
     async def aclose(self) -> None:
-        """Close the running event loop's async pool, if the storage opened it."""
+        """Close the async connections the storage keeps for the running event loop."""
         found = self._async.pop(asyncio.get_running_loop(), None)
-        if found is not None and self._owns_async:
+        if found is not None:
             await found.close()
 
     # --- the tables -----------------------------------------------------------
@@ -443,8 +453,10 @@ class PostgresStorage(SessionStorage):
         yield self._query("forget", rows=False)
         return int(rows[0][0]) if rows else 0
 
-    def _compose(self, text: str) -> sql.Composed:
-        return sql.SQL(text).format(**self._tables, schema=_identifier(self.schema))
+    def _compose(self, text: str) -> bytes:
+        """``text`` with the schema's names in it, rendered once (not at each execution)."""
+        composed = sql.SQL(text).format(**self._tables, schema=_identifier(self.schema))
+        return composed.as_bytes(None)
 
     def _query(self, key: str, rows: bool = True, **params: Any) -> _Query:
         return _Query(self._statements[key], params, rows)
@@ -459,15 +471,17 @@ class PostgresStorage(SessionStorage):
 
     def names(self, *, suffix: str = "") -> list[str]:
         if not suffix:
-            rows = self._run(lambda: self._one(self._query("names")))
+            rows = self._run(lambda: self._one(self._query("names")), atomic=False)
         else:
             pattern = _like_prefix(suffix[::-1])
-            rows = self._run(lambda: self._one(self._query("names_ending", pattern=pattern)))
+            rows = self._run(
+                lambda: self._one(self._query("names_ending", pattern=pattern)), atomic=False
+            )
         return [row[0] for row in rows]
 
     def exists(self, name: str) -> bool:
         check_name(name)
-        return bool(self._run(lambda: self._one(self._query("exists", name=name))))
+        return bool(self._run(lambda: self._one(self._query("exists", name=name)), atomic=False))
 
     def read_header(self, name: str) -> bytes:
         header = self.read_headers([name])[0]
@@ -477,7 +491,7 @@ class PostgresStorage(SessionStorage):
 
     def read_headers(self, names: Sequence[str]) -> list[bytes | Exception]:
         wanted = [check_name(name) for name in names]
-        rows = self._run(lambda: self._one(self._query("headers", names=wanted)))
+        rows = self._run(lambda: self._one(self._query("headers", names=wanted)), atomic=False)
         found = {row[0]: bytes(row[1]) for row in rows}
         return [
             found[name]
@@ -488,19 +502,19 @@ class PostgresStorage(SessionStorage):
 
     def sizes(self, names: Sequence[str]) -> list[int | None]:
         wanted = [check_name(name) for name in names]
-        rows = self._run(lambda: self._one(self._query("sizes", names=wanted)))
+        rows = self._run(lambda: self._one(self._query("sizes", names=wanted)), atomic=False)
         found = {row[0]: int(row[1]) for row in rows}
         return [found.get(name) for name in wanted]
 
     # --- reading --------------------------------------------------------------
 
     def read(self, name: str, cursor: Cursor | None) -> Chunk | None:
-        return self._run(lambda: self._read_body(name, cursor))
+        return self._run(lambda: self._read_body(name, cursor), atomic=False)
 
     async def aread(self, name: str, cursor: Cursor | None) -> Chunk | None:
         if not self.native_async:
             return await super().aread(name, cursor)
-        return await self._arun(lambda: self._read_body(name, cursor))
+        return await self._arun(lambda: self._read_body(name, cursor), atomic=False)
 
     def _read_body(self, name: str, cursor: Cursor | None) -> _Body[Chunk | None]:
         offset = cursor.offset if cursor is not None else 0
@@ -518,12 +532,12 @@ class PostgresStorage(SessionStorage):
         return Chunk(numbered_lines(lines, first + 1), end, reset=first == 0)
 
     def read_tail(self, name: str, count: int) -> Tail:
-        return self._run(lambda: self._tail_body(name, count))
+        return self._run(lambda: self._tail_body(name, count), atomic=False)
 
     async def aread_tail(self, name: str, count: int) -> Tail:
         if not self.native_async:
             return await super().aread_tail(name, count)
-        return await self._arun(lambda: self._tail_body(name, count))
+        return await self._arun(lambda: self._tail_body(name, count), atomic=False)
 
     def _tail_body(self, name: str, count: int) -> _Body[Tail]:
         rows = yield self._query("tail", name=check_name(name), count=count)
@@ -541,9 +555,9 @@ class PostgresStorage(SessionStorage):
         self._run(self._writing(lambda write: self._create_body(write, name, header, created)))
 
     def _create_body(
-        self, write: bytes, name: str, header: bytes, created: float | None
+        self, write: _Write, name: str, header: bytes, created: float | None
     ) -> _Body[None]:
-        if (yield self._query("done", id=write)):
+        if write.resent and (yield self._query("done", id=write.id)):
             return  # created by this very call before its connection dropped
         family = _family(check_name(name))
         yield self._query("clear_expired", rows=False, family=family)
@@ -588,7 +602,7 @@ class PostgresStorage(SessionStorage):
 
     def _append_body(
         self,
-        write: bytes,
+        write: _Write,
         name: str,
         lines: Sequence[bytes],
         after: Cursor | None,
@@ -599,7 +613,7 @@ class PostgresStorage(SessionStorage):
             raise ValueError("nothing to append")
         locked = yield from self._locked(write, [name])
         if locked is None:  # a resend of an append made: what it left
-            done = yield self._query("done", id=write)
+            done = yield self._query("done", id=write.id)
             row = _Row(name, done[0][0], done[0][1])
         elif check and after is not None and not _ends_at(locked[0], after):
             return None
@@ -631,7 +645,7 @@ class PostgresStorage(SessionStorage):
         )
 
     def _replace_body(
-        self, write: bytes, name: str, lines: Sequence[bytes], at: Cursor | None
+        self, write: _Write, name: str, lines: Sequence[bytes], at: Cursor | None
     ) -> _Body[bool]:
         if not lines:
             raise ValueError("a log holds at least its header line")
@@ -654,7 +668,7 @@ class PostgresStorage(SessionStorage):
         )
 
     def _commit_body(
-        self, write: bytes, name: str, side: str, change: Change
+        self, write: _Write, name: str, side: str, change: Change
     ) -> _Body[Committed | None]:
         locked = yield from self._locked(write, [name, side])
         if locked is None:
@@ -669,11 +683,11 @@ class PostgresStorage(SessionStorage):
             first = change.side_at.offset
         if change.side_replace:
             log, first = (yield from self._renew(log)), 0
-        log = yield from self._grow(write, log, change.before, remember=False)
         if change.replace:
             session = yield from self._renew(session)
         session = yield from self._grow(write, session, change.lines, remember=False)
-        log = yield from self._grow(write, log, change.after)
+        # One transaction: the side log's lines before and after the session's land together.
+        log = yield from self._grow(write, log, [*change.before, *change.after])
         rows = yield self._lines(log, first)
         side_chunk = Chunk(
             numbered_lines((bytes(line) for _, line in rows), first + 1),
@@ -695,7 +709,9 @@ class PostgresStorage(SessionStorage):
     def delete(self, name: str) -> bool:
         check_name(name)
         family = name if owner_of(name) is None else ""  # a session goes with its companions
-        rows = self._run(lambda: self._one(self._query("delete", name=name, family=family)))
+        rows = self._run(
+            lambda: self._one(self._query("delete", name=name, family=family)), atomic=False
+        )
         return bool(rows and rows[0][0])
 
     @contextlib.contextmanager
@@ -715,11 +731,11 @@ class PostgresStorage(SessionStorage):
 
     # --- the bodies' shared steps ----------------------------------------------
 
-    def _locked(self, write: bytes, names: list[str]) -> _Body[list[_Row] | None]:
+    def _locked(self, write: _Write, names: list[str]) -> _Body[list[_Row] | None]:
         """Lock the rows of ``names`` for this transaction: None if ``write`` was made
         before (a resend); ``FileNotFoundError`` if a log is missing."""
         rows = yield self._query("lock", names=[check_name(name) for name in names])
-        if (yield self._query("done", id=write)):
+        if write.resent and (yield self._query("done", id=write.id)):
             return None
         found = {row[0]: _Row(*row) for row in rows}
         for name in names:
@@ -728,23 +744,26 @@ class PostgresStorage(SessionStorage):
         return [found[name] for name in names]
 
     def _grow(
-        self, write: bytes, row: _Row, lines: Sequence[bytes], *, remember: bool = True
+        self, write: _Write, row: _Row, lines: Sequence[bytes], *, remember: bool = True
     ) -> _Body[_Row]:
         """Append ``lines`` to the locked log ``row``; with ``remember``, end the write."""
         grown = _Row(row.name, row.incarnation, row.length + len(lines))
-        if lines:
-            add = self._query(
-                "add_lines", False, incarnation=row.incarnation, first=row.length, lines=lines
-            )
-            yield add
-            size = _size(lines)
-            yield self._query("grow", False, name=row.name, length=grown.length, size=size)
-            if self.ttl is not None:  # a session and the logs beside it live and expire together
-                yield self._query("refresh", False, ttl=self.ttl, family=_family(row.name))
+        if not lines and not remember:
+            return grown
+        yield self._query(
+            "grow",
+            False,
+            name=row.name,
+            family=_family(row.name),
+            incarnation=row.incarnation,
+            first=row.length,
+            length=grown.length,
+            lines=list(lines),
+            size=_size(lines),
+            id=write.id if remember else None,
+            ttl=self.ttl,
+        )
         if remember:
-            yield self._query(
-                "remember", False, id=write, incarnation=grown.incarnation, length=grown.length
-            )
             self._writes += 1
             if self._writes % _FORGET_EVERY == 0:
                 yield self._query("forget", False)
@@ -763,19 +782,21 @@ class PostgresStorage(SessionStorage):
         return (yield query)
 
     @staticmethod
-    def _writing(body: Callable[[bytes], _Body[T]]) -> Callable[[], _Body[T]]:
-        """``body`` with a write id, made once: every resend of the call carries the same."""
-        write = os.urandom(12)
-        return lambda: body(write)
+    def _writing(body: Callable[[_Write], _Body[T]]) -> Callable[[], _Body[T]]:
+        """``body`` with a write id, made once: every resend of the call carries the same
+        (only a resend asks whether it was made: a fresh id cannot have been)."""
+        write_id, attempts = os.urandom(12), itertools.count()
+        return lambda: body(_Write(write_id, resent=next(attempts) > 0))
 
     # --- running bodies ---------------------------------------------------------
 
-    def _run(self, body: Callable[[], _Body[T]]) -> T:
-        """Run ``body()`` in one transaction, again while the connection drops."""
+    def _run(self, body: Callable[[], _Body[T]], *, atomic: bool = True) -> T:
+        """Run ``body()`` in one transaction (a body of one statement, read or delete, needs
+        none: ``atomic=False``), again while the connection drops."""
         for attempt in range(_ATTEMPTS):
             try:
                 with _translated(self._url, self._secrets), self.pool.connection() as conn:
-                    return _drive(conn, body())
+                    return _drive(conn, body(), atomic=atomic)
             except StorageUnavailableError:
                 if attempt == _ATTEMPTS - 1:
                     raise
@@ -783,14 +804,14 @@ class PostgresStorage(SessionStorage):
                 time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _arun(self, body: Callable[[], _Body[T]]) -> T:
+    async def _arun(self, body: Callable[[], _Body[T]], *, atomic: bool = True) -> T:
         """Async :meth:`_run` on the running loop's pool."""
         pool = await self._async_pool()
         for attempt in range(_ATTEMPTS):
             try:
                 with _translated(self._url, self._secrets):
                     async with pool.connection() as conn:
-                        return await _adrive(conn, body())
+                        return await _adrive(conn, body(), atomic=atomic)
             except StorageUnavailableError:
                 if attempt == _ATTEMPTS - 1:
                     raise
@@ -798,21 +819,61 @@ class PostgresStorage(SessionStorage):
                 await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _async_pool(self) -> AsyncConnectionPool[Any]:
+    async def _async_pool(self) -> AsyncConnectionPool[Any] | _LoopConnections:
+        if self._async_given is not None:
+            return self._async_given
+        assert self._open_async is not None  # callers check native_async first
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            assert self._open_async is not None  # callers check native_async first
             found = self._async[loop] = self._open_async()
-            with _translated(self._url, self._secrets):
-                await found.open()
         return found
 
 
-def _drive(conn: psycopg.Connection[Any], body: _Body[T]) -> T:
-    """Run ``body``'s statements on ``conn`` in one transaction, in a pipeline: a statement
-    whose rows the body does not ask for goes with the next that does."""
-    with conn.pipeline(), conn.transaction(), _settled(body):
+class _LoopConnections:
+    """Async connections of one event loop, kept between calls: a pool without tasks.
+
+    Not psycopg_pool's AsyncConnectionPool: its background tasks swallow
+    cancellation, so one the caller did not close before its event loop ended
+    (``asyncio.run`` returning) would hang the loop's shutdown for ever. These
+    are only sockets: a loop that ends leaves nothing running.
+    """
+
+    def __init__(self, url: str, options: dict[str, Any], *, keep: int) -> None:
+        self._url, self._options, self._keep = url, options, keep
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        conn = self._idle.pop() if self._idle else await self._connect()
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()  # broken, or cut short mid-transaction: never handed out again
+            raise
+        if len(self._idle) < self._keep and not conn.closed:
+            self._idle.append(conn)
+        else:
+            await conn.close()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self._url, connect_timeout=_CONNECT_TIMEOUT, **self._options
+        )
+
+    async def check(self) -> None:
+        """Drop the idle connections: after one broke, the others likely did too."""
+        await self.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+def _drive(conn: psycopg.Connection[Any], body: _Body[T], *, atomic: bool) -> T:
+    """Run ``body``'s statements on ``conn``, in one transaction if ``atomic``."""
+    with conn.transaction() if atomic else contextlib.nullcontext(), _settled(body):
         try:
             query = next(body)
             while True:
@@ -822,9 +883,9 @@ def _drive(conn: psycopg.Connection[Any], body: _Body[T]) -> T:
             return cast("T", done.value)
 
 
-async def _adrive(conn: psycopg.AsyncConnection[Any], body: _Body[T]) -> T:
+async def _adrive(conn: psycopg.AsyncConnection[Any], body: _Body[T], *, atomic: bool) -> T:
     """Async :func:`_drive`."""
-    async with conn.pipeline(), conn.transaction():
+    async with conn.transaction() if atomic else contextlib.nullcontext():
         with _settled(body):
             try:
                 query = next(body)

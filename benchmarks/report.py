@@ -12,6 +12,8 @@ CRAB_REDIS = "crab_langchain (Redis)"
 FILE = "FileChatMessageHistory"
 SQLITE = "SQLChatMessageHistory (SQLite)"
 REDIS = "RedisChatMessageHistory"
+CRAB_POSTGRES = "crab_langchain (PostgreSQL)"
+POSTGRES = "PostgresChatMessageHistory"
 MEMORY = "InMemoryChatMessageHistory"
 MEMORY_COPY = "InMemoryChatMessageHistory (list copied)"
 NAIVE = "naive floor (json.loads + constructors)"
@@ -256,6 +258,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
          _over(bulk["seconds"][SQLITE], bulk["seconds"][CRAB]), ".1f", lambda r: r >= 10),
         (f"on Redis at {low:,} messages, >= 50x faster than RedisChatMessageHistory",
          _over(at[REDIS][low], at[CRAB_REDIS][low]), ".0f", lambda r: r >= 50),
+        (f"on PostgreSQL at {low:,} messages, >= 100x faster than PostgresChatMessageHistory",
+         _over(at.get(POSTGRES, {}).get(low), at.get(CRAB_POSTGRES, {}).get(low)), ".0f",
+         lambda r: r >= 100),
         *_busy_checks(results),
     ]  # fmt: skip
     return _verdicts(checks, "skipped at this size")
@@ -628,6 +633,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 # --- checkpointers (savers.py) -------------------------------------------------------------
 
 CRAB_SAVERS = ("CrabSaver (directory)", "CrabSaver (Redis)")
+"""The savers held to the directory and Redis targets; PostgreSQL's are against PostgresSaver."""
 MEMORY_SAVER = "InMemorySaver"
 SQLITE_SAVER = "SqliteSaver"
 FLOOR_SAVER = "no checkpointer (whole conversation passed in)"
@@ -695,7 +701,33 @@ def saver_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]
                 (f"{name}: commits that found a log moved, whole run == 0",
                  trips["failed_commits"], ".0f", lambda r: r == 0),
             ]  # fmt: skip
+    checks += _postgres_checks(rows, turns)
     return _verdicts(checks, "not measured here")
+
+
+CRAB_POSTGRES_SAVER = "CrabSaver (PostgreSQL)"
+POSTGRES_SAVER = "PostgresSaver"
+
+
+def _postgres_checks(rows: dict[str, Any], turns: int) -> list[Check]:
+    """CrabSaver on PostgreSQL against PostgresSaver, on one server (issue 23's targets)."""
+    ours, theirs = rows.get(CRAB_POSTGRES_SAVER), rows.get(POSTGRES_SAVER)
+    both = ours is not None and theirs is not None
+    return [
+        (f"{CRAB_POSTGRES_SAVER}: at {turns} turns, >= 15x fewer bytes than PostgresSaver",
+         _stored(theirs, turns) / _stored(ours, turns) if both else None, ".0f",
+         lambda r: r >= 15),
+        (f"{CRAB_POSTGRES_SAVER}: bytes per turn, last fifth / first fifth <= 1.2 (linear)",
+         None if ours is None else _bytes_per_turn(ours, turns, "last")
+         / _bytes_per_turn(ours, turns, "first"), ".2f", lambda r: r <= 1.2),
+        (f"{CRAB_POSTGRES_SAVER}: ms per turn, first fifth <= 0.5x PostgresSaver's",
+         _ms_ratio(ours, theirs, "first"), ".2f", lambda r: r <= 0.5),
+        (f"{CRAB_POSTGRES_SAVER}: ms per turn, last fifth <= 0.5x PostgresSaver's",
+         _ms_ratio(ours, theirs, "last"), ".2f", lambda r: r <= 0.5),
+        (f"{CRAB_POSTGRES_SAVER}: cold get_state at {turns} turns, x PostgresSaver's "
+         "(measured, no target)",
+         _read_ratio(ours, theirs, turns, "get_state_ms"), ".2f", lambda r: True),
+    ]  # fmt: skip
 
 
 def _median_trips(row: dict[str, Any]) -> str:

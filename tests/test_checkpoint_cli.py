@@ -132,3 +132,29 @@ def test_verify_takes_a_side_log_with_snapshots_as_sound(tmp_path: Path):
     verified = crab("verify", "--root", root)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "1 files checked, 0 with problems" in verified.stderr
+
+
+def test_copy_through_postgresql_and_redis_is_byte_identical_side_logs_included(
+    tmp_path: Path, postgres_url: str, postgres_schema: str, redis_url: str, redis_prefix: str
+):
+    root = tmp_path / "sessions"
+    thread = Thread(CrabSaver(SessionStore(root, entry_points=False)))
+    thread.put({"messages": turn(0), "count": 1})
+    thread.put({"messages": [*turn(0), HumanMessage("and then?", id="x"), AIMessage("done")]})
+    files = logs_in(root)
+    assert any(name.endswith(".checkpoints") for name in files)
+
+    hops = [
+        (root, postgres_url, ["--dst-prefix", postgres_schema]),
+        (postgres_url, redis_url, ["--prefix", postgres_schema, "--dst-prefix", redis_prefix]),
+        (redis_url, tmp_path / "back", ["--prefix", redis_prefix]),
+    ]
+    for source, target, options in hops:
+        copied = crab("copy", source, target, *options)
+        assert copied.returncode == 0, copied.stderr
+    assert logs_in(tmp_path / "back") == files
+
+
+def logs_in(root: Path) -> dict[str, bytes]:
+    """The sessions and side logs of directory ``root`` (not its hidden lock files), by name."""
+    return {p.name: p.read_bytes() for p in root.iterdir() if not p.name.startswith(".")}

@@ -885,6 +885,18 @@ def _savers(results: dict[str, Any]) -> str:
         cells += [f"{_reads(row, n)['history_ms']:.1f}" for n in read_at]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += _skipped_rows(notes, 2 * len(read_at))
+    moved = saved.get("moved_in")
+    if moved:
+        lines += [
+            "",
+            f"Moving in: a PostgresSaver thread of {moved['turns']} turns "
+            f"({moved['checkpoints']:,} checkpoints, {moved['writes']:,} pending writes) copied "
+            "into CrabSaver on the same server with `copy_threads` took "
+            f"{moved['seconds']:.1f} s; it held {moved['bytes_before']:,} bytes in PostgresSaver "
+            f"and holds {moved['bytes_after']:,} in CrabSaver "
+            f"({moved['bytes_before'] / max(moved['bytes_after'], 1):.0f}x fewer); "
+            f"`get_state_history` equal on both: {'yes' if moved['history_equal'] else '**no**'}.",
+        ]
     for name, row in rows.items():
         trips = row.get("round_trips")
         if trips is not None:

@@ -42,7 +42,7 @@ from typing import Annotated, Any
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from agents import ScriptedModel, weather  # the tests' scripted model and tool
+from agents import ScriptedModel, states, weather  # the tests' model, tool and comparison
 
 CRAB_DIR = "CrabSaver (directory)"
 CRAB_REDIS = "CrabSaver (Redis)"
@@ -424,6 +424,49 @@ def run(
             f"{statistics.median(row['ms'][-max(turns // 5, 1) :]):.1f} ms/turn at the end, "
             f"cold get_state {row['reads'][turns]['get_state_ms']:.1f} ms"
         )
+    moved = _moved_in(postgres_url, turns, log) if POSTGRES in rows else None
     rows[FLOOR] = {"ms": floor(turns)}
     log(f"savers     {FLOOR:40}: {statistics.median(rows[FLOOR]['ms'][-turns // 5 :]):.1f} ms/turn")
-    return {"turns": turns, "read_at": list(read_at), "marks": marks, "rows": rows, "notes": notes}
+    return {
+        "turns": turns,
+        "read_at": list(read_at),
+        "marks": marks,
+        "rows": rows,
+        "notes": notes,
+        "moved_in": moved,
+    }
+
+
+def _moved_in(postgres_url: str | None, turns: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """A PostgresSaver thread of ``turns`` turns moved into CrabSaver on the same server with
+    ``copy_threads``: bytes before and after, and how long the move took."""
+    from crab_langchain.checkpoint import copy_threads
+
+    source, target = postgres_saver(str(postgres_url)), crab_postgres(str(postgres_url))
+    try:
+        reader = source.open()
+        graph = agent(reader, turns)
+        for turn in range(1, turns + 1):
+            graph.invoke({"messages": [question(turn)]}, CONFIG)
+        writer = target.open()
+        start = time.perf_counter()
+        (thread,) = copy_threads(reader, writer)
+        seconds = time.perf_counter() - start
+        before, after = source.size(reader), target.size(writer)
+        same = states(agent(writer, 0)) == states(agent(reader, 0))
+    finally:
+        source.cleanup()
+        target.cleanup()
+    log(
+        f"moved in   {turns} turns, {thread.checkpoints} checkpoints: PostgresSaver "
+        f"{before:,} bytes -> CrabSaver (PostgreSQL) {after:,} bytes in {seconds:.1f} s"
+    )
+    return {
+        "turns": turns,
+        "checkpoints": thread.checkpoints,
+        "writes": thread.writes,
+        "bytes_before": before,
+        "bytes_after": after,
+        "seconds": seconds,
+        "history_equal": same,
+    }

@@ -17,10 +17,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from redis_servers import HOST, _die_with_parent, _tail, free_port
-from typing_extensions import Self
+from redis_servers import HOST, _die_with_parent, _Servers, _tail, free_port
 
 START_TIMEOUT = 30.0
 PASSWORD_USER = "crabpw"
@@ -62,7 +60,7 @@ def _postgres_user() -> pwd.struct_passwd | None:
         return None
 
 
-class PostgresServer:
+class PostgresServer(_Servers):
     """One ``postgres`` on a free loopback port, its data in a temporary directory."""
 
     def __init__(self) -> None:
@@ -219,14 +217,3 @@ class PostgresServer:
         """Stop the server and remove its directory."""
         self.stop_process()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -155,6 +155,33 @@ _STATEMENTS = {
         WHERE name = ANY(%(names)s) AND {_LIVE} ORDER BY name FOR UPDATE""",
     "done": "SELECT incarnation, length FROM {writes} WHERE id = %(id)s",
     "forget": f"DELETE FROM {{writes}} WHERE made < now() - interval '{_WRITE_ID_SECONDS} seconds'",
+    # An append in one statement: the log's row locked (FOR UPDATE: writers of one log queue
+    # here), checked against where the writer read it (if at_incarnation is given), then the
+    # lines, the row, the write id and the expiry written as "grow" does. Returns the row as
+    # locked and its new length (NULL: it had moved, nothing written); no row: no such log.
+    "append": f"""
+        WITH locked AS (
+            SELECT name, incarnation, length FROM {{logs}}
+            WHERE name = %(name)s AND {_LIVE} FOR UPDATE),
+        ok AS (
+            SELECT name, incarnation, length FROM locked
+            WHERE %(at_incarnation)s::bigint IS NULL
+               OR (incarnation = %(at_incarnation)s AND length = %(at_length)s)),
+        added AS (
+            INSERT INTO {{lines}} (incarnation, number, line)
+            SELECT ok.incarnation, ok.length + u.n - 1, u.line
+            FROM ok, unnest(%(lines)s::bytea[]) WITH ORDINALITY AS u(line, n)),
+        grown AS (
+            UPDATE {{logs}} g SET length = ok.length + %(count)s, bytes = g.bytes + %(size)s,
+                expires = coalesce(now() + %(ttl)s::interval, g.expires)
+            FROM ok WHERE g.name = ok.name RETURNING g.incarnation, g.length),
+        remembered AS (
+            INSERT INTO {{writes}} (id, incarnation, length)
+            SELECT %(id)s, incarnation, length FROM grown),
+        family AS (
+            UPDATE {{logs}} SET expires = now() + %(ttl)s::interval
+            WHERE family = %(family)s AND name <> %(name)s AND %(ttl)s::interval IS NOT NULL)
+        SELECT l.incarnation, l.length, g.length FROM locked l LEFT JOIN grown g ON true""",
     # Lines appended to a locked log, its row moved on, the write's id kept (if given) and
     # the expiry of the log and of its family renewed (if there is a ttl): one statement.
     "grow": """
@@ -577,7 +604,9 @@ class PostgresStorage(SessionStorage):
     def append(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
     ) -> Cursor | None:
-        return self._run(self._writing(lambda write: self._append_body(write, name, lines, after)))
+        return self._run(
+            self._writing(lambda write: self._append_body(write, name, lines, after)), atomic=False
+        )
 
     async def aappend(
         self, name: str, lines: Sequence[bytes], after: Cursor | None = None
@@ -585,19 +614,21 @@ class PostgresStorage(SessionStorage):
         if not self.native_async:
             return await super().aappend(name, lines, after)
         return await self._arun(
-            self._writing(lambda write: self._append_body(write, name, lines, after))
+            self._writing(lambda write: self._append_body(write, name, lines, after)), atomic=False
         )
 
     def append_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
         return self._run(
-            self._writing(lambda write: self._append_body(write, name, lines, at, check=True))
+            self._writing(lambda write: self._append_body(write, name, lines, at, check=True)),
+            atomic=False,
         )
 
     async def aappend_at(self, name: str, lines: Sequence[bytes], at: Cursor) -> Cursor | None:
         if not self.native_async:
             return await super().aappend_at(name, lines, at)
         return await self._arun(
-            self._writing(lambda write: self._append_body(write, name, lines, at, check=True))
+            self._writing(lambda write: self._append_body(write, name, lines, at, check=True)),
+            atomic=False,
         )
 
     def _append_body(
@@ -609,16 +640,33 @@ class PostgresStorage(SessionStorage):
         *,
         check: bool = False,
     ) -> _Body[Cursor | None]:
+        # One statement (the storage's most frequent write: a chat turn, a task's writes),
+        # so it runs as its own transaction: see "append".
         if not lines:
             raise ValueError("nothing to append")
-        locked = yield from self._locked(write, [name])
-        if locked is None:  # a resend of an append made: what it left
-            done = yield self._query("done", id=write.id)
+        done = (yield self._query("done", id=write.id)) if write.resent else []
+        if done:  # a resend of an append made: what it left
             row = _Row(name, done[0][0], done[0][1])
-        elif check and after is not None and not _ends_at(locked[0], after):
-            return None
         else:
-            row = yield from self._grow(write, locked[0], lines)
+            at = after if check else None
+            rows = yield self._query(
+                "append",
+                name=check_name(name),
+                family=_family(name),
+                at_incarnation=None if at is None else _incarnation(at),
+                at_length=None if at is None else at.offset,
+                lines=list(lines),
+                count=len(lines),
+                size=_size(lines),
+                id=write.id,
+                ttl=self.ttl,
+            )
+            if not rows:
+                raise FileNotFoundError(2, "no such session", self.location(name))
+            if rows[0][2] is None:
+                return None  # it had moved since ``after``: nothing written
+            row = _Row(name, rows[0][0], rows[0][2])
+            yield from self._forget_now_and_then()
         if after is None or after.identity != row.incarnation:
             return None
         if after.offset != row.length - len(lines):
@@ -764,10 +812,14 @@ class PostgresStorage(SessionStorage):
             ttl=self.ttl,
         )
         if remember:
-            self._writes += 1
-            if self._writes % _FORGET_EVERY == 0:
-                yield self._query("forget", False)
+            yield from self._forget_now_and_then()
         return grown
+
+    def _forget_now_and_then(self) -> _Body[None]:
+        """About one write in :data:`_FORGET_EVERY` drops the write ids past their time."""
+        self._writes += 1
+        if self._writes % _FORGET_EVERY == 0:
+            yield self._query("forget", False)
 
     def _renew(self, row: _Row) -> _Body[_Row]:
         """Empty log ``row`` under a new incarnation (its lines go)."""

@@ -170,9 +170,11 @@ def test_an_agent_turn_is_eight_storage_calls_none_of_them_failed(
         for run in ("_run", "_arun"):
             real_run = getattr(store.storage, run)
 
-            def counted_run(body: Any, __real: Any = real_run, __run: str = run) -> Any:
+            def counted_run(
+                body: Any, __real: Any = real_run, __run: str = run, **options: Any
+            ) -> Any:
                 sent.append(__run)
-                return __real(body)
+                return __real(body, **options)
 
             monkeypatch.setattr(store.storage, run, counted_run)
     if backend.is_redis:

@@ -407,3 +407,22 @@ print(len(asyncio.run(main())))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+async def test_an_async_pool_passed_in_serves_the_async_calls(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(postgres_url, min_size=1, max_size=2, open=False) as apool:
+        with ConnectionPool(postgres_url, min_size=1, max_size=2, open=True) as pool:
+            storage = PostgresStorage(pool, async_pool=apool, schema=postgres_schema)
+            assert storage.native_async
+            storage.create("a.jsonl", b"{}")
+            sync_calls = pool.get_stats().get("requests_num", 0)
+            await storage.aappend("a.jsonl", [b'{"x":1}'])
+            chunk = await storage.aread("a.jsonl", None)
+            assert chunk is not None
+            assert [line for _, line in chunk.lines] == [b"{}", b'{"x":1}']
+            assert apool.get_stats()["requests_num"] >= 2  # the async pool served them
+            assert pool.get_stats().get("requests_num", 0) == sync_calls  # not the sync one

@@ -41,6 +41,7 @@ from typing import Any, TypeVar, cast
 import psycopg
 import psycopg.errors
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from crab_langchain.storage.base import (
@@ -724,35 +725,43 @@ class PostgresStorage(SessionStorage):
         session, log = locked
         if change.at is not None and not _ends_at(session, change.at):
             return None
-        first = 0
+        # The side log's lines from ``first`` on that were there before ours (None: not
+        # known, read them after writing): what another writer added since ``side_at``.
+        first, before_ours = 0, None
         if change.side_at is not None:
-            if not (yield from self._side_passes(log, change)):
+            before_ours = yield from self._side_moved(log, change)
+            if before_ours is None:
                 return None
             first = change.side_at.offset
         if change.side_replace:
-            log, first = (yield from self._renew(log)), 0
+            log, first, before_ours = (yield from self._renew(log)), 0, []
         if change.replace:
             session = yield from self._renew(session)
         session = yield from self._grow(write, session, change.lines, remember=False)
         # One transaction: the side log's lines before and after the session's land together.
-        log = yield from self._grow(write, log, [*change.before, *change.after])
-        rows = yield self._lines(log, first)
+        ours = [*change.before, *change.after]
+        log = yield from self._grow(write, log, ours)
+        if before_ours is None:  # not checked: the whole side log, ours among it
+            before_ours, ours = [bytes(line) for _, line in (yield self._lines(log, 0))], []
         side_chunk = Chunk(
-            numbered_lines((bytes(line) for _, line in rows), first + 1),
+            numbered_lines([*before_ours, *ours], first + 1),
             Cursor(log.length, log.length, log.incarnation),
             reset=first == 0,
         )
         return Committed(Cursor(session.length, session.length, session.incarnation), side_chunk)
 
-    def _side_passes(self, log: _Row, change: Change) -> _Body[bool]:
+    def _side_moved(self, log: _Row, change: Change) -> _Body[list[bytes] | None]:
+        """The lines another writer appended to the locked side log since ``change.side_at``,
+        if they let ``change`` be written; None if they do not (or the log was replaced)."""
         at = cast("Cursor", change.side_at)
         if log.incarnation != _incarnation(at) or log.length < at.offset:
-            return False
+            return None
         if log.length == at.offset:
-            return True
+            return []
         rows = yield self._lines(log, at.offset)
-        moved = Chunk([(number + 1, bytes(line)) for number, line in rows], at)
-        return change.passes(moved)
+        moved = [bytes(line) for _, line in rows]
+        passing = Chunk([(at.offset + 1 + n, line) for n, line in enumerate(moved)], at)
+        return moved if change.passes(passing) else None
 
     def delete(self, name: str) -> bool:
         check_name(name)
@@ -900,13 +909,13 @@ class _LoopConnections:
         conn = self._idle.pop() if self._idle else await self._connect()
         try:
             yield conn
-        except BaseException:
-            await conn.close()  # broken, or cut short mid-transaction: never handed out again
-            raise
-        if len(self._idle) < self._keep and not conn.closed:
-            self._idle.append(conn)
-        else:
-            await conn.close()
+        finally:
+            # A broken connection, or one cut short mid-statement, is never handed out again.
+            idle = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            if idle and len(self._idle) < self._keep:
+                self._idle.append(conn)
+            else:
+                await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(

@@ -156,9 +156,10 @@ _STATEMENTS = {
         WHERE name = ANY(%(names)s) AND {_LIVE} ORDER BY name FOR UPDATE""",
     "done": "SELECT incarnation, length FROM {writes} WHERE id = %(id)s",
     "forget": f"DELETE FROM {{writes}} WHERE made < now() - interval '{_WRITE_ID_SECONDS} seconds'",
-    # An append in one statement: the log's row locked (FOR UPDATE: writers of one log queue
-    # here), checked against where the writer read it (if at_incarnation is given), then the
-    # lines, the row, the write id and the expiry written as "grow" does. Returns the row as
+    # Lines appended in one statement: the log's row locked (FOR UPDATE: writers of one log
+    # queue here; a no-op in a transaction that locked it already), checked against where the
+    # writer read it (if at_incarnation is given), then the lines, the row's length and size,
+    # the write id (if given) and the expiry of the log and of its family. Returns the row as
     # locked and its new length (NULL: it had moved, nothing written); no row: no such log.
     "append": f"""
         WITH locked AS (
@@ -178,33 +179,16 @@ _STATEMENTS = {
             FROM ok WHERE g.name = ok.name RETURNING g.incarnation, g.length),
         remembered AS (
             INSERT INTO {{writes}} (id, incarnation, length)
-            SELECT %(id)s, incarnation, length FROM grown),
+            SELECT %(id)s, incarnation, length FROM grown WHERE %(id)s::bytea IS NOT NULL),
         family AS (
             UPDATE {{logs}} SET expires = now() + %(ttl)s::interval
             WHERE family = %(family)s AND name <> %(name)s AND %(ttl)s::interval IS NOT NULL)
         SELECT l.incarnation, l.length, g.length FROM locked l LEFT JOIN grown g ON true""",
-    # Lines appended to a locked log, its row moved on, the write's id kept (if given) and
-    # the expiry of the log and of its family renewed (if there is a ttl): one statement.
-    "grow": """
-        WITH added AS (
-            INSERT INTO {lines} (incarnation, number, line)
-            SELECT %(incarnation)s, %(first)s + u.n - 1, u.line
-            FROM unnest(%(lines)s::bytea[]) WITH ORDINALITY AS u(line, n)),
-        remembered AS (
-            INSERT INTO {writes} (id, incarnation, length)
-            SELECT %(id)s, %(incarnation)s, %(length)s WHERE %(id)s::bytea IS NOT NULL),
-        family AS (
-            UPDATE {logs} SET expires = now() + %(ttl)s::interval
-            WHERE family = %(family)s AND name <> %(name)s AND %(ttl)s::interval IS NOT NULL)
-        UPDATE {logs} SET length = %(length)s, bytes = bytes + %(size)s,
-            expires = coalesce(now() + %(ttl)s::interval, expires)
-        WHERE name = %(name)s""",
     "renew": """
         WITH old AS (SELECT incarnation FROM {logs} WHERE name = %(name)s),
         gone AS (DELETE FROM {lines} WHERE incarnation = (SELECT incarnation FROM old))
         UPDATE {logs} SET incarnation = nextval(%(sequence)s::regclass), length = 0, bytes = 0
         WHERE name = %(name)s RETURNING incarnation""",
-    "refresh": "UPDATE {logs} SET expires = now() + %(ttl)s WHERE family = %(family)s",
     # A log whose time ran out is gone as soon as someone wants its name.
     "clear_expired": """
         WITH gone AS (DELETE FROM {logs} WHERE family = %(family)s
@@ -649,18 +633,8 @@ class PostgresStorage(SessionStorage):
         if done:  # a resend of an append made: what it left
             row = _Row(name, done[0][0], done[0][1])
         else:
-            at = after if check else None
-            rows = yield self._query(
-                "append",
-                name=check_name(name),
-                family=_family(name),
-                at_incarnation=None if at is None else _incarnation(at),
-                at_length=None if at is None else at.offset,
-                lines=list(lines),
-                count=len(lines),
-                size=_size(lines),
-                id=write.id,
-                ttl=self.ttl,
+            rows = yield self._appending(
+                check_name(name), lines, write.id, after if check else None
             )
             if not rows:
                 raise FileNotFoundError(2, "no such session", self.location(name))
@@ -807,22 +781,35 @@ class PostgresStorage(SessionStorage):
         grown = _Row(row.name, row.incarnation, row.length + len(lines))
         if not lines and not remember:
             return grown
-        yield self._query(
-            "grow",
-            False,
-            name=row.name,
-            family=_family(row.name),
-            incarnation=row.incarnation,
-            first=row.length,
-            length=grown.length,
-            lines=list(lines),
-            size=_size(lines),
-            id=write.id if remember else None,
-            ttl=self.ttl,
-        )
+        yield self._appending(row.name, lines, write.id if remember else None, None, rows=False)
         if remember:
             yield from self._forget_now_and_then()
         return grown
+
+    def _appending(
+        self,
+        name: str,
+        lines: Sequence[bytes],
+        write_id: bytes | None,
+        at: Cursor | None,
+        *,
+        rows: bool = True,
+    ) -> _Query:
+        """The "append" statement: ``lines`` onto log ``name``, if it ends at ``at`` (None:
+        wherever it ends), the write kept under ``write_id`` (None: not kept)."""
+        return self._query(
+            "append",
+            rows,
+            name=name,
+            family=_family(name),
+            at_incarnation=None if at is None else _incarnation(at),
+            at_length=None if at is None else at.offset,
+            lines=list(lines),
+            count=len(lines),
+            size=_size(lines),
+            id=write_id,
+            ttl=self.ttl,
+        )
 
     def _forget_now_and_then(self) -> _Body[None]:
         """About one write in :data:`_FORGET_EVERY` drops the write ids past their time."""
